@@ -1,0 +1,40 @@
+# The two commands a new user runs: `make demo` and `make test`. Both set everything up first:
+# a virtual environment with the project and its dev extras, and the Debian data packages.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA_PACKAGES := dict-gcide dataset-fashion-mnist
+
+.PHONY: demo test setup data serve clean
+
+demo: setup
+	$(BIN)/embedserve demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+serve: setup
+	$(BIN)/embedserve serve
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --progress-bar on -e '.[dev]'
+	touch $(STAMP)
+
+# Install the offline data sets when missing: as root directly, otherwise say what to run.
+data:
+	@missing=""; \
+	for p in $(DATA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "Missing Debian data packages:$$missing"; \
+		echo "Install them once with: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; \
+	fi; \
+	echo "Installing Debian data packages:$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache

@@ -1,0 +1,129 @@
+"""`embedserve`: train, export, index, serve, bench and demo from one command.
+
+The CLI parses, builds a config and calls a library function (embedserve/pipelines.py and the
+layers' own modules). Only the subcommands that need torch import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import runpy
+import sys
+from pathlib import Path
+
+from embedserve.config_args import add_config_arguments, config_from_args
+
+DEFAULT_ARTIFACTS = Path("artifacts")
+
+
+def _train_word2vec(args: argparse.Namespace) -> None:
+    from embedserve.pipelines import train_word2vec_bundle
+    from training.methods.word2vec import Word2VecConfig, quick_config
+
+    base = quick_config(args.corpus or str(_gcide())) if args.quick else None
+    config = config_from_args(Word2VecConfig, args, base)
+    bundle = train_word2vec_bundle(config, args.artifacts, args.name, args.checkpoint, args.resume)
+    print(f"wrote {bundle.path}  metrics: {bundle.manifest.metrics}")
+
+
+def _gcide() -> Path:
+    from embedserve.pipelines import GCIDE_CORPUS
+
+    return GCIDE_CORPUS
+
+
+def _export(args: argparse.Namespace) -> None:
+    from embedserve.pipelines import export_checkpoint
+
+    bundle = export_checkpoint(args.checkpoint, args.artifacts, args.name)
+    print(f"wrote {bundle.path}")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    overrides = {k: v for k, v in {"artifacts_dir": args.artifacts, "host": args.host, "port": args.port}.items() if v}
+    settings = Settings(**overrides)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    script = Path("bench") / f"{args.name}.py"
+    if not script.is_file():
+        available = sorted(p.stem for p in Path("bench").glob("*.py"))
+        raise SystemExit(f"no benchmark {args.name!r} in ./bench; available: {', '.join(available) or 'none'}")
+    sys.argv = [str(script), *args.rest]
+    runpy.run_path(str(script), run_name="__main__")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from embedserve.demo import run_demo
+
+    run_demo(args.artifacts, serve=not args.no_serve, host=args.host, port=args.port)
+
+
+def _add_train_commands(train) -> None:
+    from training.methods.word2vec import Word2VecConfig
+
+    w2v = train.add_parser("word2vec", help="skip-gram or CBOW word vectors from a text corpus")
+    w2v.add_argument("--name", default="words", help="bundle name to export as (default: words)")
+    w2v.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    w2v.add_argument("--checkpoint", type=Path, help="checkpoint path (default: <artifacts>/checkpoints/<name>.pt)")
+    w2v.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    w2v.add_argument("--quick", action="store_true", help="start from the quick demo profile (GCIDE)")
+    add_config_arguments(w2v, Word2VecConfig)
+    w2v.set_defaults(func=_train_word2vec)
+
+
+def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedserve", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an encoder (word2vec; run `embedserve train -h`)")
+    if with_train_options:  # the method configs import torch, which serve and demo -h must not pay for
+        _add_train_commands(train.add_subparsers(dest="method", required=True))
+
+    export = commands.add_parser("export", help="export a checkpoint as a bundle")
+    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--name", required=True, help="bundle (model) name")
+    export.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    export.set_defaults(func=_export)
+
+    serve = commands.add_parser("serve", help="serve every bundle under the artifacts folder (no torch)")
+    serve.add_argument("--artifacts", type=Path, help="default: $EMBEDSERVE_ARTIFACTS_DIR or ./artifacts")
+    serve.add_argument("--host", help="default: $EMBEDSERVE_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: $EMBEDSERVE_PORT or 8000")
+    serve.set_defaults(func=_serve)
+
+    bench = commands.add_parser("bench", help="run bench/<name>.py with the remaining arguments")
+    bench.add_argument("name")
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
+
+    demo = commands.add_parser("demo", help="train quick models (or reuse them), export, index and serve")
+    demo.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--no-serve", action="store_true", help="prepare everything, then exit")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(with_train_options=command == "train").parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"embedserve: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,73 @@
+"""The steps the CLI and the demo run: train → evaluate → export, each one library function.
+
+The CLI only parses arguments and calls these; tests and benchmarks call the same functions.
+Torch is imported inside the steps that need it, so `embedserve serve` never loads it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from export.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+GCIDE_CORPUS = Path("/usr/share/dictd/gcide.dict.dz")
+
+
+def evaluate_word_vectors(vectors, vocab: list[str]) -> dict[str, Any]:
+    """Analogy accuracy (questions-words.txt) and wordsim353 Spearman, as the manifest records them.
+
+    Both data files ship with gensim (a dev dependency); without it the metrics are skipped.
+    """
+    from training.evaluation.datasets import gensim_test_file
+    from training.evaluation.word_analogies import evaluate_word_analogies
+    from training.evaluation.word_similarity import evaluate_word_similarity
+
+    try:
+        questions, pairs = gensim_test_file("questions-words.txt"), gensim_test_file("wordsim353.tsv")
+    except (FileNotFoundError, ImportError) as e:
+        log.warning("skipping word-vector evaluation: %s", e)
+        return {}
+    analogies = evaluate_word_analogies(vectors, vocab, questions)
+    similarity = evaluate_word_similarity(vectors, vocab, pairs)
+    return {
+        "analogy_semantic": analogies["semantic"],
+        "analogy_syntactic": analogies["syntactic"],
+        "analogy_total": analogies["total"]["accuracy"],
+        "analogy_covered": analogies["covered"],
+        "wordsim353_spearman": similarity["spearman"],
+    }
+
+
+def train_word2vec_bundle(
+    config, artifacts: Path, name: str, checkpoint: Path | None = None, resume: bool = False
+) -> Bundle:
+    """Train word2vec with `config`, evaluate it, and export a word-vectors bundle named `name`."""
+    from export.word_vectors import export_word_vectors
+    from training.methods.word2vec import train_word2vec
+
+    checkpoint = checkpoint or Path(artifacts) / "checkpoints" / f"{name}.pt"
+    result = train_word2vec(config, checkpoint_path=checkpoint, resume=resume)
+    metrics = evaluate_word_vectors(result.vectors, result.vocab)
+    metrics["words_per_second"] = round(result.words_per_second)
+    metrics["train_seconds"] = round(result.seconds, 1)
+    return export_word_vectors(checkpoint, artifacts, name, metrics=metrics)
+
+
+def export_checkpoint(checkpoint: Path, artifacts: Path, name: str) -> Bundle:
+    """Export any checkpoint this project trains, dispatching on the method it records."""
+    from training.checkpoint import load_checkpoint
+
+    method = load_checkpoint(checkpoint).get("method")
+    if method == "word2vec":
+        from export.word_vectors import export_word_vectors
+
+        return export_word_vectors(checkpoint, artifacts, name)
+    if method in ("simclr", "mae"):
+        from export.image_encoder import export_image_encoder
+
+        return export_image_encoder(checkpoint, artifacts, name)
+    raise ValueError(f"{checkpoint}: cannot export a checkpoint of method {method!r}")

@@ -1,0 +1,30 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is up")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Models are loaded and requests can be served")
+def readyz(request: Request) -> JSONResponse:
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None or not registry.ready:
+        return JSONResponse(status_code=503, content={"status": "not ready", "models": []})
+    models = [
+        {"name": m.name, "version": m.version, "kind": m.kind, "method": m.method, "dim": m.dim}
+        for m in sorted(registry.manifests.values(), key=lambda m: m.name)
+    ]
+    return JSONResponse(content={"status": "ready", "models": models})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    return request.app.state.metrics.render()

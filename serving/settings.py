@@ -1,0 +1,41 @@
+"""Server settings, read once from environment variables prefixed `EMBEDSERVE_`.
+
+Nothing else in serving/ reads the environment: the app factory takes a `Settings` and hands
+it down (routers get it through `Depends(get_settings)` or from the registry).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EMBEDSERVE_", frozen=True)
+
+    artifacts_dir: Path = Field(Path("artifacts"), description="folder holding models/ and indexes/")
+    host: str = Field("127.0.0.1", description="address `embedserve serve` binds")
+    port: int = Field(8000, ge=1, le=65535, description="port `embedserve serve` binds")
+    default_word_model: str | None = Field(None, description="word-vectors model used when a request names none")
+    default_image_model: str | None = Field(None, description="image encoder used when a request names none")
+    default_index: str | None = Field(None, description="index used by /search when a request names none")
+    batching: bool = Field(True, description="group concurrent requests into one model call")
+    max_batch_size: int = Field(32, ge=1, description="most images in one model call")
+    max_wait_ms: float = Field(5.0, ge=0, description="longest a request waits for others to join its batch")
+    max_images_per_request: int = Field(64, ge=1, description="most images one request may send")
+    max_image_bytes: int = Field(10_000_000, ge=1, description="largest encoded image accepted")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image accepted (decompression bombs)")
+    max_k: int = Field(1000, ge=1, description="most neighbours one request may ask for")
+    execution_providers: str = Field(
+        "auto", description="onnxruntime providers, comma-separated, or auto (TensorRT, CUDA, CPU as available)"
+    )
+    triton_url: str | None = Field(None, description="host:port of a Triton server; when set, encoders run there")
+    log_level: str = Field("info", description="uvicorn log level")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,292 @@
+"""The CPU word2vec kernel: skip-gram and CBOW with negative sampling, compiled by numba.
+
+The encoded corpus (one int32 array of word ids plus sentence offsets) is cut into chunks of
+whole sentences. Worker threads take chunks from a shared queue and run `train_chunk` on them
+with the GIL released, updating the shared float32 tables without locks (Hogwild, as
+word2vec.c and gensim do). Random numbers come from word2vec.c's per-thread linear
+congruential generator, so the kernel needs no numpy random state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+# word2vec.c's generator: next_random = next_random * 25214903917 + 11 (mod 2**64)
+LCG_MULTIPLIER = np.uint64(25214903917)
+LCG_INCREMENT = np.uint64(11)
+
+# The sigmoid is read from a table over [-MAX_EXP, MAX_EXP] and saturates outside it (word2vec.c).
+MAX_EXP = 6.0
+SIGMOID_TABLE_SIZE = 1000
+
+# Words per chunk handed to a thread: big enough that Python's per-chunk cost vanishes,
+# small enough that threads finish an epoch together and the learning rate steps finely.
+CHUNK_WORDS = 20_000
+
+
+def sigmoid_table() -> np.ndarray:
+    """sigmoid(x) at SIGMOID_TABLE_SIZE points spread over [-MAX_EXP, MAX_EXP)."""
+    x = (np.arange(SIGMOID_TABLE_SIZE, dtype=np.float64) / SIGMOID_TABLE_SIZE * 2 - 1) * MAX_EXP
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)  # (SIGMOID_TABLE_SIZE,)
+
+
+@njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _next_random(state: np.uint64) -> np.uint64:
+    return state * LCG_MULTIPLIER + LCG_INCREMENT
+
+
+@njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _draw_negative(state: np.uint64, cum_table: np.ndarray) -> int:
+    """Binary search of a uniform draw in the unigram^0.75 cumulative table (gensim's bisect_left)."""
+    r = np.int64((state >> np.uint64(16)) % np.uint64(cum_table[-1]))
+    lo = 0
+    hi = cum_table.shape[0] - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cum_table[mid] > r:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _negative_sampling_step(
+    hidden: np.ndarray,
+    target: int,
+    label: float,
+    alpha: float,
+    output_vectors: np.ndarray,
+    hidden_grad: np.ndarray,
+    sigmoid: np.ndarray,
+) -> None:
+    """One logistic step: push sigmoid(hidden . out[target]) toward `label`.
+
+    Updates out[target] in place and accumulates the hidden layer's gradient in `hidden_grad`
+    (applied by the caller once all negatives are done, as word2vec.c does).
+    """
+    dim = hidden.shape[0]
+    f = np.float32(0.0)
+    for d in range(dim):
+        f += hidden[d] * output_vectors[target, d]
+    if f > MAX_EXP:
+        g = (label - 1.0) * alpha
+    elif f < -MAX_EXP:
+        g = label * alpha
+    else:
+        g = (label - sigmoid[int((f + MAX_EXP) * (SIGMOID_TABLE_SIZE / MAX_EXP / 2))]) * alpha
+    g = np.float32(g)
+    for d in range(dim):
+        hidden_grad[d] += g * output_vectors[target, d]
+        output_vectors[target, d] += g * hidden[d]
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def train_chunk(
+    ids: np.ndarray,  # (N,) int32 word ids of the whole corpus
+    sentence_starts: np.ndarray,  # (S + 1,) int64 offsets into ids
+    first_sentence: int,
+    end_sentence: int,  # train sentences [first_sentence, end_sentence)
+    input_vectors: np.ndarray,  # (V, D) float32, updated in place
+    output_vectors: np.ndarray,  # (V, D) float32, updated in place
+    keep_u32: np.ndarray,  # (V,) int64 subsampling thresholds out of 2**32
+    cum_table: np.ndarray,  # (V,) int64 negative-sampling cumulative table
+    sigmoid: np.ndarray,  # (SIGMOID_TABLE_SIZE,) float32
+    window: int,
+    negative: int,
+    cbow: bool,
+    alpha_begin: float,
+    alpha_end: float,  # learning rate at the chunk's first and last word
+    rng_state: np.ndarray,  # (1,) uint64, this thread's generator, advanced in place
+) -> int:
+    """Train on a run of sentences; return the words kept after subsampling ("effective words")."""
+    dim = input_vectors.shape[1]
+    state = rng_state[0]
+    chunk_words = sentence_starts[end_sentence] - sentence_starts[first_sentence]
+    max_len = 0
+    for s in range(first_sentence, end_sentence):
+        max_len = max(max_len, sentence_starts[s + 1] - sentence_starts[s])
+    kept = np.empty(max_len, dtype=np.int32)  # the sentence after subsampling
+    hidden = np.empty(dim, dtype=np.float32)  # CBOW's mean of context vectors
+    hidden_grad = np.empty(dim, dtype=np.float32)
+    effective_words = 0
+
+    for s in range(first_sentence, end_sentence):
+        done = sentence_starts[s] - sentence_starts[first_sentence]
+        alpha = alpha_begin + (alpha_end - alpha_begin) * (done / max(chunk_words, 1))
+
+        # Subsample frequent words before windowing, so windows reach past dropped words.
+        n = 0
+        for k in range(sentence_starts[s], sentence_starts[s + 1]):
+            word = ids[k]
+            state = _next_random(state)
+            if keep_u32[word] > np.int64((state >> np.uint64(16)) & np.uint64(0xFFFFFFFF)):
+                kept[n] = word
+                n += 1
+        effective_words += n
+
+        for i in range(n):
+            # Dynamic window: a span drawn uniformly from 1..window, per centre word.
+            state = _next_random(state)
+            reduced = int(state % np.uint64(window))
+            lo = max(0, i - window + reduced)
+            hi = min(n, i + window + 1 - reduced)
+            centre = kept[i]
+
+            if cbow:
+                count = 0
+                hidden[:] = 0.0
+                for j in range(lo, hi):
+                    if j != i:
+                        for d in range(dim):
+                            hidden[d] += input_vectors[kept[j], d]
+                        count += 1
+                if count == 0:
+                    continue
+                inv = np.float32(1.0 / count)
+                for d in range(dim):
+                    hidden[d] *= inv
+                hidden_grad[:] = 0.0
+                _negative_sampling_step(hidden, centre, 1.0, alpha, output_vectors, hidden_grad, sigmoid)
+                for _ in range(negative):
+                    state = _next_random(state)
+                    target = _draw_negative(state, cum_table)
+                    if target != centre:
+                        _negative_sampling_step(hidden, target, 0.0, alpha, output_vectors, hidden_grad, sigmoid)
+                # Every context word gets the whole gradient (cbow_mean=1 in gensim, word2vec.c).
+                for j in range(lo, hi):
+                    if j != i:
+                        for d in range(dim):
+                            input_vectors[kept[j], d] += hidden_grad[d]
+            else:
+                for j in range(lo, hi):
+                    if j == i:
+                        continue
+                    # The context word's input vector predicts the centre word (word2vec.c's order).
+                    context = kept[j]
+                    hidden_grad[:] = 0.0
+                    row = input_vectors[context]
+                    _negative_sampling_step(row, centre, 1.0, alpha, output_vectors, hidden_grad, sigmoid)
+                    for _ in range(negative):
+                        state = _next_random(state)
+                        target = _draw_negative(state, cum_table)
+                        if target != centre:
+                            _negative_sampling_step(row, target, 0.0, alpha, output_vectors, hidden_grad, sigmoid)
+                    for d in range(dim):
+                        input_vectors[context, d] += hidden_grad[d]
+
+    rng_state[0] = state
+    return effective_words
+
+
+@dataclass(frozen=True)
+class KernelTables:
+    """Everything `train_chunk` reads besides the corpus, in the dtypes it was compiled for."""
+
+    input_vectors: np.ndarray  # (V, D) float32
+    output_vectors: np.ndarray  # (V, D) float32
+    keep_u32: np.ndarray  # (V,) int64
+    cum_table: np.ndarray  # (V,) int64
+    sigmoid: np.ndarray  # (SIGMOID_TABLE_SIZE,) float32
+
+
+def chunk_boundaries(sentence_starts: np.ndarray, chunk_words: int = CHUNK_WORDS) -> np.ndarray:
+    """Sentence indices that cut the corpus into runs of about `chunk_words` words each."""
+    total = int(sentence_starts[-1])
+    cuts = np.searchsorted(sentence_starts, np.arange(0, total, max(chunk_words, 1)), side="left")
+    return np.unique(np.concatenate([cuts, [len(sentence_starts) - 1]]))  # (C + 1,) first sentence of each chunk, then S
+
+
+def compile_kernel() -> float:
+    """Compile (or load from numba's cache) both kernel variants; return the seconds it took."""
+    started = time.perf_counter()
+    rng = np.random.default_rng(0)
+    vocab_size, dim = 4, 8
+    tables = KernelTables(
+        input_vectors=rng.random((vocab_size, dim), dtype=np.float32),
+        output_vectors=np.zeros((vocab_size, dim), dtype=np.float32),
+        keep_u32=np.full(vocab_size, 2**32, dtype=np.int64),
+        cum_table=np.array([1, 2, 3, 4], dtype=np.int64),
+        sigmoid=sigmoid_table(),
+    )
+    ids = np.array([0, 1, 2, 3, 2, 1], dtype=np.int32)
+    starts = np.array([0, 6], dtype=np.int64)
+    for cbow in (False, True):
+        _run_chunk(ids, starts, 0, 1, tables, 2, 2, cbow, 0.025, 0.025, np.ones(1, dtype=np.uint64))
+    return time.perf_counter() - started
+
+
+def _run_chunk(ids, starts, first, end, tables: KernelTables, window, negative, cbow, alpha_begin, alpha_end, rng_state) -> int:
+    return train_chunk(
+        ids, starts, np.int64(first), np.int64(end),
+        tables.input_vectors, tables.output_vectors, tables.keep_u32, tables.cum_table, tables.sigmoid,
+        np.int64(window), np.int64(negative), bool(cbow), np.float64(alpha_begin), np.float64(alpha_end), rng_state,
+    )  # fmt: skip
+
+
+def train_epoch(
+    ids: np.ndarray,
+    sentence_starts: np.ndarray,
+    tables: KernelTables,
+    window: int,
+    negative: int,
+    cbow: bool,
+    alpha_at: Callable[[int], float],
+    rng_states: np.ndarray,
+    on_progress: Callable[[int, int], None] | None = None,
+    chunk_words: int = CHUNK_WORDS,
+) -> int:
+    """One pass over the corpus with one thread per row of `rng_states`; return effective words.
+
+    `alpha_at(w)` is the learning rate after `w` words of this epoch (the caller's linear
+    schedule). `on_progress(words, effective_words)` is called from the calling thread, about
+    five times a second, with the counts done since its last call.
+    """
+    bounds = chunk_boundaries(sentence_starts, chunk_words)
+    next_chunk = iter(range(len(bounds) - 1))
+    lock = threading.Lock()
+    done = np.zeros((len(rng_states), 2), dtype=np.int64)  # per thread: words, effective words
+    errors: list[BaseException] = []
+
+    def work(thread: int) -> None:
+        try:
+            while True:
+                with lock:
+                    c = next(next_chunk, None)
+                if c is None:
+                    return
+                first, end = int(bounds[c]), int(bounds[c + 1])
+                w0, w1 = int(sentence_starts[first]), int(sentence_starts[end])
+                effective = _run_chunk(
+                    ids, sentence_starts, first, end, tables, window, negative, cbow,
+                    alpha_at(w0), alpha_at(w1), rng_states[thread : thread + 1],
+                )  # fmt: skip
+                done[thread, 0] += w1 - w0
+                done[thread, 1] += effective
+        except BaseException as error:  # surfaced in the calling thread below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(t,), daemon=True) for t in range(len(rng_states))]
+    for thread in threads:
+        thread.start()
+    reported = np.zeros(2, dtype=np.int64)
+    while any(thread.is_alive() for thread in threads):
+        threads[0].join(timeout=0.2)
+        if on_progress is not None:
+            now = done.sum(axis=0)
+            on_progress(int(now[0] - reported[0]), int(now[1] - reported[1]))
+            reported = now
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    if on_progress is not None:
+        now = done.sum(axis=0)
+        on_progress(int(now[0] - reported[0]), int(now[1] - reported[1]))
+    return int(done[:, 1].sum())
