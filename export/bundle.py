@@ -127,19 +127,26 @@ def write_versioned_dir(
     temporary folder beside it, which is then renamed into place. Versions default to v1, v2, ...
     Returns the final folder. Used for model bundles and for indexes alike."""
     parent.mkdir(parents=True, exist_ok=True)
-    version = version or _next_version(parent)
-    final = parent / version
-    if final.exists():
-        raise BundleError(f"{final} already exists; choose another version")
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{version}."))
-    try:
-        fill(tmp, version)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    while True:
+        chosen = version or _next_version(parent)
+        if (parent / chosen).exists():
+            raise BundleError(f"{parent / chosen} already exists; choose another version")
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{chosen}."))
+        try:
+            fill(tmp, chosen)
+            os.rename(tmp, parent / chosen)
+            break
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if version is not None or not (parent / chosen).exists():
+                raise
+            # Another writer took this number between our look and our rename: take the next.
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    final = parent / chosen
     if make_current:
-        set_current(parent, version)
+        set_current(parent, chosen)
     return final
 
 

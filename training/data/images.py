@@ -165,3 +165,20 @@ def load_image_arrays(name: str, split: str = "train", root: Path | str | None =
         keep = order[:cut] if split == "train" else order[cut:]
         return images[keep], labels[keep]
     raise ValueError(f"unknown image data set {name!r}: use 'fashion-mnist' or 'digits' (or an image folder path)")
+
+
+def open_image_dataset(source: str, split: str = "train", mode: str = "L", transform: Callable | None = None,
+                       root: Path | str | None = None, subset: int | None = None, seed: int = 0):
+    """A training data set by name ("fashion-mnist", "digits") or image folder path, optionally cut
+    to a fixed random `subset` of images (the same for a given seed)."""
+    if source in ("fashion-mnist", "digits"):
+        images, labels = load_image_arrays(source, split, root)
+        if subset is not None and subset < len(images):
+            keep = np.sort(np.random.default_rng(seed).choice(len(images), subset, replace=False))
+            images, labels = images[keep], labels[keep]
+        return ArrayImageDataset(images, labels, transform)
+    dataset = ImageFolder(source, mode, transform)
+    if subset is not None and subset < len(dataset):
+        keep = np.sort(np.random.default_rng(seed).choice(len(dataset), subset, replace=False))
+        dataset.samples = [dataset.samples[i] for i in keep]
+    return dataset
