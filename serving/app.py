@@ -1,7 +1,8 @@
 """The FastAPI app factory: `create_app(settings)` wires settings, registry, routers and errors.
 
-The lifespan loads every model's current bundle once at start-up and releases them at
-shut-down; requests reach the registry through `serving.dependencies.get_registry`.
+The lifespan loads every model's current bundle and every index once at start-up, starts the
+micro-batchers, and stops and releases them at shut-down; requests reach the registry through
+`serving.dependencies.get_registry`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fastapi import FastAPI
 from serving.errors import install_error_handlers
 from serving.metrics import install_metrics
 from serving.registry import Registry
-from serving.routers import health, words
+from serving.routers import embed, health, search, words
 from serving.settings import Settings, get_settings
 
 
@@ -22,12 +23,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.registry = Registry.load(settings)
+        registry = Registry.load(settings, metrics=app.state.metrics)
+        await registry.start()  # the micro-batchers' worker tasks, on this event loop
+        app.state.registry = registry
         try:
             yield
         finally:
-            app.state.registry.close()
             app.state.registry = None
+            await registry.stop()
+            registry.close()
 
     app = FastAPI(
         title="embedserve",
@@ -41,4 +45,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_metrics(app)
     app.include_router(health.router)
     app.include_router(words.router)
+    app.include_router(embed.router)
+    app.include_router(search.router)
     return app

@@ -14,10 +14,6 @@ from functools import cached_property
 
 import numpy as np
 
-# gensim's integer domain for the negative-sampling cumulative table (the largest int32)
-CUM_TABLE_DOMAIN = 2**31 - 1
-
-
 @dataclass(frozen=True)
 class Vocabulary:
     """Words kept for training, most frequent first, with their corpus counts."""
@@ -81,14 +77,29 @@ def keep_thresholds_u32(keep_probs: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(keep_probs, dtype=np.float64) * 2.0**32).astype(np.int64)  # (V,)
 
 
-def negative_sampling_cdf(counts: np.ndarray, power: float = 0.75) -> np.ndarray:
-    """Cumulative table of the unigram^0.75 distribution negatives are drawn from.
-
-    Entry i is the integer upper bound of word i's slice of [0, CUM_TABLE_DOMAIN) (gensim's
-    `cum_table`): draw r uniform in that range and take the first i with r < table[i].
-    """
+def negative_sampling_probabilities(counts: np.ndarray, power: float = 0.75) -> np.ndarray:
+    """The distribution negatives are drawn from: counts**0.75, normalised (Mikolov et al. 2013)."""
     weights = np.asarray(counts, dtype=np.float64) ** power  # (V,)
-    cdf = np.cumsum(weights) / weights.sum()
-    table = np.round(cdf * CUM_TABLE_DOMAIN).astype(np.int64)
-    table[-1] = CUM_TABLE_DOMAIN  # no rounding gap at the top
-    return table  # (V,) int64, non-decreasing
+    return weights / weights.sum()
+
+
+def alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker's alias table: draw from `probabilities` with one uniform index and one coin.
+
+    Pick slot i uniformly; keep i when a uniform uint32 draw is below `threshold_u32[i]`, else
+    take `alias[i]`. Exact, O(1) per draw, and two small arrays, so it is cheaper than
+    word2vec.c's 1e8-entry table or a binary search of gensim's cumulative table.
+    """
+    size = len(probabilities)
+    scaled = np.asarray(probabilities, dtype=np.float64) * size  # (V,) mean 1
+    threshold = np.ones(size, dtype=np.float64)
+    alias = np.arange(size, dtype=np.int32)
+    small = [i for i in range(size) if scaled[i] < 1.0]
+    large = [i for i in range(size) if scaled[i] >= 1.0]
+    while small and large:
+        s, g = small.pop(), large.pop()
+        threshold[s], alias[s] = scaled[s], g
+        scaled[g] -= 1.0 - scaled[s]
+        (small if scaled[g] < 1.0 else large).append(g)
+    # What is left is 1 up to rounding: those slots always keep their own word.
+    return keep_thresholds_u32(threshold), alias  # (V,) int64 out of 2**32, (V,) int32

@@ -55,7 +55,7 @@ class SimCLRConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> SimCLRConfig:
         """CPU profile (about 3 minutes on 2 cores): narrow ResNet, 20k-image subset, few steps."""
-        quick = cls(width=16, proj_hidden_dim=256, subset=20_000, epochs=2, batch_size=256, max_steps_per_epoch=40,
+        quick = cls(width=16, proj_hidden_dim=256, subset=20_000, epochs=3, batch_size=256, max_steps_per_epoch=50,
                     warmup_epochs=0.25, num_workers=0, checkpoint_path="artifacts/checkpoints/simclr-quick.pt",
                     log_path="artifacts/logs/simclr-quick.jsonl")
         return replace(quick, **overrides)

@@ -24,6 +24,7 @@ LCG_INCREMENT = np.uint64(11)
 # The sigmoid is read from a table over [-MAX_EXP, MAX_EXP] and saturates outside it (word2vec.c).
 MAX_EXP = 6.0
 SIGMOID_TABLE_SIZE = 1000
+SIGMOID_SCALE = SIGMOID_TABLE_SIZE / MAX_EXP / 2  # table slots per unit of x
 
 # Words per chunk handed to a thread: big enough that Python's per-chunk cost vanishes,
 # small enough that threads finish an epoch together and the learning rate steps finely.
@@ -42,49 +43,9 @@ def _next_random(state: np.uint64) -> np.uint64:
 
 
 @njit(nogil=True, fastmath=True, cache=True, inline="always")
-def _draw_negative(state: np.uint64, cum_table: np.ndarray) -> int:
-    """Binary search of a uniform draw in the unigram^0.75 cumulative table (gensim's bisect_left)."""
-    r = np.int64((state >> np.uint64(16)) % np.uint64(cum_table[-1]))
-    lo = 0
-    hi = cum_table.shape[0] - 1
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if cum_table[mid] > r:
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-@njit(nogil=True, fastmath=True, cache=True, inline="always")
-def _negative_sampling_step(
-    hidden: np.ndarray,
-    target: int,
-    label: float,
-    alpha: float,
-    output_vectors: np.ndarray,
-    hidden_grad: np.ndarray,
-    sigmoid: np.ndarray,
-) -> None:
-    """One logistic step: push sigmoid(hidden . out[target]) toward `label`.
-
-    Updates out[target] in place and accumulates the hidden layer's gradient in `hidden_grad`
-    (applied by the caller once all negatives are done, as word2vec.c does).
-    """
-    dim = hidden.shape[0]
-    f = np.float32(0.0)
-    for d in range(dim):
-        f += hidden[d] * output_vectors[target, d]
-    if f > MAX_EXP:
-        g = (label - 1.0) * alpha
-    elif f < -MAX_EXP:
-        g = label * alpha
-    else:
-        g = (label - sigmoid[int((f + MAX_EXP) * (SIGMOID_TABLE_SIZE / MAX_EXP / 2))]) * alpha
-    g = np.float32(g)
-    for d in range(dim):
-        hidden_grad[d] += g * output_vectors[target, d]
-        output_vectors[target, d] += g * hidden[d]
+def _uniform_u32(state: np.uint64) -> np.int64:
+    # The top bits of an LCG are its most random ones.
+    return np.int64(state >> np.uint64(32))
 
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -96,7 +57,8 @@ def train_chunk(
     input_vectors: np.ndarray,  # (V, D) float32, updated in place
     output_vectors: np.ndarray,  # (V, D) float32, updated in place
     keep_u32: np.ndarray,  # (V,) int64 subsampling thresholds out of 2**32
-    cum_table: np.ndarray,  # (V,) int64 negative-sampling cumulative table
+    alias_threshold: np.ndarray,  # (V,) int64 negative-sampling alias table: keep-slot thresholds
+    alias: np.ndarray,  # (V,) int32 ... and the word each slot falls back to
     sigmoid: np.ndarray,  # (SIGMOID_TABLE_SIZE,) float32
     window: int,
     negative: int,
@@ -106,27 +68,27 @@ def train_chunk(
     rng_state: np.ndarray,  # (1,) uint64, this thread's generator, advanced in place
 ) -> int:
     """Train on a run of sentences; return the words kept after subsampling ("effective words")."""
-    dim = input_vectors.shape[1]
+    vocab_size, dim = input_vectors.shape
     state = rng_state[0]
     chunk_words = sentence_starts[end_sentence] - sentence_starts[first_sentence]
     max_len = 0
     for s in range(first_sentence, end_sentence):
         max_len = max(max_len, sentence_starts[s + 1] - sentence_starts[s])
     kept = np.empty(max_len, dtype=np.int32)  # the sentence after subsampling
-    hidden = np.empty(dim, dtype=np.float32)  # CBOW's mean of context vectors
+    hidden = np.empty(dim, dtype=np.float32)  # the input side: a context vector, or CBOW's mean of them
     hidden_grad = np.empty(dim, dtype=np.float32)
     effective_words = 0
 
     for s in range(first_sentence, end_sentence):
         done = sentence_starts[s] - sentence_starts[first_sentence]
-        alpha = alpha_begin + (alpha_end - alpha_begin) * (done / max(chunk_words, 1))
+        alpha = np.float32(alpha_begin + (alpha_end - alpha_begin) * (done / max(chunk_words, 1)))
 
         # Subsample frequent words before windowing, so windows reach past dropped words.
         n = 0
         for k in range(sentence_starts[s], sentence_starts[s + 1]):
             word = ids[k]
             state = _next_random(state)
-            if keep_u32[word] > np.int64((state >> np.uint64(16)) & np.uint64(0xFFFFFFFF)):
+            if keep_u32[word] > _uniform_u32(state):
                 kept[n] = word
                 n += 1
         effective_words += n
@@ -134,52 +96,71 @@ def train_chunk(
         for i in range(n):
             # Dynamic window: a span drawn uniformly from 1..window, per centre word.
             state = _next_random(state)
-            reduced = int(state % np.uint64(window))
+            reduced = (_uniform_u32(state) * window) >> 32  # uniform in [0, window)
             lo = max(0, i - window + reduced)
             hi = min(n, i + window + 1 - reduced)
             centre = kept[i]
+            if hi - lo < 2:
+                continue  # no context words
 
-            if cbow:
-                count = 0
-                hidden[:] = 0.0
-                for j in range(lo, hi):
-                    if j != i:
-                        for d in range(dim):
-                            hidden[d] += input_vectors[kept[j], d]
-                        count += 1
-                if count == 0:
-                    continue
-                inv = np.float32(1.0 / count)
-                for d in range(dim):
-                    hidden[d] *= inv
-                hidden_grad[:] = 0.0
-                _negative_sampling_step(hidden, centre, 1.0, alpha, output_vectors, hidden_grad, sigmoid)
-                for _ in range(negative):
-                    state = _next_random(state)
-                    target = _draw_negative(state, cum_table)
-                    if target != centre:
-                        _negative_sampling_step(hidden, target, 0.0, alpha, output_vectors, hidden_grad, sigmoid)
-                # Every context word gets the whole gradient (cbow_mean=1 in gensim, word2vec.c).
-                for j in range(lo, hi):
-                    if j != i:
-                        for d in range(dim):
-                            input_vectors[kept[j], d] += hidden_grad[d]
-            else:
-                for j in range(lo, hi):
-                    if j == i:
-                        continue
-                    # The context word's input vector predicts the centre word (word2vec.c's order).
-                    context = kept[j]
-                    hidden_grad[:] = 0.0
-                    row = input_vectors[context]
-                    _negative_sampling_step(row, centre, 1.0, alpha, output_vectors, hidden_grad, sigmoid)
-                    for _ in range(negative):
-                        state = _next_random(state)
-                        target = _draw_negative(state, cum_table)
-                        if target != centre:
-                            _negative_sampling_step(row, target, 0.0, alpha, output_vectors, hidden_grad, sigmoid)
+            # Skip-gram trains one example per context word (its input vector predicts the
+            # centre, word2vec.c's order); CBOW one per centre word (the context mean predicts it).
+            for example in range(lo, hi):
+                if cbow:
+                    if example > lo:
+                        break
+                    hidden[:] = 0.0
+                    for j in range(lo, hi):
+                        if j != i:
+                            for d in range(dim):
+                                hidden[d] += input_vectors[kept[j], d]
+                    inv_count = np.float32(1.0 / (hi - lo - 1))
                     for d in range(dim):
-                        input_vectors[context, d] += hidden_grad[d]
+                        hidden[d] *= inv_count
+                else:
+                    if example == i:
+                        continue
+                    for d in range(dim):
+                        hidden[d] = input_vectors[kept[example], d]
+                hidden_grad[:] = 0.0
+
+                # The centre word as the positive, then `negative` draws from the alias table.
+                # Written out here, not in a helper taking arrays: numba would refcount the
+                # shared tables on every call, atomically, and the threads would fight over it.
+                for k in range(negative + 1):
+                    if k == 0:
+                        target = centre
+                        label = np.float32(1.0)
+                    else:
+                        state = _next_random(state)
+                        slot = (_uniform_u32(state) * vocab_size) >> 32  # uniform in [0, V)
+                        state = _next_random(state)
+                        target = slot if _uniform_u32(state) < alias_threshold[slot] else alias[slot]
+                        if target == centre:
+                            continue
+                        label = np.float32(0.0)
+                    f = np.float32(0.0)
+                    for d in range(dim):
+                        f += hidden[d] * output_vectors[target, d]
+                    if f >= MAX_EXP:
+                        g = (label - np.float32(1.0)) * alpha
+                    elif f <= -MAX_EXP:
+                        g = label * alpha
+                    else:
+                        g = (label - sigmoid[int((f + MAX_EXP) * SIGMOID_SCALE)]) * alpha
+                    for d in range(dim):
+                        hidden_grad[d] += g * output_vectors[target, d]
+                        output_vectors[target, d] += g * hidden[d]
+
+                if cbow:
+                    # Every context word gets the whole gradient (gensim's cbow_mean=1, word2vec.c).
+                    for j in range(lo, hi):
+                        if j != i:
+                            for d in range(dim):
+                                input_vectors[kept[j], d] += hidden_grad[d]
+                else:
+                    for d in range(dim):
+                        input_vectors[kept[example], d] += hidden_grad[d]
 
     rng_state[0] = state
     return effective_words
@@ -192,7 +173,8 @@ class KernelTables:
     input_vectors: np.ndarray  # (V, D) float32
     output_vectors: np.ndarray  # (V, D) float32
     keep_u32: np.ndarray  # (V,) int64
-    cum_table: np.ndarray  # (V,) int64
+    alias_threshold: np.ndarray  # (V,) int64
+    alias: np.ndarray  # (V,) int32
     sigmoid: np.ndarray  # (SIGMOID_TABLE_SIZE,) float32
 
 
@@ -212,7 +194,8 @@ def compile_kernel() -> float:
         input_vectors=rng.random((vocab_size, dim), dtype=np.float32),
         output_vectors=np.zeros((vocab_size, dim), dtype=np.float32),
         keep_u32=np.full(vocab_size, 2**32, dtype=np.int64),
-        cum_table=np.array([1, 2, 3, 4], dtype=np.int64),
+        alias_threshold=np.full(vocab_size, 2**32, dtype=np.int64),
+        alias=np.arange(vocab_size, dtype=np.int32),
         sigmoid=sigmoid_table(),
     )
     ids = np.array([0, 1, 2, 3, 2, 1], dtype=np.int32)
@@ -225,7 +208,8 @@ def compile_kernel() -> float:
 def _run_chunk(ids, starts, first, end, tables: KernelTables, window, negative, cbow, alpha_begin, alpha_end, rng_state) -> int:
     return train_chunk(
         ids, starts, np.int64(first), np.int64(end),
-        tables.input_vectors, tables.output_vectors, tables.keep_u32, tables.cum_table, tables.sigmoid,
+        tables.input_vectors, tables.output_vectors, tables.keep_u32, tables.alias_threshold, tables.alias,
+        tables.sigmoid,
         np.int64(window), np.int64(negative), bool(cbow), np.float64(alpha_begin), np.float64(alpha_end), rng_state,
     )  # fmt: skip
 

@@ -1,0 +1,264 @@
+"""Benchmark: `POST /embed/image` through the gateway, batching on and off, against raw onnxruntime.
+
+Starts two servers on 127.0.0.1 (EMBEDSERVE_BATCHING=true and false), drives each with httpx at
+concurrency 1, 8 and 32 (one image per request), runs the same model's onnxruntime session
+in-process on preprocessed batches of 1, 8 and 32, prints one table and writes it, with the
+machine and date, to bench/results/serve_images.json.
+
+    python bench/serve_images.py                                  # an image encoder under artifacts/, else a small CNN bundle
+    python bench/serve_images.py --artifacts artifacts --model simclr-fmnist --requests 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from export.bundle import Bundle, Manifest, iter_current_bundles, open_bundle, write_bundle  # noqa: E402
+from serving.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
+from serving.preprocessing import decode_image, preprocess_batch  # noqa: E402
+from training.data.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist  # noqa: E402
+
+CONCURRENCY = (1, 8, 32)
+HOST = "127.0.0.1"  # loopback only: the benchmark never listens on a public address
+STARTUP_TIMEOUT_S = 60.0
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,
+            "providers": ort.get_available_providers(), "numpy": np.__version__, "httpx": httpx.__version__}
+
+
+def write_small_cnn_bundle(artifacts: Path, name: str = "bench-cnn") -> Bundle:
+    """A stand-in image encoder for when no exported one exists: (B,1,28,28) → 2 convs → GAP → 128-d."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "w1": rng.normal(0, 0.3, (32, 1, 3, 3)), "w2": rng.normal(0, 0.1, (64, 32, 3, 3)),
+        "w3": rng.normal(0, 0.1, (64, 64, 3, 3)), "proj": rng.normal(0, 0.1, (64, 128)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["images", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["c3"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c3"], ["r3"]),
+        helper.make_node("GlobalAveragePool", ["r3"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "proj"], ["embeddings"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "bench_cnn",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", 128])],
+        [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    spec = {"mode": "L", "channels": 1, "resize": 28, "crop": 28, "mean": [0.286], "std": [0.353], "interpolation": "bilinear"}
+    manifest = Manifest(name=name, kind="image-encoder", method="simclr", dim=128, normalized=False,
+                        files={"image_encoder": "image_encoder.onnx"}, preprocessing=spec,
+                        extra={"note": "random-weight stand-in written by bench/serve_images.py"})
+    return write_bundle(artifacts, manifest, lambda folder: save(model, str(folder / "image_encoder.onnx")))
+
+
+def find_image_bundle(artifacts: Path, name: str | None) -> Bundle | None:
+    if name:
+        return open_bundle(artifacts, name)
+    return next((b for b in iter_current_bundles(artifacts) if b.manifest.kind == "image-encoder"), None)
+
+
+def sample_pngs(count: int, size: int) -> list[bytes]:
+    """`count` PNG files: Fashion-MNIST test images when installed, else noise, resized to `size`."""
+    if DEFAULT_FASHION_MNIST_ROOT.is_dir():
+        pixels = load_fashion_mnist(DEFAULT_FASHION_MNIST_ROOT, "test")[0][:count]
+    else:
+        pixels = np.random.default_rng(0).integers(0, 256, (count, 28, 28), dtype=np.uint8)
+    out = []
+    for p in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(p, "L").resize((size, size), Image.Resampling.BILINEAR).save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_server(artifacts: Path, model: str, batching: bool, port: int, max_batch_size: int, max_wait_ms: float) -> subprocess.Popen:
+    env = {**os.environ, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_DEFAULT_IMAGE_MODEL": model,
+           "EMBEDSERVE_BATCHING": str(batching).lower(), "EMBEDSERVE_MAX_BATCH_SIZE": str(max_batch_size),
+           "EMBEDSERVE_MAX_WAIT_MS": str(max_wait_ms)}
+    command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST,
+               "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    return subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1])
+
+
+async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with code {server.returncode} before it was ready")
+        try:
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"the server was not ready within {STARTUP_TIMEOUT_S:.0f} s")
+
+
+def summary(latencies_s: list[float], images: int, wall_s: float) -> dict:
+    ms = np.asarray(latencies_s) * 1000.0
+    return {"images": images, "wall_s": round(wall_s, 3), "images_per_s": round(images / wall_s, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+async def drive(client: httpx.AsyncClient, pngs: list[bytes], concurrency: int, requests: int) -> dict:
+    """`requests` single-image POSTs, `concurrency` in flight at a time; every answer must be 200."""
+    latencies: list[float] = []
+    counter = iter(range(requests))
+
+    async def worker() -> None:
+        for i in counter:
+            start = time.perf_counter()
+            response = await client.post("/embed/image", files={"files": ("x.png", pngs[i % len(pngs)], "image/png")})
+            latencies.append(time.perf_counter() - start)
+            if response.status_code != 200:
+                raise RuntimeError(f"/embed/image answered {response.status_code}: {response.text[:200]}")
+
+    for _ in range(min(4, requests)):  # warm-up: first requests pay for lazy initialisation
+        await client.post("/embed/image", files={"files": ("x.png", pngs[0], "image/png")})
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summary(latencies, requests, time.perf_counter() - start)
+
+
+async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests: int, args) -> dict:
+    results = {}
+    for batching in (True, False):
+        port = free_port()
+        server = start_server(artifacts, model, batching, port, args.max_batch_size, args.max_wait_ms)
+        try:
+            limits = httpx.Limits(max_connections=max(CONCURRENCY), max_keepalive_connections=max(CONCURRENCY))
+            async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60.0, limits=limits) as client:
+                await wait_ready(client, server)
+                for c in CONCURRENCY:
+                    results[("batched" if batching else "unbatched", c)] = await drive(client, pngs, c, requests)
+                    print(f"  gateway batching={'on' if batching else 'off'} c={c}: {results[('batched' if batching else 'unbatched', c)]}", flush=True)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    return results
+
+
+def bench_raw(bundle: Bundle, pngs: list[bytes], requests: int) -> dict:
+    """The model alone: onnxruntime in this process on already-preprocessed batches of c images."""
+    session = ort.InferenceSession(str(bundle.file("image_encoder")), sess_options=session_options(),
+                                   providers=resolve_providers("auto"))
+    input_name = session.get_inputs()[0].name
+    images = [decode_image(p, 10_000_000, 40_000_000) for p in pngs]
+    results = {}
+    for c in CONCURRENCY:
+        batch = preprocess_batch([images[i % len(images)] for i in range(c)], bundle.manifest.preprocessing)  # (c, C, H, W)
+        session.run(None, {input_name: batch})  # warm-up
+        calls = max(1, requests // c)
+        latencies = []
+        start = time.perf_counter()
+        for _ in range(calls):
+            t = time.perf_counter()
+            session.run(None, {input_name: batch})
+            latencies.append(time.perf_counter() - t)
+        results[("raw onnxruntime", c)] = summary(latencies, calls * c, time.perf_counter() - start)
+        print(f"  raw onnxruntime batch={c}: {results[('raw onnxruntime', c)]}", flush=True)
+    return results
+
+
+def print_table(results: dict, model_line: str) -> None:
+    print(f"\n{model_line}")
+    print(f"{'mode':<18}{'c':>4}{'images/s':>11}{'p50 ms':>10}{'p99 ms':>10}")
+    for (mode, c), r in results.items():
+        print(f"{mode:<18}{c:>4}{r['images_per_s']:>11.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="folder holding models/")
+    parser.add_argument("--model", help="image encoder to serve; default: the first under --artifacts, else a stand-in CNN")
+    parser.add_argument("--requests", type=int, default=256, help="requests per (mode, concurrency) cell")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "serve_images.json")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="serve-images-bench-") as scratch:
+        artifacts = args.artifacts.resolve()
+        bundle = find_image_bundle(artifacts, args.model) if artifacts.is_dir() else None
+        stand_in = bundle is None
+        if stand_in:
+            artifacts = Path(scratch)
+            bundle = write_small_cnn_bundle(artifacts)
+        m = bundle.manifest
+        model_line = f"model {m.name} {m.version} ({m.method}, dim {m.dim}, input {m.preprocessing['crop']}px) from {artifacts}"
+        print(model_line, flush=True)
+        pngs = sample_pngs(64, m.preprocessing["crop"])
+        results = asyncio.run(bench_gateway(artifacts, m.name, pngs, args.requests, args))
+        results |= bench_raw(bundle, pngs, args.requests)
+
+    top = max(CONCURRENCY)
+    ratios = {
+        f"batched/unbatched images/s at c={top}": results[("batched", top)]["images_per_s"] / results[("unbatched", top)]["images_per_s"],
+        f"gateway (batched)/raw onnxruntime images/s at c={top}": results[("batched", top)]["images_per_s"] / results[("raw onnxruntime", top)]["images_per_s"],
+        "gateway/raw onnxruntime images/s at c=1": results[("batched", 1)]["images_per_s"] / results[("raw onnxruntime", 1)]["images_per_s"],
+    }
+    print_table(results, model_line)
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "serve_images",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "model": {"name": m.name, "version": m.version, "method": m.method, "dim": m.dim, "stand_in": stand_in},
+        "settings": {"requests_per_cell": args.requests, "max_batch_size": args.max_batch_size,
+                     "max_wait_ms": args.max_wait_ms, "images_per_request": 1, "client": "httpx.AsyncClient, multipart"},
+        "results": [{"mode": mode, "concurrency": c, **r} for (mode, c), r in results.items()],
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+    }, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Benchmark: SimCLR and MAE on Fashion-MNIST against raw pixels and the same encoders at random init.
+
+Prints one table (kNN top-1 and linear-probe top-1 at 1/10/100% of labels) and writes it, with
+the machine and date, to bench/results/vision_ssl.json.
+
+    python bench/vision_ssl.py --profile quick            # ~3 min training per method on 2 CPU cores
+    python bench/vision_ssl.py --profile full --reuse     # evaluate existing full checkpoints
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from training.data.images import load_image_arrays  # noqa: E402
+from training.evaluation.encoder_eval import encoder_embed_fn, evaluate_encoder, raw_pixels  # noqa: E402
+from training.methods.encoders import load_image_encoder  # noqa: E402
+from training.methods.mae import MAEConfig, train_mae  # noqa: E402
+from training.methods.simclr import SimCLRConfig, train_simclr  # noqa: E402
+
+# eval_train / eval_test: how many Fashion-MNIST images the kNN and probe use (None = all 60k / 10k)
+PROFILES = {
+    "quick": {"simclr": SimCLRConfig.quick(), "mae": MAEConfig.quick(), "eval_train": 10_000, "eval_test": 2_000},
+    "full": {"simclr": SimCLRConfig(), "mae": MAEConfig(), "eval_train": None, "eval_test": None},
+}
+TRAINERS = {"simclr": train_simclr, "mae": train_mae}
+FRACTIONS = (0.01, 0.1, 1.0)
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import sklearn
+    import torchvision
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+
+
+def fixed_subset(data: tuple[np.ndarray, np.ndarray], size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if size is None or size >= len(data[0]):
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(len(data[0]), size, replace=False))
+    return data[0][keep], data[1][keep]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--methods", nargs="+", choices=sorted(TRAINERS), default=["simclr", "mae"])
+    parser.add_argument("--reuse", action="store_true", help="evaluate existing checkpoints instead of training")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vision_ssl.json"))
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+
+    train = fixed_subset(load_image_arrays("fashion-mnist", "train"), profile["eval_train"], seed=1)
+    test = fixed_subset(load_image_arrays("fashion-mnist", "test"), profile["eval_test"], seed=1)
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+
+    def evaluate(embed_fn) -> dict:
+        return evaluate_encoder(embed_fn, train, test, FRACTIONS)
+
+    rows = [{"name": "raw pixels", "method": None, "epochs": None, "train_time_s": None, **evaluate(raw_pixels)}]
+    for name in args.methods:
+        config = profile[name].__class__(**{**asdict(profile[name]), "device": args.device})
+        checkpoint = Path(config.checkpoint_path)
+        train_time_s = None
+        if not (args.reuse and checkpoint.is_file()):
+            summary = TRAINERS[name](config)
+            train_time_s = summary["train_time_s"]
+        encoder, info = load_image_encoder(checkpoint, device)
+        torch.manual_seed(0)
+        random_encoder, _ = load_image_encoder(checkpoint, device, random_init=True)
+        arch = "ResNet-18" if info["config"].get("width") else "ViT"
+        rows.append({"name": f"random-init {arch} ({name})", "method": None, "epochs": 0, "train_time_s": None,
+                     **evaluate(encoder_embed_fn(random_encoder, info["preprocessing"], device=device))})
+        rows.append({"name": f"{name} {arch}", "method": name, "epochs": info["config"]["epochs"],
+                     "steps_per_epoch": info["config"]["max_steps_per_epoch"], "train_images": info["config"]["subset"],
+                     "train_time_s": train_time_s, "checkpoint": str(checkpoint),
+                     **evaluate(encoder_embed_fn(encoder, info["preprocessing"], device=device))})
+
+    def cell(value, fmt: str = "") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    header = f"{'encoder':<28} {'epochs':>6} {'train s':>8} {'dim':>5} {'kNN top1':>9} {'lin 1%':>7} {'lin 10%':>8} {'lin 100%':>9}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lin = r["linear_top1_pct"]
+        lines.append(f"{r['name']:<28} {cell(r['epochs']):>6} {cell(r['train_time_s'], '.0f'):>8} {r['dim']:>5} "
+                     f"{r['knn_top1_pct']:>9.2f} {lin['1%']:>7.2f} {lin['10%']:>8.2f} {lin['100%']:>9.2f}")
+    table = "\n".join(lines)
+    print(table)
+
+    result = {
+        "benchmark": "vision_ssl", "profile": args.profile, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "eval": {"data": "fashion-mnist", "train_images": len(train[0]), "test_images": len(test[0]), "knn_k": 200,
+                 "knn_temperature": 0.1, "linear_probe": "sklearn LogisticRegression (C=1) on standardised embeddings",
+                 "label_fractions": list(FRACTIONS)},
+        "rows": rows, "table": table,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

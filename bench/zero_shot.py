@@ -1,0 +1,157 @@
+"""Benchmark: CLIP zero-shot on Fashion-MNIST (eval templates never used in training), its two
+held-out classes, image↔text retrieval and Open Clip Art categories, against chance.
+
+Prints one table and writes it, with the machine and date, to bench/results/zero_shot.json.
+
+    python bench/zero_shot.py --train                 # train the quick CPU profile (~4 min on 2 cores), then evaluate
+    python bench/zero_shot.py --checkpoint artifacts/checkpoints/clip-quick.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from index.templates import EVAL_TEMPLATES  # noqa: E402
+from index.zero_shot import build_class_matrix, classify  # noqa: E402
+from training.data.captions import FASHION_MNIST_CLASS_NAMES, fashion_mnist_caption, openclipart_pairs  # noqa: E402
+from training.data.images import load_image_arrays, normalize_image, to_pil  # noqa: E402
+from training.data.transforms import EvalTransform  # noqa: E402
+from training.methods.clip import ClipConfig, embed_images, load_clip_towers, text_encoder_fn, train_clip  # noqa: E402
+from vision_ssl import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+OPENCLIPART_ROOT = Path("/usr/share/openclipart/png")
+RECALL_KS = (1, 5, 10)
+
+
+def recall_at_k(similarity: np.ndarray, query_labels: np.ndarray, item_labels: np.ndarray, ks=RECALL_KS) -> dict:
+    """Share of queries with an item of their own class among the top k (similarity (Q, N)).
+
+    Captions here are written from class labels, so any caption naming the image's class describes
+    it; demanding the one paired caption would score ties between identical wordings as misses."""
+    order = np.argsort(-similarity, axis=1)[:, :max(ks)]  # (Q, K)
+    hits = item_labels[order] == query_labels[:, None]  # (Q, K)
+    return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
+
+
+def preprocess(images: list[Image.Image] | np.ndarray, transform: EvalTransform) -> torch.Tensor:
+    pil = [to_pil(i) for i in images] if isinstance(images, np.ndarray) else images
+    return torch.stack([transform(img) for img in pil])  # (N, C, H, W)
+
+
+def evaluate(checkpoint: str, retrieval_size: int = 1000, openclipart_per_category: int = 40, seed: int = 0) -> dict:
+    image_tower, text_tower, info = load_clip_towers(checkpoint)
+    config = info["config"]
+    spec = info["preprocessing"]
+    transform = EvalTransform(spec["crop"], spec["mode"], spec["mean"], spec["std"], spec["resize"])
+    encode_texts = text_encoder_fn(text_tower, info["tokenizer_json"])
+    scale = info["logit_scale"]
+    results: dict = {"logit_scale": scale}
+
+    # Fashion-MNIST zero-shot, 10-way, eval templates only
+    images, labels = load_image_arrays("fashion-mnist", "test", config.get("data_root"))
+    image_embeddings = embed_images(image_tower, preprocess(images, transform))  # (10000, dim)
+    class_matrix = build_class_matrix(encode_texts, FASHION_MNIST_CLASS_NAMES, EVAL_TEMPLATES)  # (10, dim)
+    predicted = classify(image_embeddings, class_matrix, scale).argmax(1)
+    held_out = [FASHION_MNIST_CLASS_NAMES.index(c) for c in config["held_out_classes"]]
+    in_held_out = np.isin(labels, held_out)
+    results["fashion_mnist_top1"] = float((predicted == labels).mean())
+    results["seen_classes_top1"] = float((predicted == labels)[~in_held_out].mean())
+    results["held_out_classes"] = list(config["held_out_classes"])
+    results["held_out_top1"] = float((predicted == labels)[in_held_out].mean()) if in_held_out.any() else None
+    results["per_class_top1"] = {name: float((predicted == labels)[labels == c].mean())
+                                 for c, name in enumerate(FASHION_MNIST_CLASS_NAMES)}
+
+    # retrieval on a fixed subset, one eval-template caption per image
+    rng = np.random.default_rng(seed)
+    subset = np.sort(rng.choice(len(images), retrieval_size, replace=False))
+    caption_rng = random.Random(seed)
+    captions = [fashion_mnist_caption(int(labels[i]), caption_rng, EVAL_TEMPLATES, kind_prob=0.0) for i in subset]
+    similarity = image_embeddings[subset] @ encode_texts(captions).T  # (N, N): images by rows
+    sub_labels = labels[subset]
+    results["image_to_text_recall"] = recall_at_k(similarity, sub_labels, sub_labels)
+    results["text_to_image_recall"] = recall_at_k(similarity.T, sub_labels, sub_labels)
+    results["retrieval_size"] = retrieval_size
+
+    # Open Clip Art: category zero-shot (a domain the quick model never saw: colour drawings, greyscaled)
+    if OPENCLIPART_ROOT.is_dir():
+        by_category: dict[str, list[Path]] = {}
+        for path, _caption, category in openclipart_pairs(OPENCLIPART_ROOT):
+            by_category.setdefault(category, []).append(path)
+        categories = sorted(by_category)
+        pick = random.Random(seed)
+        chosen = [(p, c) for c, ps in enumerate(by_category[k] for k in categories)
+                  for p in pick.sample(ps, min(openclipart_per_category, len(ps)))]
+        art = []
+        for path, _ in chosen:
+            with Image.open(path) as opened:
+                art.append(normalize_image(opened, "RGB"))  # alpha on white first, then the model's mode
+        art_embeddings = embed_images(image_tower, preprocess(art, transform))
+        art_labels = np.array([c for _, c in chosen])
+        art_matrix = build_class_matrix(encode_texts, categories, EVAL_TEMPLATES)
+        results["openclipart_top1"] = float((classify(art_embeddings, art_matrix, scale).argmax(1) == art_labels).mean())
+        results["openclipart_categories"] = len(categories)
+        results["openclipart_images"] = len(chosen)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=ClipConfig.quick().checkpoint_path)
+    parser.add_argument("--train", action="store_true", help="train the quick profile first (overwrites --checkpoint)")
+    parser.add_argument("--text-tower", choices=["minilm", "scratch"], default="minilm")
+    parser.add_argument("--unlock-text", action="store_true", help="fine-tune the text tower instead of locking it")
+    parser.add_argument("--retrieval-size", type=int, default=1000)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "zero_shot.json"))
+    args = parser.parse_args(argv)
+
+    training = None
+    if args.train:
+        config = ClipConfig.quick(checkpoint_path=args.checkpoint, text_tower=args.text_tower, lock_text=not args.unlock_text)
+        training = {"config": asdict(config), **train_clip(config)}
+    started = time.perf_counter()
+    r = evaluate(args.checkpoint, args.retrieval_size)
+    eval_time_s = time.perf_counter() - started
+
+    held = " + ".join(r["held_out_classes"]) or "none"
+    rows = [  # (metric, value, chance, target)
+        ("Fashion-MNIST zero-shot top-1 (10-way, eval templates)", r["fashion_mnist_top1"], 0.1, ">= 0.70"),
+        ("  seen classes only", r["seen_classes_top1"], 0.1, ""),
+        (f"  held-out classes ({held}), 10-way", r["held_out_top1"], 0.1, ">= 0.30"),
+        *[(f"image->text recall@{k} (class match, {r['retrieval_size']} pairs)", r["image_to_text_recall"][k], None, "")
+          for k in RECALL_KS],
+        *[(f"text->image recall@{k} (class match)", r["text_to_image_recall"][k], None, "") for k in RECALL_KS],
+    ]
+    if "openclipart_top1" in r:
+        rows.append((f"Open Clip Art category top-1 ({r['openclipart_categories']}-way, {r['openclipart_images']} images)",
+                     r["openclipart_top1"], 1 / r["openclipart_categories"], ""))
+    width = max(len(m) for m, *_ in rows)
+    lines = [f"{'metric':<{width}}  {'CLIP':>6}  {'chance':>6}  target", "-" * (width + 30)]
+    for metric, value, chance, target in rows:
+        shown = "n/a" if value is None else f"{value:.3f}"
+        lines.append(f"{metric:<{width}}  {shown:>6}  {'' if chance is None else f'{chance:.3f}':>6}  {target}")
+    print("\n".join(lines))
+
+    result = {"benchmark": "zero_shot", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "checkpoint": args.checkpoint, "results": r, "eval_time_s": eval_time_s,
+              "training": training, "table": lines}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Torch module to ONNX with a dynamic batch axis, and the parity check that proves the ONNX
+file computes what the module does (cosine per row, through onnxruntime on CPU).
+
+Uses torch's TorchScript-based exporter (`dynamo=False`): the torch.export-based one needs
+`onnxscript`, which is not a dependency, and the legacy path handles our backbones and
+`dynamic_axes` reliably.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+DEFAULT_MIN_COSINE = 0.9999  # fp32 ONNX vs torch differ only by kernel rounding: far above this
+FP16_MIN_COSINE = 0.99  # half precision loses ~3 decimal digits per value
+
+
+class ParityError(ValueError):
+    """The ONNX model's outputs are not the torch module's: the export is wrong; do not ship it."""
+
+
+@contextmanager
+def _written_atomically(path: Path) -> Iterator[str]:
+    """A temporary name beside `path` to write to; renamed to `path` on success, removed on failure.
+    (export.bundle.atomic_write_text does the same for text; these files are written by torch/onnx.)"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_onnx(module: torch.nn.Module, example_input: torch.Tensor, path: Path | str,
+                input_name: str = "images", output_name: str = "embeddings", opset: int = DEFAULT_OPSET) -> Path:
+    """Export `module` (put in eval mode) to `path`, batch axis 0 dynamic on input and output.
+
+    The file is written to a temporary name beside `path`, checked with onnx.checker and renamed,
+    so `path` is either absent or a complete model.
+    """
+    path = Path(path)
+    module = module.eval()
+    with _written_atomically(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notices that it is legacy
+        torch.onnx.export(
+            module, (example_input,), tmp, dynamo=False, opset_version=opset,
+            input_names=[input_name], output_names=[output_name],
+            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+        )
+        onnx.checker.check_model(tmp)
+    log.info("exported %s (opset %d, input %s %s)", path, opset, input_name, tuple(example_input.shape))
+    return path
+
+
+def onnx_io_names(onnx_path: Path | str) -> tuple[str, str]:
+    """(first input name, first output name) of an ONNX file."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]  # older opsets list weights as inputs
+    return inputs[0], graph.output[0].name
+
+
+def run_onnx(onnx_path: Path | str, inputs: np.ndarray) -> np.ndarray:
+    """The ONNX model's first output for `inputs`, on onnxruntime's CPU provider."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return session.run(None, {input_name: inputs})[0]
+
+
+def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row of `a` (B, D) with the same row of `b` (B, D): (B,)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+def check_parity(module: torch.nn.Module, onnx_path: Path | str, inputs: torch.Tensor,
+                 min_cosine: float = DEFAULT_MIN_COSINE) -> float:
+    """Run `inputs` (B, ...) through the torch module and the ONNX file; return the lowest per-row
+    cosine between their outputs, or raise ParityError when it is below `min_cosine`."""
+    with torch.no_grad():
+        expected = module.eval()(inputs).float().cpu().numpy()  # (B, D)
+    got = run_onnx(onnx_path, inputs.cpu().numpy())  # (B, D)
+    if got.shape != expected.shape:
+        raise ParityError(f"{onnx_path} returns shape {got.shape}, the torch module {expected.shape}")
+    worst = float(rowwise_cosine(expected, got).min())
+    if not worst >= min_cosine:  # `not >=` so that NaN fails too
+        raise ParityError(
+            f"{onnx_path} disagrees with the torch module: lowest row cosine {worst:.6f} < {min_cosine}; "
+            "look for ops that export differently (dropout left on, data-dependent shapes)"
+        )
+    return worst
+
+
+def write_fp16_copy(onnx_path: Path | str, fp16_path: Path | str) -> Path | None:
+    """A half-precision copy of an fp32 ONNX file, inputs and outputs kept float32 so callers need
+    not change; None when onnxruntime's converter is not installed. For GPUs: CPUs run fp16 slower."""
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        log.info("onnxruntime.transformers is not installed; no fp16 copy of %s", onnx_path)
+        return None
+    fp16_path = Path(fp16_path)
+    model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    with _written_atomically(fp16_path) as tmp:
+        onnx.save(model, tmp)
+    return fp16_path

@@ -1,0 +1,117 @@
+"""The in-process runtime: an onnxruntime session over a bundle's ONNX file.
+
+Runs on CPU, CUDA or TensorRT, whichever execution providers the setting names and this
+onnxruntime build has. `InferenceSession.run` is safe to call from several threads at once,
+so one encoder serves every request thread and the micro-batcher alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from export.bundle import Bundle
+from serving.encoders.base import Encoder
+
+log = logging.getLogger(__name__)
+
+# Short names accepted in the `execution_providers` setting, besides onnxruntime's full names.
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+# The order "auto" prefers: fastest first; CPU always last so every node has somewhere to run.
+AUTO_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+CPU = "CPUExecutionProvider"
+
+# ONNX tensor types the encoders take, as onnxruntime spells them.
+_NUMPY_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def resolve_providers(setting: str, available: list[str] | None = None) -> list[str]:
+    """The execution providers to ask for, in priority order, from the setting string.
+
+    "auto" takes TensorRT and CUDA when this onnxruntime build has them; otherwise the setting is a
+    comma-separated list of names or aliases (tensorrt, cuda, cpu). CPU is always appended last.
+    """
+    available = list(ort.get_available_providers() if available is None else available)
+    if setting.strip().lower() == "auto":
+        wanted = [p for p in AUTO_PREFERENCE if p in available]
+    else:
+        wanted = [PROVIDER_ALIASES.get(p.strip().lower(), p.strip()) for p in setting.split(",") if p.strip()]
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            raise ValueError(
+                f"execution provider(s) {missing} are not in this onnxruntime build (it has {available}); "
+                "set EMBEDSERVE_EXECUTION_PROVIDERS=auto, or install onnxruntime-gpu for CUDA/TensorRT"
+            )
+    wanted = [p for p in dict.fromkeys(wanted) if p != CPU]  # de-duplicated, CPU moved to the end
+    return [*wanted, CPU]
+
+
+def session_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # intra-op threads left at onnxruntime's default (one per physical core)
+    return options
+
+
+class OnnxEncoder(Encoder):
+    """A bundle's ONNX model (the file that plays `role`) in an onnxruntime session.
+
+    `role` is the manifest's file role, e.g. "image_encoder" (serving.encoders.factory picks it
+    from the bundle's kind). `trt_cache_dir`, when given, keeps TensorRT engines between restarts
+    (building one takes minutes) outside the bundle, which stays read-only so its hashes hold.
+    """
+
+    def __init__(self, bundle: Bundle, role: str, providers: str = "auto", trt_cache_dir: Path | None = None):
+        self.manifest = bundle.manifest
+        self.role = role
+        path = bundle.file(self.role)
+        provider_names = resolve_providers(providers)
+        provider_options = [_options_for(p, trt_cache_dir) for p in provider_names]
+        self.session = ort.InferenceSession(str(path), sess_options=session_options(),
+                                            providers=provider_names, provider_options=provider_options)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        extra = self.manifest.extra
+        self.input_name = extra.get("onnx_input") or inputs[0].name
+        self.output_name = extra.get("onnx_output") or outputs[0].name
+        model_input = next((i for i in inputs if i.name == self.input_name), None)
+        if model_input is None:
+            raise ValueError(f"{path} has no input {self.input_name!r}; its inputs are {[i.name for i in inputs]}: re-export the bundle")
+        self.input_dtype = _NUMPY_DTYPES.get(model_input.type, np.float32)
+        self.input_shape = model_input.shape  # e.g. ["batch", 3, 32, 32]: strings are dynamic axes
+        log.info("model %s %s: %s on %s", self.manifest.name, self.manifest.version, path.name, self.session.get_providers())
+
+    @property
+    def providers(self) -> list[str]:
+        """The providers the session really uses (onnxruntime drops those it could not start)."""
+        return self.session.get_providers()
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)  # (B, C, H, W) or (B, T)
+        self._check_shape(batch.shape)
+        (embeddings,) = self.session.run([self.output_name], {self.input_name: batch})  # (B, D)
+        return np.asarray(embeddings, dtype=np.float32)
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        # onnxruntime's own message for a wrong shape names graph nodes; say what the caller sent instead
+        expected = self.input_shape
+        fixed_match = len(shape) == len(expected) and all(not isinstance(e, int) or e == s for e, s in zip(expected, shape))
+        if not fixed_match:
+            raise ValueError(f"model {self.manifest.name} takes input shape {expected}, got {tuple(shape)}")
+
+    def close(self) -> None:
+        self.session = None  # onnxruntime frees the session (and GPU memory) when it is collected
+
+
+def _options_for(provider: str, trt_cache_dir: Path | None) -> dict[str, str]:
+    if provider == "TensorrtExecutionProvider" and trt_cache_dir is not None:
+        trt_cache_dir.mkdir(parents=True, exist_ok=True)
+        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache_dir)}
+    return {}

@@ -1,0 +1,135 @@
+"""Image embeddings: `POST /embed/image`, the images sent as multipart files or as base64 in JSON.
+
+Too many images in one request answer 413 (the request is too large, not malformed). Decoding
+and preprocessing run in the threadpool; the model call goes through the model's micro-batcher.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from export.bundle import Manifest
+from index.analogy import unit_rows
+from serving.batching import MicroBatcher
+from serving.dependencies import get_registry
+from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from serving.preprocessing import decode_image, preprocess_batch
+from serving.registry import Registry
+from serving.settings import Settings
+
+router = APIRouter(tags=["embed"])
+
+FILES_FIELD = "files"  # the multipart field that carries the images
+
+
+class EmbedImagesRequest(BaseModel):
+    images: list[str] = Field(description="image files, each base64-encoded (a data: URL prefix is allowed)")
+    model: str | None = Field(None, description="image encoder; the default when omitted")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    version: str
+    dim: int
+    embeddings: list[list[float]] = Field(description="one L2-normalised row per image, in request order")
+
+
+def decode_base64(text: str, position: int) -> bytes:
+    """The bytes of one base64 image; `position` (0-based) names it in the error."""
+    if text.startswith("data:"):  # a data URL: data:image/png;base64,<payload>
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidInput(f"image {position} is not valid base64 ({e}); send the file's bytes base64-encoded") from e
+
+
+def check_image_count(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise InvalidInput(f"no images: send one or more as multipart files in field {FILES_FIELD!r} or as JSON {{\"images\": [base64, ...]}}")
+    if count > settings.max_images_per_request:
+        raise PayloadTooLarge(
+            f"{count} images in one request; the limit is {settings.max_images_per_request}: split them over several requests"
+        )
+
+
+def prepare_images(blobs: list[bytes], spec: dict[str, Any], settings: Settings) -> np.ndarray:
+    """Decode and preprocess encoded images → the model's batch (n, C, H, W). CPU-bound: run in a thread."""
+    images = [decode_image(blob, settings.max_image_bytes, settings.max_image_pixels) for blob in blobs]
+    return preprocess_batch(images, spec)  # (n, C, H, W)
+
+
+async def embed_images(blobs: list[bytes], manifest: Manifest, batcher: MicroBatcher, settings: Settings) -> np.ndarray:
+    """Encoded images → L2-normalised embeddings (n, D), the same path for /embed/image and /search."""
+    if not manifest.preprocessing:
+        raise InvalidInput(f"model {manifest.name} has no preprocessing spec in its bundle; it cannot embed images")
+    batch = await run_in_threadpool(prepare_images, blobs, manifest.preprocessing, settings)  # (n, C, H, W)
+    return unit_rows(await batcher.submit(batch))  # (n, D)
+
+
+async def read_images(request: Request, settings: Settings) -> tuple[list[bytes], str | None]:
+    """The encoded images of a multipart or JSON request, in order, and the model it names."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        async with request.form() as form:  # closes the spooled upload files on the way out
+            parts = form.getlist(FILES_FIELD)
+            check_image_count(len(parts), settings)
+            if any(not isinstance(p, UploadFile) for p in parts):
+                raise InvalidInput(f"multipart field {FILES_FIELD!r} must hold files, not text; attach each image as a file")
+            model = form.get("model")
+            return [await p.read() for p in parts], model if isinstance(model, str) and model else None
+    body = await request.body()
+    if not body:
+        check_image_count(0, settings)
+    if content_type not in ("application/json", ""):
+        raise UnsupportedMediaType(f"content type {content_type!r} is not accepted; send multipart/form-data or application/json")
+    try:
+        parsed = EmbedImagesRequest.model_validate_json(body)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
+        raise InvalidInput(f'the JSON body must be {{"images": [base64, ...], "model": optional name}}: {problems}') from None
+    check_image_count(len(parsed.images), settings)
+    return [decode_base64(text, i) for i, text in enumerate(parsed.images)], parsed.model
+
+
+_REQUEST_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {FILES_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                    "required": [FILES_FIELD],
+                }
+            },
+            "application/json": {"schema": EmbedImagesRequest.model_json_schema()},
+        },
+    }
+}
+
+
+@router.post(
+    "/embed/image",
+    response_model=EmbedResponse,
+    summary="Embed one or more images",
+    openapi_extra=_REQUEST_BODY_DOC,
+    responses={413: {"description": "too many images, or an image too large"}, 415: {"description": "not an image"}},
+)
+async def embed_image(
+    request: Request,
+    registry: Annotated[Registry, Depends(get_registry)],
+    model: Annotated[str | None, Query(description="image encoder; the default when omitted")] = None,
+) -> EmbedResponse:
+    blobs, body_model = await read_images(request, registry.settings)
+    manifest, batcher = registry.image_model(model or body_model)
+    embeddings = await embed_images(blobs, manifest, batcher, registry.settings)  # (n, D)
+    return EmbedResponse(model=manifest.name, version=manifest.version, dim=embeddings.shape[1], embeddings=embeddings.tolist())

@@ -1,0 +1,117 @@
+"""Nearest neighbours: `POST /search` by vector, by id or by image, and `POST /search/image` for
+an uploaded file. An image is embedded with the model version the index was built with."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Form, UploadFile
+from pydantic import BaseModel, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+
+from index.vector_index import VectorIndex
+from serving.dependencies import get_registry
+from serving.errors import InvalidInput, UnknownId
+from serving.registry import Registry
+from serving.routers.embed import decode_base64, embed_images
+
+router = APIRouter(tags=["search"])
+
+
+class SearchRequest(BaseModel):
+    index: str | None = Field(None, description="index to search; the default when omitted")
+    k: int = Field(10, ge=1, description="how many neighbours")
+    vector: list[float] | None = Field(None, description="a query embedding of the index's dimension")
+    id: int | None = Field(None, ge=-(2**63), lt=2**63, description="the id of an item in the index (int64): its neighbours")
+    image: str | None = Field(None, description="a base64-encoded image, embedded with the index's model")
+
+    @model_validator(mode="after")
+    def exactly_one_query(self) -> SearchRequest:
+        given = [name for name in ("vector", "id", "image") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"send exactly one of vector, id or image; got {', '.join(given) or 'none'}")
+        return self
+
+
+class Hit(BaseModel):
+    id: int
+    score: float
+    metadata: dict[str, Any] | None
+
+
+class SearchResponse(BaseModel):
+    index: str
+    version: str
+    model: str | None
+    model_version: str | None
+    hits: list[Hit]
+
+
+def _check_k(registry: Registry, k: int) -> None:
+    if k > registry.settings.max_k:
+        raise InvalidInput(f"k={k} is more than the server allows ({registry.settings.max_k}); ask for fewer")
+
+
+def _query_from_vector(index: VectorIndex, name: str, vector: list[float]) -> np.ndarray:
+    query = np.asarray(vector, dtype=np.float32)  # (D,)
+    if query.shape != (index.dim,):
+        raise InvalidInput(f"vector has {len(vector)} values; index {name!r} holds {index.dim}-dimensional vectors")
+    if not np.isfinite(query).all() or not np.any(query):
+        raise InvalidInput("vector must be finite and not all zeros")
+    return query
+
+
+def _query_from_id(index: VectorIndex, name: str, id: int) -> np.ndarray:
+    try:
+        return index.vector(id)  # (D,)
+    except KeyError:
+        raise UnknownId(f"id {id} is not in index {name!r}; search by vector or image instead") from None
+
+
+async def _query_from_image(registry: Registry, index: VectorIndex, name: str, data: bytes) -> np.ndarray:
+    if index.model is None:
+        raise InvalidInput(f"index {name!r} records no model, so an image cannot be embedded for it; search by vector or id")
+    manifest, batcher = registry.image_model(index.model, index.model_version)
+    return (await embed_images([data], manifest, batcher, registry.settings))[0]  # (D,)
+
+
+async def _search(index: VectorIndex, query: np.ndarray, k: int) -> SearchResponse:
+    def run() -> list[Hit]:
+        scores, ids = index.search(query[None, :], k)  # (1, k), (1, k)
+        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        metadata = index.metadata([i for i, _ in found])
+        return [Hit(id=i, score=s, metadata=m) for (i, s), m in zip(found, metadata)]
+
+    manifest = index.manifest
+    return SearchResponse(
+        index=manifest.name, version=manifest.version, model=index.model, model_version=index.model_version,
+        hits=await run_in_threadpool(run),
+    )
+
+
+@router.post("/search", response_model=SearchResponse, summary="Nearest neighbours of a vector, an id or an image")
+async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_registry)]) -> SearchResponse:
+    _check_k(registry, body.k)
+    index = registry.index(body.index)
+    name = index.manifest.name
+    if body.vector is not None:
+        query = _query_from_vector(index, name, body.vector)
+    elif body.id is not None:
+        query = _query_from_id(index, name, body.id)
+    else:
+        query = await _query_from_image(registry, index, name, decode_base64(body.image, 0))
+    return await _search(index, query, body.k)
+
+
+@router.post("/search/image", response_model=SearchResponse, summary="Nearest neighbours of an uploaded image")
+async def search_image(
+    file: Annotated[UploadFile, File(description="the query image")],
+    registry: Annotated[Registry, Depends(get_registry)],
+    index: Annotated[str | None, Form(description="index to search; the default when omitted")] = None,
+    k: Annotated[int, Form(ge=1, description="how many neighbours")] = 10,
+) -> SearchResponse:
+    _check_k(registry, k)
+    vector_index = registry.index(index)
+    query = await _query_from_image(registry, vector_index, vector_index.manifest.name, await file.read())
+    return await _search(vector_index, query, k)

@@ -1,0 +1,66 @@
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from export.onnx import ParityError, check_parity, export_onnx, onnx_io_names, run_onnx, write_fp16_copy
+
+
+def _small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 6),
+    ).eval()
+
+
+@pytest.fixture
+def exported(tmp_path: Path) -> tuple[nn.Module, Path]:
+    module = _small_cnn()
+    path = export_onnx(module, torch.randn(2, 3, 12, 12), tmp_path / "m.onnx", "images", "embeddings")
+    return module, path
+
+
+def test_export_writes_named_io_and_no_temp_files(exported, tmp_path: Path):
+    _, path = exported
+    assert path == tmp_path / "m.onnx" and path.is_file()
+    assert onnx_io_names(path) == ("images", "embeddings")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_parity_at_batch_sizes_other_than_the_export_batch(exported, batch: int):
+    module, path = exported
+    inputs = torch.randn(batch, 3, 12, 12)
+    assert check_parity(module, path, inputs) >= 0.9999
+    assert run_onnx(path, inputs.numpy()).shape == (batch, 6)
+
+
+def test_batch_axis_is_dynamic_in_the_graph(exported):
+    _, path = exported
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    input_shape, output_shape = session.get_inputs()[0].shape, session.get_outputs()[0].shape
+    assert isinstance(input_shape[0], str) and input_shape[1:] == [3, 12, 12]
+    assert isinstance(output_shape[0], str) and output_shape[1:] == [6]
+
+
+def test_parity_fails_for_a_different_model(exported):
+    _, path = exported
+    other = _small_cnn()
+    with torch.no_grad():
+        other[-1].weight.mul_(-1.0)  # flip the output: cosine -1
+    with pytest.raises(ParityError, match="disagrees"):
+        check_parity(other, path, torch.randn(4, 3, 12, 12))
+
+
+def test_fp16_copy_keeps_float32_io_and_stays_close(exported, tmp_path: Path):
+    module, path = exported
+    fp16 = write_fp16_copy(path, tmp_path / "m.fp16.onnx")
+    if fp16 is None:
+        pytest.skip("onnxruntime.transformers is not installed")
+    session = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
+    assert check_parity(module, fp16, torch.randn(3, 3, 12, 12), min_cosine=0.99) >= 0.99

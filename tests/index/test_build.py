@@ -1,0 +1,98 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from export.bundle import BundleError, Manifest, write_bundle
+from index.build import build_image_index
+from index.vector_index import open_index
+from serving.app import create_app
+from serving.settings import Settings
+from training.data.idx import DEFAULT_FASHION_MNIST_ROOT
+
+SIZE, DIM = 8, 16
+SPEC = {"mode": "L", "channels": 1, "resize": SIZE, "crop": SIZE, "mean": [0.5], "std": [0.5], "interpolation": "bilinear"}
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    """An image-encoder bundle 'tiny': images (B, 1, 8, 8) → flatten → @ W (64, 16)."""
+    weights = np.random.default_rng(0).normal(size=(SIZE * SIZE, DIM)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["images"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["embeddings"])],
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", DIM])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    manifest = Manifest(name="tiny", kind="image-encoder", method="simclr", dim=DIM, normalized=False,
+                        files={"image_encoder": "image_encoder.onnx"}, preprocessing=SPEC)
+    write_bundle(tmp_path / "artifacts", manifest, lambda folder: onnx.save(model, str(folder / "image_encoder.onnx")))
+    return tmp_path / "artifacts"
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Seven noise images in two class folders, one of them nested a level deeper."""
+    rng = np.random.default_rng(1)
+    paths = ["cat/a.png", "cat/b.jpg", "cat/kittens/c.png", "dog/d.png", "dog/e.bmp", "dog/f.png", "dog/g.png"]
+    for relative in paths:
+        path = tmp_path / "images" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, size=(10, 12, 3), dtype=np.uint8), "RGB").save(path)
+    (tmp_path / "images" / "notes.txt").write_text("not an image")  # ignored
+    return tmp_path / "images"
+
+
+def test_folder_index_finds_each_image_by_its_own_id(artifacts: Path, image_folder: Path):
+    path = build_image_index(artifacts, "pets", "tiny", image_folder, batch_size=3, progress=False)
+    assert path == artifacts / "indexes" / "pets" / "v1"
+    index = open_index(artifacts, "pets")
+    assert len(index) == 7 and index.model == "tiny" and index.model_version == "v1"
+    assert index.manifest.extra["source"] == str(image_folder.resolve())
+    for id in range(7):
+        _, found = index.search(index.vector(id)[None, :], k=1)
+        assert found[0, 0] == id
+    metadata = index.metadata(range(7))
+    assert {m["path"] for m in metadata} == {"cat/a.png", "cat/b.jpg", "cat/kittens/c.png", "dog/d.png", "dog/e.bmp", "dog/f.png", "dog/g.png"}
+    assert all(m["class"] == m["path"].split("/")[0] for m in metadata)
+
+
+def test_indexed_vectors_match_what_the_server_returns_for_the_same_file(artifacts: Path, image_folder: Path):
+    build_image_index(artifacts, "pets", "tiny", image_folder, limit=2, progress=False)
+    index = open_index(artifacts, "pets")
+    assert len(index) == 2
+    first = image_folder / index.metadata([0])[0]["path"]
+    with TestClient(create_app(Settings(artifacts_dir=artifacts))) as client:
+        served = client.post("/embed/image", files={"files": (first.name, first.read_bytes())}).json()["embeddings"][0]
+    np.testing.assert_allclose(index.vector(0), served, atol=1e-5)
+
+
+@pytest.mark.skipif(not DEFAULT_FASHION_MNIST_ROOT.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_mnist_split_records_split_position_label_and_class(artifacts: Path):
+    build_image_index(artifacts, "fm", "tiny", "fashion-mnist:test", limit=20, progress=False)
+    index = open_index(artifacts, "fm")
+    assert len(index) == 20 and index.manifest.extra["source"] == "fashion-mnist:test"
+    meta = index.metadata([0, 19])
+    assert meta[0] == {"split": "test", "position": 0, "label": 9, "class": "Ankle boot"}  # the first test image
+    assert meta[1]["position"] == 19
+
+
+def test_unknown_source_and_wrong_model_kind_are_refused(artifacts: Path, tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="neither a folder"):
+        build_image_index(artifacts, "x", "tiny", tmp_path / "missing", progress=False)
+    with pytest.raises(BundleError, match="no model named"):
+        build_image_index(artifacts, "x", "nope", tmp_path, progress=False)
+
+
+def test_index_and_serving_modules_do_not_import_torch():
+    code = "import sys, index.build, index.vector_index, serving.app; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0

@@ -1,0 +1,69 @@
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from export.bundle import Manifest, write_bundle
+from export.onnx import export_onnx
+from serving.encoders.onnx_runtime import OnnxEncoder, resolve_providers
+from serving.encoders.factory import load_encoder
+from serving.settings import Settings
+
+
+@pytest.fixture
+def bundle_and_module(tmp_path: Path):
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).eval()
+    manifest = Manifest(name="tiny", kind="image-encoder", method="simclr", dim=5, normalized=False,
+                        files={"image_encoder": "image_encoder.onnx"},
+                        extra={"onnx_input": "pixels", "onnx_output": "vectors"})
+
+    def write_files(folder: Path) -> None:
+        export_onnx(module, torch.randn(2, 3, 4, 4), folder / "image_encoder.onnx", "pixels", "vectors")
+
+    return write_bundle(tmp_path, manifest, write_files), module
+
+
+def test_auto_prefers_tensorrt_then_cuda_and_always_ends_with_cpu():
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers("auto", gpu_build) == gpu_build
+    assert resolve_providers("auto", ["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert resolve_providers("cpu, cuda", gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_naming_a_provider_this_build_lacks_says_how_to_fix_it():
+    with pytest.raises(ValueError, match="onnxruntime-gpu"):
+        resolve_providers("cuda", ["CPUExecutionProvider"])
+
+
+def test_encode_returns_float32_rows_equal_to_torch(bundle_and_module):
+    bundle, module = bundle_and_module
+    encoder = load_encoder(bundle, Settings(artifacts_dir=bundle.path.parents[2]))
+    assert isinstance(encoder, OnnxEncoder) and encoder.input_name == "pixels" and encoder.dim == 5
+    batch = np.random.default_rng(0).normal(size=(3, 3, 4, 4))  # float64 on purpose: the encoder casts
+    with torch.no_grad():
+        expected = module(torch.from_numpy(batch).float()).numpy()
+    got = encoder.encode(batch)
+    assert got.dtype == np.float32 and got.shape == (3, 5)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_wrongly_shaped_batch_names_the_expected_shape(bundle_and_module):
+    bundle, _ = bundle_and_module
+    encoder = OnnxEncoder(bundle, "image_encoder", "cpu")
+    with pytest.raises(ValueError, match=r"takes input shape \['batch', 3, 4, 4\]"):
+        encoder.encode(np.zeros((2, 3, 8, 8), np.float32))
+
+
+def test_concurrent_calls_give_the_serial_answers(bundle_and_module):
+    bundle, _ = bundle_and_module
+    encoder = OnnxEncoder(bundle, "image_encoder", "cpu")
+    batches = [np.random.default_rng(i).normal(size=(i + 1, 3, 4, 4)).astype(np.float32) for i in range(8)]
+    serial = [encoder.encode(b) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(encoder.encode, batches))
+    for a, b in zip(serial, threaded):
+        np.testing.assert_array_equal(a, b)

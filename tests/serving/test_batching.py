@@ -1,0 +1,107 @@
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from export.bundle import Manifest
+from serving.batching import MicroBatcher
+from serving.encoders.base import Encoder
+
+
+class TimesTen(Encoder):
+    """Embeds a row [x] as [10x, -x] and records the size of every call."""
+
+    def __init__(self, fail_on: float | None = None):
+        self.manifest = Manifest(name="ten", kind="image-encoder", method="simclr", dim=2, normalized=False, files={})
+        self.calls: list[int] = []
+        self.threads: set[str] = set()
+        self.fail_on = fail_on
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(len(batch))
+        self.threads.add(threading.current_thread().name)
+        if self.fail_on is not None and (batch == self.fail_on).any():
+            raise RuntimeError("poisoned batch")
+        return np.concatenate([batch * 10, -batch], axis=1).astype(np.float32)  # (B, 2)
+
+
+def rows(caller: int, n: int) -> np.ndarray:
+    return np.full((n, 1), caller, dtype=np.float32)  # every row of a caller carries its number
+
+
+async def run_batcher(batcher: MicroBatcher, requests: list[np.ndarray]) -> list:
+    await batcher.start()
+    try:
+        return await asyncio.gather(*(batcher.submit(r) for r in requests), return_exceptions=True)
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_requests_share_calls_and_each_caller_gets_its_own_rows():
+    encoder = TimesTen()
+    sizes: list[int] = []
+    batcher = MicroBatcher(encoder, max_batch_size=64, max_wait_ms=200, on_batch=sizes.append)
+    requests = [rows(caller, 1 + caller % 3) for caller in range(20)]
+    results = asyncio.run(run_batcher(batcher, requests))
+    assert len(encoder.calls) < len(requests)
+    assert sum(encoder.calls) == sum(len(r) for r in requests) and sizes == encoder.calls
+    for caller, (request, result) in enumerate(zip(requests, results)):
+        assert result.shape == (len(request), 2)
+        np.testing.assert_array_equal(result[:, 0], 10 * caller)
+        np.testing.assert_array_equal(result[:, 1], -caller)
+    assert threading.main_thread().name not in encoder.threads  # encode ran off the event loop
+
+
+def test_an_encode_error_reaches_every_caller_of_that_batch_and_the_batcher_goes_on():
+    encoder = TimesTen(fail_on=7)
+    batcher = MicroBatcher(encoder, max_batch_size=64, max_wait_ms=200)
+
+    async def scenario():
+        await batcher.start()
+        try:
+            first = await asyncio.gather(*(batcher.submit(rows(c, 1)) for c in (5, 6, 7)), return_exceptions=True)
+            after = await batcher.submit(rows(8, 2))
+            return first, after
+        finally:
+            await batcher.stop()
+
+    first, after = asyncio.run(scenario())
+    assert encoder.calls[0] == 3  # the three requests were one batch...
+    assert all(isinstance(r, RuntimeError) and "poisoned" in str(r) for r in first)  # ...so all three fail
+    np.testing.assert_array_equal(after, [[80, -8], [80, -8]])
+
+
+def test_batching_off_calls_the_encoder_once_per_request_off_the_loop():
+    encoder = TimesTen()
+    batcher = MicroBatcher(encoder, max_batch_size=64, max_wait_ms=200, enabled=False)
+    results = asyncio.run(run_batcher(batcher, [rows(c, 2) for c in range(5)]))
+    assert encoder.calls == [2] * 5
+    assert [r[0, 0] for r in results] == [0, 10, 20, 30, 40]
+    assert threading.main_thread().name not in encoder.threads
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_request_larger_than_max_batch_size_is_split_and_reassembled_in_order(enabled: bool):
+    encoder = TimesTen()
+    batcher = MicroBatcher(encoder, max_batch_size=4, max_wait_ms=1, enabled=enabled)
+    items = np.arange(10, dtype=np.float32)[:, None]  # (10, 1)
+    (result,) = asyncio.run(run_batcher(batcher, [items]))
+    assert max(encoder.calls) <= 4 and sum(encoder.calls) == 10
+    np.testing.assert_array_equal(result[:, 0], np.arange(10) * 10)
+
+
+def test_requests_that_would_overflow_a_batch_wait_for_the_next_one():
+    encoder = TimesTen()
+    batcher = MicroBatcher(encoder, max_batch_size=5, max_wait_ms=200)
+    results = asyncio.run(run_batcher(batcher, [rows(c, 3) for c in range(4)]))
+    assert max(encoder.calls) <= 5 and sum(encoder.calls) == 12
+    assert [r[0, 0] for r in results] == [0, 10, 20, 30]
+
+
+def test_wrong_row_count_from_the_encoder_is_an_error_not_a_misrouted_result():
+    encoder = TimesTen()
+    encoder.encode = lambda batch: np.zeros((len(batch) + 1, 2), np.float32)
+    batcher = MicroBatcher(encoder, max_batch_size=8, max_wait_ms=1)
+    (result,) = asyncio.run(run_batcher(batcher, [rows(1, 2)]))
+    assert isinstance(result, RuntimeError) and "returned" in str(result)

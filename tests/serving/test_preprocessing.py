@@ -1,0 +1,198 @@
+import io
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from serving.preprocessing import decode_image, preprocess_batch, preprocess_image
+
+MAX_BYTES, MAX_PIXELS = 1_000_000, 1_000_000
+SPEC_RGB = {"image_size": 8, "channels": 3, "mode": "RGB", "resize": 8, "crop": 8, "interpolation": "bilinear",
+            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+SPEC_L = {**SPEC_RGB, "channels": 1, "mode": "L", "mean": [0.5], "std": [0.25]}
+
+
+def encode(img: Image.Image, fmt: str = "PNG", **params) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+def noise(mode: str = "RGB", size: tuple[int, int] = (32, 24), seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)  # (H, W, C)
+    return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming width x height in its header, with almost no pixel data (one short IDAT)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def test_empty_body_is_invalid_input():
+    with pytest.raises(InvalidInput, match="empty image"):
+        decode(b"")
+
+
+def test_body_over_max_bytes_is_too_large():
+    data = encode(noise())
+    with pytest.raises(PayloadTooLarge, match="limit is 100 bytes"):
+        decode(data, max_bytes=100)
+
+
+@pytest.mark.parametrize("data", [b"hello, this is a text file\n", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n",
+                                  b"\x00" * 64], ids=["text", "pdf", "zeros"])
+def test_not_an_image_is_unsupported_media_type_naming_the_formats(data: bytes):
+    with pytest.raises(UnsupportedMediaType, match="PNG, JPEG"):
+        decode(data)
+
+
+def test_a_format_outside_the_allowed_list_is_refused():
+    with pytest.raises(UnsupportedMediaType):
+        decode(encode(noise(), "TGA"))  # Pillow reads TGA, but the service does not offer it
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_pixel_data_is_invalid_input(fmt: str):
+    data = encode(noise(size=(64, 64)), fmt)
+    with pytest.raises(InvalidInput, match="truncated or corrupt"):
+        decode(data[: len(data) * 2 // 3])
+
+
+def test_image_cut_inside_its_header_is_invalid_input_not_wrong_type():
+    data = encode(noise(), "PNG")
+    with pytest.raises(InvalidInput, match="truncated or corrupt"):
+        decode(data[:20])
+
+
+def test_too_many_pixels_is_refused_from_the_header_before_decoding():
+    # 3000 x 3000 claimed, no pixel data: a decode would say "truncated"; the header check says 413 first
+    with pytest.raises(PayloadTooLarge, match="9,000,000 pixels"):
+        decode(png_header_only(3000, 3000), max_pixels=1_000_000)
+
+
+def test_pillow_decompression_bomb_is_too_large():
+    # 100k x 100k trips Pillow's own DecompressionBombError while opening, before our check runs
+    with pytest.raises(PayloadTooLarge):
+        decode(png_header_only(100_000, 100_000), max_pixels=10**12)
+
+
+def test_a_real_image_over_max_pixels_is_too_large():
+    with pytest.raises(PayloadTooLarge, match="32x24"):
+        decode(encode(noise(size=(32, 24))), max_pixels=32 * 24 - 1)
+
+
+@pytest.mark.parametrize("mode", ["1", "LA", "PA", "I", "F", "HSV", "YCbCr", "I;16B"])
+def test_rarer_pillow_modes_still_preprocess(mode: str):
+    # TIFF and friends can decode to these; none may fail with a server error
+    for spec in (SPEC_RGB, SPEC_L):
+        assert preprocess_image(Image.new(mode, (12, 9)), spec).shape == (spec["channels"], 8, 8)
+
+
+def test_a_pixel_mode_pillow_cannot_convert_is_unsupported_media_type():
+    # a CIELab TIFF decodes to "LAB", which Pillow cannot turn into "L": the client's to re-encode, not a 500
+    with pytest.raises(UnsupportedMediaType, match="'LAB'"):
+        preprocess_image(decode(encode(Image.new("LAB", (12, 9)), "TIFF")), SPEC_L)
+
+
+# --- modes and values ---------------------------------------------------------------------------
+
+def test_decode_returns_a_fully_loaded_image_of_the_right_size():
+    img = decode(encode(noise(size=(31, 17)), "JPEG"))
+    assert img.size == (31, 17) and img.mode == "RGB" and img.format == "JPEG"
+
+
+@pytest.mark.parametrize("spec", [SPEC_RGB, SPEC_L], ids=["rgb", "l"])
+@pytest.mark.parametrize("make", [
+    lambda: noise("RGB"),
+    lambda: noise("RGBA"),
+    lambda: noise("L"),
+    lambda: noise("RGB").convert("P"),
+    lambda: noise("RGB").convert("CMYK"),
+    lambda: Image.fromarray(np.full((20, 30), 40000, np.uint16)),  # 16-bit greyscale
+], ids=["RGB", "RGBA", "L", "P", "CMYK", "I16"])
+def test_every_mode_gives_the_spec_shape(make, spec):
+    img = make()
+    fmt = "JPEG" if img.mode == "CMYK" else "PNG"
+    out = preprocess_image(decode(encode(img, fmt)), spec)
+    assert out.dtype == np.float32 and out.shape == (spec["channels"], 8, 8)
+    assert np.isfinite(out).all()
+
+
+def test_values_are_scaled_then_standardised_per_channel():
+    out = preprocess_image(decode(encode(Image.new("L", (10, 10), 128))), SPEC_L)
+    np.testing.assert_allclose(out, (128 / 255 - 0.5) / 0.25, atol=1e-6)  # float32 arithmetic
+
+
+def test_transparent_pixels_are_white():
+    out = preprocess_image(decode(encode(Image.new("RGBA", (10, 10), (0, 0, 0, 0)))), SPEC_RGB)
+    np.testing.assert_allclose(out, (1.0 - 0.5) / 0.25, rtol=1e-6)
+
+
+def test_sixteen_bit_white_is_white():
+    img = Image.fromarray(np.full((10, 10), 65535, np.uint16))
+    out = preprocess_image(decode(encode(img)), SPEC_L)
+    np.testing.assert_allclose(out, (1.0 - 0.5) / 0.25, rtol=1e-6)
+
+
+def test_cmyk_jpeg_reads_as_pillows_rgb():
+    data = encode(noise("RGB").convert("CMYK"), "JPEG")
+    decoded = decode(data)
+    assert decoded.mode == "CMYK"
+    np.testing.assert_array_equal(preprocess_image(decoded, SPEC_RGB), preprocess_image(decoded.convert("RGB"), SPEC_RGB))
+
+
+def test_exif_rotated_jpeg_is_turned_upright():
+    pixels = np.zeros((10, 20, 3), np.uint8)  # (H, W, C): stored landscape, left half black
+    pixels[:, 10:] = 255
+    stored = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    rotated = decode(encode(stored, "JPEG", exif=exif.tobytes(), quality=95))
+    plain = decode(encode(stored, "JPEG", quality=95))
+    upright = plain.transpose(Image.Transpose.ROTATE_270)  # what a viewer shows: portrait 10 x 20
+    spec = {**SPEC_RGB, "resize": 10, "crop": 10}
+    np.testing.assert_array_equal(preprocess_image(rotated, spec), preprocess_image(upright, spec))
+    assert not np.array_equal(preprocess_image(rotated, spec), preprocess_image(plain, spec))
+
+
+def test_shorter_side_is_resized_then_centre_cropped():
+    # a 40 x 20 image whose middle 20 columns are white: resize to 10 x 5... crop 5 keeps only white
+    pixels = np.zeros((20, 40), np.uint8)
+    pixels[:, 10:30] = 255
+    spec = {**SPEC_L, "resize": 10, "crop": 10}  # shorter side 20 -> 10, so 20 x 10; centre 10 x 10
+    out = preprocess_image(Image.fromarray(pixels), spec)
+    assert out.shape == (1, 10, 10)
+    np.testing.assert_allclose(out[:, :, 1:-1], (1.0 - 0.5) / 0.25, rtol=1e-6)  # inner columns: all white
+
+
+def test_batch_stacks_images_of_different_sizes():
+    images = [noise(size=(32, 24)), noise("L", size=(9, 40)), noise("RGBA", size=(8, 8))]
+    batch = preprocess_batch(images, SPEC_RGB)
+    assert batch.shape == (3, 3, 8, 8) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch[1], preprocess_image(images[1], SPEC_RGB))
+    assert preprocess_batch([], SPEC_RGB).shape == (0, 3, 8, 8)
+
+
+def test_the_serving_path_imports_no_torch():
+    modules = "serving.preprocessing, serving.encoders.factory, serving.encoders.onnx_runtime, serving.encoders.triton"
+    code = f"import sys, {modules}; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0

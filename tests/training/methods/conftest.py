@@ -1,0 +1,24 @@
+"""Tiny SimCLR and MAE checkpoints trained for two steps on scikit-learn's digits, shared by the method tests."""
+
+import pytest
+
+from training.methods.mae import MAEConfig, train_mae
+from training.methods.simclr import SimCLRConfig, train_simclr
+
+
+@pytest.fixture(scope="session")
+def simclr_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("simclr")
+    config = SimCLRConfig.quick(data="digits", width=4, proj_hidden_dim=32, proj_dim=16, epochs=1, batch_size=32,
+                                max_steps_per_epoch=2, device="cpu", checkpoint_path=str(folder / "simclr.pt"),
+                                log_path=str(folder / "simclr.jsonl"))
+    return config, train_simclr(config)
+
+
+@pytest.fixture(scope="session")
+def mae_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mae")
+    config = MAEConfig.quick(data="digits", dim=32, depth=2, num_heads=2, decoder_dim=16, decoder_num_heads=2,
+                             epochs=1, batch_size=32, max_steps_per_epoch=2, device="cpu",
+                             checkpoint_path=str(folder / "mae.pt"), log_path=str(folder / "mae.jsonl"))
+    return config, train_mae(config)

@@ -1,0 +1,112 @@
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from training.checkpoint import load_checkpoint
+from training.loop import LoopConfig, default_param_groups, fit, warmup_cosine
+
+
+class LinearRegression:
+    """A toy method: fit y = X w with mean squared error; random noise in the step checks RNG restore."""
+
+    name = "toy"
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = nn.Linear(4, 1)
+
+    def param_groups(self, weight_decay):
+        return default_param_groups(self.model, weight_decay)
+
+    def training_step(self, batch):
+        x, y = batch
+        x = x + 0.01 * torch.randn_like(x)  # uses the global RNG, as augmentations do
+        loss = nn.functional.mse_loss(self.model(x).squeeze(1), y)
+        return loss, {"abs_error": (self.model(x).squeeze(1) - y).abs().mean().detach()}
+
+    def checkpoint_extra(self):
+        return {"config": {"toy": True}}
+
+
+def toy_data(n: int = 64) -> TensorDataset:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 4, generator=generator)
+    return TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.5)
+
+
+def config(tmp_path, epochs: int, **overrides) -> LoopConfig:
+    settings = dict(epochs=epochs, batch_size=8, lr=0.05, weight_decay=0.0, warmup_epochs=1, device="cpu",
+                    checkpoint_path=str(tmp_path / "toy.pt"), log_path=str(tmp_path / "toy.jsonl"),
+                    log_every_steps=4, progress=False)
+    return LoopConfig(**{**settings, **overrides})
+
+
+def test_loss_goes_down_and_log_is_written(tmp_path):
+    method = LinearRegression()
+    data = toy_data()
+    with torch.no_grad():
+        before = nn.functional.mse_loss(method.model(data.tensors[0]).squeeze(1), data.tensors[1]).item()
+    summary = fit(method, data, config(tmp_path, epochs=6, lr=0.3))
+    assert summary["step"] == 6 * 8 and summary["loss"] < before / 10
+    records = [json.loads(line) for line in (tmp_path / "toy.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [r["epoch"] for r in epochs] == [1, 2, 3, 4, 5, 6]
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert {"loss", "lr", "images_per_s", "abs_error"} <= set(steps[0])
+
+
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_path):
+    straight = LinearRegression()
+    fit(straight, toy_data(), config(tmp_path / "a", epochs=4))
+
+    # run the first 2 epochs of the same 4-epoch schedule, as a crash after epoch 2 would leave it
+    partial = LinearRegression()
+    first_half = config(tmp_path / "b", epochs=4)
+    _stop_after_epochs(partial, first_half, stop=2)
+    saved = load_checkpoint(tmp_path / "b" / "toy.pt")
+    assert saved["epoch"] == 2 and saved["step"] == 2 * 8 and saved["config"] == {"toy": True}
+
+    resumed = LinearRegression()  # fresh weights: everything must come from the checkpoint
+    summary = fit(resumed, toy_data(), first_half, resume=True)
+    assert summary["step"] == 4 * 8
+    assert load_checkpoint(tmp_path / "b" / "toy.pt")["epoch"] == 4
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after_epochs(method, cfg: LoopConfig, stop: int) -> None:
+    """Run fit but crash at the first step of epoch `stop + 1`, after epoch `stop` was checkpointed."""
+    steps_per_epoch = 8
+    original = method.training_step
+    calls = {"n": 0}
+
+    def training_step(batch):
+        if calls["n"] == stop * steps_per_epoch:
+            raise _Stop
+        calls["n"] += 1
+        return original(batch)
+
+    method.training_step = training_step
+    with pytest.raises(_Stop):
+        fit(method, toy_data(), cfg)
+
+
+def test_warmup_then_cosine_schedule():
+    assert warmup_cosine(0, 4, 20) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(12, 4, 20) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert warmup_cosine(20, 4, 20) == pytest.approx(0.0)
+
+
+def test_weight_decay_skips_biases():
+    groups = default_param_groups(nn.Linear(3, 2), 0.1)
+    assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["weight_decay"] == 0.0

@@ -1,0 +1,320 @@
+"""CLIP: an image tower and a text tower trained together so that any class named in words can be
+recognised without retraining (zero-shot).
+
+Reads top to bottom: the config (with a `quick` CPU profile), the two towers as export sees them,
+the method the shared training loop drives, `train_clip`, and `load_clip_towers`, which turns a
+checkpoint back into the two towers plus everything a bundle needs (tokenizer, preprocessing).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from index.templates import TRAIN_TEMPLATES
+from index.text_tokens import encode_batch, load_tokenizer
+from training.checkpoint import load_checkpoint
+from training.data.captions import (FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_KINDS, FASHION_MNIST_SYNONYMS,
+                                    CaptionedImages, fashion_mnist_caption)
+from training.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from training.data.images import load_image_arrays
+from training.data.pairs import open_pairs
+from training.data.tokenizer import load_minilm_tokenizer, train_bpe_tokenizer
+from training.data.transforms import EvalTransform, preprocessing_spec
+from training.loop import LoopConfig, fit
+from training.losses.clip import ClipLoss
+from training.models.heads import ProjectionHead
+from training.models.minilm import MiniLMTextEncoder, minilm_path
+from training.models.resnet import ResNetBackbone
+from training.models.text_transformer import TextTransformer, TextTransformerConfig
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    # data
+    data: str = "fashion-mnist"  # "fashion-mnist" (captions from labels), or a manifest (.csv/.jsonl) or .tar shard(s) path
+    data_root: str | None = None  # Fashion-MNIST folder; None = the Debian package's /usr/share/datasets/fashion-mnist
+    subset: int | None = None  # train on a fixed random subset of this many images; None = all
+    held_out_classes: tuple[str, ...] = ("sneaker", "pullover")  # Fashion-MNIST classes kept out of training (images and words) for the open-vocabulary split
+    caption_kind_prob: float = 0.3  # chance a Fashion-MNIST caption also names the kind ("..., a kind of footwear")
+    image_size: int = 28  # square input of the image tower, in pixels
+    mode: str = "L"  # "L" (1 channel) or "RGB" (3 channels)
+    mean: tuple[float, ...] = FASHION_MNIST_MEAN  # per-channel normalisation, also written to the bundle
+    std: tuple[float, ...] = FASHION_MNIST_STD
+    # image tower
+    width: int = 64  # ResNet-18 base width (64 = standard, 512-d features); smaller for CPU
+    # text tower
+    text_tower: str = "minilm"  # "minilm" (pretrained all-MiniLM-L6-v2) or "scratch" (small transformer + BPE)
+    lock_text: bool = True  # LiT-style: freeze the text tower's weights; only its projection head learns
+    text_lr_scale: float = 0.1  # an unlocked pretrained MiniLM learns at this fraction of lr, so it is not wiped out
+    context_length: int = 24  # tokens per caption, specials included (truncated or padded to this)
+    vocab_size: int = 1000  # BPE vocabulary of the scratch tower
+    text_width: int = 128  # scratch tower: token state size
+    text_layers: int = 2  # scratch tower: transformer blocks
+    text_heads: int = 4  # scratch tower: attention heads
+    # shared space and loss
+    embed_dim: int = 128  # size of the joint image–text space both projection heads map into
+    init_temperature: float = 0.07  # logit scale starts at 1 / this
+    max_logit_scale: float = 100.0  # cap on the learned logit scale
+    # optimisation (handed to the shared loop)
+    epochs: int = 20
+    batch_size: int = 256  # image–caption pairs per step; every other pair in the batch is a negative
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.1
+    warmup_epochs: float = 1.0
+    max_steps_per_epoch: int | None = None  # None = whole data set each epoch
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 4
+    checkpoint_path: str = "artifacts/checkpoints/clip.pt"
+    log_path: str | None = "artifacts/logs/clip.jsonl"
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> ClipConfig:
+        """CPU profile (about 4 minutes on 2 cores): narrow ResNet, locked MiniLM, ~110 steps."""
+        quick = cls(width=8, subset=30_000, epochs=1, batch_size=256, max_steps_per_epoch=110, lr=2e-3,
+                    warmup_epochs=0.1, num_workers=0, checkpoint_path="artifacts/checkpoints/clip-quick.pt",
+                    log_path="artifacts/logs/clip-quick.jsonl")
+        return replace(quick, **overrides)
+
+    def loop_config(self) -> LoopConfig:
+        return LoopConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                          warmup_epochs=self.warmup_epochs, seed=self.seed, device=self.device,
+                          num_workers=self.num_workers, checkpoint_path=self.checkpoint_path, log_path=self.log_path,
+                          max_steps_per_epoch=self.max_steps_per_epoch)
+
+
+# ---- the two towers, as export and evaluation see them ----
+
+class ImageTower(nn.Module):
+    """Preprocessed images (B, C, H, W) -> unit vectors (B, embed_dim) in the joint space."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: Tensor) -> Tensor:
+        return F.normalize(self.head(self.backbone(images)), dim=-1)  # (B, embed_dim)
+
+
+class TextTower(nn.Module):
+    """Token ids and attention mask (B, T) -> unit vectors (B, embed_dim) in the joint space."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return F.normalize(self.head(self.encoder(ids, attention_mask)), dim=-1)  # (B, embed_dim)
+
+
+def _linear_head(input_dim: int, output_dim: int) -> ProjectionHead:
+    return ProjectionHead([(input_dim, output_dim, None, None)])  # CLIP's heads are single linear maps
+
+
+def _build_text_encoder(config: ClipConfig, pretrained: bool = True) -> nn.Module:
+    if config.text_tower == "minilm":
+        return MiniLMTextEncoder(freeze=config.lock_text, pretrained=pretrained)
+    if config.text_tower == "scratch":
+        return TextTransformer(TextTransformerConfig(vocab_size=config.vocab_size, context_length=config.context_length,
+                                                     width=config.text_width, layers=config.text_layers,
+                                                     heads=config.text_heads))
+    raise ValueError(f"text_tower must be 'minilm' or 'scratch', not {config.text_tower!r}")
+
+
+def build_towers(config: ClipConfig, pretrained: bool = True) -> nn.ModuleDict:
+    """Everything trained: image tower, text tower and the loss (which holds the learned temperature)."""
+    backbone = ResNetBackbone(in_channels=1 if config.mode == "L" else 3, width=config.width)
+    text_encoder = _build_text_encoder(config, pretrained)
+    return nn.ModuleDict({
+        "image": ImageTower(backbone, _linear_head(backbone.dim, config.embed_dim)),
+        "text": TextTower(text_encoder, _linear_head(text_encoder.dim, config.embed_dim)),
+        "loss": ClipLoss(config.init_temperature, config.max_logit_scale),
+    })
+
+
+# ---- captions and tokenizer ----
+
+def kept_class_names(config: ClipConfig) -> list[str]:
+    unknown = set(config.held_out_classes) - set(FASHION_MNIST_CLASS_NAMES)
+    if unknown:
+        raise ValueError(f"held_out_classes {sorted(unknown)} are not Fashion-MNIST classes {FASHION_MNIST_CLASS_NAMES}")
+    return [c for c in FASHION_MNIST_CLASS_NAMES if c not in config.held_out_classes]
+
+
+def _fashion_mnist_corpus(class_names: Sequence[str]) -> list[str]:
+    """Every caption the training captions can be, for the BPE tokenizer to learn from."""
+    kinds = {FASHION_MNIST_KINDS[c] for c in class_names}
+    return [t.format(s) for c in class_names for s in FASHION_MNIST_SYNONYMS[c] for t in TRAIN_TEMPLATES] + \
+           [f"a kind of {k}" for k in kinds]
+
+
+def build_tokenizer(config: ClipConfig, captions: Sequence[str]) -> Tokenizer:
+    """MiniLM's own tokenizer, or a BPE trained on `captions`; both fixed at config.context_length."""
+    if config.text_tower == "minilm":
+        return load_minilm_tokenizer(minilm_path(), config.context_length)
+    return train_bpe_tokenizer(captions, config.vocab_size, config.context_length)
+
+
+def open_clip_dataset(config: ClipConfig, transform: Callable) -> tuple[Any, list[str]]:
+    """The training pairs (transform(image), caption) and a corpus of their captions for the tokenizer.
+    For Fashion-MNIST the held-out classes' images are dropped, and their words never appear."""
+    if config.data != "fashion-mnist":
+        dataset = open_pairs(config.data, config.mode, transform)
+        captions = [c for *_, c in getattr(dataset, "pairs", getattr(dataset, "samples", []))]
+        return dataset, captions
+    images, labels = load_image_arrays("fashion-mnist", "train", config.data_root)
+    kept = kept_class_names(config)
+    keep = np.isin(labels, [FASHION_MNIST_CLASS_NAMES.index(c) for c in kept])
+    images, labels = images[keep], labels[keep]
+    if config.subset is not None and config.subset < len(images):
+        chosen = np.sort(np.random.default_rng(config.seed).choice(len(images), config.subset, replace=False))
+        images, labels = images[chosen], labels[chosen]
+
+    def caption_for(label: int, rng: random.Random) -> str:
+        return fashion_mnist_caption(label, rng, TRAIN_TEMPLATES, config.caption_kind_prob)
+
+    return CaptionedImages(images, labels, caption_for, transform, config.seed), _fashion_mnist_corpus(kept)
+
+
+# ---- the method the loop drives ----
+
+class Clip:
+    """Image tower + text tower + ClipLoss; captions are tokenised inside the step, the same way
+    serving tokenises them (index.text_tokens.encode_batch on the saved tokenizer.json)."""
+
+    name = "clip"
+
+    def __init__(self, config: ClipConfig, tokenizer: Tokenizer):
+        self.config, self.tokenizer = config, tokenizer
+        self.model = build_towers(config)
+        # A locked tower gives the same features for the same caption, and templated captions repeat,
+        # so each distinct caption goes through it once: that makes a locked MiniLM almost free.
+        self._locked_features: dict[str, Tensor] = {}
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Matrices decay, vectors and the temperature do not; an unlocked MiniLM learns slower."""
+        groups = []
+        slow = self.model["text"].encoder if self.config.text_tower == "minilm" and not self.config.lock_text else None
+        slow_ids = {id(p) for p in slow.parameters()} if slow is not None else set()
+        for scale, params in ((1.0, [p for p in self.model.parameters() if id(p) not in slow_ids]),
+                              (self.config.text_lr_scale, list(slow.parameters()) if slow is not None else [])):
+            params = [p for p in params if p.requires_grad]
+            for decay, chosen in ((weight_decay, [p for p in params if p.dim() >= 2]), (0.0, [p for p in params if p.dim() < 2])):
+                if chosen:
+                    # LambdaLR scales each group's initial_lr, so a group's lr ratio holds through the schedule
+                    groups.append({"params": chosen, "weight_decay": decay, "lr": self.config.lr * scale})
+        return groups
+
+    def tokenize(self, captions: Sequence[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        ids, mask = encode_batch(self.tokenizer, captions)  # (B, T) each, int64
+        return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+
+    def text_features(self, captions: Sequence[str], device: torch.device) -> Tensor:
+        """The text encoder's output (B, text dim) for `captions`, from the cache when it is locked."""
+        encoder = self.model["text"].encoder
+        if not self.config.lock_text:
+            return encoder(*self.tokenize(captions, device))
+        missing = sorted(set(captions) - self._locked_features.keys())
+        if missing:
+            with torch.no_grad():
+                encoder.eval()  # dropout off: the locked features must be deterministic
+                features = encoder(*self.tokenize(missing, device))  # (M, text dim)
+            self._locked_features.update(zip(missing, features.float().cpu()))
+        return torch.stack([self._locked_features[c] for c in captions]).to(device)  # (B, text dim)
+
+    def training_step(self, batch: tuple[Tensor, list[str]]) -> tuple[Tensor, dict[str, Any]]:
+        images, captions = batch  # (B, C, H, W), B strings
+        image_embeddings = self.model["image"](images)  # (B, embed_dim), unit rows
+        text_embeddings = F.normalize(self.model["text"].head(self.text_features(captions, images.device)), dim=-1)  # (B, embed_dim)
+        loss = self.model["loss"](image_embeddings, text_embeddings)
+        with torch.no_grad():
+            # share of images whose own caption is the most similar text in the batch (duplicates of the
+            # same class wording cap this below 1 on labelled data)
+            matched = (image_embeddings @ text_embeddings.T).argmax(1) == torch.arange(len(captions), device=images.device)
+        return loss, {"logit_scale": self.model["loss"].logit_scale().detach(), "batch_i2t_top1": matched.float().mean()}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "config": asdict(c),
+            # load_image_encoder (training.methods.encoders) finds the bare image backbone here
+            "encoder": {"arch": "resnet", "kwargs": {"in_channels": 1 if c.mode == "L" else 3, "width": c.width},
+                        "prefix": "image.backbone."},
+            "preprocessing": preprocessing_spec(c.image_size, c.mode, c.mean, c.std),
+            "tokenizer_json": self.tokenizer.to_str(),
+            "context_length": c.context_length,
+            "class_names": list(FASHION_MNIST_CLASS_NAMES) if c.data == "fashion-mnist" else None,
+        }
+
+
+def train_clip(config: ClipConfig, resume: bool = False) -> dict[str, Any]:
+    """Train CLIP and save its checkpoint at config.checkpoint_path; returns the loop's summary plus
+    "checkpoint_path". Resume continues a run interrupted after a saved epoch."""
+    transform = EvalTransform(config.image_size, config.mode, config.mean, config.std)
+    dataset, corpus = open_clip_dataset(config, transform)
+    tokenizer = build_tokenizer(config, corpus)
+    torch.manual_seed(config.seed)  # the same initial weights for the same seed
+    method = Clip(config, tokenizer)
+    summary = fit(method, dataset, config.loop_config(), resume=resume)
+    return {**summary, "checkpoint_path": config.checkpoint_path}
+
+
+def load_clip_towers(checkpoint_path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """(image tower, text tower, info) in eval mode from a CLIP checkpoint.
+
+    image tower: preprocessed images float32 (B, C, H, W) -> unit embeddings (B, dim).
+    text tower: (ids int64 (B, T), attention_mask int64 (B, T)) -> unit embeddings (B, dim), with ids
+    and mask from index.text_tokens.encode_batch(load_tokenizer(info["tokenizer_json"]), texts).
+    info: {"method": "clip", "dim", "normalized": True, "logit_scale" (float), "preprocessing"
+    (preprocessing_spec), "tokenizer_json" (the text of tokenizer.json), "context_length",
+    "class_names" (Fashion-MNIST's, or None), "config" (the training config as a dict)}.
+    """
+    checkpoint = load_checkpoint(checkpoint_path, map_location=device)
+    if checkpoint.get("method") != "clip":
+        raise ValueError(f"{checkpoint_path} is a {checkpoint.get('method')!r} checkpoint, not a CLIP one")
+    config = ClipConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["config"].items()})
+    towers = build_towers(config, pretrained=False)  # the checkpoint brings every weight, MiniLM's too
+    towers.load_state_dict(checkpoint["model"])
+    towers.to(device).eval()
+    info = {
+        "method": "clip", "dim": config.embed_dim, "normalized": True,
+        "logit_scale": float(towers["loss"].logit_scale().detach()),
+        "preprocessing": checkpoint["preprocessing"], "tokenizer_json": checkpoint["tokenizer_json"],
+        "context_length": checkpoint["context_length"], "class_names": checkpoint.get("class_names"),
+        "config": checkpoint["config"],
+    }
+    return towers["image"], towers["text"], info
+
+
+# ---- helpers for evaluation and benchmarks ----
+
+def text_encoder_fn(text_tower: nn.Module, tokenizer_json: str, batch_size: int = 256) -> Callable[[list[str]], np.ndarray]:
+    """texts -> unit embeddings (N, dim) as numpy: the `encode_texts` index.zero_shot expects."""
+    tokenizer = load_tokenizer(tokenizer_json)
+    device = next(text_tower.parameters()).device
+
+    def encode_texts(texts: list[str]) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                ids, mask = encode_batch(tokenizer, texts[start:start + batch_size])  # (b, T) each
+                out.append(text_tower(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)).float().cpu())
+        return torch.cat(out).numpy()  # (N, dim)
+
+    return encode_texts
+
+
+def embed_images(image_tower: nn.Module, images: Tensor, batch_size: int = 512) -> np.ndarray:
+    """Preprocessed images (N, C, H, W) -> unit embeddings (N, dim) as numpy, in batches."""
+    device = next(image_tower.parameters()).device
+    with torch.no_grad():
+        return torch.cat([image_tower(images[i:i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(images), batch_size)]).numpy()
