@@ -155,11 +155,29 @@ async def drive(client: httpx.AsyncClient, pngs: list[bytes], concurrency: int, 
             if response.status_code != 200:
                 raise RuntimeError(f"/embed/image answered {response.status_code}: {response.text[:200]}")
 
-    for _ in range(min(4, requests)):  # warm-up: first requests pay for lazy initialisation
+    async def one() -> None:
         await client.post("/embed/image", files={"files": ("x.png", pngs[0], "image/png")})
+
+    # warm-up: `concurrency` requests at once open the connections and pay for lazy initialisation
+    await asyncio.gather(*(one() for _ in range(concurrency)))
+    rows_before, calls_before = await batch_counts(client)
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summary(latencies, requests, time.perf_counter() - start)
+    wall_s = time.perf_counter() - start
+    rows_after, calls_after = await batch_counts(client)
+    mean_batch = (rows_after - rows_before) / max(1.0, calls_after - calls_before)
+    return summary(latencies, requests, wall_s) | {"mean_batch": round(mean_batch, 1)}
+
+
+async def batch_counts(client: httpx.AsyncClient) -> tuple[float, float]:
+    """Rows and model calls so far, from the server's embedserve_batch_size histogram."""
+    text = (await client.get("/metrics")).text
+    total = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for part in total:
+            if line.startswith(f"embedserve_batch_size_{part}{{"):
+                total[part] += float(line.rsplit(" ", 1)[1])
+    return total["sum"], total["count"]
 
 
 async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests: int, args) -> dict:
@@ -200,16 +218,17 @@ def bench_raw(bundle: Bundle, pngs: list[bytes], requests: int) -> dict:
             t = time.perf_counter()
             session.run(None, {input_name: batch})
             latencies.append(time.perf_counter() - t)
-        results[("raw onnxruntime", c)] = summary(latencies, calls * c, time.perf_counter() - start)
+        results[("raw onnxruntime", c)] = summary(latencies, calls * c, time.perf_counter() - start) | {"mean_batch": float(c)}
         print(f"  raw onnxruntime batch={c}: {results[('raw onnxruntime', c)]}", flush=True)
     return results
 
 
 def print_table(results: dict, model_line: str) -> None:
     print(f"\n{model_line}")
-    print(f"{'mode':<18}{'c':>4}{'images/s':>11}{'p50 ms':>10}{'p99 ms':>10}")
+    print(f"{'mode':<18}{'c':>4}{'images/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'mean batch':>12}")
     for (mode, c), r in results.items():
-        print(f"{mode:<18}{c:>4}{r['images_per_s']:>11.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+        print(f"{mode:<18}{c:>4}{r['images_per_s']:>11.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['mean_batch']:>12.1f}")
+    print("c: concurrent requests of one image each (raw onnxruntime: batches of c preprocessed images)")
 
 
 def main() -> None:

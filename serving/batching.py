@@ -29,6 +29,10 @@ class _Pending:
     future: asyncio.Future
 
 
+def _shutting_down() -> NotReady:
+    return NotReady("the server is shutting down; retry the request")
+
+
 class MicroBatcher:
     """Groups concurrent `submit` calls into encoder batches of at most `max_batch_size` rows."""
 
@@ -72,7 +76,7 @@ class MicroBatcher:
             waiting.append(self._queue.get_nowait())
         for pending in waiting:
             if not pending.future.done():
-                pending.future.set_exception(NotReady("the server is shutting down; retry against another replica"))
+                pending.future.set_exception(_shutting_down())
 
     async def submit(self, items: np.ndarray) -> np.ndarray:
         """Embed `items` (n, ...) → (n, D), in order, sharing model calls with concurrent requests."""
@@ -119,7 +123,7 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(NotReady("the server is shutting down; retry against another replica"))
+                        p.future.set_exception(_shutting_down())
                 raise
             except Exception as e:  # every caller of this batch hears of it; the worker keeps going
                 log.exception("model %s: encode of a batch of %d failed", self.encoder.name, len(rows))

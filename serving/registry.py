@@ -104,13 +104,11 @@ class Registry:
 
     def index(self, name: str | None) -> VectorIndex:
         """The index `name`, or the default one (the setting, else the only one loaded)."""
+        known = ", ".join(sorted(self.indexes)) or "none loaded"
+        name = name or self.settings.default_index or (next(iter(self.indexes)) if len(self.indexes) == 1 else None)
         if name is None:
-            name = self.settings.default_index or (next(iter(self.indexes)) if len(self.indexes) == 1 else None)
-            if name is None:
-                known = ", ".join(sorted(self.indexes)) or "none loaded"
-                raise UnknownIndex(f"name the index to search (several or none are loaded); available: {known}")
+            raise UnknownIndex(f"name the index to search (several or none are loaded); available: {known}")
         if name not in self.indexes:
-            known = ", ".join(sorted(self.indexes)) or "none loaded"
             raise UnknownIndex(f"no index named {name!r}; available: {known}")
         return self.indexes[name]
 

@@ -105,3 +105,22 @@ def test_wrong_row_count_from_the_encoder_is_an_error_not_a_misrouted_result():
     batcher = MicroBatcher(encoder, max_batch_size=8, max_wait_ms=1)
     (result,) = asyncio.run(run_batcher(batcher, [rows(1, 2)]))
     assert isinstance(result, RuntimeError) and "returned" in str(result)
+
+
+def test_stop_answers_waiting_callers_with_not_ready_instead_of_hanging():
+    from serving.errors import NotReady
+
+    release = threading.Event()
+    encoder = TimesTen()
+    encoder.encode = lambda batch: release.wait(5) and np.zeros((len(batch), 2), np.float32)
+    batcher = MicroBatcher(encoder, max_batch_size=1, max_wait_ms=0)
+
+    async def scenario():
+        await batcher.start()
+        callers = [asyncio.ensure_future(batcher.submit(rows(c, 1))) for c in range(3)]
+        await asyncio.sleep(0.05)  # the first is inside encode, the others queued
+        await batcher.stop()
+        release.set()
+        return await asyncio.gather(*callers, return_exceptions=True)
+
+    assert all(isinstance(r, NotReady) for r in asyncio.run(scenario()))

@@ -170,8 +170,8 @@ def open_clip_dataset(config: ClipConfig, transform: Callable) -> tuple[Any, lis
         dataset = open_pairs(config.data, config.mode, transform)
         captions = [c for *_, c in getattr(dataset, "pairs", getattr(dataset, "samples", []))]
         return dataset, captions
-    images, labels = load_image_arrays("fashion-mnist", "train", config.data_root)
     kept = kept_class_names(config)
+    images, labels = load_image_arrays("fashion-mnist", "train", config.data_root)
     keep = np.isin(labels, [FASHION_MNIST_CLASS_NAMES.index(c) for c in kept])
     images, labels = images[keep], labels[keep]
     if config.subset is not None and config.subset < len(images):

@@ -63,7 +63,7 @@ class TextTransformer(nn.Module):
 
     def forward(self, ids: Tensor, attention_mask: Tensor) -> Tensor:
         T = ids.shape[1]
-        if T > self.config.context_length:
+        if not torch.jit.is_tracing() and T > self.config.context_length:  # a traced graph keeps no Python checks
             raise ValueError(f"{T} tokens but the model has positions for {self.config.context_length}")
         x = self.token_embedding(ids) + self.position_embedding[:T]  # (B, T, C)
         keep = attention_mask.to(x.dtype)  # (B, T): 1 for real tokens, 0 for padding

@@ -100,3 +100,12 @@ def test_an_index_built_with_an_older_model_version_embeds_images_with_that_vers
     assert response.status_code == 200 and response.json()["model_version"] == "v1"
     assert response.json()["hits"][0]["id"] == 104
     assert response.json()["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)  # embedded by v1, as indexed
+
+
+def test_with_several_indexes_the_request_must_name_one(artifacts: Path):
+    VectorIndex.build(np.arange(3), np.eye(3, DIM), model="tiny", model_version="v1").save(artifacts, "other")
+    with TestClient(create_app(Settings(artifacts_dir=artifacts))) as client:
+        unnamed = client.post("/search", json={"id": 1})
+        named = client.post("/search", json={"id": 1, "index": "other", "k": 1})
+    assert unnamed.status_code == 404 and "other" in unnamed.json()["detail"] and "pics" in unnamed.json()["detail"]
+    assert named.status_code == 200 and named.json()["hits"][0]["id"] == 1

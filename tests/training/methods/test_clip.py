@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from index.text_tokens import context_length, encode_batch, load_tokenizer
+from training.data.captions import FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_SYNONYMS
+from training.data.idx import DEFAULT_FASHION_MNIST_ROOT
+from training.data.pairs import write_webdataset
+from training.methods.clip import ClipConfig, open_clip_dataset, load_clip_towers, train_clip
+from training.methods.encoders import load_image_encoder
+
+needs_fashion_mnist = pytest.mark.skipif(not DEFAULT_FASHION_MNIST_ROOT.is_dir(), reason="dataset-fashion-mnist not installed")
+
+
+def tiny(tmp_path, **overrides) -> ClipConfig:
+    """A few seconds of training on the CPU: the scratch text tower, a width-4 ResNet."""
+    return ClipConfig.quick(text_tower="scratch", lock_text=False, width=4, embed_dim=16, text_width=16, text_layers=1,
+                            context_length=12, vocab_size=200, batch_size=16, max_steps_per_epoch=2, subset=64,
+                            device="cpu", checkpoint_path=str(tmp_path / "clip.pt"), log_path=None, **overrides)
+
+
+@needs_fashion_mnist
+def test_held_out_classes_are_kept_out_of_images_and_words(tmp_path):
+    config = tiny(tmp_path, held_out_classes=("sneaker", "bag"), subset=None)
+    dataset, corpus = open_clip_dataset(config, transform=None)
+    held = [FASHION_MNIST_CLASS_NAMES.index(c) for c in ("sneaker", "bag")]
+    assert len(dataset) == 48_000 and not np.isin(dataset.labels, held).any()
+    words = " ".join(corpus) + " ".join(dataset[i][1] for i in range(200))
+    for synonym in FASHION_MNIST_SYNONYMS["sneaker"] + FASHION_MNIST_SYNONYMS["bag"]:
+        assert f" {synonym}" not in words and not words.startswith(synonym)
+
+
+@needs_fashion_mnist
+def test_train_and_load_towers_for_export(tmp_path):
+    config = tiny(tmp_path)
+    summary = train_clip(config)
+    assert summary["step"] == 2 and np.isfinite(summary["loss"])
+
+    image_tower, text_tower, info = load_clip_towers(config.checkpoint_path)
+    assert info["dim"] == 16 and info["normalized"] and info["context_length"] == 12
+    assert info["logit_scale"] == pytest.approx(1 / 0.07, rel=0.1)
+    assert info["preprocessing"]["crop"] == 28 and info["preprocessing"]["channels"] == 1
+    tokenizer = load_tokenizer(info["tokenizer_json"])
+    assert context_length(tokenizer) == 12
+
+    ids, mask = encode_batch(tokenizer, ["a photo of a coat", "a bag"])
+    with torch.no_grad():
+        texts = text_tower(torch.from_numpy(ids), torch.from_numpy(mask))  # (2, 16)
+        images = image_tower(torch.randn(3, 1, 28, 28))  # (3, 16)
+    assert texts.shape == (2, 16) and images.shape == (3, 16)
+    torch.testing.assert_close(texts.norm(dim=1), torch.ones(2))
+    torch.testing.assert_close(images.norm(dim=1), torch.ones(3))
+
+    backbone, encoder_info = load_image_encoder(config.checkpoint_path)  # the vision tools read CLIP checkpoints too
+    assert encoder_info["method"] == "clip" and backbone(torch.randn(2, 1, 28, 28)).shape == (2, backbone.dim)
+
+
+def test_trains_from_a_webdataset_shard(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = [(f"{i:04d}", Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), "RGB"),
+                "a red square" if i % 2 else "a blue circle") for i in range(32)]
+    shard = write_webdataset(samples, tmp_path / "shard-0000.tar")
+    config = tiny(tmp_path, data=str(shard), mode="RGB", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), image_size=16)
+    summary = train_clip(config)
+    assert summary["step"] == 2
+    _, _, info = load_clip_towers(config.checkpoint_path)
+    assert info["class_names"] is None and info["preprocessing"]["channels"] == 3
+
+
+def test_unknown_held_out_class_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="'shoe'.* not Fashion-MNIST classes"):
+        open_clip_dataset(tiny(tmp_path, held_out_classes=("shoe",)), transform=None)
