@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -51,7 +51,8 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
             "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "scikit-learn": sklearn.__version__, "numpy": np.__version__}
+            "scikit-learn": sklearn.__version__, "numpy": np.__version__,
+            "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()]}  # > cores means the CPU was shared
 
 
 def fixed_subset(data: tuple[np.ndarray, np.ndarray], size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,12 +62,26 @@ def fixed_subset(data: tuple[np.ndarray, np.ndarray], size: int | None, seed: in
     return data[0][keep], data[1][keep]
 
 
+def format_table(rows: list[dict]) -> str:
+    def cell(value, fmt: str = "") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    header = f"{'encoder':<32} {'epochs':>6} {'train s':>8} {'dim':>5} {'kNN top1':>9} {'lin 1%':>7} {'lin 10%':>8} {'lin 100%':>9}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lin = r["linear_top1_pct"]
+        lines.append(f"{r['name']:<32} {cell(r['epochs']):>6} {cell(r['train_time_s'], '.0f'):>8} {r['dim']:>5} "
+                     f"{r['knn_top1_pct']:>9.2f} {lin['1%']:>7.2f} {lin['10%']:>8.2f} {lin['100%']:>9.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--methods", nargs="+", choices=sorted(TRAINERS), default=["simclr", "mae"])
     parser.add_argument("--reuse", action="store_true", help="evaluate existing checkpoints instead of training")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'cores shared')")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vision_ssl.json"))
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile]
@@ -80,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = [{"name": "raw pixels", "method": None, "epochs": None, "train_time_s": None, **evaluate(raw_pixels)}]
     for name in args.methods:
-        config = profile[name].__class__(**{**asdict(profile[name]), "device": args.device})
+        config = replace(profile[name], device=args.device)
         checkpoint = Path(config.checkpoint_path)
         train_time_s = None
         if not (args.reuse and checkpoint.is_file()):
@@ -89,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         encoder, info = load_image_encoder(checkpoint, device)
         torch.manual_seed(0)
         random_encoder, _ = load_image_encoder(checkpoint, device, random_init=True)
-        arch = "ResNet-18" if info["config"].get("width") else "ViT"
+        arch = {"resnet": "ResNet-18", "vit": "ViT"}[info["arch"]]
         rows.append({"name": f"random-init {arch} ({name})", "method": None, "epochs": 0, "train_time_s": None,
                      **evaluate(encoder_embed_fn(random_encoder, info["preprocessing"], device=device))})
         rows.append({"name": f"{name} {arch}", "method": name, "epochs": info["config"]["epochs"],
@@ -97,21 +112,12 @@ def main(argv: list[str] | None = None) -> dict:
                      "train_time_s": train_time_s, "checkpoint": str(checkpoint),
                      **evaluate(encoder_embed_fn(encoder, info["preprocessing"], device=device))})
 
-    def cell(value, fmt: str = "") -> str:
-        return "-" if value is None else format(value, fmt)
-
-    header = f"{'encoder':<28} {'epochs':>6} {'train s':>8} {'dim':>5} {'kNN top1':>9} {'lin 1%':>7} {'lin 10%':>8} {'lin 100%':>9}"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        lin = r["linear_top1_pct"]
-        lines.append(f"{r['name']:<28} {cell(r['epochs']):>6} {cell(r['train_time_s'], '.0f'):>8} {r['dim']:>5} "
-                     f"{r['knn_top1_pct']:>9.2f} {lin['1%']:>7.2f} {lin['10%']:>8.2f} {lin['100%']:>9.2f}")
-    table = "\n".join(lines)
+    table = format_table(rows)
     print(table)
 
     result = {
         "benchmark": "vision_ssl", "profile": args.profile, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(), "note": args.note,
         "eval": {"data": "fashion-mnist", "train_images": len(train[0]), "test_images": len(test[0]), "knn_k": 200,
                  "knn_temperature": 0.1, "linear_probe": "sklearn LogisticRegression (C=1) on standardised embeddings",
                  "label_fractions": list(FRACTIONS)},

@@ -36,8 +36,17 @@ def _gcide() -> Path:
 def _export(args: argparse.Namespace) -> None:
     from embedserve.pipelines import export_checkpoint
 
-    bundle = export_checkpoint(args.checkpoint, args.artifacts, args.name)
+    bundle = export_checkpoint(args.checkpoint, args.artifacts, args.name, fp16=args.fp16, triton=args.triton)
     print(f"wrote {bundle.path}")
+
+
+def _index_build(args: argparse.Namespace) -> None:
+    from index.build import build_image_index
+
+    path = build_image_index(
+        args.artifacts, args.name, args.model, args.source, batch_size=args.batch_size, limit=args.limit, kind=args.kind
+    )
+    print(f"wrote {path}")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -92,7 +101,20 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     export.add_argument("--checkpoint", type=Path, required=True)
     export.add_argument("--name", required=True, help="bundle (model) name")
     export.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    export.add_argument("--fp16", action="store_true", help="also write an fp16 copy of ONNX models")
+    export.add_argument("--triton", action="store_true", help="also write the model into <artifacts>/triton")
     export.set_defaults(func=_export)
+
+    index = commands.add_parser("index", help="build FAISS indexes").add_subparsers(dest="action", required=True)
+    build = index.add_parser("build", help="embed a folder or data set with an image model into a named index")
+    build.add_argument("--name", required=True, help="index name")
+    build.add_argument("--model", required=True, help="image-encoder bundle to embed with (its current version)")
+    build.add_argument("--source", required=True, help="an image folder, or fashion-mnist:test / fashion-mnist:train")
+    build.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    build.add_argument("--batch-size", type=int, default=256)
+    build.add_argument("--limit", type=int, help="index only the first N images")
+    build.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], help="FAISS index type (default: by size)")
+    build.set_defaults(func=_index_build)
 
     serve = commands.add_parser("serve", help="serve every bundle under the artifacts folder (no torch)")
     serve.add_argument("--artifacts", type=Path, help="default: $EMBEDSERVE_ARTIFACTS_DIR or ./artifacts")

@@ -57,17 +57,26 @@ def train_word2vec_bundle(
     return export_word_vectors(checkpoint, artifacts, name, metrics=metrics)
 
 
-def export_checkpoint(checkpoint: Path, artifacts: Path, name: str) -> Bundle:
-    """Export any checkpoint this project trains, dispatching on the method it records."""
+def export_checkpoint(
+    checkpoint: Path, artifacts: Path, name: str, fp16: bool = False, triton: bool = False
+) -> Bundle:
+    """Export any checkpoint this project trains, dispatching on the method it records; with
+    `triton`, also add the model to the Triton repository `artifacts/triton`."""
     from training.checkpoint import load_checkpoint
 
     method = load_checkpoint(checkpoint).get("method")
     if method == "word2vec":
         from export.word_vectors import export_word_vectors
 
-        return export_word_vectors(checkpoint, artifacts, name)
-    if method in ("simclr", "mae"):
+        bundle = export_word_vectors(checkpoint, artifacts, name)
+    elif method in ("simclr", "mae"):
         from export.image_encoder import export_image_encoder
 
-        return export_image_encoder(checkpoint, artifacts, name)
-    raise ValueError(f"{checkpoint}: cannot export a checkpoint of method {method!r}")
+        bundle = export_image_encoder(checkpoint, artifacts, name, fp16=fp16)
+    else:
+        raise ValueError(f"{checkpoint}: cannot export a checkpoint of method {method!r}")
+    if triton:
+        from export.triton import write_triton_repository
+
+        write_triton_repository(bundle, Path(artifacts) / "triton")
+    return bundle

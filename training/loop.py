@@ -59,10 +59,11 @@ class Method(Protocol):
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices and convolution kernels; leave biases, norms and other vectors alone (nanoGPT)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return [
+    groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    return [g for g in groups if g["params"]]
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -136,7 +137,7 @@ def fit(method: Method, data: Dataset | DataLoader, config: LoopConfig, resume: 
     start_epoch, step = 0, 0
     checkpoint_path = Path(config.checkpoint_path) if config.checkpoint_path else None
     if resume and checkpoint_path is not None and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path, map_location=device)
+        state = load_checkpoint(checkpoint_path, map_location="cpu")  # RNG states must stay on the CPU
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

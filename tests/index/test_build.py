@@ -3,40 +3,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from export.bundle import BundleError, Manifest, write_bundle
+from export.bundle import BundleError
 from index.build import build_image_index
 from index.vector_index import open_index
 from serving.app import create_app
 from serving.settings import Settings
 from training.data.idx import DEFAULT_FASHION_MNIST_ROOT
 
-SIZE, DIM = 8, 16
-SPEC = {"mode": "L", "channels": 1, "resize": SIZE, "crop": SIZE, "mean": [0.5], "std": [0.5], "interpolation": "bilinear"}
-
-
 @pytest.fixture
-def artifacts(tmp_path: Path) -> Path:
-    """An image-encoder bundle 'tiny': images (B, 1, 8, 8) → flatten → @ W (64, 16)."""
-    weights = np.random.default_rng(0).normal(size=(SIZE * SIZE, DIM)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["images"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "W"], ["embeddings"])],
-        "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, SIZE, SIZE])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", DIM])],
-        [numpy_helper.from_array(weights, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    manifest = Manifest(name="tiny", kind="image-encoder", method="simclr", dim=DIM, normalized=False,
-                        files={"image_encoder": "image_encoder.onnx"}, preprocessing=SPEC)
-    write_bundle(tmp_path / "artifacts", manifest, lambda folder: onnx.save(model, str(folder / "image_encoder.onnx")))
-    return tmp_path / "artifacts"
+def artifacts(image_artifacts: Path) -> Path:
+    """An artifacts folder with the tiny image-encoder bundle 'tiny' (see tests/conftest.py)."""
+    return image_artifacts
 
 
 @pytest.fixture

@@ -42,18 +42,36 @@ FASHION_MNIST_SYNONYMS: dict[str, tuple[str, ...]] = {
 # teaches the towers words shared across classes, the bridge to classes never seen in training.
 FASHION_MNIST_KINDS: dict[str, str] = {
     "t-shirt": "top", "trousers": "legwear", "pullover": "top", "dress": "clothing", "coat": "outerwear",
-    "sandal": "footwear", "shirt": "top", "sneaker": "footwear", "bag": "accessory", "ankle boot": "footwear",
+    "sandal": "shoe", "shirt": "top", "sneaker": "shoe", "bag": "accessory", "ankle boot": "shoe",
+}
+
+
+# What each class looks like, in words other classes share ("laces", "long sleeves", "straps"): the
+# image tower can only land where training captions have been, so varied visual words widen that space.
+FASHION_MNIST_DESCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "t-shirt": ("with short sleeves", "a collarless top with short sleeves", "a casual cotton top"),
+    "trousers": ("with two long legs", "a long garment for the legs", "with a waistband and two legs"),
+    "pullover": ("with long sleeves", "a knitted top with long sleeves", "a warm top pulled over the head"),
+    "dress": ("a one-piece garment with a skirt", "a long garment worn by women", "with a fitted waist"),
+    "coat": ("with long sleeves and buttons", "a long warm garment with a zip", "worn over other clothes"),
+    "sandal": ("an open shoe with straps", "a flat shoe with thin straps", "a light summer shoe"),
+    "shirt": ("a top with a collar and buttons", "with a collar", "a formal top with long sleeves"),
+    "sneaker": ("a low shoe with laces", "a sports shoe with a rubber sole", "a casual shoe for running"),
+    "bag": ("with a handle", "a container carried by hand", "with straps and a zip"),
+    "ankle boot": ("a high shoe covering the ankle", "a boot with laces", "a leather shoe with a heel"),
 }
 
 
 def fashion_mnist_caption(label: int, rng: random.Random, templates: Sequence[str] = TRAIN_TEMPLATES,
-                          kind_prob: float = 0.3) -> str:
-    """One random caption for a Fashion-MNIST label: template × synonym, with the kind appended
-    with probability `kind_prob`."""
+                          kind_prob: float = 0.3, description_prob: float = 0.0) -> str:
+    """One random caption for a Fashion-MNIST label: template × synonym, then with probability
+    `kind_prob` the kind (", a kind of shoe") and with `description_prob` a description (", with a collar")."""
     name = FASHION_MNIST_CLASS_NAMES[label]
     caption = rng.choice(templates).format(rng.choice(FASHION_MNIST_SYNONYMS[name]))
     if rng.random() < kind_prob:
         caption += f", a kind of {FASHION_MNIST_KINDS[name]}"
+    if rng.random() < description_prob:
+        caption += f", {rng.choice(FASHION_MNIST_DESCRIPTIONS[name])}"
     return caption
 
 

@@ -30,7 +30,8 @@ def load_image_encoder(checkpoint_path: Path | str, device: str | torch.device =
                        random_init: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """The trained backbone in eval mode, mapping images already normalised by EvalTransform
     (float (B, C, H, W)) to un-normalised embeddings (B, D) (no projection head, no masking),
-    and {"method", "dim", "preprocessing" (preprocessing_spec), "config" (the training config)}.
+    and {"method", "dim", "preprocessing" (preprocessing_spec), "config" (the training config),
+    "arch" ("resnet" or "vit")}.
 
     random_init=True gives the same architecture with fresh weights (seeded from the torch RNG):
     the baseline that shows what training added."""
@@ -44,5 +45,5 @@ def load_image_encoder(checkpoint_path: Path | str, device: str | torch.device =
         encoder.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)})
     encoder.to(device).eval()
     info = {"method": checkpoint["method"], "dim": encoder.dim, "preprocessing": checkpoint["preprocessing"],
-            "config": checkpoint["config"]}
+            "config": checkpoint["config"], "arch": spec["arch"]}
     return encoder, info

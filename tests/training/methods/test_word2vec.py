@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from training.checkpoint import load_checkpoint
 from training.methods.word2vec import Word2VecConfig, quick_config, train_word2vec
@@ -39,11 +40,20 @@ def nearest_neighbour_class_accuracy(vocab, vectors) -> float:
     return float(np.mean(hits))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny torch ops run fastest on one thread, above all on a machine that is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("architecture", ["skipgram", "cbow"])
 @pytest.mark.parametrize("device", ["numba", "cpu"])
-def test_learns_planted_classes(planted_corpus, architecture, device):
+def test_learns_planted_classes(planted_corpus, architecture, device, one_torch_thread):
     config = Word2VecConfig(corpus=str(planted_corpus), architecture=architecture, device=device, dim=16,
-                            epochs=3, min_count=1, sample=0.0, batch_words=200)  # fmt: skip
+                            epochs=3, min_count=1, sample=0.0, batch_words=1000)  # fmt: skip
     result = train_word2vec(config, progress=False)
     assert len(result.vocab) == CLASSES * WORDS_PER_CLASS + 3
     assert result.vectors.shape == (len(result.vocab), 16) and result.vectors.dtype == np.float32
