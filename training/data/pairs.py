@@ -73,6 +73,10 @@ class ManifestPairs:
         self.pairs = read_manifest(manifest)
         self.mode, self.transform = mode, transform
 
+    @property
+    def captions(self) -> list[str]:
+        return [caption for _, caption in self.pairs]
+
     def __len__(self) -> int:
         return len(self.pairs)
 
@@ -127,6 +131,10 @@ class WebDatasetPairs:
         shards = [shards] if isinstance(shards, (str, Path)) else list(shards)
         self.samples = [s for shard in shards for s in read_webdataset(shard)]
         self.mode, self.transform = mode, transform
+
+    @property
+    def captions(self) -> list[str]:
+        return [caption for *_, caption in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -37,12 +37,14 @@ from training.models.word2vec import Word2VecModel
 from training.runtime import choose_device, seed_everything
 
 ARCHITECTURES = ("skipgram", "cbow")
+# The Collaborative International Dictionary of English (Debian's dict-gcide): ~5.4M words.
+GCIDE_PATH = "/usr/share/dictd/gcide.dict.dz"
 
 
 @dataclass(frozen=True)
 class Word2VecConfig:
     # data
-    corpus: str = "/usr/share/dictd/gcide.dict.dz"  # a .txt/.gz/.dz file or a folder of them
+    corpus: str = GCIDE_PATH  # a .txt/.gz/.dz file or a folder of them
     sentence_unit: str = "paragraph"  # "paragraph" (text up to a blank line) or "line" is one sentence
     max_words: int | None = None  # read only this many tokens of the corpus (quick runs); None = all
     min_count: int = 5  # drop words seen fewer times
@@ -84,7 +86,7 @@ class Word2VecConfig:
         return self.workers or len(os.sched_getaffinity(0))
 
     @classmethod
-    def quick(cls, corpus: str = "/usr/share/dictd/gcide.dict.dz", **overrides: Any) -> Word2VecConfig:
+    def quick(cls, corpus: str = GCIDE_PATH, **overrides: Any) -> Word2VecConfig:
         """The demo profile: one skip-gram epoch over GCIDE, about 40 s on 2 busy cores
         (vocabulary, encoding and training), and king - man + woman puts queen first or second.
 
@@ -99,7 +101,7 @@ class Word2VecConfig:
 QUICK_PROFILE: dict[str, Any] = dict(architecture="skipgram", dim=100, window=5, epochs=1, min_count=5)
 
 
-def quick_config(corpus: str = "/usr/share/dictd/gcide.dict.dz", **overrides: Any) -> Word2VecConfig:
+def quick_config(corpus: str = GCIDE_PATH, **overrides: Any) -> Word2VecConfig:
     """The demo profile (see `Word2VecConfig.quick`)."""
     return Word2VecConfig.quick(corpus, **overrides)
 

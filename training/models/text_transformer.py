@@ -40,7 +40,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, attend: Tensor) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(self.ln_1(x)).split(C, dim=2)  # (B, T, C) each
+        q, k, v = self.qkv(self.ln_1(x)).chunk(3, dim=2)  # (B, T, C) each
         q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, h, T, C/h)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)

@@ -53,3 +53,11 @@ def test_openclipart_pairs_walks_category_folders(tmp_path):
     Image.new("RGBA", (4, 4)).save(tmp_path / "animals" / "happy_dog_01.png")
     Image.new("RGBA", (4, 4)).save(tmp_path / "stray.png")  # no category folder: skipped
     assert openclipart_pairs(tmp_path) == [(tmp_path / "animals" / "happy_dog_01.png", "a drawing of a happy dog", "animals")]
+
+
+def test_description_is_appended_when_asked():
+    from training.data.captions import FASHION_MNIST_DESCRIPTIONS
+
+    caption = fashion_mnist_caption(FASHION_MNIST_CLASS_NAMES.index("shirt"), random.Random(0), kind_prob=0.0,
+                                    description_prob=1.0)
+    assert any(caption.endswith(f", {d}") for d in FASHION_MNIST_DESCRIPTIONS["shirt"])
