@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,40 +47,67 @@ def _written_atomically(path: Path) -> Iterator[str]:
         raise
 
 
-def export_onnx(module: torch.nn.Module, example_input: torch.Tensor, path: Path | str,
-                input_name: str = "images", output_name: str = "embeddings", opset: int = DEFAULT_OPSET) -> Path:
-    """Export `module` (put in eval mode) to `path`, batch axis 0 dynamic on input and output.
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]  # one model input, or several in the model's argument order
 
+
+def _as_tuple(inputs: Inputs) -> tuple[torch.Tensor, ...]:
+    return (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+
+
+def _as_names(names: str | Sequence[str]) -> list[str]:
+    return [names] if isinstance(names, str) else list(names)
+
+
+def export_onnx(module: torch.nn.Module, example_input: Inputs, path: Path | str,
+                input_name: str | Sequence[str] = "images", output_name: str = "embeddings",
+                opset: int = DEFAULT_OPSET) -> Path:
+    """Export `module` (put in eval mode) to `path`, batch axis 0 dynamic on every input and the output.
+
+    `example_input` is one tensor named `input_name`, or a tuple of tensors (the module's positional
+    arguments, e.g. token ids and attention mask) named by the sequence `input_name`, in order.
     The file is written to a temporary name beside `path`, checked with onnx.checker and renamed,
     so `path` is either absent or a complete model.
     """
     path = Path(path)
+    examples, names = _as_tuple(example_input), _as_names(input_name)
+    if len(examples) != len(names):
+        raise ValueError(f"{len(examples)} example inputs but {len(names)} input names {names}; give one name per input")
     module = module.eval()
     with _written_atomically(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notices that it is legacy
         torch.onnx.export(
-            module, (example_input,), tmp, dynamo=False, opset_version=opset,
-            input_names=[input_name], output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            module, examples, tmp, dynamo=False, opset_version=opset,
+            input_names=names, output_names=[output_name],
+            dynamic_axes={**{name: {0: "batch"} for name in names}, output_name: {0: "batch"}},
         )
         onnx.checker.check_model(tmp)
-    log.info("exported %s (opset %d, input %s %s)", path, opset, input_name, tuple(example_input.shape))
+    shapes = ", ".join(f"{n} {tuple(x.shape)}" for n, x in zip(names, examples))
+    log.info("exported %s (opset %d, inputs %s)", path, opset, shapes)
     return path
+
+
+def onnx_input_names(onnx_path: Path | str) -> list[str]:
+    """Every input name of an ONNX file, in order (weights listed as inputs by older opsets left out)."""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers]
 
 
 def onnx_io_names(onnx_path: Path | str) -> tuple[str, str]:
     """(first input name, first output name) of an ONNX file."""
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = [i.name for i in graph.input if i.name not in initializers]  # older opsets list weights as inputs
-    return inputs[0], graph.output[0].name
+    return onnx_input_names(onnx_path)[0], graph.output[0].name
 
 
-def run_onnx(onnx_path: Path | str, inputs: np.ndarray) -> np.ndarray:
-    """The ONNX model's first output for `inputs`, on onnxruntime's CPU provider."""
+def run_onnx(onnx_path: Path | str, inputs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """The ONNX model's first output for `inputs` (one array, or one per model input in order),
+    on onnxruntime's CPU provider."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    return session.run(None, {input_name: inputs})[0]
+    arrays = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
+    names = [i.name for i in session.get_inputs()]
+    if len(arrays) != len(names):
+        raise ValueError(f"{onnx_path} takes {len(names)} inputs {names}, got {len(arrays)}")
+    return session.run(None, dict(zip(names, arrays)))[0]
 
 
 def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -90,13 +117,15 @@ def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
 
 
-def check_parity(module: torch.nn.Module, onnx_path: Path | str, inputs: torch.Tensor,
+def check_parity(module: torch.nn.Module, onnx_path: Path | str, inputs: Inputs,
                  min_cosine: float = DEFAULT_MIN_COSINE) -> float:
-    """Run `inputs` (B, ...) through the torch module and the ONNX file; return the lowest per-row
-    cosine between their outputs, or raise ParityError when it is below `min_cosine`."""
+    """Run `inputs` (B, ...), or a tuple of them for a module of several inputs, through the torch
+    module and the ONNX file; return the lowest per-row cosine between their outputs, or raise
+    ParityError when it is below `min_cosine`."""
+    arguments = _as_tuple(inputs)
     with torch.no_grad():
-        expected = module.eval()(inputs).float().cpu().numpy()  # (B, D)
-    got = run_onnx(onnx_path, inputs.cpu().numpy())  # (B, D)
+        expected = module.eval()(*arguments).float().cpu().numpy()  # (B, D)
+    got = run_onnx(onnx_path, [x.cpu().numpy() for x in arguments])  # (B, D)
     if got.shape != expected.shape:
         raise ParityError(f"{onnx_path} returns shape {got.shape}, the torch module {expected.shape}")
     worst = float(rowwise_cosine(expected, got).min())

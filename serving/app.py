@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from serving.errors import install_error_handlers
 from serving.metrics import install_metrics
 from serving.registry import Registry
-from serving.routers import embed, health, search, words
+from serving.routers import embed, health, search, text, words, zero_shot
 from serving.settings import Settings, get_settings
 
 
@@ -46,5 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(words.router)
     app.include_router(embed.router)
+    app.include_router(text.router)
+    app.include_router(zero_shot.router)
     app.include_router(search.router)
     return app

@@ -2,7 +2,9 @@
 
 `Registry.load` reads each model's current bundle under `artifacts/models/` and builds the
 object that serves it: word vectors get a FAISS index (index/word_vectors.py); image encoders
-get an `Encoder` (serving.encoders.factory) fed by a `MicroBatcher`. It also loads the current
+get an `Encoder` (serving.encoders.factory) fed by a `MicroBatcher`; a CLIP bundle
+(image-text-encoder) gets two, an image side that /embed/image and /search use like any image
+encoder and a text side with the tokenizer it was trained with. It also loads the current
 version of every index under `artifacts/indexes/`, and the exact model version each index was
 built with when that is not the current one. Routers ask the registry for a model or index by
 name, or for the default of its kind.
@@ -13,17 +15,36 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from tokenizers import Tokenizer
+
 from export.bundle import Bundle, Manifest, iter_current_bundles, open_bundle
+from index.text_tokens import load_tokenizer
 from index.vector_index import VectorIndex, iter_current_indexes
+from index.zero_shot import ClassMatrixCache
 from index.word_vectors import WordVectors
 from serving.batching import MicroBatcher
 from serving.encoders.base import Encoder
 from serving.encoders.factory import load_encoder
-from serving.errors import UnknownIndex, UnknownModel
+from serving.errors import InvalidInput, UnknownIndex, UnknownModel
 from serving.metrics import Metrics
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
+
+ENCODER_KINDS = ("image-encoder", "image-text-encoder")  # kinds whose image side the registry serves
+
+
+@dataclass(frozen=True)
+class TextModel:
+    """The text side of a CLIP bundle: what /embed/text, /zero-shot and text search need."""
+
+    manifest: Manifest
+    batcher: MicroBatcher  # feeds the text encoder (B, 2, T) int64: token ids and attention mask stacked
+    tokenizer: Tokenizer  # the bundle's tokenizer.json: truncation and padding as in training
+
+    @property
+    def context_length(self) -> int:
+        return int(self.manifest.tokenizer["context_length"])
 
 
 @dataclass
@@ -35,6 +56,9 @@ class Registry:
     # image encoders' batchers by (name, version): current versions, plus older ones an index needs
     image_batchers: dict[tuple[str, str], MicroBatcher] = field(default_factory=dict)
     image_manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict)
+    # CLIP text sides by (name, version), loaded alongside their image side
+    text_models: dict[tuple[str, str], TextModel] = field(default_factory=dict)
+    class_matrices: ClassMatrixCache = field(default_factory=ClassMatrixCache)  # zero-shot class embeddings
     indexes: dict[str, VectorIndex] = field(default_factory=dict)  # current version of each index, by name
     metrics: Metrics | None = None  # where batchers record their batch sizes
 
@@ -58,24 +82,42 @@ class Registry:
             self.words[manifest.name] = WordVectors.from_bundle(bundle)
         elif manifest.kind == "image-encoder":
             self._add_image_encoder(bundle)
+        elif manifest.kind == "image-text-encoder":
+            self._add_image_text_encoder(bundle)
         else:
             log.warning("model %s: kind %r is not served yet; skipped", manifest.name, manifest.kind)
             return
         self.manifests[manifest.name] = manifest
 
-    def _add_image_encoder(self, bundle: Bundle) -> None:
-        manifest, settings = bundle.manifest, self.settings
-        encoder = load_encoder(bundle, settings)
-        key = (manifest.name, manifest.version)
-        self.encoders.setdefault(manifest.name, encoder)  # the current version, which load adds first
-        self.image_manifests[key] = manifest
-        self.image_batchers[key] = MicroBatcher(
+    def _batcher(self, encoder: Encoder, metrics_label: str) -> MicroBatcher:
+        settings = self.settings
+        return MicroBatcher(
             encoder,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             enabled=settings.batching,
-            on_batch=self.metrics.batch_size.labels(manifest.name).observe if self.metrics else None,
+            on_batch=self.metrics.batch_size.labels(metrics_label).observe if self.metrics else None,
         )
+
+    def _add_image_encoder(self, bundle: Bundle, role: str | None = None) -> None:
+        manifest = bundle.manifest
+        encoder = load_encoder(bundle, self.settings, role)
+        key = (manifest.name, manifest.version)
+        self.encoders.setdefault(manifest.name, encoder)  # the current version, which load adds first
+        self.image_manifests[key] = manifest
+        self.image_batchers[key] = self._batcher(encoder, manifest.name)
+
+    def _add_image_text_encoder(self, bundle: Bundle) -> None:
+        """Both towers of a CLIP bundle, each with its own batcher; the image side serves like any image encoder."""
+        manifest = bundle.manifest
+        if not manifest.tokenizer or "file" not in manifest.tokenizer:
+            raise ValueError(f"model {manifest.name}: its manifest names no tokenizer file; re-export the bundle")
+        tokenizer = load_tokenizer(bundle.path / manifest.tokenizer["file"])
+        text_encoder = load_encoder(bundle, self.settings, "text_encoder")
+        self._add_image_encoder(bundle, "image_encoder")
+        # metrics label "<name>:text": image and text batches of one model are different workloads
+        self.text_models[(manifest.name, manifest.version)] = TextModel(
+            manifest, self._batcher(text_encoder, f"{manifest.name}:text"), tokenizer)
 
     def add_index(self, index: VectorIndex) -> None:
         """Serve `index`; load the model version it was built with if that is not loaded yet."""
@@ -88,8 +130,10 @@ class Registry:
             bundle = open_bundle(self.settings.artifacts_dir, index.model, index.model_version)
             if bundle.manifest.kind == "image-encoder":
                 self._add_image_encoder(bundle)
+            elif bundle.manifest.kind == "image-text-encoder":
+                self._add_image_text_encoder(bundle)
         except Exception as e:  # the index still serves vector and id queries
-            log.warning("index %s: cannot load its model %s %s (%s); image queries will fail", name, *key, e)
+            log.warning("index %s: cannot load its model %s %s (%s); image and text queries will fail", name, *key, e)
 
     def image_model(self, name: str | None, version: str | None = None) -> tuple[Manifest, MicroBatcher]:
         """The image encoder `name` (current version unless `version`), or the default one."""
@@ -102,6 +146,21 @@ class Registry:
             raise UnknownModel(f"no image encoder named {wanted}; available: {known}")
         return self.image_manifests[key], self.image_batchers[key]
 
+    def text_model(self, name: str | None, version: str | None = None) -> TextModel:
+        """The CLIP model `name` (current version unless `version`), or the default one (the
+        setting, else the first by name). A loaded model without a text tower is a 422, not a 404."""
+        current = {n: v for n, v in self.text_models if self.manifests.get(n) and self.manifests[n].version == v}
+        name = name or self.settings.default_text_model or next(iter(sorted(current)), None)
+        key = (name, version or current.get(name))
+        if key in self.text_models:
+            return self.text_models[key]
+        known = ", ".join(sorted(current)) or "none loaded"
+        if name in self.manifests and self.manifests[name].kind != "image-text-encoder":
+            raise InvalidInput(f"model {name!r} is a {self.manifests[name].kind} and has no text tower; "
+                               f"name a CLIP model (image-text-encoder): {known}")
+        wanted = f"{name!r}" + (f" version {version!r}" if version else "")
+        raise UnknownModel(f"no CLIP (image-text) model named {wanted}; available: {known}")
+
     def index(self, name: str | None) -> VectorIndex:
         """The index `name`, or the default one (the setting, else the only one loaded)."""
         known = ", ".join(sorted(self.indexes)) or "none loaded"
@@ -112,12 +171,16 @@ class Registry:
             raise UnknownIndex(f"no index named {name!r}; available: {known}")
         return self.indexes[name]
 
+    @property
+    def batchers(self) -> list[MicroBatcher]:
+        return [*self.image_batchers.values(), *(m.batcher for m in self.text_models.values())]
+
     async def start(self) -> None:
-        for batcher in self.image_batchers.values():
+        for batcher in self.batchers:
             await batcher.start()
 
     async def stop(self) -> None:
-        for batcher in self.image_batchers.values():
+        for batcher in self.batchers:
             await batcher.stop()
 
     @property
@@ -133,7 +196,7 @@ class Registry:
         return self.manifests[name], self.words[name]
 
     def close(self) -> None:
-        for batcher in self.image_batchers.values():
+        for batcher in self.batchers:
             batcher.encoder.close()
         for encoder in self.encoders.values():
             encoder.close()

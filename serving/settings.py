@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="port `embedserve serve` binds")
     default_word_model: str | None = Field(None, description="word-vectors model used when a request names none")
     default_image_model: str | None = Field(None, description="image encoder used when a request names none")
+    default_text_model: str | None = Field(None, description="CLIP model for /embed/text and /zero-shot when a request names none")
     default_index: str | None = Field(None, description="index used by /search when a request names none")
     batching: bool = Field(True, description="group concurrent requests into one model call")
     max_batch_size: int = Field(32, ge=1, description="most images in one model call")
@@ -29,6 +30,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(10_000_000, ge=1, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image accepted (decompression bombs)")
     max_k: int = Field(1000, ge=1, description="most neighbours one request may ask for")
+    max_texts_per_request: int = Field(256, ge=1, description="most texts one /embed/text request may send")
+    max_classes: int = Field(1000, ge=1, description="most classes one /zero-shot request may name")
+    max_templates: int = Field(64, ge=1, description="most prompt templates one /zero-shot request may send")
     execution_providers: str = Field(
         "auto", description="onnxruntime providers, comma-separated, or auto (TensorRT, CUDA, CPU as available)"
     )

@@ -99,3 +99,51 @@ def make_png():
 def write_image_bundle():
     """write_tiny_image_bundle(artifacts, name, seed): another version, with other weights per seed."""
     return write_tiny_image_bundle
+
+
+# A real, tiny CLIP bundle (untrained towers: a width-4 ResNet and a one-block scratch text
+# transformer with a BPE over the Fashion-MNIST caption words), exported once per session.
+
+CLIP_DIM, CLIP_CONTEXT = 16, 12
+
+
+def write_tiny_clip_checkpoint(path: Path, seed: int = 0) -> Path:
+    """What training's loop saves for CLIP, less the optimiser state: enough for load_clip_towers."""
+    import torch
+
+    from index.templates import TRAIN_TEMPLATES
+    from training.checkpoint import save_checkpoint
+    from training.data.captions import FASHION_MNIST_CLASS_NAMES
+    from training.methods.clip import Clip, ClipConfig, build_tokenizer
+
+    config = ClipConfig(text_tower="scratch", lock_text=False, width=4, embed_dim=CLIP_DIM, text_width=16, text_layers=1,
+                        context_length=CLIP_CONTEXT, vocab_size=200, device="cpu")
+    tokenizer = build_tokenizer(config, [t.format(c) for c in FASHION_MNIST_CLASS_NAMES for t in TRAIN_TEMPLATES])
+    torch.manual_seed(seed)
+    method = Clip(config, tokenizer)
+    save_checkpoint(path, {"method": "clip", "model": method.model.state_dict(), **method.checkpoint_extra()})
+    return path
+
+
+@pytest.fixture(scope="session")
+def clip_checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_clip_checkpoint(tmp_path_factory.mktemp("clip") / "clip.pt")
+
+
+@pytest.fixture(scope="session")
+def clip_bundle_artifacts(tmp_path_factory, clip_checkpoint: Path) -> Path:
+    """Exported once: an artifacts folder with the CLIP bundle 'clip' (v1) and the image bundle 'tiny'."""
+    from export.clip import export_clip
+
+    artifacts = tmp_path_factory.mktemp("clip-artifacts")
+    export_clip(clip_checkpoint, artifacts, "clip")
+    write_tiny_image_bundle(artifacts)
+    return artifacts
+
+
+@pytest.fixture
+def clip_artifacts(tmp_path: Path, clip_bundle_artifacts: Path) -> Path:
+    """A private copy of clip_bundle_artifacts, for tests that add to it (indexes, versions)."""
+    import shutil
+
+    return Path(shutil.copytree(clip_bundle_artifacts, tmp_path / "artifacts"))

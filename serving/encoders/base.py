@@ -33,7 +33,9 @@ class Encoder(ABC):
 
     @abstractmethod
     def encode(self, batch: np.ndarray) -> np.ndarray:
-        """Embed a batch: images (B, C, H, W) float32 or token ids (B, T) int64 → (B, dim) float32."""
+        """Embed a batch → (B, dim) float32: images (B, C, H, W) float32, or for a model of k inputs
+        of one shape, the inputs stacked on axis 1 in the model's order (a CLIP text tower: token ids
+        and attention mask as (B, 2, T) int64), so the micro-batcher handles one array per request."""
 
     def close(self) -> None:
         """Release the runtime's resources (sessions, connections). Default: nothing to do."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.bundle import Bundle
+from export.bundle import Bundle, Manifest
 from serving.encoders.base import Encoder
 
 log = logging.getLogger(__name__)
@@ -78,12 +78,13 @@ class OnnxEncoder(Encoder):
         self.session = ort.InferenceSession(str(path), sess_options=session_options(),
                                             providers=provider_names, provider_options=provider_options)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        extra = self.manifest.extra
-        self.input_name = extra.get("onnx_input") or inputs[0].name
-        self.output_name = extra.get("onnx_output") or outputs[0].name
-        model_input = next((i for i in inputs if i.name == self.input_name), None)
-        if model_input is None:
-            raise ValueError(f"{path} has no input {self.input_name!r}; its inputs are {[i.name for i in inputs]}: re-export the bundle")
+        self.input_names, self.output_name = model_io_names(self.manifest, role, [i.name for i in inputs], outputs[0].name)
+        self.input_name = self.input_names[0]
+        by_name = {i.name: i for i in inputs}
+        missing = [n for n in self.input_names if n not in by_name]
+        if missing:
+            raise ValueError(f"{path} has no input {missing[0]!r}; its inputs are {list(by_name)}: re-export the bundle")
+        model_input = by_name[self.input_name]
         self.input_dtype = _NUMPY_DTYPES.get(model_input.type, np.float32)
         self.input_shape = model_input.shape  # e.g. ["batch", 3, 32, 32]: strings are dynamic axes
         log.info("model %s %s: %s on %s", self.manifest.name, self.manifest.version, path.name, self.session.get_providers())
@@ -94,9 +95,17 @@ class OnnxEncoder(Encoder):
         return self.session.get_providers()
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)  # (B, C, H, W) or (B, T)
-        self._check_shape(batch.shape)
-        (embeddings,) = self.session.run([self.output_name], {self.input_name: batch})  # (B, D)
+        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)  # (B, C, H, W), or (B, k, T) for k inputs
+        if len(self.input_names) == 1:
+            self._check_shape(batch.shape)
+            feeds = {self.input_name: batch}
+        else:  # several inputs of one shape travel stacked on axis 1, so the micro-batcher sees one array
+            if batch.ndim < 2 or batch.shape[1] != len(self.input_names):
+                raise ValueError(f"model {self.manifest.name} takes its inputs {self.input_names} stacked as "
+                                 f"(batch, {len(self.input_names)}, ...), got {tuple(batch.shape)}")
+            self._check_shape(batch[:, 0].shape)
+            feeds = {name: np.ascontiguousarray(batch[:, i]) for i, name in enumerate(self.input_names)}
+        (embeddings,) = self.session.run([self.output_name], feeds)  # (B, D)
         return np.asarray(embeddings, dtype=np.float32)
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
@@ -108,6 +117,19 @@ class OnnxEncoder(Encoder):
 
     def close(self) -> None:
         self.session = None  # onnxruntime frees the session (and GPU memory) when it is collected
+
+
+def model_io_names(manifest: Manifest, role: str, inputs: list[str], output: str) -> tuple[list[str], str]:
+    """(input names, output name) of the model that plays `role`: the manifest's per-role "onnx_io"
+    (bundles of two models), else its "onnx_input"/"onnx_output", else the graph's own
+    (`inputs` all of them in order, `output` the first)."""
+    extra = manifest.extra
+    io = (extra.get("onnx_io") or {}).get(role)
+    if io:
+        return list(io["inputs"]), io["outputs"][0]
+    if extra.get("onnx_input"):
+        return [extra["onnx_input"]], extra.get("onnx_output") or output
+    return inputs, extra.get("onnx_output") or output
 
 
 def _options_for(provider: str, trt_cache_dir: Path | None) -> dict[str, str]:

@@ -1,5 +1,6 @@
-"""Nearest neighbours: `POST /search` by vector, by id or by image, and `POST /search/image` for
-an uploaded file. An image is embedded with the model version the index was built with."""
+"""Nearest neighbours: `POST /search` by vector, by id, by image or by text, and `POST /search/image`
+for an uploaded file. An image (or, for a CLIP model, a text) is embedded with the model version
+the index was built with."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from serving.dependencies import get_registry
 from serving.errors import InvalidInput, UnknownId
 from serving.registry import Registry
 from serving.routers.embed import decode_base64, embed_images
+from serving.routers.text import embed_texts
 
 router = APIRouter(tags=["search"])
 
@@ -25,12 +27,13 @@ class SearchRequest(BaseModel):
     vector: list[float] | None = Field(None, description="a query embedding of the index's dimension")
     id: int | None = Field(None, ge=-(2**63), lt=2**63, description="the id of an item in the index (int64): its neighbours")
     image: str | None = Field(None, description="a base64-encoded image, embedded with the index's model")
+    text: str | None = Field(None, description="a text, embedded with the index's model if it is a CLIP model")
 
     @model_validator(mode="after")
     def exactly_one_query(self) -> SearchRequest:
-        given = [name for name in ("vector", "id", "image") if getattr(self, name) is not None]
+        given = [name for name in ("vector", "id", "image", "text") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError(f"send exactly one of vector, id or image; got {', '.join(given) or 'none'}")
+            raise ValueError(f"send exactly one of vector, id, image or text; got {', '.join(given) or 'none'}")
         return self
 
 
@@ -76,6 +79,17 @@ async def _query_from_image(registry: Registry, index: VectorIndex, name: str, d
     return (await embed_images([data], manifest, batcher, registry.settings))[0]  # (D,)
 
 
+async def _query_from_text(registry: Registry, index: VectorIndex, name: str, text: str) -> np.ndarray:
+    if index.model is None:
+        raise InvalidInput(f"index {name!r} records no model, so a text cannot be embedded for it; search by vector or id")
+    manifest = registry.image_manifests.get((index.model, index.model_version))
+    if manifest is not None and manifest.kind != "image-text-encoder":
+        raise InvalidInput(f"index {name!r} was built with {index.model!r}, a {manifest.kind} with no text tower; "
+                           "search it by image, vector or id, or build the index with a CLIP model")
+    model = registry.text_model(index.model, index.model_version)
+    return (await embed_texts([text], model, ["the query text"]))[0]  # (D,)
+
+
 async def _search(index: VectorIndex, query: np.ndarray, k: int) -> SearchResponse:
     def run() -> list[Hit]:
         scores, ids = index.search(query[None, :], k)  # (1, k), (1, k)
@@ -90,7 +104,7 @@ async def _search(index: VectorIndex, query: np.ndarray, k: int) -> SearchRespon
     )
 
 
-@router.post("/search", response_model=SearchResponse, summary="Nearest neighbours of a vector, an id or an image")
+@router.post("/search", response_model=SearchResponse, summary="Nearest neighbours of a vector, an id, an image or a text")
 async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_registry)]) -> SearchResponse:
     _check_k(registry, body.k)
     index = registry.index(body.index)
@@ -99,8 +113,10 @@ async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_
         query = _query_from_vector(index, name, body.vector)
     elif body.id is not None:
         query = _query_from_id(index, name, body.id)
-    else:
+    elif body.image is not None:
         query = await _query_from_image(registry, index, name, decode_base64(body.image, 0))
+    else:
+        query = await _query_from_text(registry, index, name, body.text)
     return await _search(index, query, body.k)
 
 

@@ -64,3 +64,32 @@ def test_fp16_copy_keeps_float32_io_and_stays_close(exported, tmp_path: Path):
     session = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(float)"
     assert check_parity(module, fp16, torch.randn(3, 3, 12, 12), min_cosine=0.99) >= 0.99
+
+
+class _TwoInputs(nn.Module):
+    """(ids int64 (B, T), mask int64 (B, T)) -> (B, 4): an embedding masked-mean, like a text tower."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = nn.Embedding(10, 4)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        keep = mask.float()[:, :, None]  # (B, T, 1)
+        return (self.embedding(ids) * keep).sum(1) / keep.sum(1).clamp(min=1.0)  # (B, 4)
+
+
+def test_several_inputs_export_with_their_names_and_a_dynamic_batch_each(tmp_path: Path):
+    module = _TwoInputs().eval()
+    ids, mask = torch.randint(0, 10, (5, 6)), (torch.rand(5, 6) > 0.3).long()
+    path = export_onnx(module, (ids[:2], mask[:2]), tmp_path / "t.onnx", ["ids", "attention_mask"], "embeddings")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["ids", "attention_mask"]
+    assert all(isinstance(i.shape[0], str) for i in session.get_inputs())
+    assert check_parity(module, path, (ids, mask)) >= 0.9999
+    assert run_onnx(path, [ids.numpy(), mask.numpy()]).shape == (5, 4)
+
+
+def test_one_name_per_input_is_required(tmp_path: Path):
+    with pytest.raises(ValueError, match="one name per input"):
+        export_onnx(_TwoInputs(), (torch.zeros(1, 3, dtype=torch.long),) * 2, tmp_path / "t.onnx", "ids")

@@ -1,0 +1,101 @@
+"""CLIP checkpoint to an image-text-encoder bundle: `image_encoder.onnx` and `text_encoder.onnx`,
+each proven equal to its torch tower, the `tokenizer.json` training tokenised with, and the
+manifest serving needs (dim, preprocessing, context length, logit scale, ONNX input/output names)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.bundle import Bundle, Manifest, sha256_file, write_bundle
+from export.onnx import DEFAULT_OPSET, check_parity, export_onnx
+from index.templates import EVAL_TEMPLATES
+from index.text_tokens import encode_batch, load_tokenizer
+from training.methods.clip import load_clip_towers
+
+IMAGE_ONNX_FILE = "image_encoder.onnx"
+TEXT_ONNX_FILE = "text_encoder.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+IMAGE_INPUTS = ("images",)  # (batch, C, H, W) float32, preprocessed as the manifest says
+TEXT_INPUTS = ("ids", "attention_mask")  # (batch, T) int64 each, from index.text_tokens.encode_batch
+OUTPUT_NAME = "embeddings"  # (batch, dim) float32, L2-normalised by the towers themselves
+# The ONNX inputs and output of each model, by file role; serving.encoders reads this.
+ONNX_IO = {
+    "image_encoder": {"inputs": list(IMAGE_INPUTS), "outputs": [OUTPUT_NAME]},
+    "text_encoder": {"inputs": list(TEXT_INPUTS), "outputs": [OUTPUT_NAME]},
+}
+# Texts for the text tower's parity check: short, long enough to be truncated, non-ASCII.
+PARITY_TEXTS = (
+    "a sneaker", "an ankle boot", "a photo of a t-shirt, a kind of top, with short sleeves and a round collar on it",
+    "ein Kleid für den Sommer", "une chaussure à lacets", "a bag", "dress", "",
+)
+
+
+def export_clip(
+    checkpoint_path: Path | str,
+    artifacts_dir: Path | str,
+    name: str,
+    version: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    parity_batch: int = 8,
+    seed: int = 0,
+) -> Bundle:
+    """Export both towers of the CLIP model in `checkpoint_path` as bundle
+    `artifacts_dir/models/<name>/<version>` (next vN by default) and make it current. Raises
+    export.onnx.ParityError, writing nothing, if either ONNX model does not reproduce its torch
+    tower at batch 1 and at a larger batch."""
+    image_tower, text_tower, info = load_clip_towers(str(checkpoint_path))
+    spec = info["preprocessing"]
+    generator = torch.Generator().manual_seed(seed)
+    # Normal noise in the normalised input space: the range real preprocessed images occupy.
+    images = torch.randn(parity_batch, spec["channels"], spec["crop"], spec["crop"], generator=generator)  # (B, C, H, W)
+    tokenizer = load_tokenizer(info["tokenizer_json"])
+    # Prompts the way zero-shot builds them, plus PARITY_TEXTS: real token ids, real padding patterns.
+    class_names = info["class_names"] or ["thing", "object"]
+    texts = list(PARITY_TEXTS) + [t.format(c) for c in class_names[:2] for t in EVAL_TEMPLATES[:3]]
+    ids, mask = (torch.from_numpy(a) for a in encode_batch(tokenizer, texts))  # (N, T) int64 each
+
+    files = {"image_encoder": IMAGE_ONNX_FILE, "text_encoder": TEXT_ONNX_FILE, "tokenizer": TOKENIZER_FILE}
+    with tempfile.TemporaryDirectory(prefix="embedserve-export-") as scratch:
+        # Exported and checked outside artifacts/, so a failed parity check leaves no trace there.
+        folder = Path(scratch)
+        image_path = export_onnx(image_tower, images[:2], folder / IMAGE_ONNX_FILE, IMAGE_INPUTS, OUTPUT_NAME)
+        text_path = export_onnx(text_tower, (ids[:2], mask[:2]), folder / TEXT_ONNX_FILE, TEXT_INPUTS, OUTPUT_NAME)
+        # batch 1 and a batch unlike the export's 2 also prove the batch axis is really dynamic
+        parity = {
+            "image_encoder": min(check_parity(image_tower, image_path, images[:1]), check_parity(image_tower, image_path, images)),
+            "text_encoder": min(check_parity(text_tower, text_path, (ids[:1], mask[:1])),
+                                check_parity(text_tower, text_path, (ids, mask))),
+        }
+        (folder / TOKENIZER_FILE).write_text(info["tokenizer_json"], encoding="utf-8")
+
+        manifest = Manifest(
+            name=name,
+            kind="image-text-encoder",
+            method="clip",
+            dim=int(info["dim"]),
+            normalized=True,
+            files=files,
+            preprocessing=spec,
+            tokenizer={"file": TOKENIZER_FILE, "context_length": int(info["context_length"])},
+            training_config=info["config"],
+            metrics=metrics or {},
+            extra={
+                "logit_scale": float(info["logit_scale"]),
+                "class_names": list(info["class_names"] or []),
+                "onnx_io": ONNX_IO,
+                "opset": DEFAULT_OPSET,
+                "parity_min_cosine": parity,
+            },
+            source_checkpoint_sha256=sha256_file(Path(checkpoint_path)),
+        )
+
+        def write_files(target: Path) -> None:
+            for file in files.values():
+                shutil.copyfile(folder / file, target / file)
+
+        return write_bundle(Path(artifacts_dir), manifest, write_files, version)

@@ -1,0 +1,209 @@
+"""Zero-shot classification: `POST /zero-shot` ranks classes named in words for each image.
+
+Each class becomes one prompt per template ("a photo of a {}." → "a photo of a sneaker."); the
+class's text embedding is the normalised mean of its prompts' (index.zero_shot.build_class_matrix),
+and an image's probabilities are the softmax of logit_scale × cosine against those rows, as CLIP
+evaluates. Class matrices are cached per (model, version, classes, templates): a repeated class
+list costs only the image pass. Images arrive as multipart `files` with a form field `classes`
+(a JSON list, or the field repeated), or as JSON {"images": [base64], "classes": [...]}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import anyio.from_thread
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from index.templates import EVAL_TEMPLATES
+from index.zero_shot import classify
+from serving.dependencies import get_registry
+from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from serving.registry import Registry, TextModel
+from serving.routers.embed import FILES_FIELD, check_image_count, decode_base64, embed_images
+from serving.routers.text import tokenize
+from serving.settings import Settings
+
+router = APIRouter(tags=["zero-shot"])
+
+DEFAULT_LOGIT_SCALE = 100.0  # CLIP's cap, for a bundle that records none
+
+
+class ZeroShotRequest(BaseModel):
+    images: list[str] = Field(description="image files, each base64-encoded (a data: URL prefix is allowed)")
+    classes: list[str] = Field(description="two or more class names, e.g. [\"a sneaker\", \"a bag\"]")
+    templates: list[str] | None = Field(None, description="prompt templates, each with one '{}' for the class; "
+                                                          "index.templates.EVAL_TEMPLATES when omitted")
+    model: str | None = Field(None, description="CLIP model; the default when omitted")
+
+
+class Label(BaseModel):
+    label: str = Field(description="a class name as the request sent it (whitespace stripped)")
+    probability: float = Field(description="softmax over the request's classes of logit_scale × cosine")
+    score: float = Field(description="cosine between the image and the class's text embedding")
+
+
+class ZeroShotResult(BaseModel):
+    labels: list[Label] = Field(description="every class, most probable first")
+
+
+class ZeroShotResponse(BaseModel):
+    model: str
+    version: str
+    templates: list[str] = Field(description="the templates the class embeddings were built from")
+    results: list[ZeroShotResult] = Field(description="one per image, in request order")
+
+
+def check_classes(classes: list[str], settings: Settings) -> list[str]:
+    """The class names, stripped, or InvalidInput/PayloadTooLarge saying what to fix."""
+    if len(classes) < 2:
+        got = "no classes" if not classes else f"one class ({classes[0]!r})"
+        raise InvalidInput(f"{got}: name two or more classes to choose between, e.g. \"classes\": [\"a sneaker\", \"a bag\"]")
+    if len(classes) > settings.max_classes:
+        raise PayloadTooLarge(f"{len(classes)} classes in one request; the limit is {settings.max_classes}: send fewer")
+    names = [c.strip() for c in classes]
+    empty = [i for i, c in enumerate(names) if not c]
+    if empty:
+        raise InvalidInput(f"class {empty[0]} is empty; every class needs a name")
+    seen: dict[str, str] = {}
+    for name in names:
+        key = name.casefold()
+        if key in seen:
+            raise InvalidInput(f"classes {seen[key]!r} and {name!r} are the same class (case and spaces aside); send each once")
+        seen[key] = name
+    return names
+
+
+def check_templates(templates: list[str] | None, settings: Settings) -> list[str]:
+    """The templates (EVAL_TEMPLATES when None), or InvalidInput/PayloadTooLarge saying what to fix."""
+    if templates is None:
+        return list(EVAL_TEMPLATES)
+    if not templates:
+        raise InvalidInput("templates is empty: send at least one, such as \"a photo of a {}.\", or leave it out for the defaults")
+    if len(templates) > settings.max_templates:
+        raise PayloadTooLarge(f"{len(templates)} templates in one request; the limit is {settings.max_templates}: send fewer")
+    for i, template in enumerate(templates):
+        if template.count("{}") != 1 or template.replace("{}", "").count("{") or template.replace("{}", "").count("}"):
+            raise InvalidInput(f"template {i} ({template!r}) must hold exactly one '{{}}' where the class name goes, "
+                               "and no other braces")
+    if len(set(templates)) != len(templates):
+        raise InvalidInput("templates repeat; send each once")
+    return list(templates)
+
+
+def _form_list(values: list, field: str) -> list[str]:
+    """A multipart list field: one JSON list (`classes=["a", "b"]`) or the field repeated."""
+    if any(not isinstance(v, str) for v in values):
+        raise InvalidInput(f"multipart field {field!r} must be text, not a file")
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            parsed = json.loads(values[0])
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"multipart field {field!r} starts like a JSON list but is not one ({e}); "
+                               'send ["a", "b"] or repeat the field once per value') from None
+        if not isinstance(parsed, list) or any(not isinstance(v, str) for v in parsed):
+            raise InvalidInput(f"multipart field {field!r} must be a JSON list of strings")
+        return parsed
+    return list(values)
+
+
+async def read_request(request: Request, settings: Settings) -> tuple[list[bytes], ZeroShotRequest]:
+    """The encoded images (in order) and the rest of a multipart or JSON zero-shot request."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        max_fields = settings.max_classes + settings.max_templates + 8  # starlette's own cap is 1000 fields
+        async with request.form(max_fields=max_fields) as form:  # closes the spooled upload files on the way out
+            parts = form.getlist(FILES_FIELD)
+            check_image_count(len(parts), settings)
+            if any(not isinstance(p, UploadFile) for p in parts):
+                raise InvalidInput(f"multipart field {FILES_FIELD!r} must hold files, not text; attach each image as a file")
+            templates = form.getlist("templates")
+            model = form.get("model")
+            fields = ZeroShotRequest(
+                images=[], classes=_form_list(form.getlist("classes"), "classes"),
+                templates=_form_list(templates, "templates") if templates else None,
+                model=model if isinstance(model, str) and model else None,
+            )
+            return [await p.read() for p in parts], fields
+    body = await request.body()
+    if content_type not in ("application/json", ""):
+        raise UnsupportedMediaType(f"content type {content_type!r} is not accepted; send multipart/form-data or application/json")
+    try:
+        parsed = ZeroShotRequest.model_validate_json(body)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
+        raise InvalidInput('the JSON body must be {"images": [base64, ...], "classes": [name, ...], '
+                           f'"templates": optional [template, ...], "model": optional name}}: {problems}') from None
+    check_image_count(len(parsed.images), settings)
+    return [decode_base64(text, i) for i, text in enumerate(parsed.images)], parsed
+
+
+def class_matrix(registry: Registry, model: TextModel, classes: list[str], templates: list[str]) -> np.ndarray:
+    """(C, D) unit rows for `classes`, from the registry's cache or built now. Runs in a worker
+    thread; the text tower is reached through its micro-batcher on the event loop."""
+
+    def encode_prompts(prompts: list[str]) -> np.ndarray:
+        # build_class_matrix orders prompts class by class, template by template: name them the same way
+        names = [f"the prompt for class {c!r} from template {t!r}" for c in classes for t in templates]
+        tokens = tokenize(model, prompts, names)  # (C * K, 2, T); 422 for a prompt over the context
+        return anyio.from_thread.run(model.batcher.submit, tokens)  # (C * K, D)
+
+    manifest = model.manifest
+    return registry.class_matrices.get(manifest.name, manifest.version, classes, templates, encode_prompts)
+
+
+_REQUEST_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        FILES_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "classes": {"type": "array", "items": {"type": "string"},
+                                    "description": "repeat the field, or send one JSON list"},
+                        "templates": {"type": "array", "items": {"type": "string"}},
+                        "model": {"type": "string"},
+                    },
+                    "required": [FILES_FIELD, "classes"],
+                }
+            },
+            "application/json": {"schema": ZeroShotRequest.model_json_schema()},
+        },
+    }
+}
+
+
+@router.post(
+    "/zero-shot",
+    response_model=ZeroShotResponse,
+    summary="Rank classes named in words for each image",
+    openapi_extra=_REQUEST_BODY_DOC,
+    responses={413: {"description": "too many images, classes or templates, or an image too large"},
+               415: {"description": "not an image"}},
+)
+async def zero_shot(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> ZeroShotResponse:
+    settings = registry.settings
+    blobs, body = await read_request(request, settings)
+    classes = check_classes(body.classes, settings)
+    templates = check_templates(body.templates, settings)
+    model = registry.text_model(body.model)
+    manifest, image_batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
+
+    matrix = await run_in_threadpool(class_matrix, registry, model, classes, templates)  # (C, D)
+    images = await embed_images(blobs, manifest, image_batcher, settings)  # (B, D), unit rows
+    scores = images @ matrix.T  # (B, C) cosines
+    probabilities = classify(images, matrix, float(manifest.extra.get("logit_scale", DEFAULT_LOGIT_SCALE)))  # (B, C)
+    results = []
+    for row_scores, row_probabilities in zip(scores, probabilities):
+        order = np.argsort(-row_probabilities, kind="stable")  # (C,) most probable first
+        results.append(ZeroShotResult(labels=[
+            Label(label=classes[c], probability=float(row_probabilities[c]), score=float(row_scores[c])) for c in order
+        ]))
+    return ZeroShotResponse(model=manifest.name, version=manifest.version, templates=templates, results=results)

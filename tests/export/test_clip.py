@@ -1,0 +1,73 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embedserve.pipelines import export_checkpoint
+from export.bundle import open_bundle, read_bundle
+from export.clip import export_clip
+from index.text_tokens import encode_batch, load_tokenizer
+from serving.encoders.onnx_runtime import OnnxEncoder
+from training.methods.clip import load_clip_towers
+
+TEXTS = ["a sneaker", "A Photo Of A DRESS.", "ein Kleid für den Sommer", "une chaussure à lacets, 日本の靴",
+         "a photo of a t-shirt, a kind of top, with short sleeves, a round collar and a small pocket on the left",
+         "", "   "]
+
+
+@pytest.fixture(scope="module")
+def exported(clip_checkpoint: Path, tmp_path_factory):
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    return export_clip(clip_checkpoint, artifacts, "clip", metrics={"zero_shot_top1": 0.5}), clip_checkpoint
+
+
+def test_bundle_round_trip_has_both_towers_tokenizer_and_clip_facts(exported):
+    bundle, checkpoint = exported
+    manifest = read_bundle(bundle.path, verify=True).manifest
+    _, _, info = load_clip_towers(str(checkpoint))
+    assert (manifest.kind, manifest.method, manifest.dim, manifest.normalized) == ("image-text-encoder", "clip", info["dim"], True)
+    assert manifest.files == {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx", "tokenizer": "tokenizer.json"}
+    assert manifest.preprocessing == info["preprocessing"]
+    assert manifest.tokenizer == {"file": "tokenizer.json", "context_length": info["context_length"]}
+    assert manifest.extra["logit_scale"] == pytest.approx(info["logit_scale"])
+    assert manifest.extra["class_names"] == info["class_names"]
+    assert manifest.extra["onnx_io"]["text_encoder"] == {"inputs": ["ids", "attention_mask"], "outputs": ["embeddings"]}
+    assert manifest.extra["onnx_io"]["image_encoder"] == {"inputs": ["images"], "outputs": ["embeddings"]}
+    assert min(manifest.extra["parity_min_cosine"].values()) >= 0.9999
+    assert manifest.metrics == {"zero_shot_top1": 0.5} and manifest.source_checkpoint_sha256
+    assert open_bundle(bundle.path.parents[2], "clip").path == bundle.path  # made current
+
+
+def test_both_onnx_towers_reproduce_the_torch_towers(exported):
+    bundle, checkpoint = exported
+    image_tower, text_tower, info = load_clip_towers(str(checkpoint))
+    spec = info["preprocessing"]
+    images = torch.randn(5, spec["channels"], spec["crop"], spec["crop"])  # (B, C, H, W)
+    ids, mask = encode_batch(load_tokenizer(bundle.file("tokenizer")), TEXTS)  # (N, T) each
+    with torch.no_grad():
+        expected_images = image_tower(images).numpy()  # (B, D)
+        expected_texts = text_tower(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()  # (N, D)
+
+    got_images = OnnxEncoder(bundle, "image_encoder", "cpu").encode(images.numpy())
+    got_texts = OnnxEncoder(bundle, "text_encoder", "cpu").encode(np.stack([ids, mask], axis=1))  # (N, 2, T)
+    np.testing.assert_allclose(got_images, expected_images, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(got_texts, expected_texts, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got_texts, axis=1), 1.0, atol=1e-5)  # the towers normalise
+
+
+def test_the_bundled_tokenizer_gives_the_ids_training_gave(exported):
+    bundle, checkpoint = exported
+    _, _, info = load_clip_towers(str(checkpoint))
+    serving_ids, serving_mask = encode_batch(load_tokenizer(bundle.file("tokenizer")), TEXTS)
+    training_ids, training_mask = encode_batch(load_tokenizer(info["tokenizer_json"]), TEXTS)
+    np.testing.assert_array_equal(serving_ids, training_ids)
+    np.testing.assert_array_equal(serving_mask, training_mask)
+    assert serving_ids.shape == (len(TEXTS), info["context_length"])
+    assert serving_mask[4].all()  # the long caption fills the context (it is truncated)
+    assert (serving_ids[2] != serving_ids[3]).any()  # non-ASCII texts still tokenise to different ids
+
+
+def test_export_checkpoint_dispatches_clip(clip_checkpoint: Path, tmp_path: Path):
+    bundle = export_checkpoint(clip_checkpoint, tmp_path, "clip")
+    assert bundle.manifest.kind == "image-text-encoder" and bundle.manifest.version == "v1"

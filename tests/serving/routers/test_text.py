@@ -1,0 +1,97 @@
+import base64
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+
+from index.text_tokens import encode_batch, load_tokenizer
+from index.vector_index import VectorIndex
+from serving.app import create_app
+from serving.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def client(clip_bundle_artifacts: Path):
+    settings = Settings(artifacts_dir=clip_bundle_artifacts, max_texts_per_request=4, max_wait_ms=1)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def onnx_text_embeddings(artifacts: Path, texts: list[str]) -> np.ndarray:
+    """The text tower run by hand: the bundle's tokenizer.json and text_encoder.onnx, unit rows (N, D)."""
+    folder = artifacts / "models" / "clip" / "v1"
+    ids, mask = encode_batch(load_tokenizer(folder / "tokenizer.json"), texts)
+    session = ort.InferenceSession(str(folder / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"ids": ids, "attention_mask": mask})[0]
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def test_texts_come_back_normalised_in_order_as_the_tower_computes_them(client: TestClient, clip_bundle_artifacts: Path):
+    texts = ["a sneaker", "a photo of a bag", "a dress für été"]
+    response = client.post("/embed/text", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model"], body["version"], body["dim"]) == ("clip", "v1", 16)
+    embeddings = np.array(body["embeddings"])
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(embeddings, onnx_text_embeddings(clip_bundle_artifacts, texts), atol=1e-5)
+    single = client.post("/embed/text", json={"texts": [texts[1]], "model": "clip"}).json()["embeddings"][0]
+    np.testing.assert_allclose(single, embeddings[1], atol=1e-5)
+
+
+def test_the_image_side_of_a_clip_model_serves_embed_image(client: TestClient, make_png):
+    response = client.post("/embed/image", params={"model": "clip"}, files=[("files", ("a.png", make_png(0), "image/png"))])
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "clip" and len(response.json()["embeddings"][0]) == 16
+
+
+@pytest.mark.parametrize(
+    "body, status, error, words",
+    [
+        ({"texts": []}, 422, "invalid_input", "no texts"),
+        ({"texts": ["a bag", "  "]}, 422, "invalid_input", "text 1"),
+        ({"texts": ["a bag " * 20]}, 422, "invalid_input", "12 tokens"),  # the context length
+        ({"texts": ["a"] * 5}, 413, "payload_too_large", "limit is 4"),
+        ({"texts": ["a bag"], "model": "nope"}, 404, "unknown_model", "clip"),
+        ({"texts": ["a bag"], "model": "tiny"}, 422, "invalid_input", "no text tower"),  # an image-only model
+    ],
+)
+def test_bad_text_requests_say_what_to_fix(client: TestClient, body, status, error, words):
+    response = client.post("/embed/text", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error and words in response.json()["detail"]
+    assert client.post("/embed/text", json={"texts": ["a bag"]}).status_code == 200
+
+
+@pytest.fixture
+def search_client(clip_artifacts: Path):
+    """Index 'clothes' built with 'clip' v1 over three texts' own embeddings; index 'pics' built with 'tiny'."""
+    vectors = onnx_text_embeddings(clip_artifacts, ["a sneaker", "a bag", "a dress"])
+    VectorIndex.build(np.arange(3), vectors, [{"name": n} for n in ("sneaker", "bag", "dress")],
+                      model="clip", model_version="v1").save(clip_artifacts, "clothes")
+    VectorIndex.build(np.arange(2), np.eye(2, 16, dtype=np.float32), None, model="tiny", model_version="v1").save(clip_artifacts, "pics")
+    with TestClient(create_app(Settings(artifacts_dir=clip_artifacts))) as client:
+        yield client
+
+
+def test_search_by_text_embeds_with_the_index_clip_model(search_client: TestClient):
+    response = search_client.post("/search", json={"index": "clothes", "text": "a bag", "k": 3})
+    assert response.status_code == 200, response.text
+    hits = response.json()["hits"]
+    assert hits[0]["id"] == 1 and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ({"index": "pics", "text": "a bag"}, "no text tower"),
+        ({"index": "clothes", "text": ""}, "empty"),
+        ({"index": "clothes", "text": "a bag", "image": base64.b64encode(b"x").decode()}, "exactly one"),
+    ],
+)
+def test_text_search_errors(search_client: TestClient, body, words):
+    response = search_client.post("/search", json=body)
+    assert response.status_code == 422, response.text
+    assert words in str(response.json()["detail"])

@@ -1,0 +1,146 @@
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+
+from export.bundle import open_bundle
+from index.templates import EVAL_TEMPLATES
+from index.text_tokens import encode_batch, load_tokenizer
+from index.zero_shot import build_class_matrix
+from serving.app import create_app
+from serving.preprocessing import decode_image, preprocess_batch
+from serving.settings import Settings
+
+CLASSES = ["a sneaker", "a bag", "a dress", "an ankle boot"]
+
+
+@pytest.fixture(scope="module")
+def client(clip_bundle_artifacts: Path):
+    settings = Settings(artifacts_dir=clip_bundle_artifacts, max_classes=5, max_images_per_request=3, max_wait_ms=1)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def expected_ranking(artifacts: Path, images: list[bytes], classes: list[str], templates=EVAL_TEMPLATES):
+    """Zero-shot computed independently of the server: onnxruntime sessions, the bundle's tokenizer,
+    index.zero_shot.build_class_matrix. Returns (cosines (B, C), probabilities (B, C))."""
+    bundle = open_bundle(artifacts, "clip")
+    text = ort.InferenceSession(str(bundle.file("text_encoder")), providers=["CPUExecutionProvider"])
+    image = ort.InferenceSession(str(bundle.file("image_encoder")), providers=["CPUExecutionProvider"])
+    tokenizer = load_tokenizer(bundle.file("tokenizer"))
+
+    def encode_texts(prompts):
+        ids, mask = encode_batch(tokenizer, prompts)
+        return text.run(None, {"ids": ids, "attention_mask": mask})[0]
+
+    matrix = build_class_matrix(encode_texts, classes, templates)  # (C, D)
+    batch = preprocess_batch([decode_image(b, 10**7, 10**8) for b in images], bundle.manifest.preprocessing)
+    embeddings = image.run(None, {"images": batch})[0]
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)  # (B, D)
+    cosines = embeddings @ matrix.T  # (B, C)
+    logits = bundle.manifest.extra["logit_scale"] * cosines
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    return cosines, probabilities / probabilities.sum(1, keepdims=True)
+
+
+def check_against_expected(body: dict, artifacts: Path, images: list[bytes], classes: list[str], templates=EVAL_TEMPLATES):
+    cosines, probabilities = expected_ranking(artifacts, images, classes, templates)
+    assert len(body["results"]) == len(images)
+    for row, result in enumerate(body["results"]):
+        labels = result["labels"]
+        assert sorted(label["label"] for label in labels) == sorted(classes)
+        assert sum(label["probability"] for label in labels) == pytest.approx(1.0, abs=1e-5)
+        assert [label["label"] for label in labels] == [classes[c] for c in np.argsort(-cosines[row], kind="stable")]
+        for label in labels:
+            c = classes.index(label["label"])
+            assert label["score"] == pytest.approx(cosines[row, c], abs=1e-4)
+            assert label["probability"] == pytest.approx(probabilities[row, c], abs=1e-4)
+
+
+def test_json_request_ranks_classes_as_clip_does(client: TestClient, clip_bundle_artifacts: Path, make_png):
+    images = [make_png(0), make_png(1, size=(28, 28))]
+    response = client.post("/zero-shot", json={"images": [b64(b) for b in images], "classes": CLASSES})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["model"], body["version"], body["templates"]) == ("clip", "v1", list(EVAL_TEMPLATES))
+    check_against_expected(body, clip_bundle_artifacts, images, CLASSES)
+
+
+def test_custom_templates_are_used(client: TestClient, clip_bundle_artifacts: Path, make_png):
+    templates = ["a photo of a {}.", "{}"]
+    response = client.post("/zero-shot", json={"images": [b64(make_png(2))], "classes": CLASSES, "templates": templates})
+    assert response.status_code == 200, response.text
+    assert response.json()["templates"] == templates
+    check_against_expected(response.json(), clip_bundle_artifacts, [make_png(2)], CLASSES, templates)
+
+
+def test_multipart_with_a_json_list_or_repeated_fields_matches_json(client: TestClient, make_png):
+    files = [("files", ("a.png", make_png(3), "image/png"))]
+    as_json = client.post("/zero-shot", json={"images": [b64(make_png(3))], "classes": CLASSES}).json()["results"]
+    listed = client.post("/zero-shot", files=files, data={"classes": json.dumps(CLASSES)})
+    repeated = client.post("/zero-shot", files=files, data={"classes": CLASSES, "model": "clip"})
+    assert listed.status_code == 200 and repeated.status_code == 200, (listed.text, repeated.text)
+    assert listed.json()["results"] == repeated.json()["results"]
+    np.testing.assert_allclose([l["probability"] for l in listed.json()["results"][0]["labels"]],
+                               [l["probability"] for l in as_json[0]["labels"]], atol=1e-6)
+
+
+def test_a_repeated_class_list_reuses_its_cached_class_matrix(clip_artifacts: Path, make_png):
+    with TestClient(create_app(Settings(artifacts_dir=clip_artifacts))) as client:
+        registry = client.app.state.registry
+        request = {"images": [b64(make_png(4))], "classes": CLASSES}
+        first = client.post("/zero-shot", json=request).json()
+        second = client.post("/zero-shot", json={**request, "classes": [f" {c}" for c in CLASSES]}).json()  # stripped: same key
+        assert first == second and len(registry.class_matrices) == 1
+        assert client.post("/zero-shot", json={**request, "templates": ["{}"]}).status_code == 200
+        assert len(registry.class_matrices) == 2
+
+
+@pytest.mark.parametrize(
+    "body, status, error, words",
+    [
+        ({"classes": []}, 422, "invalid_input", "no classes"),
+        ({"classes": ["a bag"]}, 422, "invalid_input", "one class"),
+        ({"classes": ["a bag", " A Bag "]}, 422, "invalid_input", "same class"),
+        ({"classes": ["a bag", "   "]}, 422, "invalid_input", "class 1 is empty"),
+        ({"classes": ["a bag", "a bag " * 10]}, 422, "invalid_input", "12 tokens"),  # the context length
+        ({"classes": CLASSES, "templates": ["a photo"]}, 422, "invalid_input", "exactly one '{}'"),
+        ({"classes": CLASSES, "templates": ["{} and {}"]}, 422, "invalid_input", "exactly one '{}'"),
+        ({"classes": CLASSES, "templates": ["a {0}"]}, 422, "invalid_input", "exactly one '{}'"),
+        ({"classes": CLASSES, "templates": []}, 422, "invalid_input", "templates is empty"),
+        ({"classes": ["a", "b", "c", "d", "e", "f"]}, 413, "payload_too_large", "limit is 5"),
+        ({"classes": CLASSES, "model": "nope"}, 404, "unknown_model", "clip"),
+        ({"classes": CLASSES, "model": "tiny"}, 422, "invalid_input", "no text tower"),
+        ({"classes": CLASSES, "images": []}, 422, "invalid_input", "no images"),
+        ({"classes": CLASSES, "images": ["not base64!"]}, 422, "invalid_input", "base64"),
+        ({"classes": CLASSES, "images": [b64(b"plain text")]}, 415, "unsupported_media_type", "supported format"),
+        ({"classes": CLASSES, "images": ["aGVsbG8="] * 4}, 413, "payload_too_large", "limit is 3"),
+        ({"images": ["aGVsbG8="]}, 422, "invalid_input", "classes"),  # no classes field at all
+    ],
+)
+def test_bad_requests_say_what_to_fix_and_the_server_keeps_serving(client: TestClient, make_png, body, status, error, words):
+    body = {"images": [b64(make_png(0))], **body}
+    response = client.post("/zero-shot", json=body)
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == error and words in response.json()["detail"], response.json()
+    assert client.post("/zero-shot", json={"images": [b64(make_png(0))], "classes": CLASSES}).status_code == 200
+
+
+def test_multipart_errors(client: TestClient, make_png):
+    files = [("files", ("a.png", make_png(0), "image/png"))]
+    bad_list = client.post("/zero-shot", files=files, data={"classes": '["a bag", '})
+    assert bad_list.status_code == 422 and "JSON list" in bad_list.json()["detail"]
+    no_classes = client.post("/zero-shot", files=files)
+    assert no_classes.status_code == 422 and "no classes" in no_classes.json()["detail"]
+    no_files = client.post("/zero-shot", files=[("other", ("a.png", b"x", "image/png"))], data={"classes": CLASSES})
+    assert no_files.status_code == 422 and "no images" in no_files.json()["detail"]
+    text = client.post("/zero-shot", content=b"hi", headers={"content-type": "text/plain"})
+    assert text.status_code == 415
