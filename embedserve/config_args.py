@@ -38,6 +38,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip
         default = f.default if f.default is not dataclasses.MISSING else None
         flag = "--" + f.name.replace("_", "-")
         annotation = hints[f.name]
+        if typing.get_origin(annotation) in (tuple, list, dict):
+            continue  # sequences (e.g. per-channel mean) are set in code, not on the command line
         if annotation is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default: {default})")
             continue

@@ -1,12 +1,13 @@
 """`make demo`: train quick models (or reuse them), export, index, then serve and show requests.
 
-Each step is skipped when its bundle already exists, so a second run serves within a minute.
+Each step is skipped when its output already exists, so a second run serves within a minute.
 The server runs as a child process (`embedserve serve`, no torch in it) in the foreground
 until Ctrl-C; once it is ready the demo prints example requests with their live answers.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -19,16 +20,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from export.bundle import BundleError, open_bundle
 
 WORDS_MODEL = "gcide-words"
+SIMCLR_MODEL = "simclr-fmnist"
+MAE_MODEL = "mae-fmnist"
+IMAGE_INDEX = "fashion-mnist-test"
 
 
 @dataclass(frozen=True)
 class Step:
     title: str  # what the step makes, as the demo prints it
-    bundle: str  # the model it produces; present means the step is done
-    run: Callable[[Path], object]  # makes the bundle under the artifacts folder
+    done: Callable[[Path], bool]  # whether its output already exists under the artifacts folder
+    run: Callable[[Path], object]  # makes it
+
+
+def _has_model(name: str) -> Callable[[Path], bool]:
+    def done(artifacts: Path) -> bool:
+        try:
+            open_bundle(artifacts, name)
+            return True
+        except BundleError:
+            return False
+
+    return done
+
+
+def _has_index(name: str) -> Callable[[Path], bool]:
+    return lambda artifacts: (Path(artifacts) / "indexes" / name / "current").is_file()
 
 
 def _train_words(artifacts: Path) -> None:
@@ -38,43 +59,119 @@ def _train_words(artifacts: Path) -> None:
     train_word2vec_bundle(quick_config(str(GCIDE_CORPUS)), artifacts, WORDS_MODEL)
 
 
+def _train_image(method: str, name: str) -> Callable[[Path], None]:
+    def run(artifacts: Path) -> None:
+        from embedserve.pipelines import train_image_encoder_bundle
+
+        if method == "simclr":
+            from training.methods.simclr import SimCLRConfig as Config
+        else:
+            from training.methods.mae import MAEConfig as Config
+        train_image_encoder_bundle(method, Config.quick(), artifacts, name)
+
+    return run
+
+
+def _build_index(artifacts: Path) -> None:
+    from index.build import build_image_index
+
+    build_image_index(artifacts, IMAGE_INDEX, SIMCLR_MODEL, "fashion-mnist:test")
+
+
 STEPS = [
-    Step("word2vec skip-gram on the GCIDE dictionary", WORDS_MODEL, _train_words),
+    Step("word2vec skip-gram on the GCIDE dictionary", _has_model(WORDS_MODEL), _train_words),
+    Step("SimCLR ResNet on Fashion-MNIST", _has_model(SIMCLR_MODEL), _train_image("simclr", SIMCLR_MODEL)),
+    Step("MAE ViT on Fashion-MNIST", _has_model(MAE_MODEL), _train_image("mae", MAE_MODEL)),
+    Step("FAISS index of the Fashion-MNIST test images", _has_index(IMAGE_INDEX), _build_index),
 ]
-
-EXAMPLES = [
-    ("analogy: king - man + woman", "GET", "/analogy?a=king&b=man&c=woman&k=5", None),
-    ("nearest words to 'ocean'", "GET", "/similar?word=ocean&k=5", None),
-]
-
-
-def _exists(artifacts: Path, name: str) -> bool:
-    try:
-        open_bundle(artifacts, name)
-        return True
-    except BundleError:
-        return False
 
 
 def prepare(artifacts: Path) -> None:
-    """Run every step whose bundle is missing."""
+    """Run every step whose output is missing."""
     for i, step in enumerate(STEPS, 1):
         prefix = f"[{i}/{len(STEPS)}] {step.title}"
-        if _exists(artifacts, step.bundle):
-            print(f"{prefix}: reusing the bundle '{step.bundle}'", flush=True)
+        if step.done(artifacts):
+            print(f"{prefix}: reusing what an earlier run made", flush=True)
             continue
-        print(f"{prefix}: training (first run only)", flush=True)
+        print(f"{prefix}: building (first run only)", flush=True)
         start = time.perf_counter()
         step.run(artifacts)
         print(f"{prefix}: done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def _get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
+def example_image(artifacts: Path, label: int = 7) -> Path:
+    """The first Fashion-MNIST test image of class `label` (7 = sneaker), saved as a PNG to post."""
+    from PIL import Image
+
+    from training.data.idx import load_fashion_mnist
+
+    path = Path(artifacts) / "examples" / f"fashion-mnist-{label}.png"
+    if not path.is_file():
+        images, labels = load_fashion_mnist(split="test")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[int(np.flatnonzero(labels == label)[0])], "L").save(path)
+    return path
+
+
+def _request(url: str, body: dict | None = None, timeout_s: float = 10.0) -> tuple[int, object]:
+    """GET `url`, or POST `body` as JSON; returns the status and the decoded answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"content-type": "application/json"} if data else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status, response.read().decode()
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status, text = response.status, response.read().decode()
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+        status, text = e.code, e.read().decode()
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+def _words(answer: dict) -> str:
+    return ", ".join(f"{r['word']} ({r['score']:.2f})" for r in answer["results"])
+
+
+def _hits(answer: dict) -> str:
+    return ", ".join(f"#{h['id']} {(h.get('metadata') or {}).get('class', '')} ({h['score']:.2f})" for h in answer["hits"])
+
+
+def _embedding(answer: dict) -> str:
+    head = ", ".join(f"{x:.3f}" for x in answer["embeddings"][0][:4])
+    return f"{answer['model']} {answer['version']}, {answer['dim']}-d, unit length: [{head}, ...]"
+
+
+def show_examples(base: str, artifacts: Path) -> None:
+    """Print each example as a curl command, then the answer the running server gives now."""
+    image = example_image(artifacts)
+    image_b64 = base64.b64encode(image.read_bytes()).decode()
+    by_id = json.dumps({"index": IMAGE_INDEX, "id": 0, "k": 5})
+    examples = [
+        ("analogy: king - man + woman",
+         f"curl '{base}/analogy?a=king&b=man&c=woman&k=5'",
+         lambda: _request(f"{base}/analogy?a=king&b=man&c=woman&k=5"), _words),
+        ("nearest words to 'ocean'",
+         f"curl '{base}/similar?word=ocean&k=5'",
+         lambda: _request(f"{base}/similar?word=ocean&k=5"), _words),
+        (f"embed an image ({image.name}, a sneaker) with SimCLR",
+         f"curl -F files=@{image} '{base}/embed/image?model={SIMCLR_MODEL}'",
+         lambda: _request(f"{base}/embed/image?model={SIMCLR_MODEL}", {"images": [image_b64]}), _embedding),
+        ("the test images most like that sneaker",
+         f"curl -F file=@{image} -F index={IMAGE_INDEX} -F k=5 '{base}/search/image'",
+         lambda: _request(f"{base}/search", {"index": IMAGE_INDEX, "image": image_b64, "k": 5}), _hits),
+        ("neighbours of test image #0, by id",
+         f"curl -H 'content-type: application/json' -d '{by_id}' '{base}/search'",
+         lambda: _request(f"{base}/search", json.loads(by_id)), _hits),
+    ]
+    print("\nThe server is ready. Example requests, with the answers it gives now:\n", flush=True)
+    for title, curl, call, summarise in examples:
+        status, answer = call()
+        try:
+            summary = summarise(answer) if status == 200 else answer
+        except (KeyError, TypeError, IndexError):
+            summary = answer
+        print(f"# {title}\n{curl}\n  -> {status}: {summary}\n", flush=True)
+    print(f"API docs: {base}/docs   metrics: {base}/metrics   Ctrl-C stops the server.\n", flush=True)
 
 
 def _wait_ready(base: str, server: subprocess.Popen, timeout_s: float = 120.0) -> None:
@@ -83,25 +180,12 @@ def _wait_ready(base: str, server: subprocess.Popen, timeout_s: float = 120.0) -
         if server.poll() is not None:
             raise RuntimeError(f"the server exited with code {server.returncode}; see its log above")
         try:
-            if _get(base + "/readyz", timeout_s=1.0)[0] == 200:
+            if _request(base + "/readyz", timeout_s=1.0)[0] == 200:
                 return
         except OSError:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"the server did not become ready within {timeout_s:.0f} s")
-
-
-def show_examples(base: str) -> None:
-    print("\nThe server is ready. Example requests, with their answers now:\n", flush=True)
-    for title, method, path, _ in EXAMPLES:
-        status, body = _get(base + path)
-        try:
-            results = json.loads(body).get("results", body)
-            answer = ", ".join(f"{r['word']} ({r['score']:.2f})" for r in results)
-        except (ValueError, TypeError, KeyError, AttributeError):
-            answer = body
-        print(f"# {title}\ncurl '{base}{path}'\n  -> {status}: {answer}\n", flush=True)
-    print(f"API docs: {base}/docs   metrics: {base}/metrics   Ctrl-C stops the server.\n", flush=True)
 
 
 def run_demo(artifacts: Path, serve: bool = True, host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -114,7 +198,7 @@ def run_demo(artifacts: Path, serve: bool = True, host: str = "127.0.0.1", port:
     try:
         base = f"http://{host}:{port}"
         _wait_ready(base, server)
-        show_examples(base)
+        show_examples(base, artifacts)
         server.wait()
     except KeyboardInterrupt:
         pass

@@ -57,6 +57,27 @@ def train_word2vec_bundle(
     return export_word_vectors(checkpoint, artifacts, name, metrics=metrics)
 
 
+def train_image_encoder_bundle(method: str, config, artifacts: Path, name: str, resume: bool = False) -> Bundle:
+    """Train SimCLR or MAE with `config` (its checkpoint goes under `artifacts/checkpoints/`) and
+    export the encoder as an image-encoder bundle named `name`."""
+    import dataclasses
+
+    from export.image_encoder import export_image_encoder
+
+    if method == "simclr":
+        from training.methods.simclr import train_simclr as train
+    elif method == "mae":
+        from training.methods.mae import train_mae as train
+    else:
+        raise ValueError(f"unknown image method {method!r}; use simclr or mae")
+    checkpoint = Path(artifacts) / "checkpoints" / f"{name}.pt"
+    logs = Path(artifacts) / "logs" / f"{name}.jsonl"
+    config = dataclasses.replace(config, checkpoint_path=str(checkpoint), log_path=str(logs))
+    summary = train(config, resume=resume)
+    metrics = {"final_loss": round(float(summary["loss"]), 4), "train_seconds": round(float(summary["train_time_s"]), 1)}
+    return export_image_encoder(checkpoint, artifacts, name, metrics=metrics)
+
+
 def export_checkpoint(
     checkpoint: Path, artifacts: Path, name: str, fp16: bool = False, triton: bool = False
 ) -> Bundle:

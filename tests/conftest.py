@@ -104,7 +104,7 @@ def write_image_bundle():
 # A real, tiny CLIP bundle (untrained towers: a width-4 ResNet and a one-block scratch text
 # transformer with a BPE over the Fashion-MNIST caption words), exported once per session.
 
-CLIP_DIM, CLIP_CONTEXT = 16, 12
+CLIP_DIM, CLIP_CONTEXT = 16, 24
 
 
 def write_tiny_clip_checkpoint(path: Path, seed: int = 0) -> Path:

@@ -111,7 +111,7 @@ def test_a_repeated_class_list_reuses_its_cached_class_matrix(clip_artifacts: Pa
         ({"classes": ["a bag"]}, 422, "invalid_input", "one class"),
         ({"classes": ["a bag", " A Bag "]}, 422, "invalid_input", "same class"),
         ({"classes": ["a bag", "   "]}, 422, "invalid_input", "class 1 is empty"),
-        ({"classes": ["a bag", "a bag " * 10]}, 422, "invalid_input", "12 tokens"),  # the context length
+        ({"classes": ["a bag", "a bag " * 15]}, 422, "invalid_input", "24 tokens"),  # the context length
         ({"classes": CLASSES, "templates": ["a photo"]}, 422, "invalid_input", "exactly one '{}'"),
         ({"classes": CLASSES, "templates": ["{} and {}"]}, 422, "invalid_input", "exactly one '{}'"),
         ({"classes": CLASSES, "templates": ["a {0}"]}, 422, "invalid_input", "exactly one '{}'"),
