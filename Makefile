@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DATA_PACKAGES := dict-gcide dataset-fashion-mnist
+DATA_PACKAGES := dict-gcide dataset-fashion-mnist openclipart-png
 
 .PHONY: demo test setup data serve clean
 

@@ -120,31 +120,3 @@ def train_and_export_clip(artifacts: Path, name: str, config=None) -> Bundle:
     metrics = {"train_loss": round(float(summary["loss"]), 4), "train_steps": summary["step"],
                "train_seconds": round(summary["train_time_s"], 1)}
     return export_clip(summary["checkpoint_path"], artifacts, name, metrics=metrics)
-
-
-ZERO_SHOT_EXAMPLE_CLASSES = ["a sneaker", "a bag", "a dress"]
-_SNEAKER_LABEL = 7  # Fashion-MNIST's label for "Sneaker"
-
-
-def zero_shot_example(artifacts: Path | None = None, model: str | None = None, data_root: Path | None = None) -> dict[str, Any]:
-    """A ready-to-send `POST /zero-shot` JSON body: the first sneaker of Fashion-MNIST's test split,
-    base64 PNG, with classes ["a sneaker", "a bag", "a dress"]. With `artifacts`, the PNG is also
-    written to `artifacts/examples/sneaker.png`, for a multipart request (curl -F files=@...)."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    from training.data.images import load_image_arrays
-
-    images, labels = load_image_arrays("fashion-mnist", "test", data_root)
-    buffer = io.BytesIO()
-    Image.fromarray(images[int((labels == _SNEAKER_LABEL).argmax())], "L").save(buffer, "PNG")
-    if artifacts is not None:
-        path = Path(artifacts) / "examples" / "sneaker.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(buffer.getvalue())
-    body: dict[str, Any] = {"images": [base64.b64encode(buffer.getvalue()).decode()], "classes": list(ZERO_SHOT_EXAMPLE_CLASSES)}
-    if model is not None:
-        body["model"] = model
-    return body
