@@ -16,7 +16,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from embedserve.machine import machine_info  # noqa: E402
 from export.bundle import Bundle, Manifest, iter_current_bundles, open_bundle, write_bundle  # noqa: E402
 from serving.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
 from serving.preprocessing import decode_image, preprocess_batch  # noqa: E402
@@ -40,16 +40,6 @@ from training.data.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist  # 
 CONCURRENCY = (1, 8, 32)
 HOST = "127.0.0.1"  # loopback only: the benchmark never listens on a public address
 STARTUP_TIMEOUT_S = 60.0
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "onnxruntime": ort.__version__,
-            "providers": ort.get_available_providers(), "numpy": np.__version__, "httpx": httpx.__version__}
 
 
 def write_small_cnn_bundle(artifacts: Path, name: str = "bench-cnn") -> Bundle:
@@ -269,7 +259,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "benchmark": "serve_images",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine_info("onnxruntime", "httpx"),
         "model": {"name": m.name, "version": m.version, "method": m.method, "dim": m.dim, "stand_in": stand_in},
         "settings": {"requests_per_cell": args.requests, "max_batch_size": args.max_batch_size,
                      "max_wait_ms": args.max_wait_ms, "images_per_request": 1, "client": "httpx.AsyncClient, multipart"},

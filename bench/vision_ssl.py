@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from embedserve.machine import machine_info  # noqa: E402
 from training.data.images import load_image_arrays  # noqa: E402
 from training.evaluation.encoder_eval import encoder_embed_fn, evaluate_encoder, raw_pixels  # noqa: E402
 from training.methods.encoders import load_image_encoder  # noqa: E402
@@ -37,22 +35,6 @@ PROFILES = {
 }
 TRAINERS = {"simclr": train_simclr, "mae": train_mae}
 FRACTIONS = (0.01, 0.1, 1.0)
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import sklearn
-    import torchvision
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "scikit-learn": sklearn.__version__, "numpy": np.__version__,
-            "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()]}  # > cores means the CPU was shared
 
 
 def fixed_subset(data: tuple[np.ndarray, np.ndarray], size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = {
         "benchmark": "vision_ssl", "profile": args.profile, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(), "note": args.note,
+        "machine": machine_info("torch", "torchvision", "scikit-learn"), "note": args.note,
         "eval": {"data": "fashion-mnist", "train_images": len(train[0]), "test_images": len(test[0]), "knn_k": 200,
                  "knn_temperature": 0.1, "linear_probe": "sklearn LogisticRegression (C=1) on standardised embeddings",
                  "label_fractions": list(FRACTIONS)},

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict
@@ -24,10 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from embedserve.machine import machine_info  # noqa: E402
+from embedserve.pipelines import evaluate_word_vectors  # noqa: E402
 from training.data.text import iter_sentences  # noqa: E402
-from training.evaluation.datasets import ANALOGIES, WORD_SIMILARITY, gensim_test_file  # noqa: E402
-from training.evaluation.word_analogies import evaluate_word_analogies  # noqa: E402
-from training.evaluation.word_similarity import evaluate_word_similarity  # noqa: E402
 from training.methods.word2vec import Word2VecConfig, train_word2vec  # noqa: E402
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "word2vec_vs_gensim.json"
@@ -51,19 +48,6 @@ def parse_args() -> argparse.Namespace:
                              "(the fair figure on a machine that others share)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS_PATH)
     return parser.parse_args()
-
-
-def evaluate(vectors: np.ndarray, vocab: list[str]) -> dict:
-    analogies = evaluate_word_analogies(vectors, vocab, gensim_test_file(ANALOGIES))
-    similarity = evaluate_word_similarity(vectors, vocab, gensim_test_file(WORD_SIMILARITY))
-    return {
-        "analogy_semantic": analogies["semantic"],
-        "analogy_syntactic": analogies["syntactic"],
-        "analogy_total": analogies["total"]["accuracy"],
-        "analogy_covered": analogies["covered"],
-        "wordsim353_spearman": similarity["spearman"],
-        "wordsim353_pairs": similarity["pairs"],
-    }
 
 
 def run_ours(config: Word2VecConfig) -> tuple[dict, np.ndarray, list[str]]:
@@ -110,28 +94,6 @@ def run_gensim(config: Word2VecConfig) -> tuple[dict, np.ndarray, list[str]]:
     return timings, model.wv.vectors, list(model.wv.index_to_key)
 
 
-def machine() -> dict:
-    import gensim
-    import numba
-    import torch
-
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "load_average_at_start": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "numba": numba.__version__,
-        "gensim": gensim.__version__,
-    }
-
-
 ROWS = [
     ("raw words/s (corpus tokens, gensim's 'raw')", "raw_words_per_second", "{:,.0f}"),
     ("effective words/s (after subsampling)", "effective_words_per_second", "{:,.0f}"),
@@ -162,7 +124,7 @@ def main() -> None:
         negative=args.negative, sample=args.sample, min_count=args.min_count, workers=args.workers,
         max_words=args.max_words, device="numba",
     )  # fmt: skip
-    info = machine()
+    info = machine_info("torch", "numba", "gensim")
     runs: dict[str, list[dict]] = {"ours": [], "gensim": []}
     best: dict[str, tuple[dict, np.ndarray, list[str]]] = {}
     for _ in range(args.repeats):
@@ -171,7 +133,7 @@ def main() -> None:
             runs[name].append(timings)
             if name not in best or timings["train_seconds"] < best[name][0]["train_seconds"]:
                 best[name] = (timings, vectors, vocab)
-    ours, gensim = ({**timings, **evaluate(vectors, vocab)} for timings, vectors, vocab in (best["ours"], best["gensim"]))
+    ours, gensim = ({**timings, **evaluate_word_vectors(vectors, vocab)} for timings, vectors, vocab in (best["ours"], best["gensim"]))
     print(table(ours, gensim))
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -25,6 +25,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from embedserve.machine import machine_info  # noqa: E402
 from index.templates import EVAL_TEMPLATES  # noqa: E402
 from index.zero_shot import build_class_matrix, classify  # noqa: E402
 from training.data.captions import FASHION_MNIST_CLASS_NAMES, fashion_mnist_caption, openclipart_pairs  # noqa: E402
@@ -32,7 +33,6 @@ from training.data.images import load_image_arrays, normalize_image, to_pil  # n
 from training.data.transforms import EvalTransform  # noqa: E402
 from training.methods.clip import (OPEN_VOCABULARY_HELD_OUT, ClipConfig, embed_images, load_clip_towers,  # noqa: E402
                                    text_encoder_fn, train_clip)
-from vision_ssl import machine  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 OPENCLIPART_ROOT = Path("/usr/share/openclipart/png")
 RECALL_KS = (1, 5, 10)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(lines))
 
     result = {"benchmark": "zero_shot", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine(), "checkpoints": {"all_classes": args.checkpoint, "open_vocabulary": args.open_vocabulary_checkpoint},
+              "machine": machine_info("torch", "torchvision", "transformers"), "checkpoints": {"all_classes": args.checkpoint, "open_vocabulary": args.open_vocabulary_checkpoint},
               "results": {"all_classes": r, "open_vocabulary": open_vocabulary}, "eval_time_s": eval_time_s,
               "training": training, "table": lines}
     out = Path(args.out)

@@ -39,6 +39,7 @@ def evaluate_word_vectors(vectors, vocab: list[str]) -> dict[str, Any]:
         "analogy_total": analogies["total"]["accuracy"],
         "analogy_covered": analogies["covered"],
         "wordsim353_spearman": similarity["spearman"],
+        "wordsim353_pairs": similarity["pairs"],
     }
 
 
