@@ -7,6 +7,8 @@ cosine schedule, checkpoints with exact resume, a tqdm bar and a JSON-lines metr
 
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 import json
 import math
@@ -43,6 +45,13 @@ class LoopConfig:
     log_every_steps: int = 10  # step records in the log and refreshes of the progress bar
     max_steps_per_epoch: int | None = None  # cut epochs short for quick runs; None = whole data set
     progress: bool = True  # show a tqdm bar on stderr
+
+
+def loop_config_from(method_config: Any) -> LoopConfig:
+    """The loop's settings taken from a method's config: every LoopConfig field the method config
+    has under the same name; the rest keep their defaults."""
+    names = [f.name for f in dataclasses.fields(LoopConfig)]
+    return LoopConfig(**{name: getattr(method_config, name) for name in names if hasattr(method_config, name)})
 
 
 class Method(Protocol):

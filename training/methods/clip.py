@@ -28,7 +28,7 @@ from training.data.images import load_image_arrays
 from training.data.pairs import open_pairs
 from training.data.tokenizer import load_minilm_tokenizer, train_bpe_tokenizer
 from training.data.transforms import EvalTransform, preprocessing_spec
-from training.loop import LoopConfig, fit
+from training.loop import LoopConfig, fit, loop_config_from
 from training.losses.clip import ClipLoss
 from training.models.heads import ProjectionHead
 from training.models.minilm import MiniLMTextEncoder, minilm_path
@@ -90,10 +90,7 @@ class ClipConfig:
         return replace(quick, **overrides)
 
     def loop_config(self) -> LoopConfig:
-        return LoopConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                          warmup_epochs=self.warmup_epochs, seed=self.seed, device=self.device,
-                          num_workers=self.num_workers, checkpoint_path=self.checkpoint_path, log_path=self.log_path,
-                          max_steps_per_epoch=self.max_steps_per_epoch)
+        return loop_config_from(self)
 
 
 # ---- the two towers, as export and evaluation see them ----

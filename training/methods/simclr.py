@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from training.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.data.images import open_image_dataset
 from training.data.transforms import SimCLRTransform, preprocessing_spec
-from training.loop import LoopConfig, default_param_groups, fit
+from training.loop import LoopConfig, default_param_groups, fit, loop_config_from
 from training.losses.nt_xent import NTXentLoss
 from training.models.heads import SimCLRProjectionHead
 from training.models.resnet import ResNetBackbone
@@ -62,10 +62,7 @@ class SimCLRConfig:
         return replace(quick, **overrides)
 
     def loop_config(self) -> LoopConfig:
-        return LoopConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                          warmup_epochs=self.warmup_epochs, seed=self.seed, device=self.device,
-                          num_workers=self.num_workers, checkpoint_path=self.checkpoint_path, log_path=self.log_path,
-                          max_steps_per_epoch=self.max_steps_per_epoch)
+        return loop_config_from(self)
 
 
 class SimCLR:
