@@ -1,7 +1,7 @@
 """Benchmark: `POST /embed/image` through the gateway, batching on and off, against raw onnxruntime.
 
-Starts two servers on 127.0.0.1 (EMBEDSERVE_BATCHING=true and false), drives each with httpx at
-concurrency 1, 8 and 32 (one image per request), runs the same model's onnxruntime session
+Starts two servers on 127.0.0.1 (EMBEDSERVE_BATCHING=true and false), drives each at concurrency
+1, 8 and 32 (one image per request, from a light raw-socket client that shares the machine), runs the same model's onnxruntime session
 in-process on preprocessed batches of 1, 8 and 32, prints one table and writes it, with the
 machine and date, to bench/results/serve_images.json.
 
@@ -132,31 +132,59 @@ def summary(latencies_s: list[float], images: int, wall_s: float) -> dict:
             "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
-async def drive(client: httpx.AsyncClient, pngs: list[bytes], concurrency: int, requests: int) -> dict:
-    """`requests` single-image POSTs, `concurrency` in flight at a time; every answer must be 200."""
+def multipart_request(png: bytes, port: int) -> bytes:
+    """One whole `POST /embed/image` (HTTP/1.1, keep-alive, multipart with one file), built once per image."""
+    boundary = b"embedservebenchboundary"
+    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + png + b"\r\n--" + boundary + b"--\r\n")
+    head = (f"POST /embed/image HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
+    """Send one prebuilt request on a keep-alive connection → (status, body). The server answers with Content-Length."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length = next((int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:")), None)
+    if length is None:
+        raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
+    return status, await reader.readexactly(length)
+
+
+async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, client: httpx.AsyncClient) -> dict:
+    """`requests` single-image POSTs, `concurrency` in flight at a time (one keep-alive connection
+    each); every answer must be 200. The client is raw asyncio streams with prebuilt request bytes,
+    so that it takes as little as it can of the CPU it shares with the server."""
     latencies: list[float] = []
     counter = iter(range(requests))
+    connections = [await asyncio.open_connection(HOST, port) for _ in range(concurrency)]
 
-    async def worker() -> None:
+    async def worker(reader, writer) -> None:
         for i in counter:
             start = time.perf_counter()
-            response = await client.post("/embed/image", files={"files": ("x.png", pngs[i % len(pngs)], "image/png")})
+            status, body = await post(reader, writer, requests_bytes[i % len(requests_bytes)])
             latencies.append(time.perf_counter() - start)
-            if response.status_code != 200:
-                raise RuntimeError(f"/embed/image answered {response.status_code}: {response.text[:200]}")
+            if status != 200:
+                raise RuntimeError(f"/embed/image answered {status}: {body[:200]!r}")
 
-    async def one() -> None:
-        await client.post("/embed/image", files={"files": ("x.png", pngs[0], "image/png")})
-
-    # warm-up: `concurrency` requests at once open the connections and pay for lazy initialisation
-    await asyncio.gather(*(one() for _ in range(concurrency)))
-    rows_before, calls_before = await batch_counts(client)
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall_s = time.perf_counter() - start
-    rows_after, calls_after = await batch_counts(client)
+    try:
+        # warm-up: one request per connection at once pays for lazy initialisation
+        await asyncio.gather(*(post(r, w, requests_bytes[0]) for r, w in connections))
+        rows_before, calls_before = await batch_counts(client)
+        cpu_start, start = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(r, w) for r, w in connections))
+        wall_s = time.perf_counter() - start
+        client_cpu_s = time.process_time() - cpu_start
+        rows_after, calls_after = await batch_counts(client)
+    finally:
+        for _, writer in connections:
+            writer.close()
     mean_batch = (rows_after - rows_before) / max(1.0, calls_after - calls_before)
-    return summary(latencies, requests, wall_s) | {"mean_batch": round(mean_batch, 1)}
+    # client_cpu: the share of one core this (client) process used while driving the server
+    return summary(latencies, requests, wall_s) | {"mean_batch": round(mean_batch, 1), "client_cpu": round(client_cpu_s / wall_s, 2)}
 
 
 async def batch_counts(client: httpx.AsyncClient) -> tuple[float, float]:
@@ -179,8 +207,9 @@ async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests
             limits = httpx.Limits(max_connections=max(CONCURRENCY), max_keepalive_connections=max(CONCURRENCY))
             async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60.0, limits=limits) as client:
                 await wait_ready(client, server)
+                requests_bytes = [multipart_request(png, port) for png in pngs]
                 for c in CONCURRENCY:
-                    results[("batched" if batching else "unbatched", c)] = await drive(client, pngs, c, requests)
+                    results[("batched" if batching else "unbatched", c)] = await drive(port, requests_bytes, c, requests, client)
                     print(f"  gateway batching={'on' if batching else 'off'} c={c}: {results[('batched' if batching else 'unbatched', c)]}", flush=True)
         finally:
             server.terminate()
@@ -215,10 +244,12 @@ def bench_raw(bundle: Bundle, pngs: list[bytes], requests: int) -> dict:
 
 def print_table(results: dict, model_line: str) -> None:
     print(f"\n{model_line}")
-    print(f"{'mode':<18}{'c':>4}{'images/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'mean batch':>12}")
+    print(f"{'mode':<18}{'c':>4}{'images/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'mean batch':>12}{'client cpu':>12}")
     for (mode, c), r in results.items():
-        print(f"{mode:<18}{c:>4}{r['images_per_s']:>11.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['mean_batch']:>12.1f}")
+        cpu = f"{r['client_cpu']:.2f}" if "client_cpu" in r else "-"
+        print(f"{mode:<18}{c:>4}{r['images_per_s']:>11.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['mean_batch']:>12.1f}{cpu:>12}")
     print("c: concurrent requests of one image each (raw onnxruntime: batches of c preprocessed images)")
+    print("client cpu: cores the bench's own client used while driving the server (it shares the machine)")
 
 
 def main() -> None:
@@ -262,7 +293,7 @@ def main() -> None:
         "machine": machine_info("onnxruntime", "httpx"),
         "model": {"name": m.name, "version": m.version, "method": m.method, "dim": m.dim, "stand_in": stand_in},
         "settings": {"requests_per_cell": args.requests, "max_batch_size": args.max_batch_size,
-                     "max_wait_ms": args.max_wait_ms, "images_per_request": 1, "client": "httpx.AsyncClient, multipart"},
+                     "max_wait_ms": args.max_wait_ms, "images_per_request": 1, "client": "raw asyncio streams in the bench process, prebuilt multipart requests, one keep-alive connection per concurrent request; client_cpu is its share of one core"},
         "results": [{"mode": mode, "concurrency": c, **r} for (mode, c), r in results.items()],
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
     }, indent=2) + "\n")

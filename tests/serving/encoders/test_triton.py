@@ -1,93 +1,122 @@
+"""TritonEncoder with the real `tritonclient` against a KServe-v2 server on loopback.
+
+Triton itself cannot run here, so the server is a small stand-in that speaks the same HTTP
+protocol (ready, metadata, infer with binary tensors) and runs the bundle's ONNX model with
+onnxruntime, as Triton would run the repository that export/triton.py writes.
+"""
+
+import json
 import sys
-import types
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
-from export.bundle import Manifest, write_bundle
+from export.bundle import open_bundle
 from serving.encoders.factory import load_encoder
+from serving.encoders.onnx_runtime import OnnxEncoder
 from serving.encoders.triton import TritonEncoder
 from serving.errors import NotReady
 from serving.settings import Settings
 
+pytest.importorskip("tritonclient.http")
 
-class InferenceServerException(Exception):
-    pass
-
-
-class FakeClient:
-    """Stands in for tritonclient.http.InferenceServerClient: a model that sums each row."""
-
-    ready_models = {("tiny", "1")}
-    calls: list = []
-
-    def __init__(self, url, connection_timeout, network_timeout):
-        self.url, self.closed = url, False
-
-    def is_model_ready(self, name, version):
-        return (name, version) in self.ready_models
-
-    def infer(self, name, inputs, model_version, outputs):
-        (request,) = inputs
-        self.calls.append((name, model_version, request.name, request.shape, request.datatype, outputs[0].name))
-        rows = request.data.reshape(len(request.data), -1).sum(axis=1, keepdims=True)  # (B, 1)
-        return types.SimpleNamespace(as_numpy=lambda output_name: rows.astype(np.float64))
-
-    def close(self):
-        self.closed = True
+DTYPES = {"FP32": np.float32, "INT64": np.int64}
 
 
-class FakeInput:
-    def __init__(self, name, shape, datatype):
-        self.name, self.shape, self.datatype = name, shape, datatype
+def kserve_server(models: dict[tuple[str, str], Path]) -> ThreadingHTTPServer:
+    """A KServe-v2 HTTP server on 127.0.0.1 serving ONNX files by (model name, version)."""
+    sessions = {key: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for key, path in models.items()}
 
-    def set_data_from_numpy(self, data, binary_data):
-        self.data = data
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+        def _reply(self, status: int, body: dict | None = None) -> None:
+            data = json.dumps(body or {}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _model(self) -> tuple[tuple[str, str], list[str]]:
+            parts = self.path.split("/")  # /v2/models/<name>/versions/<version>[/ready|/infer]
+            return (parts[3], parts[5]), parts[6:]
+
+        def do_GET(self):
+            key, rest = self._model()
+            session = sessions.get(key)
+            if rest == ["ready"]:
+                return self._reply(200 if session else 400)
+            if session is None:
+                return self._reply(404, {"error": "unknown model"})
+            io = lambda args: [{"name": a.name, "datatype": "FP32", "shape": [-1, *a.shape[1:]]} for a in args]  # noqa: E731
+            self._reply(200, {"name": key[0], "versions": [key[1]], "inputs": io(session.get_inputs()),
+                              "outputs": io(session.get_outputs())})
+
+        def do_POST(self):
+            key, _ = self._model()
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            header_bytes = int(self.headers.get("Inference-Header-Content-Length", len(body)))
+            request, binary = json.loads(body[:header_bytes]), body[header_bytes:]
+            feeds, offset = {}, 0
+            for tensor in request["inputs"]:
+                size = tensor["parameters"]["binary_data_size"]
+                array = np.frombuffer(binary[offset : offset + size], dtype=DTYPES[tensor["datatype"]])
+                feeds[tensor["name"]] = array.reshape(tensor["shape"])
+                offset += size
+            names = [o["name"] for o in request["outputs"]]
+            results = sessions[key].run(names, feeds)
+            outputs = [{"name": n, "datatype": "FP32", "shape": list(r.shape), "data": r.ravel().tolist()}
+                       for n, r in zip(names, results)]
+            self._reply(200, {"model_name": key[0], "model_version": key[1], "outputs": outputs})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 @pytest.fixture
-def fake_tritonclient(monkeypatch):
-    http = types.ModuleType("tritonclient.http")
-    http.InferenceServerClient, http.InferInput = FakeClient, FakeInput
-    http.InferRequestedOutput = lambda name, binary_data: types.SimpleNamespace(name=name)
-    utils = types.ModuleType("tritonclient.utils")
-    utils.np_to_triton_dtype = lambda dtype: {np.dtype(np.float32): "FP32"}[np.dtype(dtype)]
-    utils.InferenceServerException = InferenceServerException
-    package = types.ModuleType("tritonclient")
-    package.http, package.utils = http, utils
-    monkeypatch.setitem(sys.modules, "tritonclient", package)
-    monkeypatch.setitem(sys.modules, "tritonclient.http", http)
-    monkeypatch.setitem(sys.modules, "tritonclient.utils", utils)
-    FakeClient.calls = []
+def triton(image_artifacts: Path):
+    bundle = open_bundle(image_artifacts, "tiny")
+    server = kserve_server({("tiny", "1"): bundle.file("image_encoder")})
+    yield bundle, f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
-@pytest.fixture
-def bundle(tmp_path: Path):
-    manifest = Manifest(name="tiny", kind="image-encoder", method="simclr", dim=1, normalized=False,
-                        files={"image_encoder": "image_encoder.onnx"},
-                        extra={"onnx_input": "images", "onnx_output": "embeddings"})
-    return write_bundle(tmp_path, manifest, lambda folder: (folder / "image_encoder.onnx").write_bytes(b"onnx"))
-
-
-def test_triton_url_without_tritonclient_says_what_to_install(bundle, monkeypatch):
+def test_triton_url_without_tritonclient_says_what_to_install(image_artifacts, monkeypatch):
     monkeypatch.setitem(sys.modules, "tritonclient", None)  # an import of it now raises ImportError
     monkeypatch.setitem(sys.modules, "tritonclient.http", None)
     with pytest.raises(ImportError, match=r"pip install 'embedserve\[triton\]'"):
-        load_encoder(bundle, Settings(triton_url="localhost:8000"))
+        load_encoder(open_bundle(image_artifacts, "tiny"), Settings(triton_url="127.0.0.1:9"))
 
 
-def test_encode_calls_the_bundles_model_and_version_with_manifest_names(bundle, fake_tritonclient):
-    encoder = load_encoder(bundle, Settings(triton_url="triton:8000"))
+def test_triton_encoder_gives_what_onnxruntime_gives(triton):
+    bundle, url = triton
+    encoder = load_encoder(bundle, Settings(triton_url=url))
     assert isinstance(encoder, TritonEncoder)
-    batch = np.ones((2, 3, 4, 4), np.float32)
+    assert (encoder.model_name, encoder.model_version) == ("tiny", "1")  # bundle v1 is Triton version 1
+    batch = np.random.default_rng(0).normal(size=(3, 1, 8, 8)).astype(np.float32)  # (B, C, H, W)
     got = encoder.encode(batch)
-    assert got.dtype == np.float32 and got.tolist() == [[48.0], [48.0]]
-    assert FakeClient.calls == [("tiny", "1", "images", [2, 3, 4, 4], "FP32", "embeddings")]
+    assert got.dtype == np.float32 and got.shape == (3, 16)
+    np.testing.assert_allclose(got, OnnxEncoder(bundle, "image_encoder").encode(batch), rtol=1e-5, atol=1e-5)
     encoder.close()
 
 
-def test_a_model_triton_has_not_loaded_is_not_ready(bundle, fake_tritonclient, monkeypatch):
-    monkeypatch.setattr(FakeClient, "ready_models", set())
-    with pytest.raises(NotReady, match="no ready model 'tiny' version 1"):
-        TritonEncoder(bundle, "image_encoder", "triton:8000")
+def test_a_model_triton_has_not_loaded_is_not_ready(triton, image_artifacts, write_image_bundle):
+    _, url = triton
+    write_image_bundle(image_artifacts, "tiny", seed=1)  # v2: the stand-in server only has version 1
+    with pytest.raises(NotReady, match="no ready model 'tiny' version 2"):
+        TritonEncoder(open_bundle(image_artifacts, "tiny"), "image_encoder", url)
+
+
+def test_an_unreachable_server_is_not_ready_and_says_which_setting(image_artifacts):
+    with pytest.raises(NotReady, match="EMBEDSERVE_TRITON_URL"):
+        TritonEncoder(open_bundle(image_artifacts, "tiny"), "image_encoder", "127.0.0.1:9", timeout_s=2)
