@@ -30,6 +30,7 @@ MAE_MODEL = "mae-fmnist"
 CLIP_MODEL = "clip-fmnist"
 ZERO_SHOT_CLASSES = ["a sneaker", "a bag", "a dress"]
 IMAGE_INDEX = "fashion-mnist-test"
+CLIP_INDEX = "fashion-mnist-test-clip"
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,13 @@ def _train_clip(artifacts: Path) -> None:
     train_and_export_clip(artifacts, CLIP_MODEL)
 
 
-def _build_index(artifacts: Path) -> None:
-    from index.build import build_image_index
+def _build_index(name: str, model: str) -> Callable[[Path], None]:
+    def run(artifacts: Path) -> None:
+        from index.build import build_image_index
 
-    build_image_index(artifacts, IMAGE_INDEX, SIMCLR_MODEL, "fashion-mnist:test")
+        build_image_index(artifacts, name, model, "fashion-mnist:test")
+
+    return run
 
 
 STEPS = [
@@ -91,7 +95,10 @@ STEPS = [
     Step("SimCLR ResNet on Fashion-MNIST", _has_model(SIMCLR_MODEL), _train_image("simclr", SIMCLR_MODEL)),
     Step("MAE ViT on Fashion-MNIST", _has_model(MAE_MODEL), _train_image("mae", MAE_MODEL)),
     Step("CLIP-style image-text model on Fashion-MNIST captions", _has_model(CLIP_MODEL), _train_clip),
-    Step("FAISS index of the Fashion-MNIST test images", _has_index(IMAGE_INDEX), _build_index),
+    Step("FAISS index of the Fashion-MNIST test images (SimCLR)", _has_index(IMAGE_INDEX),
+         _build_index(IMAGE_INDEX, SIMCLR_MODEL)),
+    Step("FAISS index of the same images (CLIP), for text queries", _has_index(CLIP_INDEX),
+         _build_index(CLIP_INDEX, CLIP_MODEL)),
 ]
 
 
@@ -160,6 +167,7 @@ def show_examples(base: str, artifacts: Path) -> None:
     image_b64 = base64.b64encode(image.read_bytes()).decode()
     by_id = json.dumps({"index": IMAGE_INDEX, "id": 0, "k": 5})
     texts = json.dumps({"texts": ["a sneaker", "a red dress"], "model": CLIP_MODEL})
+    by_text = json.dumps({"index": CLIP_INDEX, "text": "a photo of a handbag", "k": 5})
     examples = [
         ("analogy: king - man + woman",
          f"curl '{base}/analogy?a=king&b=man&c=woman&k=5'",
@@ -183,6 +191,9 @@ def show_examples(base: str, artifacts: Path) -> None:
         ("embed texts with the CLIP text tower",
          f"curl -H 'content-type: application/json' -d '{texts}' '{base}/embed/text'",
          lambda: _request(f"{base}/embed/text", json.loads(texts)), _embedding),
+        ("text-to-image search: the test images that best match 'a photo of a handbag'",
+         f"curl -H 'content-type: application/json' -d '{by_text}' '{base}/search'",
+         lambda: _request(f"{base}/search", json.loads(by_text)), _hits),
     ]
     print("\nThe server is ready. Example requests, with the answers it gives now:\n", flush=True)
     for title, curl, call, summarise in examples:
