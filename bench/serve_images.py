@@ -35,6 +35,7 @@ from embedserve.machine import machine_info  # noqa: E402
 from export.bundle import Bundle, Manifest, iter_current_bundles, open_bundle, write_bundle  # noqa: E402
 from serving.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
 from serving.preprocessing import decode_image, preprocess_batch  # noqa: E402
+from serving.settings import Settings  # noqa: E402
 from training.data.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
@@ -154,7 +155,17 @@ async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
     return status, await reader.readexactly(length)
 
 
-async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, client: httpx.AsyncClient) -> dict:
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) process `pid` has used so far; None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, client: httpx.AsyncClient,
+                server_pid: int) -> dict:
     """`requests` single-image POSTs, `concurrency` in flight at a time (one keep-alive connection
     each); every answer must be 200. The client is raw asyncio streams with prebuilt request bytes,
     so that it takes as little as it can of the CPU it shares with the server."""
@@ -174,17 +185,20 @@ async def drive(port: int, requests_bytes: list[bytes], concurrency: int, reques
         # warm-up: one request per connection at once pays for lazy initialisation
         await asyncio.gather(*(post(r, w, requests_bytes[0]) for r, w in connections))
         rows_before, calls_before = await batch_counts(client)
-        cpu_start, start = time.process_time(), time.perf_counter()
+        server_cpu_start, cpu_start, start = process_cpu_s(server_pid), time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker(r, w) for r, w in connections))
         wall_s = time.perf_counter() - start
         client_cpu_s = time.process_time() - cpu_start
+        server_cpu_end = process_cpu_s(server_pid)
         rows_after, calls_after = await batch_counts(client)
     finally:
         for _, writer in connections:
             writer.close()
     mean_batch = (rows_after - rows_before) / max(1.0, calls_after - calls_before)
-    # client_cpu: the share of one core this (client) process used while driving the server
-    return summary(latencies, requests, wall_s) | {"mean_batch": round(mean_batch, 1), "client_cpu": round(client_cpu_s / wall_s, 2)}
+    # client_cpu, server_cpu: cores this (client) process and the server process used meanwhile
+    server_cpu = None if server_cpu_start is None else round((server_cpu_end - server_cpu_start) / wall_s, 2)
+    return summary(latencies, requests, wall_s) | {"mean_batch": round(mean_batch, 1), "client_cpu": round(client_cpu_s / wall_s, 2),
+                                                   "server_cpu": server_cpu}
 
 
 async def batch_counts(client: httpx.AsyncClient) -> tuple[float, float]:
@@ -209,7 +223,7 @@ async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests
                 await wait_ready(client, server)
                 requests_bytes = [multipart_request(png, port) for png in pngs]
                 for c in CONCURRENCY:
-                    results[("batched" if batching else "unbatched", c)] = await drive(port, requests_bytes, c, requests, client)
+                    results[("batched" if batching else "unbatched", c)] = await drive(port, requests_bytes, c, requests, client, server.pid)
                     print(f"  gateway batching={'on' if batching else 'off'} c={c}: {results[('batched' if batching else 'unbatched', c)]}", flush=True)
         finally:
             server.terminate()
@@ -222,7 +236,7 @@ async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests
 
 def bench_raw(bundle: Bundle, pngs: list[bytes], requests: int) -> dict:
     """The model alone: onnxruntime in this process on already-preprocessed batches of c images."""
-    session = ort.InferenceSession(str(bundle.file("image_encoder")), sess_options=session_options(),
+    session = ort.InferenceSession(str(bundle.file("image_encoder")), sess_options=session_options(Settings().onnx_intra_op_threads),
                                    providers=resolve_providers("auto"))
     input_name = session.get_inputs()[0].name
     images = [decode_image(p, 10_000_000, 40_000_000) for p in pngs]
@@ -244,12 +258,12 @@ def bench_raw(bundle: Bundle, pngs: list[bytes], requests: int) -> dict:
 
 def print_table(results: dict, model_line: str) -> None:
     print(f"\n{model_line}")
-    print(f"{'mode':<18}{'c':>4}{'images/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'mean batch':>12}{'client cpu':>12}")
+    print(f"{'mode':<18}{'c':>4}{'images/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'mean batch':>12}{'client cpu':>12}{'server cpu':>12}")
     for (mode, c), r in results.items():
-        cpu = f"{r['client_cpu']:.2f}" if "client_cpu" in r else "-"
-        print(f"{mode:<18}{c:>4}{r['images_per_s']:>11.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['mean_batch']:>12.1f}{cpu:>12}")
+        cpu = [f"{r[k]:.2f}" if r.get(k) is not None else "-" for k in ("client_cpu", "server_cpu")]
+        print(f"{mode:<18}{c:>4}{r['images_per_s']:>11.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['mean_batch']:>12.1f}{cpu[0]:>12}{cpu[1]:>12}")
     print("c: concurrent requests of one image each (raw onnxruntime: batches of c preprocessed images)")
-    print("client cpu: cores the bench's own client used while driving the server (it shares the machine)")
+    print("client cpu, server cpu: cores the bench's own client and the server process used meanwhile (they share the machine)")
 
 
 def main() -> None:
@@ -290,10 +304,12 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "benchmark": "serve_images",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info("onnxruntime", "httpx"),
+        "machine": machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx"),
         "model": {"name": m.name, "version": m.version, "method": m.method, "dim": m.dim, "stand_in": stand_in},
         "settings": {"requests_per_cell": args.requests, "max_batch_size": args.max_batch_size,
-                     "max_wait_ms": args.max_wait_ms, "images_per_request": 1, "client": "raw asyncio streams in the bench process, prebuilt multipart requests, one keep-alive connection per concurrent request; client_cpu is its share of one core"},
+                     "max_wait_ms": args.max_wait_ms, "images_per_request": 1,
+                     "onnx_intra_op_threads": Settings().onnx_intra_op_threads,  # the server's and the raw session's
+                     "client": "raw asyncio streams in the bench process, prebuilt multipart requests, one keep-alive connection per concurrent request; client_cpu and server_cpu are the cores each process used"},
         "results": [{"mode": mode, "concurrency": c, **r} for (mode, c), r in results.items()],
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
     }, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """The dynamic micro-batcher: requests that arrive together share one model call.
 
 One `MicroBatcher` per model. `await batcher.submit(items)` queues a request; a worker task
-takes the first waiting request, waits up to `max_wait_ms` for more, concatenates at most
+takes the first waiting request, waits until `max_wait_ms` after its arrival for more, concatenates at most
 `max_batch_size` rows into one `encoder.encode` call in a worker thread, and hands each
 caller back its own rows. With `enabled=False` every request calls the encoder on its own.
 """
@@ -27,6 +27,7 @@ class _Pending:
 
     items: np.ndarray  # (n, ...)
     future: asyncio.Future
+    queued_at: float  # loop time when it was queued: a batch's wait counts from its first piece's arrival
 
 
 def _shutting_down() -> NotReady:
@@ -54,6 +55,11 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
         self._carry: _Pending | None = None  # a piece that did not fit the last batch; it opens the next
+        self._queued_rows = 0  # rows in the queue (not counting the carry)
+        # While the worker waits for a batch to fill: the rows it still wants, and the future that
+        # `submit` completes once that many are queued (or a timer does at the deadline).
+        self._wanted_rows = 0
+        self._waiter: asyncio.Future | None = None
 
     async def start(self) -> None:
         """Start the worker task on the running event loop (idempotent)."""
@@ -74,6 +80,7 @@ class MicroBatcher:
         self._carry = None
         while self._queue is not None and not self._queue.empty():
             waiting.append(self._queue.get_nowait())
+        self._queued_rows = 0
         for pending in waiting:
             if not pending.future.done():
                 pending.future.set_exception(_shutting_down())
@@ -88,19 +95,26 @@ class MicroBatcher:
             await self.start()
         loop = asyncio.get_running_loop()
         # A request larger than a batch is split; its pieces may travel in different batches.
+        now = loop.time()
         pieces = [
-            _Pending(items[start : start + self.max_batch_size], loop.create_future())
+            _Pending(items[start : start + self.max_batch_size], loop.create_future(), now)
             for start in range(0, len(items), self.max_batch_size)
         ]
         for piece in pieces:
             self._queue.put_nowait(piece)
+            self._queued_rows += len(piece.items)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and self._queued_rows >= self._wanted_rows:
+            waiter.set_result(None)  # the batch being collected can now be filled: wake the worker
         try:
+            if len(pieces) == 1:  # the common case, without gather's extra future and callbacks
+                return await pieces[0].future
             parts = await asyncio.gather(*(p.future for p in pieces))
         except BaseException:
             for piece in pieces:  # the caller is gone (or failed): its other pieces need not run
                 piece.future.cancel()
             raise
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)  # (n, D)
+        return np.concatenate(parts)  # (n, D)
 
     async def _encode_unbatched(self, items: np.ndarray) -> np.ndarray:
         parts = []
@@ -139,37 +153,47 @@ class MicroBatcher:
                 start = end
 
     async def _collect(self) -> list[_Pending]:
-        """The next batch: the first waiting piece, then whatever arrives within max_wait_ms that fits."""
+        """The next batch: the first waiting piece, then whatever arrives within max_wait_ms of its
+        arrival that fits. A piece that already waited (queued while the last batch ran) has used
+        up its wait: the batch takes what is queued and goes."""
         first, self._carry = self._carry, None
         if first is None:
             first = await self._queue.get()
+            self._queued_rows -= len(first.items)
         batch, rows = [first], len(first.items)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_ms / 1000.0
+        deadline = first.queued_at + self.max_wait_ms / 1000.0
         while rows < self.max_batch_size:
             if self._queue.empty():
                 remaining_s = deadline - loop.time()
                 if remaining_s <= 0:
                     break
-                # asyncio.wait, not wait_for: a cancelled Queue.get leaves its item in the queue,
-                # whereas wait_for on 3.11 can drop an item that arrives just as the timeout fires.
-                getter = asyncio.ensure_future(self._queue.get())
-                try:
-                    done, _ = await asyncio.wait({getter}, timeout=remaining_s)
-                finally:
-                    if not getter.done():
-                        getter.cancel()
-                if not done:
-                    break
-                piece = getter.result()
-            else:
-                piece = self._queue.get_nowait()
+                await self._wait_for_rows(self.max_batch_size - rows, remaining_s)
+                if self._queue.empty():
+                    break  # the deadline passed with nothing new
+                continue
+            piece = self._queue.get_nowait()
+            self._queued_rows -= len(piece.items)
             if rows + len(piece.items) > self.max_batch_size:
                 self._carry = piece  # would overflow this batch: it opens the next one
                 break
             batch.append(piece)
             rows += len(piece.items)
         return batch
+
+    async def _wait_for_rows(self, rows: int, timeout_s: float) -> None:
+        """Sleep until `rows` rows are queued or `timeout_s` passes. One future and one timer per
+        wait, and `submit` wakes the worker only when the batch can be filled, rather than once
+        per arriving request: this is per-request work on the event loop, which is the bottleneck."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._waiter, self._wanted_rows = waiter, rows
+        timer = loop.call_later(timeout_s, lambda: waiter.done() or waiter.set_result(None))
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     def _checked(self, embeddings: np.ndarray, rows: int) -> np.ndarray:
         if embeddings.ndim != 2 or len(embeddings) != rows:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:
@@ -30,18 +31,42 @@ class Metrics:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+class MetricsMiddleware:
+    """Counts and times every HTTP request by method, route template and status.
+
+    A plain ASGI middleware rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware
+    runs the app in a task group and streams the response through a memory channel, which cost
+    about a fifth of the event loop's time per request. Here the status is read off the
+    `http.response.start` message on its way out. As before, a request whose handler raised an
+    unhandled exception (answered 500 by the outer ServerErrorMiddleware) is not recorded.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # if the app finishes without answering, the server answers 500
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_and_note_status)
+        route = scope.get("route")  # set by the router on the scope it was handed, which is this one
+        path = getattr(route, "path", "unmatched")  # the route template keeps label counts bounded
+        self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+        self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
+
+
 def install_metrics(app: FastAPI) -> Metrics:
     metrics = Metrics()
     app.state.metrics = metrics
-
-    @app.middleware("http")
-    async def record(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")  # the route template keeps label counts bounded
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        metrics.latency.labels(request.method, path).observe(time.perf_counter() - start)
-        return response
-
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return metrics

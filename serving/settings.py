@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     execution_providers: str = Field(
         "auto", description="onnxruntime providers, comma-separated, or auto (TensorRT, CUDA, CPU as available)"
     )
+    onnx_intra_op_threads: int = Field(
+        1, ge=0, description="onnxruntime threads per model call; 0: one per physical core (see serving.encoders.onnx_runtime)"
+    )
     triton_url: str | None = Field(None, description="host:port of a Triton server; when set, encoders run there")
     log_level: str = Field("info", description="uvicorn log level")
 

@@ -32,4 +32,5 @@ def load_encoder(bundle: Bundle, settings: Settings, role: str | None = None) ->
     manifest = bundle.manifest
     # TensorRT engines are cached outside the bundle, which stays byte-for-byte what export wrote
     trt_cache_dir = Path(settings.artifacts_dir) / "cache" / "tensorrt" / manifest.name / manifest.version
-    return OnnxEncoder(bundle, role, settings.execution_providers, trt_cache_dir=trt_cache_dir)
+    return OnnxEncoder(bundle, role, settings.execution_providers, trt_cache_dir=trt_cache_dir,
+                       intra_op_threads=settings.onnx_intra_op_threads)

@@ -54,10 +54,29 @@ def resolve_providers(setting: str, available: list[str] | None = None) -> list[
     return [*wanted, CPU]
 
 
-def session_options() -> ort.SessionOptions:
+# How many threads one `session.run` uses by default: the calling thread alone. A server already
+# runs model calls in a worker thread, off the event loop; a single intra-op thread keeps one core
+# busy with the model and leaves the rest to HTTP parsing, decoding and the other sessions.
+# onnxruntime's own default (one thread per physical core) makes every call fan out over all
+# cores, which on a small machine takes the CPU the event loop needs.
+SERVING_INTRA_OP_THREADS = 1
+
+
+def session_options(intra_op_threads: int = SERVING_INTRA_OP_THREADS) -> ort.SessionOptions:
+    """The onnxruntime options every serving session uses; the one place they are chosen.
+
+    - graph optimisation: all levels (constant folding, fusions, layout changes);
+    - `intra_op_threads` threads per call (0: onnxruntime's default, one per physical core);
+    - no spin-waiting: onnxruntime's pool threads otherwise busy-wait after each run in case
+      another comes, burning a core each that the HTTP side needs between model calls;
+    - sequential execution (onnxruntime's default), so inter-op threads are never started.
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # intra-op threads left at onnxruntime's default (one per physical core)
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return options
 
 
@@ -67,15 +86,17 @@ class OnnxEncoder(Encoder):
     `role` is the manifest's file role, e.g. "image_encoder" (serving.encoders.factory picks it
     from the bundle's kind). `trt_cache_dir`, when given, keeps TensorRT engines between restarts
     (building one takes minutes) outside the bundle, which stays read-only so its hashes hold.
+    `intra_op_threads` is the threads per model call (see `session_options`).
     """
 
-    def __init__(self, bundle: Bundle, role: str, providers: str = "auto", trt_cache_dir: Path | None = None):
+    def __init__(self, bundle: Bundle, role: str, providers: str = "auto", trt_cache_dir: Path | None = None,
+                 intra_op_threads: int = SERVING_INTRA_OP_THREADS):
         self.manifest = bundle.manifest
         self.role = role
         path = bundle.file(self.role)
         provider_names = resolve_providers(providers)
         provider_options = [_options_for(p, trt_cache_dir) for p in provider_names]
-        self.session = ort.InferenceSession(str(path), sess_options=session_options(),
+        self.session = ort.InferenceSession(str(path), sess_options=session_options(intra_op_threads),
                                             providers=provider_names, provider_options=provider_options)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         self.input_names, self.output_name = model_io_names(self.manifest, role, [i.name for i in inputs], outputs[0].name)

@@ -8,7 +8,7 @@ from torch import nn
 
 from export.bundle import Manifest, write_bundle
 from export.onnx import export_onnx
-from serving.encoders.onnx_runtime import OnnxEncoder, resolve_providers
+from serving.encoders.onnx_runtime import OnnxEncoder, resolve_providers, session_options
 from serving.encoders.factory import load_encoder
 from serving.settings import Settings
 
@@ -67,3 +67,11 @@ def test_concurrent_calls_give_the_serial_answers(bundle_and_module):
         threaded = list(pool.map(encoder.encode, batches))
     for a, b in zip(serial, threaded):
         np.testing.assert_array_equal(a, b)
+
+
+def test_serving_sessions_use_the_configured_threads_and_never_spin():
+    options = session_options(3)
+    assert options.intra_op_num_threads == 3
+    # spinning pool threads would keep cores busy between calls, away from the HTTP side
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options().intra_op_num_threads == Settings().onnx_intra_op_threads  # the setting and the module agree
