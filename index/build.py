@@ -95,11 +95,14 @@ def build_image_index(
     settings = settings or Settings(artifacts_dir=Path(artifacts_dir))
     bundle = open_bundle(artifacts_dir, model_name)
     manifest = bundle.manifest
-    if manifest.kind != "image-encoder" or not manifest.preprocessing:
-        raise BundleError(f"model {model_name!r} is a {manifest.kind} bundle; an image index needs an image-encoder with preprocessing")
+    if manifest.kind not in ("image-encoder", "image-text-encoder") or not manifest.preprocessing:
+        raise BundleError(
+            f"model {model_name!r} is a {manifest.kind} bundle; an image index needs an image encoder "
+            "(image-encoder or a CLIP image-text-encoder) with preprocessing"
+        )
     images = open_source(source, settings)
     count = images.count if limit is None else min(limit, images.count)
-    encoder = load_encoder(bundle, settings)
+    encoder = load_encoder(bundle, settings, role="image_encoder")  # a CLIP bundle's image tower
     vectors = np.empty((count, manifest.dim), dtype=np.float32)  # (N, D)
     try:
         with tqdm(total=count, desc=f"embedding {images.description}", unit="img", disable=not progress) as bar:

@@ -77,3 +77,16 @@ def test_unknown_source_and_wrong_model_kind_are_refused(artifacts: Path, tmp_pa
 def test_index_and_serving_modules_do_not_import_torch():
     code = "import sys, index.build, index.vector_index, serving.app; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0
+
+
+def test_a_clip_model_indexes_with_its_image_tower_and_answers_text_queries(clip_artifacts: Path, image_folder: Path):
+    build_image_index(clip_artifacts, "clip-images", "clip", image_folder, progress=False)
+    index = open_index(clip_artifacts, "clip-images")
+    assert len(index) == 7 and index.model == "clip"
+    with TestClient(create_app(Settings(artifacts_dir=clip_artifacts))) as client:
+        served = client.post("/embed/image", params={"model": "clip"}, files={"files": (image_folder / "dog/d.png").read_bytes()})
+        text = client.post("/search", json={"index": "clip-images", "text": "a photo of a dog", "k": 3})
+    assert served.status_code == 200 and text.status_code == 200, text.text
+    position = next(i for i in range(7) if index.metadata([i])[0]["path"].endswith("d.png"))
+    np.testing.assert_allclose(index.vector(position), served.json()["embeddings"][0], atol=1e-5)
+    assert len(text.json()["hits"]) == 3
