@@ -27,24 +27,13 @@ def _train_word2vec(args: argparse.Namespace) -> None:
     print(f"wrote {bundle.path}  metrics: {bundle.manifest.metrics}")
 
 
-def _train_image(args: argparse.Namespace) -> None:
-    from embedserve.pipelines import train_image_encoder_bundle
+def _train_torch_method(args: argparse.Namespace) -> None:
+    from embedserve.pipelines import config_class, train_and_export
 
-    config_cls = _image_config_class(args.method)
-    base = config_cls.quick() if args.quick else None
-    config = config_from_args(config_cls, args, base)
-    bundle = train_image_encoder_bundle(args.method, config, args.artifacts, args.name or args.method, args.resume)
+    cls = config_class(args.method)
+    config = config_from_args(cls, args, cls.quick() if args.quick else None)
+    bundle = train_and_export(args.method, config, args.artifacts, args.name or args.method, args.resume)
     print(f"wrote {bundle.path}  metrics: {bundle.manifest.metrics}")
-
-
-def _image_config_class(method: str) -> type:
-    if method == "simclr":
-        from training.methods.simclr import SimCLRConfig
-
-        return SimCLRConfig
-    from training.methods.mae import MAEConfig
-
-    return MAEConfig
 
 
 def _gcide() -> Path:
@@ -107,14 +96,20 @@ def _add_train_commands(train) -> None:
     add_config_arguments(w2v, Word2VecConfig)
     w2v.set_defaults(func=_train_word2vec)
 
-    for method, about in (("simclr", "SimCLR: contrastive ResNet"), ("mae", "MAE: masked-autoencoder ViT")):
-        image = train.add_parser(method, help=f"{about} image encoder (Fashion-MNIST or an image folder)")
-        image.add_argument("--name", help=f"bundle name to export as (default: {method})")
-        image.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
-        image.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-        image.add_argument("--quick", action="store_true", help="start from the quick CPU profile")
-        add_config_arguments(image, _image_config_class(method), skip=("checkpoint_path", "log_path"))
-        image.set_defaults(func=_train_image)
+    from embedserve.pipelines import config_class
+
+    for method, about in (
+        ("simclr", "SimCLR: a contrastive ResNet image encoder (Fashion-MNIST or an image folder)"),
+        ("mae", "MAE: a masked-autoencoder ViT image encoder (Fashion-MNIST or an image folder)"),
+        ("clip", "CLIP-style image-text model (Fashion-MNIST captions, a manifest or WebDataset shards)"),
+    ):
+        command = train.add_parser(method, help=about)
+        command.add_argument("--name", help=f"bundle name to export as (default: {method})")
+        command.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+        command.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+        command.add_argument("--quick", action="store_true", help="start from the quick CPU profile")
+        add_config_arguments(command, config_class(method), skip=("checkpoint_path", "log_path"))
+        command.set_defaults(func=_train_torch_method)
 
 
 def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
@@ -122,7 +117,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train an encoder: word2vec, simclr or mae (`embedserve train -h`)")
+    train = commands.add_parser("train", help="train an encoder: word2vec, simclr, mae or clip (`embedserve train -h`)")
     if with_train_options:  # the method configs import torch, which serve and demo -h must not pay for
         _add_train_commands(train.add_subparsers(dest="method", required=True))
 

@@ -62,23 +62,13 @@ def _train_words(artifacts: Path) -> None:
     train_word2vec_bundle(quick_config(str(GCIDE_CORPUS)), artifacts, WORDS_MODEL)
 
 
-def _train_image(method: str, name: str) -> Callable[[Path], None]:
+def _train_quick(method: str, name: str) -> Callable[[Path], None]:
     def run(artifacts: Path) -> None:
-        from embedserve.pipelines import train_image_encoder_bundle
+        from embedserve.pipelines import config_class, train_and_export
 
-        if method == "simclr":
-            from training.methods.simclr import SimCLRConfig as Config
-        else:
-            from training.methods.mae import MAEConfig as Config
-        train_image_encoder_bundle(method, Config.quick(), artifacts, name)
+        train_and_export(method, config_class(method).quick(), artifacts, name)
 
     return run
-
-
-def _train_clip(artifacts: Path) -> None:
-    from embedserve.pipelines import train_and_export_clip
-
-    train_and_export_clip(artifacts, CLIP_MODEL)
 
 
 def _build_index(name: str, model: str) -> Callable[[Path], None]:
@@ -92,9 +82,9 @@ def _build_index(name: str, model: str) -> Callable[[Path], None]:
 
 STEPS = [
     Step("word2vec skip-gram on the GCIDE dictionary", _has_model(WORDS_MODEL), _train_words),
-    Step("SimCLR ResNet on Fashion-MNIST", _has_model(SIMCLR_MODEL), _train_image("simclr", SIMCLR_MODEL)),
-    Step("MAE ViT on Fashion-MNIST", _has_model(MAE_MODEL), _train_image("mae", MAE_MODEL)),
-    Step("CLIP-style image-text model on Fashion-MNIST captions", _has_model(CLIP_MODEL), _train_clip),
+    Step("SimCLR ResNet on Fashion-MNIST", _has_model(SIMCLR_MODEL), _train_quick("simclr", SIMCLR_MODEL)),
+    Step("MAE ViT on Fashion-MNIST", _has_model(MAE_MODEL), _train_quick("mae", MAE_MODEL)),
+    Step("CLIP-style image-text model on Fashion-MNIST captions", _has_model(CLIP_MODEL), _train_quick("clip", CLIP_MODEL)),
     Step("FAISS index of the Fashion-MNIST test images (SimCLR)", _has_index(IMAGE_INDEX),
          _build_index(IMAGE_INDEX, SIMCLR_MODEL)),
     Step("FAISS index of the same images (CLIP), for text queries", _has_index(CLIP_INDEX),

@@ -58,29 +58,45 @@ def train_word2vec_bundle(
     return export_word_vectors(checkpoint, artifacts, name, metrics=metrics)
 
 
-def train_image_encoder_bundle(method: str, config, artifacts: Path, name: str, resume: bool = False) -> Bundle:
-    """Train SimCLR or MAE with `config` (its checkpoint goes under `artifacts/checkpoints/`) and
-    export the encoder as an image-encoder bundle named `name`."""
+def _torch_trainer(method: str):
+    """The train function and the config class of a method that runs through training/loop.py."""
+    if method == "simclr":
+        from training.methods.simclr import SimCLRConfig, train_simclr
+
+        return train_simclr, SimCLRConfig
+    if method == "mae":
+        from training.methods.mae import MAEConfig, train_mae
+
+        return train_mae, MAEConfig
+    if method == "clip":
+        from training.methods.clip import ClipConfig, train_clip
+
+        return train_clip, ClipConfig
+    raise ValueError(f"unknown method {method!r}; use simclr, mae or clip")
+
+
+def config_class(method: str) -> type:
+    """The frozen config dataclass of `method` (simclr, mae or clip)."""
+    return _torch_trainer(method)[1]
+
+
+def train_and_export(method: str, config, artifacts: Path, name: str, resume: bool = False) -> Bundle:
+    """Train SimCLR, MAE or CLIP with `config` (checkpoint and log under `artifacts/checkpoints`
+    and `artifacts/logs`, named after the bundle) and export the result as bundle `name`."""
     import dataclasses
 
-    from export.image_encoder import export_image_encoder
-
-    if method == "simclr":
-        from training.methods.simclr import train_simclr as train
-    elif method == "mae":
-        from training.methods.mae import train_mae as train
-    else:
-        raise ValueError(f"unknown image method {method!r}; use simclr or mae")
-    checkpoint = Path(artifacts) / "checkpoints" / f"{name}.pt"
-    logs = Path(artifacts) / "logs" / f"{name}.jsonl"
-    config = dataclasses.replace(config, checkpoint_path=str(checkpoint), log_path=str(logs))
+    train, _ = _torch_trainer(method)
+    artifacts = Path(artifacts)
+    checkpoint = artifacts / "checkpoints" / f"{name}.pt"
+    config = dataclasses.replace(config, checkpoint_path=str(checkpoint), log_path=str(artifacts / "logs" / f"{name}.jsonl"))
     summary = train(config, resume=resume)
-    metrics = {"final_loss": round(float(summary["loss"]), 4), "train_seconds": round(float(summary["train_time_s"]), 1)}
-    return export_image_encoder(checkpoint, artifacts, name, metrics=metrics)
+    metrics = {"final_loss": round(float(summary["loss"]), 4), "train_steps": summary["step"],
+               "train_seconds": round(float(summary["train_time_s"]), 1)}
+    return export_checkpoint(checkpoint, artifacts, name, metrics=metrics)
 
 
 def export_checkpoint(
-    checkpoint: Path, artifacts: Path, name: str, fp16: bool = False, triton: bool = False
+    checkpoint: Path, artifacts: Path, name: str, fp16: bool = False, triton: bool = False, metrics: dict | None = None
 ) -> Bundle:
     """Export any checkpoint this project trains, dispatching on the method it records; with
     `triton`, also add the model to the Triton repository `artifacts/triton`."""
@@ -90,15 +106,15 @@ def export_checkpoint(
     if method == "word2vec":
         from export.word_vectors import export_word_vectors
 
-        bundle = export_word_vectors(checkpoint, artifacts, name)
+        bundle = export_word_vectors(checkpoint, artifacts, name, metrics=metrics)
     elif method in ("simclr", "mae"):
         from export.image_encoder import export_image_encoder
 
-        bundle = export_image_encoder(checkpoint, artifacts, name, fp16=fp16)
+        bundle = export_image_encoder(checkpoint, artifacts, name, metrics=metrics, fp16=fp16)
     elif method == "clip":
         from export.clip import export_clip
 
-        bundle = export_clip(checkpoint, artifacts, name)
+        bundle = export_clip(checkpoint, artifacts, name, metrics=metrics)
     else:
         raise ValueError(f"{checkpoint}: cannot export a checkpoint of method {method!r}")
     if triton:
@@ -106,18 +122,3 @@ def export_checkpoint(
 
         write_triton_repository(bundle, Path(artifacts) / "triton")
     return bundle
-
-
-def train_and_export_clip(artifacts: Path, name: str, config=None) -> Bundle:
-    """Train CLIP (default: the quick CPU profile, all ten Fashion-MNIST classes, ~3-4 minutes on
-    2 cores) with its checkpoint under `artifacts/checkpoints`, and export it as bundle `name`."""
-    from export.clip import export_clip
-    from training.methods.clip import ClipConfig, train_clip
-
-    artifacts = Path(artifacts)
-    config = config or ClipConfig.quick(checkpoint_path=str(artifacts / "checkpoints" / f"{name}.pt"),
-                                        log_path=str(artifacts / "logs" / f"{name}.jsonl"))
-    summary = train_clip(config)
-    metrics = {"train_loss": round(float(summary["loss"]), 4), "train_steps": summary["step"],
-               "train_seconds": round(summary["train_time_s"], 1)}
-    return export_clip(summary["checkpoint_path"], artifacts, name, metrics=metrics)

@@ -25,3 +25,14 @@ def test_bench_lists_what_exists_when_the_name_is_wrong(capsys):
         assert "no benchmark 'no_such_bench'" in str(e)
     else:
         raise AssertionError("expected SystemExit")
+
+
+def test_train_simclr_on_tiny_data_writes_a_servable_bundle(tmp_path):
+    from export.bundle import open_bundle
+
+    argv = ["train", "simclr", "--data", "digits", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "16",
+            "--width", "4", "--num-workers", "0", "--device", "cpu", "--artifacts", str(tmp_path), "--name", "tiny-simclr"]
+    assert main(argv) == 0
+    bundle = open_bundle(tmp_path, "tiny-simclr")
+    assert bundle.manifest.kind == "image-encoder" and bundle.manifest.metrics["train_steps"] == 2
+    assert (tmp_path / "checkpoints" / "tiny-simclr.pt").is_file()
