@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
 
 from export.bundle import Manifest
 from index.analogy import unit_rows
@@ -28,6 +28,7 @@ from serving.settings import Settings
 router = APIRouter(tags=["embed"])
 
 FILES_FIELD = "files"  # the multipart field that carries the images
+JsonBody = TypeVar("JsonBody", bound=BaseModel)
 
 
 class EmbedImagesRequest(BaseModel):
@@ -61,6 +62,40 @@ def check_image_count(count: int, settings: Settings) -> None:
         )
 
 
+def content_type(request: Request) -> str:
+    """The request's media type, lower-cased, without parameters ("multipart/form-data")."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_form_images(form: FormData, settings: Settings) -> list[bytes]:
+    """The bytes of the image files in a multipart form's `files` field, in order."""
+    parts = form.getlist(FILES_FIELD)
+    check_image_count(len(parts), settings)
+    if any(not isinstance(p, UploadFile) for p in parts):
+        raise InvalidInput(f"multipart field {FILES_FIELD!r} must hold files, not text; attach each image as a file")
+    return [await p.read() for p in parts]
+
+
+def form_text(form: FormData, field: str) -> str | None:
+    """An optional text field of a multipart form; None when absent, empty or a file."""
+    value = form.get(field)
+    return value if isinstance(value, str) and value else None
+
+
+def parse_json_body(model: type[JsonBody], body: bytes, shape: str) -> JsonBody:
+    """`body` validated as `model`, or InvalidInput showing the expected `shape` and each problem."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
+        raise InvalidInput(f"the JSON body must be {shape}: {problems}") from None
+
+
+def decode_base64_images(texts: list[str], settings: Settings) -> list[bytes]:
+    check_image_count(len(texts), settings)
+    return [decode_base64(text, i) for i, text in enumerate(texts)]
+
+
 def prepare_images(blobs: list[bytes], spec: dict[str, Any], settings: Settings) -> np.ndarray:
     """Decode and preprocess encoded images → the model's batch (n, C, H, W). CPU-bound: run in a thread."""
     images = [decode_image(blob, settings.max_image_bytes, settings.max_image_pixels) for blob in blobs]
@@ -79,27 +114,17 @@ async def embed_images(blobs: list[bytes], manifest: Manifest, batcher: MicroBat
 
 async def read_images(request: Request, settings: Settings) -> tuple[list[bytes], str | None]:
     """The encoded images of a multipart or JSON request, in order, and the model it names."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
+    media_type = content_type(request)
+    if media_type == "multipart/form-data":
         async with request.form() as form:  # closes the spooled upload files on the way out
-            parts = form.getlist(FILES_FIELD)
-            check_image_count(len(parts), settings)
-            if any(not isinstance(p, UploadFile) for p in parts):
-                raise InvalidInput(f"multipart field {FILES_FIELD!r} must hold files, not text; attach each image as a file")
-            model = form.get("model")
-            return [await p.read() for p in parts], model if isinstance(model, str) and model else None
+            return await read_form_images(form, settings), form_text(form, "model")
     body = await request.body()
     if not body:
         check_image_count(0, settings)
-    if content_type not in ("application/json", ""):
-        raise UnsupportedMediaType(f"content type {content_type!r} is not accepted; send multipart/form-data or application/json")
-    try:
-        parsed = EmbedImagesRequest.model_validate_json(body)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
-        raise InvalidInput(f'the JSON body must be {{"images": [base64, ...], "model": optional name}}: {problems}') from None
-    check_image_count(len(parsed.images), settings)
-    return [decode_base64(text, i) for i, text in enumerate(parsed.images)], parsed.model
+    if media_type not in ("application/json", ""):
+        raise UnsupportedMediaType(f"content type {media_type!r} is not accepted; send multipart/form-data or application/json")
+    parsed = parse_json_body(EmbedImagesRequest, body, '{"images": [base64, ...], "model": optional name}')
+    return decode_base64_images(parsed.images, settings), parsed.model
 
 
 _REQUEST_BODY_DOC = {

@@ -16,16 +16,23 @@ from typing import Annotated
 import anyio.from_thread
 import numpy as np
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from index.templates import EVAL_TEMPLATES
 from index.zero_shot import classify
 from serving.dependencies import get_registry
 from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from serving.registry import Registry, TextModel
-from serving.routers.embed import FILES_FIELD, check_image_count, decode_base64, embed_images
+from serving.routers.embed import (
+    FILES_FIELD,
+    content_type,
+    decode_base64_images,
+    embed_images,
+    form_text,
+    parse_json_body,
+    read_form_images,
+)
 from serving.routers.text import tokenize
 from serving.settings import Settings
 
@@ -114,33 +121,24 @@ def _form_list(values: list, field: str) -> list[str]:
 
 async def read_request(request: Request, settings: Settings) -> tuple[list[bytes], ZeroShotRequest]:
     """The encoded images (in order) and the rest of a multipart or JSON zero-shot request."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
+    media_type = content_type(request)
+    if media_type == "multipart/form-data":
         max_fields = settings.max_classes + settings.max_templates + 8  # starlette's own cap is 1000 fields
         async with request.form(max_fields=max_fields) as form:  # closes the spooled upload files on the way out
-            parts = form.getlist(FILES_FIELD)
-            check_image_count(len(parts), settings)
-            if any(not isinstance(p, UploadFile) for p in parts):
-                raise InvalidInput(f"multipart field {FILES_FIELD!r} must hold files, not text; attach each image as a file")
+            blobs = await read_form_images(form, settings)
             templates = form.getlist("templates")
-            model = form.get("model")
             fields = ZeroShotRequest(
                 images=[], classes=_form_list(form.getlist("classes"), "classes"),
                 templates=_form_list(templates, "templates") if templates else None,
-                model=model if isinstance(model, str) and model else None,
+                model=form_text(form, "model"),
             )
-            return [await p.read() for p in parts], fields
+            return blobs, fields
     body = await request.body()
-    if content_type not in ("application/json", ""):
-        raise UnsupportedMediaType(f"content type {content_type!r} is not accepted; send multipart/form-data or application/json")
-    try:
-        parsed = ZeroShotRequest.model_validate_json(body)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
-        raise InvalidInput('the JSON body must be {"images": [base64, ...], "classes": [name, ...], '
-                           f'"templates": optional [template, ...], "model": optional name}}: {problems}') from None
-    check_image_count(len(parsed.images), settings)
-    return [decode_base64(text, i) for i, text in enumerate(parsed.images)], parsed
+    if media_type not in ("application/json", ""):
+        raise UnsupportedMediaType(f"content type {media_type!r} is not accepted; send multipart/form-data or application/json")
+    parsed = parse_json_body(ZeroShotRequest, body, '{"images": [base64, ...], "classes": [name, ...], '
+                                                   '"templates": optional [template, ...], "model": optional name}')
+    return decode_base64_images(parsed.images, settings), parsed
 
 
 def class_matrix(registry: Registry, model: TextModel, classes: list[str], templates: list[str]) -> np.ndarray:

@@ -9,7 +9,7 @@ checkpoint back into the two towers plus everything a bundle needs (tokenizer, p
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -27,13 +27,14 @@ from training.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.data.images import load_image_arrays
 from training.data.pairs import open_pairs
 from training.data.tokenizer import load_minilm_tokenizer, train_bpe_tokenizer
-from training.data.transforms import EvalTransform, preprocessing_spec
+from training.data.transforms import EvalTransform
 from training.loop import LoopConfig, fit, loop_config_from
 from training.losses.clip import ClipLoss
 from training.models.heads import ProjectionHead
 from training.models.minilm import MiniLMTextEncoder, minilm_path
 from training.models.resnet import ResNetBackbone
 from training.models.text_transformer import TextTransformer, TextTransformerConfig
+from training.methods.encoders import encoder_checkpoint_entries
 
 
 @dataclass(frozen=True)
@@ -250,12 +251,9 @@ class Clip:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c = self.config
+        kwargs = {"in_channels": 1 if c.mode == "L" else 3, "width": c.width}
         return {
-            "config": asdict(c),
-            # load_image_encoder (training.methods.encoders) finds the bare image backbone here
-            "encoder": {"arch": "resnet", "kwargs": {"in_channels": 1 if c.mode == "L" else 3, "width": c.width},
-                        "prefix": "image.backbone."},
-            "preprocessing": preprocessing_spec(c.image_size, c.mode, c.mean, c.std),
+            **encoder_checkpoint_entries(c, "resnet", kwargs, prefix="image.backbone."),  # the bare image backbone
             "tokenizer_json": self.tokenizer.to_str(),
             "context_length": c.context_length,
             "class_names": list(FASHION_MNIST_CLASS_NAMES) if c.data == "fashion-mnist" else None,

@@ -6,6 +6,7 @@ EvalTransform ("preprocessing"); this module rebuilds that encoder and loads its
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,22 @@ import torch
 from torch import nn
 
 from training.checkpoint import load_checkpoint
+from training.data.transforms import preprocessing_spec
 from training.models.resnet import ResNetBackbone
 from training.models.vit import ViTEncoder
 
 ARCHITECTURES = {"resnet": ResNetBackbone, "vit": ViTEncoder}
+
+
+def encoder_checkpoint_entries(config: Any, arch: str, kwargs: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """What a vision method adds to its checkpoint so that `load_image_encoder` can rebuild the
+    encoder: the config, the encoder's architecture and where its weights sit in the model's
+    state dict (`prefix`), and the EvalTransform spec. `config` needs image_size, mode, mean, std."""
+    return {
+        "config": asdict(config),
+        "encoder": {"arch": arch, "kwargs": kwargs, "prefix": prefix},
+        "preprocessing": preprocessing_spec(config.image_size, config.mode, config.mean, config.std),
+    }
 
 
 def build_image_encoder(arch: str, kwargs: dict[str, Any]) -> nn.Module:

@@ -7,7 +7,7 @@ embeddings; at eval time it sees every patch (training.methods.encoders.load_ima
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 from training.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.data.images import open_image_dataset
-from training.data.transforms import MAETransform, preprocessing_spec
+from training.data.transforms import MAETransform
 from training.loop import LoopConfig, default_param_groups, fit, loop_config_from
+from training.methods.encoders import encoder_checkpoint_entries
 from training.losses.mae import MAELoss
 from training.models.vit import Block, ViTEncoder, init_transformer_weights, patchify, sincos_pos_embed_2d
 
@@ -137,13 +138,9 @@ class MAE:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c = self.config
-        return {
-            "config": asdict(c),
-            "encoder": {"arch": "vit", "prefix": "encoder.",
-                        "kwargs": {"image_size": c.image_size, "patch_size": c.patch_size, "in_channels": 1 if c.mode == "L" else 3,
-                                   "dim": c.dim, "depth": c.depth, "num_heads": c.num_heads}},
-            "preprocessing": preprocessing_spec(c.image_size, c.mode, c.mean, c.std),
-        }
+        kwargs = {"image_size": c.image_size, "patch_size": c.patch_size, "in_channels": 1 if c.mode == "L" else 3,
+                  "dim": c.dim, "depth": c.depth, "num_heads": c.num_heads}
+        return encoder_checkpoint_entries(c, "vit", kwargs, prefix="encoder.")
 
 
 def train_mae(config: MAEConfig, resume: bool = False) -> dict[str, Any]:

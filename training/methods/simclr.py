@@ -7,7 +7,7 @@ that training.methods.encoders.load_image_encoder turns into the eval-time encod
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -15,8 +15,9 @@ from torch import Tensor, nn
 
 from training.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.data.images import open_image_dataset
-from training.data.transforms import SimCLRTransform, preprocessing_spec
+from training.data.transforms import SimCLRTransform
 from training.loop import LoopConfig, default_param_groups, fit, loop_config_from
+from training.methods.encoders import encoder_checkpoint_entries
 from training.losses.nt_xent import NTXentLoss
 from training.models.heads import SimCLRProjectionHead
 from training.models.resnet import ResNetBackbone
@@ -92,12 +93,8 @@ class SimCLR:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c = self.config
-        return {
-            "config": asdict(c),
-            "encoder": {"arch": "resnet", "kwargs": {"in_channels": 1 if c.mode == "L" else 3, "width": c.width},
-                        "prefix": "encoder."},
-            "preprocessing": preprocessing_spec(c.image_size, c.mode, c.mean, c.std),
-        }
+        kwargs = {"in_channels": 1 if c.mode == "L" else 3, "width": c.width}
+        return encoder_checkpoint_entries(c, "resnet", kwargs, prefix="encoder.")
 
 
 def train_simclr(config: SimCLRConfig, resume: bool = False) -> dict[str, Any]:
