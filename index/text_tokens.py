@@ -21,9 +21,10 @@ def load_tokenizer(source: str | Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-def encode_batch(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def encode_batch(tokenizer: Tokenizer, texts: Sequence[str], with_truncation: bool = False) -> tuple[np.ndarray, ...]:
     """(ids int64 (B, T), attention_mask int64 (B, T)) for `texts`, using only the truncation and
-    padding saved in the tokenizer, so every caller gets the same T and the same pad positions."""
+    padding saved in the tokenizer, so every caller gets the same T and the same pad positions.
+    With `with_truncation`, also a bool (B,) saying which texts were cut to fit, from the same pass."""
     if isinstance(texts, str):
         raise TypeError("encode_batch takes a list of texts, not one string")
     if tokenizer.padding is None or tokenizer.padding.get("length") is None or tokenizer.truncation is None:
@@ -32,6 +33,8 @@ def encode_batch(tokenizer: Tokenizer, texts: Sequence[str]) -> tuple[np.ndarray
     encodings = tokenizer.encode_batch(list(texts))
     ids = np.array([e.ids for e in encodings], dtype=np.int64).reshape(len(texts), -1)  # (B, T)
     mask = np.array([e.attention_mask for e in encodings], dtype=np.int64).reshape(len(texts), -1)  # (B, T)
+    if with_truncation:
+        return ids, mask, np.array([bool(e.overflowing) for e in encodings], dtype=bool)  # (B,)
     return ids, mask
 
 

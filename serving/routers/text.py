@@ -45,11 +45,12 @@ def tokenize(model: TextModel, texts: Sequence[str], names: Sequence[str] | None
     for name, text in zip(names, texts):
         if not text.strip():
             raise InvalidInput(f"{name} is empty; send words to embed")
-    for name, encoding in zip(names, model.tokenizer.encode_batch(list(texts))):
-        if encoding.overflowing:  # the tokenizer cut it to fit the context
-            raise InvalidInput(f"{name} is longer than the {model.context_length} tokens model {model.manifest.name} "
-                               "reads (special tokens included); shorten it")
-    ids, mask = encode_batch(model.tokenizer, texts)  # (n, T) int64 each: exactly what training fed the tower
+    # (n, T) int64 each: exactly what training fed the tower; truncated (n,): texts cut to fit the context
+    ids, mask, truncated = encode_batch(model.tokenizer, texts, with_truncation=True)
+    if truncated.any():
+        name = names[int(np.flatnonzero(truncated)[0])]
+        raise InvalidInput(f"{name} is longer than the {model.context_length} tokens model {model.manifest.name} "
+                           "reads (special tokens included); shorten it")
     return np.stack([ids, mask], axis=1)  # (n, 2, T)
 
 
