@@ -1,9 +1,10 @@
 """Benchmark: `POST /embed/image` through the gateway, batching on and off, against raw onnxruntime.
 
-Starts two servers on 127.0.0.1 (EMBEDSERVE_BATCHING=true and false), drives each at concurrency
-1, 8 and 32 (one image per request, from a light raw-socket client that shares the machine), runs the same model's onnxruntime session
-in-process on preprocessed batches of 1, 8 and 32, prints one table and writes it, with the
-machine and date, to bench/results/serve_images.json.
+Starts servers on 127.0.0.1 — one process with EMBEDSERVE_BATCHING=true, one with false, and a
+batching one with --workers processes — drives each at concurrency 1, 8 and 32 (one image per
+request, from a light raw-socket client that shares the machine), runs the same model's
+onnxruntime session in-process on preprocessed batches of 1, 8 and 32, prints one table and
+writes it, with the machine and date, to bench/results/serve_images.json.
 
     python bench/serve_images.py                                  # an image encoder under artifacts/, else a small CNN bundle
     python bench/serve_images.py --artifacts artifacts --model simclr-fmnist --requests 512
@@ -104,26 +105,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(artifacts: Path, model: str, batching: bool, port: int, max_batch_size: int, max_wait_ms: float) -> subprocess.Popen:
+def start_server(artifacts: Path, model: str, batching: bool, workers: int, port: int, max_batch_size: int,
+                 max_wait_ms: float) -> subprocess.Popen:
     env = {**os.environ, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_DEFAULT_IMAGE_MODEL": model,
            "EMBEDSERVE_BATCHING": str(batching).lower(), "EMBEDSERVE_MAX_BATCH_SIZE": str(max_batch_size),
            "EMBEDSERVE_MAX_WAIT_MS": str(max_wait_ms)}
     command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST,
-               "--port", str(port), "--log-level", "warning", "--no-access-log"]
+               "--port", str(port), "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
     return subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1])
 
 
-async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, workers: int = 1) -> None:
+    """Until /readyz answers 200 on several fresh connections in a row: with several workers,
+    each connection may land on a different one, and each loads the models on its own."""
+    deadline, in_a_row = time.monotonic() + STARTUP_TIMEOUT_S, 0
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"the server exited with code {server.returncode} before it was ready")
         try:
-            if (await client.get("/readyz")).status_code == 200:
-                return
+            ready = (await client.get("/readyz", headers={"Connection": "close"})).status_code == 200
         except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.2)
+            ready = False
+        in_a_row = in_a_row + 1 if ready else 0
+        if in_a_row >= 8 * workers:
+            return
+        await asyncio.sleep(0.05 if ready else 0.2)
     raise RuntimeError(f"the server was not ready within {STARTUP_TIMEOUT_S:.0f} s")
 
 
@@ -156,16 +162,22 @@ async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
 
 
 def process_cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system, all threads) process `pid` has used so far; None off Linux."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    """CPU seconds (user + system, all threads) process `pid` and its children (uvicorn's
+    workers) have used so far; None off Linux."""
+    total, found = 0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ...
+        except OSError:
+            continue  # a process that ended meanwhile
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
 
 
 async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, client: httpx.AsyncClient,
-                server_pid: int) -> dict:
+                server_pid: int, count_batches: bool = True) -> dict:
     """`requests` single-image POSTs, `concurrency` in flight at a time (one keep-alive connection
     each); every answer must be 200. The client is raw asyncio streams with prebuilt request bytes,
     so that it takes as little as it can of the CPU it shares with the server."""
@@ -184,20 +196,21 @@ async def drive(port: int, requests_bytes: list[bytes], concurrency: int, reques
     try:
         # warm-up: one request per connection at once pays for lazy initialisation
         await asyncio.gather(*(post(r, w, requests_bytes[0]) for r, w in connections))
-        rows_before, calls_before = await batch_counts(client)
+        rows_before, calls_before = await batch_counts(client) if count_batches else (0.0, 0.0)
         server_cpu_start, cpu_start, start = process_cpu_s(server_pid), time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker(r, w) for r, w in connections))
         wall_s = time.perf_counter() - start
         client_cpu_s = time.process_time() - cpu_start
         server_cpu_end = process_cpu_s(server_pid)
-        rows_after, calls_after = await batch_counts(client)
+        rows_after, calls_after = await batch_counts(client) if count_batches else (0.0, 0.0)
     finally:
         for _, writer in connections:
             writer.close()
-    mean_batch = (rows_after - rows_before) / max(1.0, calls_after - calls_before)
+    # several workers: /metrics answers from one of them, so their batch sizes cannot be summed here
+    mean_batch = round((rows_after - rows_before) / max(1.0, calls_after - calls_before), 1) if count_batches else None
     # client_cpu, server_cpu: cores this (client) process and the server process used meanwhile
     server_cpu = None if server_cpu_start is None else round((server_cpu_end - server_cpu_start) / wall_s, 2)
-    return summary(latencies, requests, wall_s) | {"mean_batch": round(mean_batch, 1), "client_cpu": round(client_cpu_s / wall_s, 2),
+    return summary(latencies, requests, wall_s) | {"mean_batch": mean_batch, "client_cpu": round(client_cpu_s / wall_s, 2),
                                                    "server_cpu": server_cpu}
 
 
@@ -214,17 +227,20 @@ async def batch_counts(client: httpx.AsyncClient) -> tuple[float, float]:
 
 async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests: int, args) -> dict:
     results = {}
-    for batching in (True, False):
+    servers = [("batched", True, 1), ("unbatched", False, 1)]
+    if args.workers > 1:
+        servers.append((f"batched, {args.workers} workers", True, args.workers))
+    for mode, batching, workers in servers:
         port = free_port()
-        server = start_server(artifacts, model, batching, port, args.max_batch_size, args.max_wait_ms)
+        server = start_server(artifacts, model, batching, workers, port, args.max_batch_size, args.max_wait_ms)
         try:
             limits = httpx.Limits(max_connections=max(CONCURRENCY), max_keepalive_connections=max(CONCURRENCY))
             async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60.0, limits=limits) as client:
-                await wait_ready(client, server)
+                await wait_ready(client, server, workers)
                 requests_bytes = [multipart_request(png, port) for png in pngs]
                 for c in CONCURRENCY:
-                    results[("batched" if batching else "unbatched", c)] = await drive(port, requests_bytes, c, requests, client, server.pid)
-                    print(f"  gateway batching={'on' if batching else 'off'} c={c}: {results[('batched' if batching else 'unbatched', c)]}", flush=True)
+                    results[(mode, c)] = await drive(port, requests_bytes, c, requests, client, server.pid, count_batches=workers == 1)
+                    print(f"  gateway {mode} c={c}: {results[(mode, c)]}", flush=True)
         finally:
             server.terminate()
             try:
@@ -258,10 +274,11 @@ def bench_raw(bundle: Bundle, pngs: list[bytes], requests: int) -> dict:
 
 def print_table(results: dict, model_line: str) -> None:
     print(f"\n{model_line}")
-    print(f"{'mode':<18}{'c':>4}{'images/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'mean batch':>12}{'client cpu':>12}{'server cpu':>12}")
+    print(f"{'mode':<22}{'c':>4}{'images/s':>11}{'p50 ms':>10}{'p99 ms':>10}{'mean batch':>12}{'client cpu':>12}{'server cpu':>12}")
     for (mode, c), r in results.items():
         cpu = [f"{r[k]:.2f}" if r.get(k) is not None else "-" for k in ("client_cpu", "server_cpu")]
-        print(f"{mode:<18}{c:>4}{r['images_per_s']:>11.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['mean_batch']:>12.1f}{cpu[0]:>12}{cpu[1]:>12}")
+        batch = "-" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}"
+        print(f"{mode:<22}{c:>4}{r['images_per_s']:>11.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{batch:>12}{cpu[0]:>12}{cpu[1]:>12}")
     print("c: concurrent requests of one image each (raw onnxruntime: batches of c preprocessed images)")
     print("client cpu, server cpu: cores the bench's own client and the server process used meanwhile (they share the machine)")
 
@@ -272,7 +289,9 @@ def main() -> None:
     parser.add_argument("--model", help="image encoder to serve; default: the first under --artifacts, else a stand-in CNN")
     parser.add_argument("--requests", type=int, default=256, help="requests per (mode, concurrency) cell")
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-wait-ms", type=float, default=Settings().max_wait_ms)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="server processes of the extra batched server (default: one per core; 1: no extra server)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "serve_images.json")
     args = parser.parse_args()
 
@@ -296,6 +315,10 @@ def main() -> None:
         f"gateway (batched)/raw onnxruntime images/s at c={top}": results[("batched", top)]["images_per_s"] / results[("raw onnxruntime", top)]["images_per_s"],
         "gateway/raw onnxruntime images/s at c=1": results[("batched", 1)]["images_per_s"] / results[("raw onnxruntime", 1)]["images_per_s"],
     }
+    if args.workers > 1:
+        workers_mode = f"batched, {args.workers} workers"
+        ratios[f"gateway ({workers_mode})/raw onnxruntime images/s at c={top}"] = \
+            results[(workers_mode, top)]["images_per_s"] / results[("raw onnxruntime", top)]["images_per_s"]
     print_table(results, model_line)
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
@@ -307,7 +330,7 @@ def main() -> None:
         "machine": machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx"),
         "model": {"name": m.name, "version": m.version, "method": m.method, "dim": m.dim, "stand_in": stand_in},
         "settings": {"requests_per_cell": args.requests, "max_batch_size": args.max_batch_size,
-                     "max_wait_ms": args.max_wait_ms, "images_per_request": 1,
+                     "max_wait_ms": args.max_wait_ms, "images_per_request": 1, "workers": args.workers,
                      "onnx_intra_op_threads": Settings().onnx_intra_op_threads,  # the server's and the raw session's
                      "client": "raw asyncio streams in the bench process, prebuilt multipart requests, one keep-alive connection per concurrent request; client_cpu and server_cpu are the cores each process used"},
         "results": [{"mode": mode, "concurrency": c, **r} for (mode, c), r in results.items()],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -61,12 +62,18 @@ def _index_build(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from serving.app import create_app
     from serving.settings import Settings
 
-    overrides = {k: v for k, v in {"artifacts_dir": args.artifacts, "host": args.host, "port": args.port}.items() if v}
-    settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    # Options win over the environment; they go into it because every worker process builds
+    # its app (and reads its settings) on its own.
+    options = {"artifacts_dir": args.artifacts and args.artifacts.resolve(), "host": args.host, "port": args.port,
+               "workers": args.workers}
+    for field, value in options.items():
+        if value:
+            os.environ[f"EMBEDSERVE_{field.upper()}"] = str(value)
+    settings = Settings()
+    uvicorn.run("serving.app:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level=settings.log_level)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -144,6 +151,7 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--artifacts", type=Path, help="default: $EMBEDSERVE_ARTIFACTS_DIR or ./artifacts")
     serve.add_argument("--host", help="default: $EMBEDSERVE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default: $EMBEDSERVE_PORT or 8000")
+    serve.add_argument("--workers", type=int, help="server processes, each with every model (default: $EMBEDSERVE_WORKERS or 1)")
     serve.set_defaults(func=_serve)
 
     bench = commands.add_parser("bench", help="run bench/<name>.py with the remaining arguments")

@@ -1,25 +1,34 @@
 """CLIP checkpoint to an image-text-encoder bundle: `image_encoder.onnx` and `text_encoder.onnx`,
-each proven equal to its torch tower, the `tokenizer.json` training tokenised with, and the
-manifest serving needs (dim, preprocessing, context length, logit scale, ONNX input/output names)."""
+each proven equal to its torch tower, the `tokenizer.json` training tokenised with, the
+`query_bank.npy` of training-image embeddings that zero-shot normalises class scores with
+(index.zero_shot; left out when the training data is not on this machine), and the manifest
+serving needs (dim, preprocessing, context length, logit scale, ONNX input/output names)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from export.bundle import Bundle, Manifest, sha256_file, write_bundle
 from export.onnx import DEFAULT_OPSET, check_parity, export_onnx
 from index.templates import EVAL_TEMPLATES
 from index.text_tokens import encode_batch, load_tokenizer
-from training.methods.clip import load_clip_towers
+from index.zero_shot import QUERY_BANK_K, QUERY_BANK_ROLE
+from training.methods.clip import load_clip_towers, query_bank_embeddings
+
+log = logging.getLogger(__name__)
 
 IMAGE_ONNX_FILE = "image_encoder.onnx"
 TEXT_ONNX_FILE = "text_encoder.onnx"
 TOKENIZER_FILE = "tokenizer.json"
+QUERY_BANK_FILE = "query_bank.npy"  # (N, dim) float32: image-tower embeddings of N training images
+QUERY_BANK_IMAGES = 2048  # enough for steady top-10 means per class, small to ship (3 MB at MiniLM's 384 dims)
 IMAGE_INPUTS = ("images",)  # (batch, C, H, W) float32, preprocessed as the manifest says
 TEXT_INPUTS = ("ids", "attention_mask")  # (batch, T) int64 each, from index.text_tokens.encode_batch
 OUTPUT_NAME = "embeddings"  # (batch, dim) float32, L2-normalised by the towers themselves
@@ -35,6 +44,24 @@ PARITY_TEXTS = (
 )
 
 
+def _write_query_bank(image_tower: torch.nn.Module, info: dict[str, Any], images: int, seed: int,
+                      path: Path) -> dict[str, Any] | None:
+    """Embed `images` random training images into `path` and return the manifest's description of
+    the bank; None, writing nothing, when asked for none or when the training data cannot be read
+    here (the bundle then serves zero-shot without normalisation)."""
+    if images <= 0:
+        return None
+    try:
+        bank = query_bank_embeddings(image_tower, info, images, seed)  # (N, dim) float32
+    except (OSError, ValueError) as e:
+        log.warning("exporting without a zero-shot query bank: cannot read the training data (%s)", e)
+        return None
+    np.save(path, bank)
+    # which images exactly (subset, held-out classes) follows from the training config beside it
+    return {"images": len(bank), "k": min(QUERY_BANK_K, len(bank)), "seed": seed,
+            "source": f"random training images of {info['config']['data']}"}
+
+
 def export_clip(
     checkpoint_path: Path | str,
     artifacts_dir: Path | str,
@@ -43,11 +70,12 @@ def export_clip(
     metrics: dict[str, Any] | None = None,
     parity_batch: int = 8,
     seed: int = 0,
+    query_bank_images: int = QUERY_BANK_IMAGES,
 ) -> Bundle:
     """Export both towers of the CLIP model in `checkpoint_path` as bundle
-    `artifacts_dir/models/<name>/<version>` (next vN by default) and make it current. Raises
-    export.onnx.ParityError, writing nothing, if either ONNX model does not reproduce its torch
-    tower at batch 1 and at a larger batch."""
+    `artifacts_dir/models/<name>/<version>` (next vN by default) and make it current, with a query
+    bank of `query_bank_images` training images (0: none). Raises export.onnx.ParityError, writing
+    nothing, if either ONNX model does not reproduce its torch tower at batch 1 and at a larger batch."""
     image_tower, text_tower, info = load_clip_towers(str(checkpoint_path))
     spec = info["preprocessing"]
     generator = torch.Generator().manual_seed(seed)
@@ -72,6 +100,9 @@ def export_clip(
                                 check_parity(text_tower, text_path, (ids, mask))),
         }
         (folder / TOKENIZER_FILE).write_text(info["tokenizer_json"], encoding="utf-8")
+        query_bank = _write_query_bank(image_tower, info, query_bank_images, seed, folder / QUERY_BANK_FILE)
+        if query_bank:
+            files[QUERY_BANK_ROLE] = QUERY_BANK_FILE
 
         manifest = Manifest(
             name=name,
@@ -90,6 +121,7 @@ def export_clip(
                 "onnx_io": ONNX_IO,
                 "opset": DEFAULT_OPSET,
                 "parity_min_cosine": parity,
+                **({QUERY_BANK_ROLE: query_bank} if query_bank else {}),
             },
             source_checkpoint_sha256=sha256_file(Path(checkpoint_path)),
         )
@@ -99,3 +131,4 @@ def export_clip(
                 shutil.copyfile(folder / file, target / file)
 
         return write_bundle(Path(artifacts_dir), manifest, write_files, version)
+

@@ -1,9 +1,14 @@
 """The dynamic micro-batcher: requests that arrive together share one model call.
 
 One `MicroBatcher` per model. `await batcher.submit(items)` queues a request; a worker task
-takes the first waiting request, waits until `max_wait_ms` after its arrival for more, concatenates at most
-`max_batch_size` rows into one `encoder.encode` call in a worker thread, and hands each
-caller back its own rows. With `enabled=False` every request calls the encoder on its own.
+takes the first waiting request and everything queued behind it, up to `max_batch_size` rows,
+runs them as one `encoder.encode` call in a worker thread, and hands each caller back its own
+rows. One batch runs at a time, so the requests that arrive while it runs form the next: under
+load batches grow by themselves, and a lone request never waits (continuous batching, as
+text-embeddings-inference and infinity do). `max_wait_ms` > 0 also holds a batch open that long
+after its first request arrived, trading latency for fuller batches (worth it on a GPU, where a
+batch of 32 costs little more than a batch of 1). With `enabled=False` every request calls the
+encoder on its own.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ class MicroBatcher:
         self,
         encoder: Encoder,
         max_batch_size: int = 32,  # most rows in one encode call
-        max_wait_ms: float = 5.0,  # longest the first request of a batch waits for others
+        max_wait_ms: float = 0.0,  # extra time a batch stays open after its first request arrived
         enabled: bool = True,  # False: each request calls encode directly (still in a thread)
         on_batch: Callable[[int], None] | None = None,  # told each batch's row count (metrics)
     ):
@@ -153,9 +158,10 @@ class MicroBatcher:
                 start = end
 
     async def _collect(self) -> list[_Pending]:
-        """The next batch: the first waiting piece, then whatever arrives within max_wait_ms of its
-        arrival that fits. A piece that already waited (queued while the last batch ran) has used
-        up its wait: the batch takes what is queued and goes."""
+        """The next batch: the first waiting piece, whatever is queued behind it that fits, and
+        whatever arrives that fits until max_wait_ms after the first piece's arrival. A piece that
+        already waited that long (queued while the last batch ran) has used up its wait: the batch
+        takes what is queued and goes."""
         first, self._carry = self._carry, None
         if first is None:
             first = await self._queue.get()

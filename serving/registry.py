@@ -4,10 +4,11 @@
 object that serves it: word vectors get a FAISS index (index/word_vectors.py); image encoders
 get an `Encoder` (serving.encoders.factory) fed by a `MicroBatcher`; a CLIP bundle
 (image-text-encoder) gets two, an image side that /embed/image and /search use like any image
-encoder and a text side with the tokenizer it was trained with. It also loads the current
-version of every index under `artifacts/indexes/`, and the exact model version each index was
-built with when that is not the current one. Routers ask the registry for a model or index by
-name, or for the default of its kind.
+encoder and a text side with the tokenizer it was trained with and, when exported with one, the
+query bank /zero-shot normalises with. It also loads the current version of every index under
+`artifacts/indexes/`, and the exact model version each index was built with when that is not
+the current one. Routers ask the registry for a model or index by name, or for the default of
+its kind.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tokenizers import Tokenizer
 from export.bundle import Bundle, Manifest, iter_current_bundles, open_bundle
 from index.text_tokens import load_tokenizer
 from index.vector_index import VectorIndex, iter_current_indexes
-from index.zero_shot import ClassMatrixCache
+from index.zero_shot import ClassMatrixCache, QueryBank, read_query_bank
 from index.word_vectors import WordVectors
 from serving.batching import MicroBatcher
 from serving.encoders.base import Encoder
@@ -41,6 +42,7 @@ class TextModel:
     manifest: Manifest
     batcher: MicroBatcher  # feeds the text encoder (B, 2, T) int64: token ids and attention mask stacked
     tokenizer: Tokenizer  # the bundle's tokenizer.json: truncation and padding as in training
+    query_bank: QueryBank | None = None  # training images' embeddings for zero-shot normalisation; None if not exported
 
     @property
     def context_length(self) -> int:
@@ -108,16 +110,20 @@ class Registry:
         self.image_batchers[key] = self._batcher(encoder, manifest.name)
 
     def _add_image_text_encoder(self, bundle: Bundle) -> None:
-        """Both towers of a CLIP bundle, each with its own batcher; the image side serves like any image encoder."""
+        """Both towers of a CLIP bundle, each with its own batcher, and its query bank if it has one;
+        the image side serves like any image encoder."""
         manifest = bundle.manifest
         if not manifest.tokenizer or "file" not in manifest.tokenizer:
             raise ValueError(f"model {manifest.name}: its manifest names no tokenizer file; re-export the bundle")
         tokenizer = load_tokenizer(bundle.path / manifest.tokenizer["file"])
         text_encoder = load_encoder(bundle, self.settings, "text_encoder")
         self._add_image_encoder(bundle, "image_encoder")
+        query_bank = read_query_bank(bundle)
+        if query_bank is None:
+            log.info("model %s %s has no query bank: /zero-shot serves it without normalisation", manifest.name, manifest.version)
         # metrics label "<name>:text": image and text batches of one model are different workloads
         self.text_models[(manifest.name, manifest.version)] = TextModel(
-            manifest, self._batcher(text_encoder, f"{manifest.name}:text"), tokenizer)
+            manifest, self._batcher(text_encoder, f"{manifest.name}:text"), tokenizer, query_bank)
 
     def add_index(self, index: VectorIndex) -> None:
         """Serve `index`; load the model version it was built with if that is not loaded yet."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,7 +26,9 @@ class Settings(BaseSettings):
     default_index: str | None = Field(None, description="index used by /search when a request names none")
     batching: bool = Field(True, description="group concurrent requests into one model call")
     max_batch_size: int = Field(32, ge=1, description="most images in one model call")
-    max_wait_ms: float = Field(5.0, ge=0, description="longest a request waits for others to join its batch")
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="extra wait for a batch to fill; 0: a batch is what queued while the model was busy"
+    )
     max_images_per_request: int = Field(64, ge=1, description="most images one request may send")
     max_image_bytes: int = Field(10_000_000, ge=1, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image accepted (decompression bombs)")
@@ -33,6 +36,10 @@ class Settings(BaseSettings):
     max_texts_per_request: int = Field(256, ge=1, description="most texts one /embed/text request may send")
     max_classes: int = Field(1000, ge=1, description="most classes one /zero-shot request may name")
     max_templates: int = Field(64, ge=1, description="most prompt templates one /zero-shot request may send")
+    zero_shot_normalization: Literal["querybank", "none"] = Field(
+        "querybank", description="/zero-shot default: querybank (subtract each class's query-bank offset, "
+                                 "when the model has a bank) or none (plain CLIP cosines)"
+    )
     execution_providers: str = Field(
         "auto", description="onnxruntime providers, comma-separated, or auto (TensorRT, CUDA, CPU as available)"
     )
@@ -40,6 +47,9 @@ class Settings(BaseSettings):
         1, ge=0, description="onnxruntime threads per model call; 0: one per physical core (see serving.encoders.onnx_runtime)"
     )
     triton_url: str | None = Field(None, description="host:port of a Triton server; when set, encoders run there")
+    workers: int = Field(
+        1, ge=1, description="`embedserve serve` processes; each loads every model and batches on its own (CPU: about one per core)"
+    )
     log_level: str = Field("info", description="uvicorn log level")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -101,14 +103,42 @@ def write_image_bundle():
     return write_tiny_image_bundle
 
 
+def write_idx_file(path: Path, array: np.ndarray, type_code: int = 0x08) -> None:
+    """`array` in the IDX format of (Fashion-)MNIST, gzipped when the name ends in .gz."""
+    header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.fixture
+def write_idx():
+    """write_idx_file(path, array, type_code=0x08): an IDX file, gzipped for a .gz name."""
+    return write_idx_file
+
+
+def write_tiny_fashion_mnist(folder: Path, images: int = 60, seed: int = 0) -> Path:
+    """A Fashion-MNIST training split of `images` noise images, labels cycling through the 10 classes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(images, 28, 28), dtype=np.uint8)
+    write_idx_file(folder / "train-images-idx3-ubyte.gz", pixels)
+    write_idx_file(folder / "train-labels-idx1-ubyte.gz", (np.arange(images) % 10).astype(np.uint8))
+    return folder
+
+
 # A real, tiny CLIP bundle (untrained towers: a width-4 ResNet and a one-block scratch text
-# transformer with a BPE over the Fashion-MNIST caption words), exported once per session.
+# transformer with a BPE over the Fashion-MNIST caption words), exported once per session. Its
+# checkpoint says it trained on a tiny Fashion-MNIST folder, so export finds the images of its
+# query bank there.
 
 CLIP_DIM, CLIP_CONTEXT = 16, 24
+CLIP_TRAIN_IMAGES = 60  # the tiny training split, hence the query bank's size
 
 
-def write_tiny_clip_checkpoint(path: Path, seed: int = 0) -> Path:
-    """What training's loop saves for CLIP, less the optimiser state: enough for load_clip_towers."""
+def write_tiny_clip_checkpoint(path: Path, seed: int = 0, data_root: Path | None = None) -> Path:
+    """What training's loop saves for CLIP, less the optimiser state: enough for load_clip_towers.
+    It records `data_root` (default: a tiny Fashion-MNIST folder beside `path`) as its training data."""
     import torch
 
     from index.templates import TRAIN_TEMPLATES
@@ -116,8 +146,9 @@ def write_tiny_clip_checkpoint(path: Path, seed: int = 0) -> Path:
     from training.data.captions import FASHION_MNIST_CLASS_NAMES
     from training.methods.clip import Clip, ClipConfig, build_tokenizer
 
+    data_root = data_root or write_tiny_fashion_mnist(path.parent / "fashion-mnist", CLIP_TRAIN_IMAGES, seed)
     config = ClipConfig(text_tower="scratch", lock_text=False, width=4, embed_dim=CLIP_DIM, text_width=16, text_layers=1,
-                        context_length=CLIP_CONTEXT, vocab_size=200, device="cpu")
+                        context_length=CLIP_CONTEXT, vocab_size=200, device="cpu", data_root=str(data_root))
     tokenizer = build_tokenizer(config, [t.format(c) for c in FASHION_MNIST_CLASS_NAMES for t in TRAIN_TEMPLATES])
     torch.manual_seed(seed)
     method = Clip(config, tokenizer)
@@ -128,6 +159,12 @@ def write_tiny_clip_checkpoint(path: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def clip_checkpoint(tmp_path_factory) -> Path:
     return write_tiny_clip_checkpoint(tmp_path_factory.mktemp("clip") / "clip.pt")
+
+
+@pytest.fixture
+def write_clip_checkpoint():
+    """write_tiny_clip_checkpoint(path, seed, data_root): another CLIP checkpoint, e.g. with its data gone."""
+    return write_tiny_clip_checkpoint
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,12 @@
 Each class becomes one prompt per template ("a photo of a {}." → "a photo of a sneaker."); the
 class's text embedding is the normalised mean of its prompts' (index.zero_shot.build_class_matrix),
 and an image's probabilities are the softmax of logit_scale × cosine against those rows, as CLIP
-evaluates. Class matrices are cached per (model, version, classes, templates): a repeated class
-list costs only the image pass. Images arrive as multipart `files` with a form field `classes`
-(a JSON list, or the field repeated), or as JSON {"images": [base64], "classes": [...]}.
+evaluates. With `normalization` "querybank" (the default when the model has a query bank), each
+class's cosine first loses its query-bank offset, so classes that training pulled onto many
+images stop out-scoring the ones it never named (index.zero_shot). Class matrices and offsets
+are cached per (model, version, classes, templates): a repeated class list costs only the image
+pass. Images arrive as multipart `files` with a form field `classes` (a JSON list, or the field
+repeated), or as JSON {"images": [base64], "classes": [...]}.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from index.templates import EVAL_TEMPLATES
-from index.zero_shot import classify
+from index.zero_shot import NORMALIZATIONS, classify
 from serving.dependencies import get_registry
 from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from serving.registry import Registry, TextModel
@@ -47,11 +50,15 @@ class ZeroShotRequest(BaseModel):
     templates: list[str] | None = Field(None, description="prompt templates, each with one '{}' for the class; "
                                                           "index.templates.EVAL_TEMPLATES when omitted")
     model: str | None = Field(None, description="CLIP model; the default when omitted")
+    normalization: str | None = Field(None, description="\"querybank\": subtract each class's query-bank offset "
+                                                        "from its cosine; \"none\": plain cosines; the server's "
+                                                        "default (EMBEDSERVE_ZERO_SHOT_NORMALIZATION) when omitted")
 
 
 class Label(BaseModel):
     label: str = Field(description="a class name as the request sent it (whitespace stripped)")
-    probability: float = Field(description="softmax over the request's classes of logit_scale × cosine")
+    probability: float = Field(description="softmax over the request's classes of logit_scale × (cosine − the "
+                                           "class's query-bank offset, with normalization querybank)")
     score: float = Field(description="cosine between the image and the class's text embedding")
 
 
@@ -63,6 +70,7 @@ class ZeroShotResponse(BaseModel):
     model: str
     version: str
     templates: list[str] = Field(description="the templates the class embeddings were built from")
+    normalization: str = Field(description="the normalization applied: querybank or none")
     results: list[ZeroShotResult] = Field(description="one per image, in request order")
 
 
@@ -103,6 +111,21 @@ def check_templates(templates: list[str] | None, settings: Settings) -> list[str
     return list(templates)
 
 
+def check_normalization(normalization: str | None, model: TextModel, settings: Settings) -> str:
+    """The normalization to apply: the request's, else the server default ("none" when that is
+    querybank and the model has no bank); InvalidInput for an unknown one or a bank it lacks."""
+    if normalization is None:
+        return settings.zero_shot_normalization if model.query_bank is not None else "none"
+    if normalization not in NORMALIZATIONS:
+        raise InvalidInput(f"normalization {normalization!r} is not one of {' or '.join(map(repr, NORMALIZATIONS))}: "
+                           "send one of those, or leave it out for the server's default")
+    if normalization == "querybank" and model.query_bank is None:
+        manifest = model.manifest
+        raise InvalidInput(f"model {manifest.name!r} version {manifest.version!r} has no query bank (it was exported "
+                           "without its training data): send \"normalization\": \"none\", or re-export it")
+    return normalization
+
+
 def _form_list(values: list, field: str) -> list[str]:
     """A multipart list field: one JSON list (`classes=["a", "b"]`) or the field repeated."""
     if any(not isinstance(v, str) for v in values):
@@ -130,20 +153,23 @@ async def read_request(request: Request, settings: Settings) -> tuple[list[bytes
             fields = ZeroShotRequest(
                 images=[], classes=_form_list(form.getlist("classes"), "classes"),
                 templates=_form_list(templates, "templates") if templates else None,
-                model=form_text(form, "model"),
+                model=form_text(form, "model"), normalization=form_text(form, "normalization"),
             )
             return blobs, fields
     body = await request.body()
     if media_type not in ("application/json", ""):
         raise UnsupportedMediaType(f"content type {media_type!r} is not accepted; send multipart/form-data or application/json")
     parsed = parse_json_body(ZeroShotRequest, body, '{"images": [base64, ...], "classes": [name, ...], '
-                                                   '"templates": optional [template, ...], "model": optional name}')
+                                                   '"templates": optional [template, ...], "model": optional name, '
+                                                   '"normalization": optional "querybank" or "none"}')
     return decode_base64_images(parsed.images, settings), parsed
 
 
-def class_matrix(registry: Registry, model: TextModel, classes: list[str], templates: list[str]) -> np.ndarray:
-    """(C, D) unit rows for `classes`, from the registry's cache or built now. Runs in a worker
-    thread; the text tower is reached through its micro-batcher on the event loop."""
+def class_matrix(registry: Registry, model: TextModel, classes: list[str], templates: list[str],
+                 normalization: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(C, D) unit rows for `classes` and, for querybank, their (C,) query-bank offsets (else None),
+    from the registry's cache or computed now. Runs in a worker thread; the text tower is reached
+    through its micro-batcher on the event loop."""
 
     def encode_prompts(prompts: list[str]) -> np.ndarray:
         # build_class_matrix orders prompts class by class, template by template: name them the same way
@@ -152,7 +178,8 @@ def class_matrix(registry: Registry, model: TextModel, classes: list[str], templ
         return anyio.from_thread.run(model.batcher.submit, tokens)  # (C * K, D)
 
     manifest = model.manifest
-    return registry.class_matrices.get(manifest.name, manifest.version, classes, templates, encode_prompts)
+    query_bank = model.query_bank if normalization == "querybank" else None
+    return registry.class_matrices.get(manifest.name, manifest.version, classes, templates, encode_prompts, query_bank)
 
 
 _REQUEST_BODY_DOC = {
@@ -168,6 +195,7 @@ _REQUEST_BODY_DOC = {
                                     "description": "repeat the field, or send one JSON list"},
                         "templates": {"type": "array", "items": {"type": "string"}},
                         "model": {"type": "string"},
+                        "normalization": {"type": "string", "enum": list(NORMALIZATIONS)},
                     },
                     "required": [FILES_FIELD, "classes"],
                 }
@@ -192,16 +220,19 @@ async def zero_shot(request: Request, registry: Annotated[Registry, Depends(get_
     classes = check_classes(body.classes, settings)
     templates = check_templates(body.templates, settings)
     model = registry.text_model(body.model)
+    normalization = check_normalization(body.normalization, model, settings)
     manifest, image_batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
 
-    matrix = await run_in_threadpool(class_matrix, registry, model, classes, templates)  # (C, D)
+    matrix, offsets = await run_in_threadpool(class_matrix, registry, model, classes, templates, normalization)  # (C, D), (C,)
     images = await embed_images(blobs, manifest, image_batcher, settings)  # (B, D), unit rows
     scores = images @ matrix.T  # (B, C) cosines
-    probabilities = classify(images, matrix, float(manifest.extra.get("logit_scale", DEFAULT_LOGIT_SCALE)))  # (B, C)
+    scale = float(manifest.extra.get("logit_scale", DEFAULT_LOGIT_SCALE))
+    probabilities = classify(images, matrix, scale, offsets)  # (B, C)
     results = []
     for row_scores, row_probabilities in zip(scores, probabilities):
         order = np.argsort(-row_probabilities, kind="stable")  # (C,) most probable first
         results.append(ZeroShotResult(labels=[
             Label(label=classes[c], probability=float(row_probabilities[c]), score=float(row_scores[c])) for c in order
         ]))
-    return ZeroShotResponse(model=manifest.name, version=manifest.version, templates=templates, results=results)
+    return ZeroShotResponse(model=manifest.name, version=manifest.version, templates=templates,
+                            normalization=normalization, results=results)

@@ -1,5 +1,11 @@
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import httpx
 
 from embedserve.cli import main
 
@@ -36,3 +42,44 @@ def test_train_simclr_on_tiny_data_writes_a_servable_bundle(tmp_path):
     bundle = open_bundle(tmp_path, "tiny-simclr")
     assert bundle.manifest.kind == "image-encoder" and bundle.manifest.metrics["train_steps"] == 2
     assert (tmp_path / "checkpoints" / "tiny-simclr.pt").is_file()
+
+
+def child_pids(pid: int) -> set[str]:
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == str(pid):  # the parent pid field
+                children.add(stat.parent.name)
+        except OSError:
+            pass
+    return children
+
+
+def test_serve_with_two_workers_runs_two_processes_that_answer_and_stops_on_ctrl_c(image_artifacts, make_png):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "embedserve", "serve", "--artifacts", str(image_artifacts), "--port", str(port),
+               "--workers", "2"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        answers, deadline = 0, time.monotonic() + 60
+        while answers < 6 and time.monotonic() < deadline:  # fresh connections, so both workers get some
+            assert server.poll() is None, server.stdout.read()
+            try:
+                response = httpx.post(f"http://127.0.0.1:{port}/embed/image", files=[("files", ("a.png", make_png(answers)))],
+                                      headers={"Connection": "close"})
+            except httpx.TransportError:
+                time.sleep(0.2)
+                continue
+            if response.status_code == 200:
+                assert response.json()["model"] == "tiny" and len(response.json()["embeddings"]) == 1
+                answers += 1
+        assert answers == 6
+        # uvicorn starts its workers with multiprocessing's spawn (beside, perhaps, a resource tracker)
+        workers = [pid for pid in child_pids(server.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 2, f"children: {[Path(f'/proc/{p}/cmdline').read_text() for p in child_pids(server.pid)]}"
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    assert server.returncode in (0, 130)

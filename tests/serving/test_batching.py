@@ -133,3 +133,30 @@ def test_a_batch_that_fills_up_goes_at_once_without_waiting_out_max_wait_ms():
     results = asyncio.run(run_batcher(batcher, [rows(c, 1) for c in range(4)]))
     assert encoder.calls == [4]
     assert [r[0, 0] for r in results] == [0, 10, 20, 30]
+
+
+def test_with_no_wait_requests_that_arrive_while_a_batch_runs_form_the_next_batch():
+    # max_wait_ms=0 (the default): the first request runs alone at once; the ones that queue
+    # while the model is busy go together as soon as it is free.
+    release = threading.Event()
+    encoder = TimesTen()
+    plain_encode = encoder.encode
+    encoder.encode = lambda batch: (release.wait(5), plain_encode(batch))[1]
+    batcher = MicroBatcher(encoder, max_batch_size=64)
+
+    async def scenario():
+        await batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(rows(0, 1)))
+            while not encoder.calls:  # the first batch is inside encode, held there
+                await asyncio.sleep(0.001)
+            later = [asyncio.ensure_future(batcher.submit(rows(c, 1))) for c in range(1, 6)]
+            await asyncio.sleep(0.01)
+            release.set()
+            return await asyncio.gather(first, *later)
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(scenario())
+    assert encoder.calls == [1, 5]
+    assert [r[0, 0] for r in results] == [0, 10, 20, 30, 40, 50]

@@ -56,6 +56,11 @@ class EvalTransform:
             *_to_normalized_tensor(mean, std),
         ])
 
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> EvalTransform:
+        """The transform a bundle's or checkpoint's `preprocessing` dict (`.spec`) describes."""
+        return cls(spec["crop"], spec["mode"], spec["mean"], spec["std"], resize=spec["resize"])
+
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.pipeline(img)
 

@@ -21,14 +21,10 @@ from training.evaluation.linear_probe import linear_probe
 EmbedFn = Callable[[np.ndarray], np.ndarray]  # uint8 images (N, H, W[, 3]) -> float embeddings (N, D)
 
 
-def eval_transform_from_spec(spec: dict[str, Any]) -> EvalTransform:
-    return EvalTransform(spec["crop"], spec["mode"], spec["mean"], spec["std"], resize=spec["resize"])
-
-
 def encoder_embed_fn(encoder: nn.Module, preprocessing: dict[str, Any], batch_size: int = 512,
                      device: str | torch.device = "cpu") -> EmbedFn:
     """Embed uint8 images with `encoder` after the EvalTransform its preprocessing spec describes."""
-    transform = eval_transform_from_spec(preprocessing)
+    transform = EvalTransform.from_spec(preprocessing)
 
     @torch.inference_mode()
     def embed(images: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@ recognised without retraining (zero-shot).
 
 Reads top to bottom: the config (with a `quick` CPU profile), the two towers as export sees them,
 the method the shared training loop drives, `train_clip`, and `load_clip_towers`, which turns a
-checkpoint back into the two towers plus everything a bundle needs (tokenizer, preprocessing).
+checkpoint back into the two towers plus everything a bundle needs (tokenizer, preprocessing);
+last, helpers for evaluation and export, the query bank of zero-shot normalisation among them.
 """
 
 from __future__ import annotations
@@ -276,6 +277,11 @@ def embedding_dim(config: ClipConfig, text_tower: TextTower) -> int:
     return config.embed_dim if config.text_projection else text_tower.encoder.dim
 
 
+def config_from_dict(saved: dict[str, Any]) -> ClipConfig:
+    """The ClipConfig a checkpoint saved as a dict (its tuples came back as lists)."""
+    return ClipConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+
+
 def load_clip_towers(checkpoint_path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Module, dict[str, Any]]:
     """(image tower, text tower, info) in eval mode from a CLIP checkpoint.
 
@@ -289,7 +295,7 @@ def load_clip_towers(checkpoint_path: str, device: str | torch.device = "cpu") -
     checkpoint = load_checkpoint(checkpoint_path, map_location=device)
     if checkpoint.get("method") != "clip":
         raise ValueError(f"{checkpoint_path} is a {checkpoint.get('method')!r} checkpoint, not a CLIP one")
-    config = ClipConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["config"].items()})
+    config = config_from_dict(checkpoint["config"])
     towers = build_towers(config, pretrained=False)  # the checkpoint brings every weight, MiniLM's too
     towers.load_state_dict(checkpoint["model"])
     towers.to(device).eval()
@@ -327,3 +333,21 @@ def embed_images(image_tower: nn.Module, images: Tensor, batch_size: int = 512) 
     with torch.no_grad():
         return torch.cat([image_tower(images[i:i + batch_size].to(device)).float().cpu()
                           for i in range(0, len(images), batch_size)]).numpy()
+
+
+def query_bank_embeddings(image_tower: nn.Module, info: dict[str, Any], images: int = 2048, seed: int = 0,
+                          batch_size: int = 512) -> np.ndarray:
+    """Image-tower embeddings (N, dim) float32, unit rows, of N = min(images, data size) random
+    training images (seeded): the data the model in `info` (from load_clip_towers) was trained on,
+    through open_clip_dataset, so the same subset and no held-out class, preprocessed as its bundle
+    says. This is the query bank of index.zero_shot.query_bank_offsets. Raises what opening the
+    data raises (FileNotFoundError, ValueError) when that data is not on this machine."""
+    spec = info["preprocessing"]
+    transform = EvalTransform.from_spec(spec)
+    dataset, _ = open_clip_dataset(config_from_dict(info["config"]), transform)
+    chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), min(images, len(dataset)), replace=False))
+    embeddings = []
+    for start in range(0, len(chosen), batch_size):  # a batch at a time: large RGB images do not pile up
+        batch = torch.stack([dataset[int(i)][0] for i in chosen[start:start + batch_size]])  # (b, C, H, W)
+        embeddings.append(embed_images(image_tower, batch, batch_size))  # (b, dim)
+    return np.concatenate(embeddings).astype(np.float32)  # (N, dim)

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from export.bundle import open_bundle
+from export.clip import export_clip
 from index.templates import EVAL_TEMPLATES
 from index.text_tokens import encode_batch, load_tokenizer
 from index.zero_shot import build_class_matrix
@@ -29,10 +30,12 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def expected_ranking(artifacts: Path, images: list[bytes], classes: list[str], templates=EVAL_TEMPLATES):
+def expected_ranking(artifacts: Path, images: list[bytes], classes: list[str], templates=EVAL_TEMPLATES,
+                     normalization: str = "querybank", model: str = "clip"):
     """Zero-shot computed independently of the server: onnxruntime sessions, the bundle's tokenizer,
-    index.zero_shot.build_class_matrix. Returns (cosines (B, C), probabilities (B, C))."""
-    bundle = open_bundle(artifacts, "clip")
+    index.zero_shot.build_class_matrix and, for querybank, offsets from the bundle's query_bank.npy.
+    Returns (cosines (B, C), probabilities (B, C))."""
+    bundle = open_bundle(artifacts, model)
     text = ort.InferenceSession(str(bundle.file("text_encoder")), providers=["CPUExecutionProvider"])
     image = ort.InferenceSession(str(bundle.file("image_encoder")), providers=["CPUExecutionProvider"])
     tokenizer = load_tokenizer(bundle.file("tokenizer"))
@@ -46,19 +49,25 @@ def expected_ranking(artifacts: Path, images: list[bytes], classes: list[str], t
     embeddings = image.run(None, {"images": batch})[0]
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)  # (B, D)
     cosines = embeddings @ matrix.T  # (B, C)
-    logits = bundle.manifest.extra["logit_scale"] * cosines
+    offsets = 0.0
+    if normalization == "querybank":
+        bank_cosines = np.load(bundle.file("query_bank")) @ matrix.T  # (N, C)
+        offsets = np.sort(bank_cosines, axis=0)[-bundle.manifest.extra["query_bank"]["k"]:].mean(axis=0)  # (C,)
+    logits = bundle.manifest.extra["logit_scale"] * (cosines - offsets)
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     return cosines, probabilities / probabilities.sum(1, keepdims=True)
 
 
-def check_against_expected(body: dict, artifacts: Path, images: list[bytes], classes: list[str], templates=EVAL_TEMPLATES):
-    cosines, probabilities = expected_ranking(artifacts, images, classes, templates)
+def check_against_expected(body: dict, artifacts: Path, images: list[bytes], classes: list[str], templates=EVAL_TEMPLATES,
+                           normalization: str = "querybank"):
+    cosines, probabilities = expected_ranking(artifacts, images, classes, templates, normalization, body["model"])
+    assert body["normalization"] == normalization
     assert len(body["results"]) == len(images)
     for row, result in enumerate(body["results"]):
         labels = result["labels"]
         assert sorted(label["label"] for label in labels) == sorted(classes)
         assert sum(label["probability"] for label in labels) == pytest.approx(1.0, abs=1e-5)
-        assert [label["label"] for label in labels] == [classes[c] for c in np.argsort(-cosines[row], kind="stable")]
+        assert [label["label"] for label in labels] == [classes[c] for c in np.argsort(-probabilities[row], kind="stable")]
         for label in labels:
             c = classes.index(label["label"])
             assert label["score"] == pytest.approx(cosines[row, c], abs=1e-4)
@@ -72,6 +81,43 @@ def test_json_request_ranks_classes_as_clip_does(client: TestClient, clip_bundle
     body = response.json()
     assert (body["model"], body["version"], body["templates"]) == ("clip", "v1", list(EVAL_TEMPLATES))
     check_against_expected(body, clip_bundle_artifacts, images, CLASSES)
+
+
+def test_querybank_is_the_default_and_none_gives_plain_clip(client: TestClient, clip_bundle_artifacts: Path, make_png):
+    images = [make_png(5), make_png(6, size=(28, 28))]
+    request = {"images": [b64(b) for b in images], "classes": CLASSES}
+    default = client.post("/zero-shot", json=request).json()
+    plain = client.post("/zero-shot", json={**request, "normalization": "none"}).json()
+    explicit = client.post("/zero-shot", json={**request, "normalization": "querybank"}).json()
+    check_against_expected(default, clip_bundle_artifacts, images, CLASSES, normalization="querybank")
+    check_against_expected(plain, clip_bundle_artifacts, images, CLASSES, normalization="none")
+    assert explicit == default
+    probabilities = [[label["probability"] for label in sorted(r["labels"], key=lambda l: l["label"])]
+                     for body in (default, plain) for r in body["results"]]
+    assert not np.allclose(probabilities[:2], probabilities[2:], atol=1e-3)  # the offsets really move them
+    multipart = client.post("/zero-shot", files=[("files", ("a.png", images[0], "image/png"))],
+                            data={"classes": CLASSES, "normalization": "none"})
+    check_against_expected(multipart.json(), clip_bundle_artifacts, images[:1], CLASSES, normalization="none")
+
+
+def test_a_model_without_a_query_bank_serves_plain_and_refuses_querybank(clip_artifacts: Path, clip_checkpoint: Path,
+                                                                         make_png):
+    export_clip(clip_checkpoint, clip_artifacts, "clip-plain", query_bank_images=0)
+    images = [make_png(7)]
+    request = {"images": [b64(b) for b in images], "classes": CLASSES, "model": "clip-plain"}
+    with TestClient(create_app(Settings(artifacts_dir=clip_artifacts))) as client:
+        default = client.post("/zero-shot", json=request)
+        assert default.status_code == 200, default.text
+        check_against_expected(default.json(), clip_artifacts, images, CLASSES, normalization="none")
+        refused = client.post("/zero-shot", json={**request, "normalization": "querybank"})
+        assert refused.status_code == 422 and refused.json()["error"] == "invalid_input"
+        assert "has no query bank" in refused.json()["detail"] and '"none"' in refused.json()["detail"]
+
+
+def test_the_server_default_can_be_none(clip_bundle_artifacts: Path, make_png):
+    with TestClient(create_app(Settings(artifacts_dir=clip_bundle_artifacts, zero_shot_normalization="none"))) as client:
+        body = client.post("/zero-shot", json={"images": [b64(make_png(8))], "classes": CLASSES}).json()
+    check_against_expected(body, clip_bundle_artifacts, [make_png(8)], CLASSES, normalization="none")
 
 
 def test_custom_templates_are_used(client: TestClient, clip_bundle_artifacts: Path, make_png):
@@ -119,6 +165,8 @@ def test_a_repeated_class_list_reuses_its_cached_class_matrix(clip_artifacts: Pa
         ({"classes": ["a", "b", "c", "d", "e", "f"]}, 413, "payload_too_large", "limit is 5"),
         ({"classes": CLASSES, "model": "nope"}, 404, "unknown_model", "clip"),
         ({"classes": CLASSES, "model": "tiny"}, 422, "invalid_input", "no text tower"),
+        ({"classes": CLASSES, "normalization": "csls"}, 422, "invalid_input", "'querybank' or 'none'"),
+        ({"classes": CLASSES, "normalization": "QueryBank"}, 422, "invalid_input", "'querybank' or 'none'"),
         ({"classes": CLASSES, "images": []}, 422, "invalid_input", "no images"),
         ({"classes": CLASSES, "images": ["not base64!"]}, 422, "invalid_input", "base64"),
         ({"classes": CLASSES, "images": [b64(b"plain text")]}, 415, "unsupported_media_type", "supported format"),
@@ -142,5 +190,7 @@ def test_multipart_errors(client: TestClient, make_png):
     assert no_classes.status_code == 422 and "no classes" in no_classes.json()["detail"]
     no_files = client.post("/zero-shot", files=[("other", ("a.png", b"x", "image/png"))], data={"classes": CLASSES})
     assert no_files.status_code == 422 and "no images" in no_files.json()["detail"]
+    bad_normalization = client.post("/zero-shot", files=files, data={"classes": CLASSES, "normalization": "zscore"})
+    assert bad_normalization.status_code == 422 and "'querybank' or 'none'" in bad_normalization.json()["detail"]
     text = client.post("/zero-shot", content=b"hi", headers={"content-type": "text/plain"})
     assert text.status_code == 415

@@ -1,4 +1,3 @@
-import gzip
 import struct
 
 import numpy as np
@@ -7,15 +6,7 @@ import pytest
 from training.data.idx import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
 
 
-def write_idx(path, array: np.ndarray, type_code: int = 0x08) -> None:
-    header = struct.pack(">BBBB", 0, 0, type_code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(data)
-
-
-def test_reads_uint8_images_gzipped_and_plain(tmp_path):
+def test_reads_uint8_images_gzipped_and_plain(tmp_path, write_idx):
     images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "a.gz", images)
     write_idx(tmp_path / "a", images)
@@ -25,7 +16,7 @@ def test_reads_uint8_images_gzipped_and_plain(tmp_path):
         np.testing.assert_array_equal(out, images)
 
 
-def test_reads_big_endian_int32(tmp_path):
+def test_reads_big_endian_int32(tmp_path, write_idx):
     values = np.array([1, -2, 70000], dtype=np.int32)
     write_idx(tmp_path / "b", values, type_code=0x0C)
     np.testing.assert_array_equal(read_idx(tmp_path / "b"), values)
@@ -40,7 +31,7 @@ def test_rejects_bad_magic_and_truncation(tmp_path):
         read_idx(tmp_path / "short")
 
 
-def test_load_fashion_mnist_from_a_tiny_folder(tmp_path):
+def test_load_fashion_mnist_from_a_tiny_folder(tmp_path, write_idx):
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
     labels = np.array([0, 9, 3, 3, 1], dtype=np.uint8)
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)

@@ -1,3 +1,5 @@
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,8 @@ from index.text_tokens import context_length, encode_batch, load_tokenizer
 from training.data.captions import FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_SYNONYMS
 from training.data.idx import DEFAULT_FASHION_MNIST_ROOT
 from training.data.pairs import write_webdataset
-from training.methods.clip import ClipConfig, open_clip_dataset, load_clip_towers, train_clip
+from training.data.transforms import preprocessing_spec
+from training.methods.clip import ClipConfig, load_clip_towers, open_clip_dataset, query_bank_embeddings, train_clip
 from training.methods.encoders import load_image_encoder
 
 needs_fashion_mnist = pytest.mark.skipif(not DEFAULT_FASHION_MNIST_ROOT.is_dir(), reason="dataset-fashion-mnist not installed")
@@ -67,6 +70,30 @@ def test_trains_from_a_webdataset_shard(tmp_path):
     assert summary["step"] == 2
     _, _, info = load_clip_towers(config.checkpoint_path)
     assert info["class_names"] is None and info["preprocessing"]["channels"] == 3
+
+
+def test_query_bank_is_a_seeded_draw_of_training_images_without_held_out_classes(tmp_path, write_idx):
+    # Every image is one grey level, 20 × its label: a tower that returns the mean pixel says which class it saw.
+    labels = np.arange(100) % 10
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.repeat(labels * 20, 28 * 28).reshape(100, 28, 28).astype(np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels.astype(np.uint8))
+    config = tiny(tmp_path, data_root=str(tmp_path), held_out_classes=("sneaker", "bag"), subset=None)
+    info = {"config": asdict(config), "preprocessing": preprocessing_spec(28, "L", (0.0,), (1.0,))}  # pixels / 255
+    mean_pixel = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 1))
+    torch.nn.init.constant_(mean_pixel[1].weight, 1 / (28 * 28))
+    torch.nn.init.zeros_(mean_pixel[1].bias)
+
+    def classes_seen(bank: np.ndarray) -> np.ndarray:
+        return np.rint(bank[:, 0] * 255 / 20).astype(int)
+
+    bank = query_bank_embeddings(mean_pixel, info, images=50, seed=0)
+    held_out = [FASHION_MNIST_CLASS_NAMES.index(c) for c in ("sneaker", "bag")]
+    assert bank.shape == (50, 1) and bank.dtype == np.float32
+    assert not np.isin(classes_seen(bank), held_out).any() and len(set(classes_seen(bank))) == 8
+    np.testing.assert_array_equal(query_bank_embeddings(mean_pixel, info, images=50, seed=0), bank)  # seeded
+    assert not np.array_equal(query_bank_embeddings(mean_pixel, info, images=50, seed=1), bank)
+    everything = classes_seen(query_bank_embeddings(mean_pixel, info, images=2048, batch_size=16))
+    assert np.bincount(everything, minlength=10).tolist() == [10] * 7 + [0, 0, 10]  # all 80 kept images
 
 
 def test_unknown_held_out_class_is_a_clear_error(tmp_path):
