@@ -21,7 +21,8 @@ from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from training.data.images import normalize_image
 from training.data.images import preprocess_image as _preprocess_image
 
-__all__ = ["SUPPORTED_FORMATS", "decode_image", "normalize_image", "preprocess_image", "preprocess_batch"]
+__all__ = ["SUPPORTED_FORMATS", "decode_image", "open_image", "load_pixels", "normalize_image", "preprocess_image",
+           "preprocess_batch"]
 
 # Only these decoders are tried: exotic ones (EPS runs Ghostscript, FITS, PSD, ...) widen the
 # attack surface of a public endpoint for no benefit to an embedding service.
@@ -53,8 +54,14 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     Checks, in order: empty (422), larger than `max_bytes` (413), not an image of a supported
     format (415), more than `max_pixels` pixels by its header, before any pixel is decoded (413),
     truncated or corrupt pixel data (422). The image keeps its own mode and EXIF orientation;
-    `preprocess_image` normalises both.
+    `preprocess_image` normalises both. The same as `load_pixels(open_image(...))`.
     """
+    return load_pixels(open_image(data, max_bytes, max_pixels), max_pixels)
+
+
+def open_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The first half of `decode_image`: every check up to the pixel count, reading the header
+    only (cheap, whatever the image's size). `load_pixels` decodes the pixels."""
     if not data:
         raise InvalidInput("empty image: the request carried no bytes; send the image file's contents")
     if len(data) > max_bytes:
@@ -75,8 +82,14 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
         raise PayloadTooLarge(
             f"image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}: downscale it before sending"
         )
+    return img
+
+
+def load_pixels(img: Image.Image, max_pixels: int) -> Image.Image:
+    """The second half of `decode_image`: decode an opened image's pixels; truncated or corrupt
+    data is a 422 now rather than an error later."""
     try:
-        img.load()  # the full decode, here inside the try, so truncated data fails now and not later
+        img.load()
     except Image.DecompressionBombError as e:
         raise _bomb(e, max_pixels) from e
     except _DECODE_ERRORS as e:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -15,6 +15,7 @@ from index.vector_index import VectorIndex
 from serving.dependencies import get_registry
 from serving.errors import InvalidInput, UnknownId
 from serving.registry import Registry
+from serving.responses import model_response
 from serving.routers.embed import decode_base64, embed_images
 from serving.routers.text import embed_texts
 
@@ -90,7 +91,7 @@ async def _query_from_text(registry: Registry, index: VectorIndex, name: str, te
     return (await embed_texts([text], model, ["the query text"]))[0]  # (D,)
 
 
-async def _search(index: VectorIndex, query: np.ndarray, k: int) -> SearchResponse:
+async def _search(index: VectorIndex, query: np.ndarray, k: int) -> Response:
     def run() -> list[Hit]:
         scores, ids = index.search(query[None, :], k)  # (1, k), (1, k)
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
@@ -98,14 +99,14 @@ async def _search(index: VectorIndex, query: np.ndarray, k: int) -> SearchRespon
         return [Hit(id=i, score=s, metadata=m) for (i, s), m in zip(found, metadata)]
 
     manifest = index.manifest
-    return SearchResponse(
+    return model_response(SearchResponse(
         index=manifest.name, version=manifest.version, model=index.model, model_version=index.model_version,
         hits=await run_in_threadpool(run),
-    )
+    ))
 
 
 @router.post("/search", response_model=SearchResponse, summary="Nearest neighbours of a vector, an id, an image or a text")
-async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_registry)]) -> SearchResponse:
+async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     _check_k(registry, body.k)
     index = registry.index(body.index)
     name = index.manifest.name
@@ -126,7 +127,7 @@ async def search_image(
     registry: Annotated[Registry, Depends(get_registry)],
     index: Annotated[str | None, Form(description="index to search; the default when omitted")] = None,
     k: Annotated[int, Form(ge=1, description="how many neighbours")] = 10,
-) -> SearchResponse:
+) -> Response:
     _check_k(registry, k)
     vector_index = registry.index(index)
     query = await _query_from_image(registry, vector_index, vector_index.manifest.name, await file.read())

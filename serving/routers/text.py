@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Sequence
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -21,6 +21,7 @@ from index.text_tokens import encode_batch
 from serving.dependencies import get_registry
 from serving.errors import InvalidInput, PayloadTooLarge
 from serving.registry import Registry, TextModel
+from serving.responses import model_response
 from serving.routers.embed import EmbedResponse
 
 router = APIRouter(tags=["embed"])
@@ -62,7 +63,7 @@ async def embed_texts(texts: Sequence[str], model: TextModel, names: Sequence[st
 
 @router.post("/embed/text", response_model=EmbedResponse, summary="Embed one or more texts with a CLIP text tower",
              responses={413: {"description": "too many texts"}})
-async def embed_text(body: EmbedTextsRequest, registry: Annotated[Registry, Depends(get_registry)]) -> EmbedResponse:
+async def embed_text(body: EmbedTextsRequest, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     limit = registry.settings.max_texts_per_request
     if not body.texts:
         raise InvalidInput('no texts: send {"texts": ["...", ...]}')
@@ -71,4 +72,5 @@ async def embed_text(body: EmbedTextsRequest, registry: Annotated[Registry, Depe
     model = registry.text_model(body.model)
     embeddings = await embed_texts(body.texts, model)  # (n, D)
     manifest = model.manifest
-    return EmbedResponse(model=manifest.name, version=manifest.version, dim=embeddings.shape[1], embeddings=embeddings.tolist())
+    return model_response(EmbedResponse(model=manifest.name, version=manifest.version, dim=embeddings.shape[1],
+                                        embeddings=embeddings.tolist()))

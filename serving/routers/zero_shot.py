@@ -18,7 +18,7 @@ from typing import Annotated
 
 import anyio.from_thread
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -27,6 +27,7 @@ from index.zero_shot import NORMALIZATIONS, classify
 from serving.dependencies import get_registry
 from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from serving.registry import Registry, TextModel
+from serving.responses import model_response
 from serving.routers.embed import (
     FILES_FIELD,
     content_type,
@@ -214,7 +215,7 @@ _REQUEST_BODY_DOC = {
     responses={413: {"description": "too many images, classes or templates, or an image too large"},
                415: {"description": "not an image"}},
 )
-async def zero_shot(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> ZeroShotResponse:
+async def zero_shot(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     settings = registry.settings
     blobs, body = await read_request(request, settings)
     classes = check_classes(body.classes, settings)
@@ -234,5 +235,5 @@ async def zero_shot(request: Request, registry: Annotated[Registry, Depends(get_
         results.append(ZeroShotResult(labels=[
             Label(label=classes[c], probability=float(row_probabilities[c]), score=float(row_scores[c])) for c in order
         ]))
-    return ZeroShotResponse(model=manifest.name, version=manifest.version, templates=templates,
-                            normalization=normalization, results=results)
+    return model_response(ZeroShotResponse(model=manifest.name, version=manifest.version, templates=templates,
+                                           normalization=normalization, results=results))

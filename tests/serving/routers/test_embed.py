@@ -97,3 +97,36 @@ def test_batching_off_gives_the_same_embeddings(image_artifacts: Path, make_png)
     with TestClient(create_app(Settings(artifacts_dir=image_artifacts))) as batched:
         on = batched.post("/embed/image", files=[("files", ("a.png", make_png(3), "image/png"))]).json()["embeddings"]
     np.testing.assert_allclose(off, on, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(12, 10), (320, 240)])  # decoded on the event loop / in a worker thread
+def test_small_and_large_images_embed_exactly_as_the_model_does(client: TestClient, image_artifacts: Path, size):
+    import io
+
+    import onnxruntime as ort
+    from PIL import Image
+
+    from export.bundle import open_bundle
+    from serving.preprocessing import decode_image, preprocess_batch
+    from serving.routers.embed import INLINE_DECODE_MAX_PIXELS
+
+    assert (size[0] * size[1] <= INLINE_DECODE_MAX_PIXELS) == (size == (12, 10))
+    x, y = np.meshgrid(np.linspace(0, 255, size[0]), np.linspace(0, 255, size[1]))
+    out = io.BytesIO()
+    Image.fromarray(np.stack([x, y, (x + y) / 2], axis=-1).astype(np.uint8), "RGB").save(out, "PNG")  # smooth: small file
+    blob = out.getvalue()
+    bundle = open_bundle(image_artifacts, "tiny")
+    session = ort.InferenceSession(str(bundle.file("image_encoder")), providers=["CPUExecutionProvider"])
+    batch = preprocess_batch([decode_image(blob, 10**6, 10**6)], bundle.manifest.preprocessing)  # (1, C, H, W)
+    expected = session.run(None, {session.get_inputs()[0].name: batch})[0][0]
+    response = embed_files(client, blob)
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["embeddings"][0], expected / np.linalg.norm(expected), atol=1e-5)
+
+
+def test_the_openapi_schema_still_documents_the_embed_response(client: TestClient):
+    # the route answers with a prebuilt JSON Response; its response_model must still reach the docs
+    schema = client.get("/openapi.json").json()
+    ok = schema["paths"]["/embed/image"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/EmbedResponse"}
+    assert set(schema["components"]["schemas"]["EmbedResponse"]["properties"]) == {"model", "version", "dim", "embeddings"}
