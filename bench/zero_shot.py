@@ -8,8 +8,9 @@ draws them; index.zero_shot), and with plain cosines beside it.
 
 Prints one table and writes it, with the machine and date, to bench/results/zero_shot.json.
 
-    python bench/zero_shot.py --train      # train both quick CPU models (each ~2-4 min on 2 free cores), then evaluate
+    python bench/zero_shot.py --train      # train both quick CPU models (about 40 s each on 2 free cores), then evaluate
     python bench/zero_shot.py              # evaluate the checkpoints already there
+    python bench/zero_shot.py --train --epochs 4   # 4 epochs over all 60k images (about 3.5 min each); the 0.85 target
 """
 
 from __future__ import annotations
@@ -134,22 +135,31 @@ def evaluate(checkpoint: str, retrieval_size: int = 1000, openclipart_per_catego
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=ClipConfig.quick().checkpoint_path, help="the model trained on all classes")
-    parser.add_argument("--open-vocabulary-checkpoint", default="artifacts/checkpoints/clip-quick-open-vocabulary.pt",
-                        help=f"the model trained without {' and '.join(OPEN_VOCABULARY_HELD_OUT)}")
-    parser.add_argument("--train", action="store_true", help="train both quick-profile models first (overwrites the checkpoints)")
+    parser.add_argument("--checkpoint", help="the model trained on all classes (default: the quick profile's, or "
+                                             "artifacts/checkpoints/clip-<N>ep.pt with --epochs N)")
+    parser.add_argument("--open-vocabulary-checkpoint",
+                        help=f"the model trained without {' and '.join(OPEN_VOCABULARY_HELD_OUT)} (default: the "
+                             "quick profile's, or artifacts/checkpoints/clip-<N>ep-open-vocabulary.pt)")
+    parser.add_argument("--train", action="store_true", help="train both models first (overwrites the checkpoints)")
+    parser.add_argument("--epochs", type=int, help="train N epochs over all 60,000 training images instead of the quick "
+                                                   "profile's 110 steps over 30,000 (a longer CPU run; target 0.85)")
     parser.add_argument("--text-tower", choices=["minilm", "scratch"], default="minilm")
     parser.add_argument("--unlock-text", action="store_true", help="fine-tune the text tower instead of locking it")
     parser.add_argument("--retrieval-size", type=int, default=1000)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "zero_shot.json"))
+    parser.add_argument("--out", help="default: bench/results/zero_shot.json, or zero_shot_<N>_epochs.json with --epochs N")
     args = parser.parse_args(argv)
+    suffix = f"-{args.epochs}ep" if args.epochs else "-quick"
+    args.checkpoint = args.checkpoint or f"artifacts/checkpoints/clip{suffix}.pt"
+    args.open_vocabulary_checkpoint = args.open_vocabulary_checkpoint or f"artifacts/checkpoints/clip{suffix}-open-vocabulary.pt"
+    args.out = args.out or str(Path(__file__).parent / "results" / (f"zero_shot_{args.epochs}_epochs.json" if args.epochs else "zero_shot.json"))
+    longer = {"subset": None, "epochs": args.epochs, "max_steps_per_epoch": None, "warmup_epochs": 0.3} if args.epochs else {}
 
     training = {}
     if args.train:
         for name, path, held_out in (("all_classes", args.checkpoint, ()),
                                      ("open_vocabulary", args.open_vocabulary_checkpoint, OPEN_VOCABULARY_HELD_OUT)):
             config = ClipConfig.quick(checkpoint_path=path, held_out_classes=held_out, text_tower=args.text_tower,
-                                      lock_text=not args.unlock_text)
+                                      lock_text=not args.unlock_text, log_path=f"artifacts/logs/{Path(path).stem}.jsonl", **longer)
             started = time.process_time()
             training[name] = {"config": asdict(config), **train_clip(config), "cpu_time_s": time.process_time() - started}
     started = time.perf_counter()
@@ -161,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     fm, open_fm = r["fashion_mnist"], open_vocabulary["fashion_mnist"]
     rows = [  # (metric, value, plain-cosine value or None, chance, target); values are query-bank normalised
         ("Fashion-MNIST zero-shot top-1 (10-way, eval templates)", fm["querybank"]["fashion_mnist_top1"],
-         fm["none"]["fashion_mnist_top1"], 0.1, ">= 0.70"),
+         fm["none"]["fashion_mnist_top1"], 0.1, ">= 0.85" if args.epochs else ">= 0.70"),
         *[(f"image->text recall@{k} (class match, {r['retrieval_size']} pairs)", r["image_to_text_recall"][k], None, None, "")
           for k in RECALL_KS],
         *[(f"text->image recall@{k} (class match)", r["text_to_image_recall"][k], None, None, "") for k in RECALL_KS],

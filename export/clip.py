@@ -131,4 +131,3 @@ def export_clip(
                 shutil.copyfile(folder / file, target / file)
 
         return write_bundle(Path(artifacts_dir), manifest, write_files, version)
-

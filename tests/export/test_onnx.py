@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
