@@ -69,7 +69,7 @@ def _serve(args: argparse.Namespace) -> None:
     options = {"artifacts_dir": args.artifacts and args.artifacts.resolve(), "host": args.host, "port": args.port,
                "workers": args.workers}
     for field, value in options.items():
-        if value:
+        if value is not None:
             os.environ[f"EMBEDSERVE_{field.upper()}"] = str(value)
     settings = Settings()
     uvicorn.run("serving.app:create_app", factory=True, host=settings.host, port=settings.port,
