@@ -8,15 +8,33 @@ Torch-free on purpose (Pillow and numpy only): serving reuses `normalize_image` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from training.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow opens 16-bit greyscale as one of these
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+@dataclass(frozen=True)
+class ImageDataConfig:
+    """The fields every vision method's config starts with (SimCLR, MAE and CLIP extend it): where
+    the training images come from and how pixels are normalised. The CLI offers them as flat
+    options, like the rest of each config."""
+
+    data: str = "fashion-mnist"  # "fashion-mnist", "digits" (tiny, for tests) or an image folder; CLIP: also pair manifests and shards
+    data_root: str | None = None  # Fashion-MNIST folder; None = the Debian package's /usr/share/datasets/fashion-mnist
+    subset: int | None = None  # train on a fixed random subset of this many images; None = all
+    image_size: int = 28  # square input of the network, in pixels
+    mode: str = "L"  # "L" (1 channel) or "RGB" (3 channels)
+    mean: tuple[float, ...] = FASHION_MNIST_MEAN  # per-channel normalisation, also written to the bundle
+    std: tuple[float, ...] = FASHION_MNIST_STD
 
 
 def normalize_image(img: Image.Image, mode: str = "RGB") -> Image.Image:

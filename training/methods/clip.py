@@ -24,8 +24,7 @@ from index.text_tokens import encode_batch, load_tokenizer
 from training.checkpoint import load_checkpoint
 from training.data.captions import (FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DESCRIPTIONS, FASHION_MNIST_KINDS,
                                     FASHION_MNIST_SYNONYMS, CaptionedImages, fashion_mnist_caption)
-from training.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from training.data.images import load_image_arrays
+from training.data.images import ImageDataConfig, load_image_arrays
 from training.data.pairs import open_pairs
 from training.data.tokenizer import load_minilm_tokenizer, train_bpe_tokenizer
 from training.data.transforms import EvalTransform
@@ -39,18 +38,12 @@ from training.methods.encoders import encoder_checkpoint_entries
 
 
 @dataclass(frozen=True)
-class ClipConfig:
-    # data
-    data: str = "fashion-mnist"  # "fashion-mnist" (captions from labels), or a manifest (.csv/.jsonl) or .tar shard(s) path
-    data_root: str | None = None  # Fashion-MNIST folder; None = the Debian package's /usr/share/datasets/fashion-mnist
-    subset: int | None = None  # train on a fixed random subset of this many images; None = all
+class ClipConfig(ImageDataConfig):
+    # data: the fields of ImageDataConfig, with `data` "fashion-mnist" (captions from labels) or a
+    # manifest (.csv/.jsonl) or .tar shard(s) path; then
     held_out_classes: tuple[str, ...] = ()  # Fashion-MNIST classes kept out of training, images and words (open-vocabulary split)
     caption_kind_prob: float = 0.5  # chance a Fashion-MNIST caption also names the kind ("..., a kind of shoe")
     caption_description_prob: float = 0.5  # chance it also describes the look ("..., with a collar")
-    image_size: int = 28  # square input of the image tower, in pixels
-    mode: str = "L"  # "L" (1 channel) or "RGB" (3 channels)
-    mean: tuple[float, ...] = FASHION_MNIST_MEAN  # per-channel normalisation, also written to the bundle
-    std: tuple[float, ...] = FASHION_MNIST_STD
     # image tower
     width: int = 64  # ResNet-18 base width (64 = standard, 512-d features); smaller for CPU
     # text tower

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from training.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-from training.data.images import open_image_dataset
+from training.data.images import ImageDataConfig, open_image_dataset
 from training.data.transforms import MAETransform
 from training.loop import LoopConfig, default_param_groups, fit, loop_config_from
 from training.methods.encoders import encoder_checkpoint_entries
@@ -23,15 +22,8 @@ from training.models.vit import Block, ViTEncoder, init_transformer_weights, pat
 
 
 @dataclass(frozen=True)
-class MAEConfig:
-    # data
-    data: str = "fashion-mnist"  # "fashion-mnist", "digits" (tiny, for tests) or an image folder path
-    data_root: str | None = None  # Fashion-MNIST folder; None = the Debian package's /usr/share/datasets/fashion-mnist
-    subset: int | None = None  # train on a fixed random subset of this many images; None = all
-    image_size: int = 28  # square crop fed to the network, in pixels
-    mode: str = "L"  # "L" (1 channel) or "RGB" (3 channels)
-    mean: tuple[float, ...] = FASHION_MNIST_MEAN  # per-channel normalisation, also written to the bundle
-    std: tuple[float, ...] = FASHION_MNIST_STD
+class MAEConfig(ImageDataConfig):
+    # data: the fields of ImageDataConfig (data, data_root, subset, image_size, mode, mean, std), then
     min_crop_scale: float = 0.35  # smallest random crop, as a fraction of the image area
     # encoder (the part kept for embeddings)
     patch_size: int = 4  # 28x28 -> 7x7 = 49 patches
