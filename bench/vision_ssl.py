@@ -4,7 +4,7 @@ Prints one table (kNN top-1 and linear-probe top-1 at 1/10/100% of labels) and w
 the machine and date, to bench/results/vision_ssl.json.
 
     python bench/vision_ssl.py --profile quick            # 1.5 min training per method on 2 CPU cores
-    python bench/vision_ssl.py --profile cpu-long --methods mae --out bench/results/vision_ssl_cpu_long.json
+    python bench/vision_ssl.py --profile cpu-long --out bench/results/vision_ssl_cpu_long.json   # ~40 min on 2 cores
     python bench/vision_ssl.py --profile full --reuse     # evaluate existing full checkpoints (GPU-sized)
 """
 
