@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from embedserve.machine import machine_info  # noqa: E402
-from training.data.images import load_image_arrays  # noqa: E402
+from training.data.images import load_image_arrays, random_subset  # noqa: E402
 from training.evaluation.encoder_eval import encoder_embed_fn, evaluate_encoder, raw_pixels  # noqa: E402
 from training.methods.encoders import load_image_encoder  # noqa: E402
 from training.methods.mae import MAEConfig, train_mae  # noqa: E402
@@ -48,10 +48,8 @@ FRACTIONS = (0.01, 0.1, 1.0)
 
 
 def fixed_subset(data: tuple[np.ndarray, np.ndarray], size: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if size is None or size >= len(data[0]):
-        return data
-    keep = np.sort(np.random.default_rng(seed).choice(len(data[0]), size, replace=False))
-    return data[0][keep], data[1][keep]
+    keep = random_subset(len(data[0]), size, seed)
+    return data if keep is None else (data[0][keep], data[1][keep])
 
 
 def format_table(rows: list[dict]) -> str:

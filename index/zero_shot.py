@@ -127,15 +127,20 @@ class ClassMatrixCache:
         matrix, computed on first use and remembered beside it. Without one, offsets are None."""
         key = self.key(model, version, class_names, templates)
         with self._lock:
-            matrix, offsets = self._entries.get(key, (None, None))
-            if matrix is not None:
+            entry = self._entries.get(key)
+            if entry is not None:
                 self._entries.move_to_end(key)
-        if matrix is not None and (query_bank is None or offsets is not None):
-            return matrix, offsets if query_bank is not None else None
-        if matrix is None:
-            matrix = build_class_matrix(encode_texts, class_names, templates)  # outside the lock: it is slow
-        if query_bank is not None:
-            offsets = query_bank.offsets(matrix)  # (C,)
+        matrix, offsets = entry or (None, None)
+        missing_offsets = query_bank is not None and offsets is None
+        if matrix is None or missing_offsets:
+            if matrix is None:
+                matrix = build_class_matrix(encode_texts, class_names, templates)  # outside the lock: it is slow
+            if missing_offsets:
+                offsets = query_bank.offsets(matrix)  # (C,)
+            self._remember(key, matrix, offsets)
+        return matrix, offsets if query_bank is not None else None
+
+    def _remember(self, key: Hashable, matrix: np.ndarray, offsets: np.ndarray | None) -> None:
         with self._lock:
             if offsets is None and key in self._entries:
                 offsets = self._entries[key][1]  # another request's offsets for this key: keep them
@@ -143,7 +148,6 @@ class ClassMatrixCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-        return matrix, offsets if query_bank is not None else None
 
     def __len__(self) -> int:
         return len(self._entries)

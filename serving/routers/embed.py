@@ -136,21 +136,20 @@ async def read_images(request: Request, settings: Settings) -> tuple[list[bytes]
     return decode_base64_images(parsed.images, settings), parsed.model
 
 
-_REQUEST_BODY_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {FILES_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    "required": [FILES_FIELD],
-                }
-            },
-            "application/json": {"schema": EmbedImagesRequest.model_json_schema()},
-        },
-    }
-}
+FILES_SCHEMA = {"type": "array", "items": {"type": "string", "format": "binary"}}  # the `files` field, for the docs
+
+
+def request_body_doc(form_properties: dict[str, Any], form_required: list[str], json_model: type[BaseModel]) -> dict:
+    """`openapi_extra` for a route that reads its body itself, so FastAPI cannot describe it: a
+    multipart form with `form_properties`, or JSON shaped as `json_model`."""
+    form = {"type": "object", "properties": form_properties, "required": form_required}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": json_model.model_json_schema()},
+    }}}
+
+
+_REQUEST_BODY_DOC = request_body_doc({FILES_FIELD: FILES_SCHEMA}, [FILES_FIELD], EmbedImagesRequest)
 
 
 @router.post(

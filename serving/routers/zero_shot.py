@@ -30,12 +30,14 @@ from serving.registry import Registry, TextModel
 from serving.responses import model_response
 from serving.routers.embed import (
     FILES_FIELD,
+    FILES_SCHEMA,
     content_type,
     decode_base64_images,
     embed_images,
     form_text,
     parse_json_body,
     read_form_images,
+    request_body_doc,
 )
 from serving.routers.text import tokenize
 from serving.settings import Settings
@@ -183,28 +185,17 @@ def class_matrix(registry: Registry, model: TextModel, classes: list[str], templ
     return registry.class_matrices.get(manifest.name, manifest.version, classes, templates, encode_prompts, query_bank)
 
 
-_REQUEST_BODY_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        FILES_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "classes": {"type": "array", "items": {"type": "string"},
-                                    "description": "repeat the field, or send one JSON list"},
-                        "templates": {"type": "array", "items": {"type": "string"}},
-                        "model": {"type": "string"},
-                        "normalization": {"type": "string", "enum": list(NORMALIZATIONS)},
-                    },
-                    "required": [FILES_FIELD, "classes"],
-                }
-            },
-            "application/json": {"schema": ZeroShotRequest.model_json_schema()},
-        },
-    }
-}
+_REQUEST_BODY_DOC = request_body_doc(
+    {
+        FILES_FIELD: FILES_SCHEMA,
+        "classes": {"type": "array", "items": {"type": "string"}, "description": "repeat the field, or send one JSON list"},
+        "templates": {"type": "array", "items": {"type": "string"}},
+        "model": {"type": "string"},
+        "normalization": {"type": "string", "enum": list(NORMALIZATIONS)},
+    },
+    [FILES_FIELD, "classes"],
+    ZeroShotRequest,
+)
 
 
 @router.post(

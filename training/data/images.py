@@ -185,18 +185,26 @@ def load_image_arrays(name: str, split: str = "train", root: Path | str | None =
     raise ValueError(f"unknown image data set {name!r}: use 'fashion-mnist' or 'digits' (or an image folder path)")
 
 
+def random_subset(count: int, size: int | None, seed: int) -> np.ndarray | None:
+    """Sorted indices of a fixed random `size` of `count` items (the same for a given seed), or
+    None when `size` is None or covers them all."""
+    if size is None or size >= count:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
+
+
 def open_image_dataset(source: str, split: str = "train", mode: str = "L", transform: Callable | None = None,
                        root: Path | str | None = None, subset: int | None = None, seed: int = 0):
     """A training data set by name ("fashion-mnist", "digits") or image folder path, optionally cut
     to a fixed random `subset` of images (the same for a given seed)."""
     if source in ("fashion-mnist", "digits"):
         images, labels = load_image_arrays(source, split, root)
-        if subset is not None and subset < len(images):
-            keep = np.sort(np.random.default_rng(seed).choice(len(images), subset, replace=False))
+        keep = random_subset(len(images), subset, seed)
+        if keep is not None:
             images, labels = images[keep], labels[keep]
         return ArrayImageDataset(images, labels, transform)
     dataset = ImageFolder(source, mode, transform)
-    if subset is not None and subset < len(dataset):
-        keep = np.sort(np.random.default_rng(seed).choice(len(dataset), subset, replace=False))
+    keep = random_subset(len(dataset), subset, seed)
+    if keep is not None:
         dataset.samples = [dataset.samples[i] for i in keep]
     return dataset

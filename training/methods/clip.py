@@ -24,7 +24,7 @@ from index.text_tokens import encode_batch, load_tokenizer
 from training.checkpoint import load_checkpoint
 from training.data.captions import (FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DESCRIPTIONS, FASHION_MNIST_KINDS,
                                     FASHION_MNIST_SYNONYMS, CaptionedImages, fashion_mnist_caption)
-from training.data.images import ImageDataConfig, load_image_arrays
+from training.data.images import ImageDataConfig, load_image_arrays, random_subset
 from training.data.pairs import open_pairs
 from training.data.tokenizer import load_minilm_tokenizer, train_bpe_tokenizer
 from training.data.transforms import EvalTransform
@@ -172,8 +172,8 @@ def open_clip_dataset(config: ClipConfig, transform: Callable) -> tuple[Any, lis
     images, labels = load_image_arrays("fashion-mnist", "train", config.data_root)
     keep = np.isin(labels, [FASHION_MNIST_CLASS_NAMES.index(c) for c in kept])
     images, labels = images[keep], labels[keep]
-    if config.subset is not None and config.subset < len(images):
-        chosen = np.sort(np.random.default_rng(config.seed).choice(len(images), config.subset, replace=False))
+    chosen = random_subset(len(images), config.subset, config.seed)
+    if chosen is not None:
         images, labels = images[chosen], labels[chosen]
 
     def caption_for(label: int, rng: random.Random) -> str:
@@ -338,9 +338,10 @@ def query_bank_embeddings(image_tower: nn.Module, info: dict[str, Any], images: 
     spec = info["preprocessing"]
     transform = EvalTransform.from_spec(spec)
     dataset, _ = open_clip_dataset(config_from_dict(info["config"]), transform)
-    chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), min(images, len(dataset)), replace=False))
+    chosen = random_subset(len(dataset), images, seed)
+    chosen = np.arange(len(dataset)) if chosen is None else chosen
     embeddings = []
     for start in range(0, len(chosen), batch_size):  # a batch at a time: large RGB images do not pile up
         batch = torch.stack([dataset[int(i)][0] for i in chosen[start:start + batch_size]])  # (b, C, H, W)
         embeddings.append(embed_images(image_tower, batch, batch_size))  # (b, dim)
-    return np.concatenate(embeddings).astype(np.float32)  # (N, dim)
+    return np.concatenate(embeddings)  # (N, dim) float32
