@@ -33,11 +33,11 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from embedserve.machine import machine_info  # noqa: E402
-from export.bundle import Bundle, Manifest, iter_current_bundles, open_bundle, write_bundle  # noqa: E402
-from serving.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
-from serving.preprocessing import decode_image, preprocess_batch  # noqa: E402
+from runtime.bundle import Bundle, Manifest, OnnxIO, iter_current_bundles, open_bundle, write_bundle  # noqa: E402
+from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
+from runtime.preprocessing import PreprocessingSpec, decode_image, preprocess_batch  # noqa: E402
 from serving.settings import Settings  # noqa: E402
-from training.data.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist  # noqa: E402
+from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 HOST = "127.0.0.1"  # loopback only: the benchmark never listens on a public address
@@ -72,9 +72,10 @@ def write_small_cnn_bundle(artifacts: Path, name: str = "bench-cnn") -> Bundle:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    spec = {"mode": "L", "channels": 1, "resize": 28, "crop": 28, "mean": [0.286], "std": [0.353], "interpolation": "bilinear"}
+    spec = PreprocessingSpec(mode="L", resize=28, crop=28, mean=(0.286,), std=(0.353,))
     manifest = Manifest(name=name, kind="image-encoder", method="simclr", dim=128, normalized=False,
                         files={"image_encoder": "image_encoder.onnx"}, preprocessing=spec,
+                        onnx={"image_encoder": OnnxIO(("images",), "embeddings")},
                         extra={"note": "random-weight stand-in written by bench/serve_images.py"})
     return write_bundle(artifacts, manifest, lambda folder: save(model, str(folder / "image_encoder.onnx")))
 
@@ -255,7 +256,7 @@ def bench_raw(bundle: Bundle, pngs: list[bytes], requests: int) -> dict:
     session = ort.InferenceSession(str(bundle.file("image_encoder")), sess_options=session_options(Settings().onnx_intra_op_threads),
                                    providers=resolve_providers("auto"))
     input_name = session.get_inputs()[0].name
-    images = [decode_image(p, 10_000_000, 40_000_000) for p in pngs]
+    images = [decode_image(p) for p in pngs]
     results = {}
     for c in CONCURRENCY:
         batch = preprocess_batch([images[i % len(images)] for i in range(c)], bundle.manifest.preprocessing)  # (c, C, H, W)
@@ -303,9 +304,9 @@ def main() -> None:
             artifacts = Path(scratch)
             bundle = write_small_cnn_bundle(artifacts)
         m = bundle.manifest
-        model_line = f"model {m.name} {m.version} ({m.method}, dim {m.dim}, input {m.preprocessing['crop']}px) from {artifacts}"
+        model_line = f"model {m.name} {m.version} ({m.method}, dim {m.dim}, input {m.preprocessing.crop}px) from {artifacts}"
         print(model_line, flush=True)
-        pngs = sample_pngs(64, m.preprocessing["crop"])
+        pngs = sample_pngs(64, m.preprocessing.crop)
         results = asyncio.run(bench_gateway(artifacts, m.name, pngs, args.requests, args))
         results |= bench_raw(bundle, pngs, args.requests)
 

@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> dict:
         encoder, info = load_image_encoder(checkpoint, device)
         torch.manual_seed(0)
         random_encoder, _ = load_image_encoder(checkpoint, device, random_init=True)
-        arch = {"resnet": "ResNet-18", "vit": "ViT"}[info["arch"]]
+        arch = {"resnet": "ResNet-18", "vit": "ViT"}[info.arch]
         rows.append({"name": f"random-init {arch} ({name})", "method": None, "epochs": 0, "train_time_s": None,
-                     **evaluate(encoder_embed_fn(random_encoder, info["preprocessing"], device=device))})
-        rows.append({"name": f"{name} {arch}", "method": name, "epochs": info["config"]["epochs"],
-                     "steps_per_epoch": info["config"]["max_steps_per_epoch"], "train_images": info["config"]["subset"],
+                     **evaluate(encoder_embed_fn(random_encoder, info.preprocessing, device=device))})
+        rows.append({"name": f"{name} {arch}", "method": name, "epochs": info.config["epochs"],
+                     "steps_per_epoch": info.config["max_steps_per_epoch"], "train_images": info.config["subset"],
                      "train_time_s": train_time_s, "checkpoint": str(checkpoint),
-                     **evaluate(encoder_embed_fn(encoder, info["preprocessing"], device=device))})
+                     **evaluate(encoder_embed_fn(encoder, info.preprocessing, device=device))})
 
     table = format_table(rows)
     print(table)

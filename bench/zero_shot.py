@@ -32,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from embedserve.machine import machine_info  # noqa: E402
 from export.clip import QUERY_BANK_IMAGES  # noqa: E402
-from index.templates import EVAL_TEMPLATES  # noqa: E402
 from index.zero_shot import QUERY_BANK_K, build_class_matrix, classify, query_bank_offsets  # noqa: E402
+from runtime.preprocessing import normalize_image  # noqa: E402
+from runtime.sources import to_pil  # noqa: E402
+from runtime.templates import EVAL_TEMPLATES  # noqa: E402
 from training.data.captions import FASHION_MNIST_CLASS_NAMES, fashion_mnist_caption, openclipart_pairs  # noqa: E402
-from training.data.images import load_image_arrays, normalize_image, to_pil  # noqa: E402
+from training.data.images import load_image_arrays  # noqa: E402
 from training.data.transforms import EvalTransform  # noqa: E402
 from training.methods.clip import (OPEN_VOCABULARY_HELD_OUT, ClipConfig, embed_images, load_clip_towers,  # noqa: E402
                                    query_bank_embeddings, text_encoder_fn, train_clip)
@@ -73,11 +75,11 @@ def fashion_mnist_top1(predicted: np.ndarray, labels: np.ndarray, held_out: list
 
 def evaluate(checkpoint: str, retrieval_size: int = 1000, openclipart_per_category: int = 40, seed: int = 0) -> dict:
     image_tower, text_tower, info = load_clip_towers(checkpoint)
-    config = info["config"]
-    spec = info["preprocessing"]
+    config = info.config
+    spec = info.preprocessing
     transform = EvalTransform.from_spec(spec)
-    encode_texts = text_encoder_fn(text_tower, info["tokenizer_json"])
-    scale = info["logit_scale"]
+    encode_texts = text_encoder_fn(text_tower, info.tokenizer_json)
+    scale = info.logit_scale
     bank = query_bank_embeddings(image_tower, info, QUERY_BANK_IMAGES, seed)  # (2048, dim): the bank export writes
     results: dict = {"logit_scale": scale, "query_bank": {"images": len(bank), "k": QUERY_BANK_K}}
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.bundle import BundleError, open_bundle
+from runtime.bundle import BundleError, open_bundle
 
 WORDS_MODEL = "gcide-words"
 SIMCLR_MODEL = "simclr-fmnist"
@@ -109,7 +109,7 @@ def example_image(artifacts: Path, label: int = 7) -> Path:
     """The first Fashion-MNIST test image of class `label` (7 = sneaker), saved as a PNG to post."""
     from PIL import Image
 
-    from training.data.idx import load_fashion_mnist
+    from runtime.idx import load_fashion_mnist
 
     path = Path(artifacts) / "examples" / f"fashion-mnist-{label}.png"
     if not path.is_file():

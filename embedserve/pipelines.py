@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from export.bundle import Bundle
+from runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from export.bundle import Bundle, Manifest, sha256_file, write_bundle
+from runtime.bundle import QUERY_BANK_K, QUERY_BANK_ROLE, Bundle, Manifest, OnnxIO, QueryBankSpec, TokenizerSpec, sha256_file, write_bundle
 from export.onnx import DEFAULT_OPSET, check_parity, export_onnx
-from index.templates import EVAL_TEMPLATES
-from index.text_tokens import encode_batch, load_tokenizer
-from index.zero_shot import QUERY_BANK_K, QUERY_BANK_ROLE
-from training.methods.clip import load_clip_towers, query_bank_embeddings
+from runtime.templates import EVAL_TEMPLATES
+from runtime.tokens import encode_batch, load_tokenizer
+from training.methods.clip import ClipInfo, load_clip_towers, query_bank_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +29,10 @@ TOKENIZER_FILE = "tokenizer.json"
 QUERY_BANK_FILE = "query_bank.npy"  # (N, dim) float32: image-tower embeddings of N training images
 QUERY_BANK_IMAGES = 2048  # enough for steady top-10 means per class, small to ship (3 MB at MiniLM's 384 dims)
 IMAGE_INPUTS = ("images",)  # (batch, C, H, W) float32, preprocessed as the manifest says
-TEXT_INPUTS = ("ids", "attention_mask")  # (batch, T) int64 each, from index.text_tokens.encode_batch
+TEXT_INPUTS = ("ids", "attention_mask")  # (batch, T) int64 each, from runtime.tokens.encode_batch
 OUTPUT_NAME = "embeddings"  # (batch, dim) float32, L2-normalised by the towers themselves
-# The ONNX inputs and output of each model, by file role; serving.encoders reads this.
-ONNX_IO = {
-    "image_encoder": {"inputs": list(IMAGE_INPUTS), "outputs": [OUTPUT_NAME]},
-    "text_encoder": {"inputs": list(TEXT_INPUTS), "outputs": [OUTPUT_NAME]},
-}
+# The ONNX inputs and output of each model, by file role; runtime.encoders reads them.
+ONNX_IO = {"image_encoder": OnnxIO(IMAGE_INPUTS, OUTPUT_NAME), "text_encoder": OnnxIO(TEXT_INPUTS, OUTPUT_NAME)}
 # Texts for the text tower's parity check: short, long enough to be truncated, non-ASCII.
 PARITY_TEXTS = (
     "a sneaker", "an ankle boot", "a photo of a t-shirt, a kind of top, with short sleeves and a round collar on it",
@@ -44,8 +40,8 @@ PARITY_TEXTS = (
 )
 
 
-def _write_query_bank(image_tower: torch.nn.Module, info: dict[str, Any], images: int, seed: int,
-                      path: Path) -> dict[str, Any] | None:
+def _write_query_bank(image_tower: torch.nn.Module, info: ClipInfo, images: int, seed: int,
+                      path: Path) -> QueryBankSpec | None:
     """Embed `images` random training images into `path` and return the manifest's description of
     the bank; None, writing nothing, when asked for none or when the training data cannot be read
     here (the bundle then serves zero-shot without normalisation)."""
@@ -58,8 +54,8 @@ def _write_query_bank(image_tower: torch.nn.Module, info: dict[str, Any], images
         return None
     np.save(path, bank)
     # which images exactly (subset, held-out classes) follows from the training config beside it
-    return {"images": len(bank), "k": min(QUERY_BANK_K, len(bank)), "seed": seed,
-            "source": f"random training images of {info['config']['data']}"}
+    return QueryBankSpec(images=len(bank), k=min(QUERY_BANK_K, len(bank)), seed=seed,
+                         source=f"random training images of {info.config['data']}")
 
 
 def export_clip(
@@ -77,13 +73,12 @@ def export_clip(
     bank of `query_bank_images` training images (0: none). Raises export.onnx.ParityError, writing
     nothing, if either ONNX model does not reproduce its torch tower at batch 1 and at a larger batch."""
     image_tower, text_tower, info = load_clip_towers(str(checkpoint_path))
-    spec = info["preprocessing"]
     generator = torch.Generator().manual_seed(seed)
     # Normal noise in the normalised input space: the range real preprocessed images occupy.
-    images = torch.randn(parity_batch, spec["channels"], spec["crop"], spec["crop"], generator=generator)  # (B, C, H, W)
-    tokenizer = load_tokenizer(info["tokenizer_json"])
+    images = torch.randn(parity_batch, *info.preprocessing.input_shape, generator=generator)  # (B, C, H, W)
+    tokenizer = load_tokenizer(info.tokenizer_json)
     # Prompts the way zero-shot builds them, plus PARITY_TEXTS: real token ids, real padding patterns.
-    class_names = info["class_names"] or ["thing", "object"]
+    class_names = info.class_names or ["thing", "object"]
     texts = list(PARITY_TEXTS) + [t.format(c) for c in class_names[:2] for t in EVAL_TEMPLATES[:3]]
     ids, mask = (torch.from_numpy(a) for a in encode_batch(tokenizer, texts))  # (N, T) int64 each
 
@@ -99,30 +94,27 @@ def export_clip(
             "text_encoder": min(check_parity(text_tower, text_path, (ids[:1], mask[:1])),
                                 check_parity(text_tower, text_path, (ids, mask))),
         }
-        (folder / TOKENIZER_FILE).write_text(info["tokenizer_json"], encoding="utf-8")
+        (folder / TOKENIZER_FILE).write_text(info.tokenizer_json, encoding="utf-8")
         query_bank = _write_query_bank(image_tower, info, query_bank_images, seed, folder / QUERY_BANK_FILE)
         if query_bank:
-            files[QUERY_BANK_ROLE] = QUERY_BANK_FILE
+            files[QUERY_BANK_ROLE] = QUERY_BANK_FILE  # the role runtime.bundle.Manifest.query_bank describes
 
         manifest = Manifest(
             name=name,
             kind="image-text-encoder",
             method="clip",
-            dim=int(info["dim"]),
+            dim=int(info.dim),
             normalized=True,
             files=files,
-            preprocessing=spec,
-            tokenizer={"file": TOKENIZER_FILE, "context_length": int(info["context_length"])},
-            training_config=info["config"],
+            preprocessing=info.preprocessing,
+            tokenizer=TokenizerSpec(file=TOKENIZER_FILE, context_length=info.context_length),
+            onnx=ONNX_IO,
+            logit_scale=float(info.logit_scale),
+            class_names=tuple(info.class_names or ()),
+            query_bank=query_bank,
+            training_config=info.config,
             metrics=metrics or {},
-            extra={
-                "logit_scale": float(info["logit_scale"]),
-                "class_names": list(info["class_names"] or []),
-                "onnx_io": ONNX_IO,
-                "opset": DEFAULT_OPSET,
-                "parity_min_cosine": parity,
-                **({QUERY_BANK_ROLE: query_bank} if query_bank else {}),
-            },
+            extra={"opset": DEFAULT_OPSET, "parity_min_cosine": parity},
             source_checkpoint_sha256=sha256_file(Path(checkpoint_path)),
         )
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from export.bundle import Bundle, Manifest, sha256_file, write_bundle
+from runtime.bundle import Bundle, Manifest, OnnxIO, sha256_file, write_bundle
 from export.onnx import DEFAULT_OPSET, FP16_MIN_COSINE, check_parity, export_onnx, write_fp16_copy
 from training.methods.encoders import load_image_encoder
 
@@ -36,13 +36,12 @@ def export_image_encoder(
     if the ONNX model does not reproduce the torch encoder at batch 1 and at `parity_batch`.
     `fp16` adds a half-precision copy for GPUs; the fp32 file stays the one served by default."""
     module, info = load_image_encoder(checkpoint_path)
-    spec = info["preprocessing"]
     generator = torch.Generator().manual_seed(seed)
     # Normal noise in the normalised input space: the range real preprocessed images occupy.
-    inputs = torch.randn(parity_batch, spec["channels"], spec["crop"], spec["crop"], generator=generator)  # (B, C, H, W)
+    inputs = torch.randn(parity_batch, *info.preprocessing.input_shape, generator=generator)  # (B, C, H, W)
 
     files = {"image_encoder": ONNX_FILE}
-    extra: dict[str, Any] = {"onnx_input": INPUT_NAME, "onnx_output": OUTPUT_NAME, "opset": DEFAULT_OPSET}
+    extra: dict[str, Any] = {"opset": DEFAULT_OPSET}
     with tempfile.TemporaryDirectory(prefix="embedserve-export-") as scratch:
         # Exported and checked outside artifacts/, so a failed parity check leaves no trace there.
         onnx_path = export_onnx(module, inputs[:2], Path(scratch) / ONNX_FILE, INPUT_NAME, OUTPUT_NAME)
@@ -55,12 +54,13 @@ def export_image_encoder(
         manifest = Manifest(
             name=name,
             kind="image-encoder",
-            method=info["method"],
-            dim=int(info["dim"]),
+            method=info.method,
+            dim=int(info.dim),
             normalized=False,
             files=files,
-            preprocessing=spec,
-            training_config=info["config"],
+            preprocessing=info.preprocessing,
+            onnx={role: OnnxIO((INPUT_NAME,), OUTPUT_NAME) for role in files},  # the fp32 model and its fp16 copy alike
+            training_config=info.config,
             metrics=metrics or {},
             extra=extra,
             source_checkpoint_sha256=sha256_file(Path(checkpoint_path)),

@@ -9,17 +9,17 @@ Uses torch's TorchScript-based exporter (`dynamo=False`): the torch.export-based
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+
+from runtime.files import atomic_path
+from runtime.vectors import rowwise_cosine
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +30,6 @@ FP16_MIN_COSINE = 0.99  # half precision loses ~3 decimal digits per value
 
 class ParityError(ValueError):
     """The ONNX model's outputs are not the torch module's: the export is wrong; do not ship it."""
-
-
-@contextmanager
-def _written_atomically(path: Path) -> Iterator[str]:
-    """A temporary name beside `path` to write to; renamed to `path` on success, removed on failure.
-    (export.bundle.atomic_write_text does the same for text; these files are written by torch/onnx.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 Inputs = torch.Tensor | tuple[torch.Tensor, ...]  # one model input, or several in the model's argument order
@@ -73,14 +58,14 @@ def export_onnx(module: torch.nn.Module, example_input: Inputs, path: Path | str
     if len(examples) != len(names):
         raise ValueError(f"{len(examples)} example inputs but {len(names)} input names {names}; give one name per input")
     module = module.eval()
-    with _written_atomically(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notices that it is legacy
         torch.onnx.export(
-            module, examples, tmp, dynamo=False, opset_version=opset,
+            module, examples, str(tmp), dynamo=False, opset_version=opset,
             input_names=names, output_names=[output_name],
             dynamic_axes={**{name: {0: "batch"} for name in names}, output_name: {0: "batch"}},
         )
-        onnx.checker.check_model(tmp)
+        onnx.checker.check_model(str(tmp))
     shapes = ", ".join(f"{n} {tuple(x.shape)}" for n, x in zip(names, examples))
     log.info("exported %s (opset %d, inputs %s)", path, opset, shapes)
     return path
@@ -108,13 +93,6 @@ def run_onnx(onnx_path: Path | str, inputs: np.ndarray | Sequence[np.ndarray]) -
     if len(arrays) != len(names):
         raise ValueError(f"{onnx_path} takes {len(names)} inputs {names}, got {len(arrays)}")
     return session.run(None, dict(zip(names, arrays)))[0]
-
-
-def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row of `a` (B, D) with the same row of `b` (B, D): (B,)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(axis=1) / np.maximum(norms, 1e-12)
 
 
 def check_parity(module: torch.nn.Module, onnx_path: Path | str, inputs: Inputs,
@@ -147,6 +125,6 @@ def write_fp16_copy(onnx_path: Path | str, fp16_path: Path | str) -> Path | None
         return None
     fp16_path = Path(fp16_path)
     model = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-    with _written_atomically(fp16_path) as tmp:
-        onnx.save(model, tmp)
+    with atomic_path(fp16_path) as tmp:
+        onnx.save(model, str(tmp))
     return fp16_path

@@ -1,70 +1,72 @@
-"""An image-encoder bundle as a Triton Inference Server model repository, under artifacts/triton/.
+"""A bundle's models as a Triton Inference Server model repository, under artifacts/triton/.
 
-Three models per bundle: `<name>` (the bundle's ONNX file, dynamic batching; what the gateway's
-TritonEncoder calls with preprocessed batches), `<name>_preprocess` (Python backend: image bytes
-to the same float32 input serving computes) and `<name>_ensemble` (bytes in, embeddings out,
-for clients that talk to Triton directly).
+For each image model (an image encoder, or a CLIP bundle's image tower) three Triton models:
+`<model>` (the bundle's ONNX file, dynamic batching; what runtime.encoders.triton.TritonEncoder
+calls with preprocessed batches), `<model>_preprocess` (Python backend: image bytes to the same
+float32 input the server computes, with runtime/preprocessing.py copied beside it) and
+`<model>_ensemble` (bytes in, embeddings out, for clients that talk to Triton directly). A CLIP
+bundle's text tower is one ONNX model taking token ids and attention mask (INT64), which the
+gateway tokenises with the bundle's tokenizer. Everything is checked before anything is written,
+so a bundle this writer cannot serve leaves the repository as it was.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import training.data.images
-from export.bundle import Bundle, atomic_write_text, write_versioned_dir
-from serving.encoders.triton import triton_model_name, triton_model_version
+import runtime.preprocessing
+from runtime.bundle import Bundle, BundleError
+from runtime.encoders.triton import triton_model_name, triton_model_version
+from runtime.files import atomic_write_text, write_versioned_dir
 
 PREPROCESS_SUFFIX = "_preprocess"
 ENSEMBLE_SUFFIX = "_ensemble"
 BYTES_INPUT = "image"  # the ensemble's and preprocessing model's input: one encoded image file per row
 # The Python backend runs in Triton's own interpreter, where embedserve is not installed: the one
-# preprocessing module (torch-free) is copied beside model.py under this name.
-IMAGES_MODULE = "embedserve_images.py"
+# preprocessing module (no project imports) is copied beside model.py under this name.
+PREPROCESSING_MODULE = "embedserve_preprocessing.py"
+# The roles of the ONNX models each bundle kind holds.
+ROLES = {"image-encoder": ("image_encoder",), "image-text-encoder": ("image_encoder", "text_encoder")}
 
 MODEL_PY = '''"""Triton Python backend: encoded image bytes -> the float32 input of model {onnx_model!r}.
 
-Written by embedserve's export/triton.py. The arithmetic is embedserve's own preprocess_image
-(copied beside this file as {images_module}), so Triton and the gateway compute the same input.
+Written by embedserve's export/triton.py. The checks and the arithmetic are embedserve's own
+runtime/preprocessing.py (copied beside this file as {module}), so Triton and the gateway compute
+the same input and refuse the same images.
 """
 
-import io
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from {images_import} import preprocess_image  # noqa: E402
+from {module_import} import ImageLimits, PreprocessingSpec, decode_image, preprocess_image  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args):
         parameters = json.loads(args["model_config"])["parameters"]
-        self.spec = json.loads(parameters["preprocessing"]["string_value"])
-        self.max_pixels = int(parameters["max_pixels"]["string_value"])
-
-    def _decode(self, data):
-        img = Image.open(io.BytesIO(data))  # the header only
-        width, height = img.size
-        if width * height > self.max_pixels:
-            raise ValueError(f"image is {{width}}x{{height}} pixels; the limit is {{self.max_pixels}}")
-        img.load()  # the full decode: truncated files fail here
-        return preprocess_image(img, self.spec)  # (C, H, W)
+        self.spec = PreprocessingSpec.from_dict(json.loads(parameters["preprocessing"]["string_value"]))
+        self.limits = ImageLimits(max_bytes=int(parameters["max_bytes"]["string_value"]),
+                                  max_pixels=int(parameters["max_pixels"]["string_value"]))
 
     def execute(self, requests):
         responses = []
         for request in requests:
             blobs = pb_utils.get_input_tensor_by_name(request, "{bytes_input}").as_numpy()  # (B, 1) bytes
             try:
-                batch = np.stack([self._decode(blob) for blob in blobs.reshape(-1)])  # (B, C, H, W)
+                batch = np.stack([preprocess_image(decode_image(bytes(blob), self.limits), self.spec)
+                                  for blob in blobs.reshape(-1)])  # (B, C, H, W)
                 output = pb_utils.Tensor("{preprocessed}", batch.astype(np.float32))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
-            except Exception as e:  # one bad image fails its own request, not the batch's others
+            except ValueError as e:  # one bad image fails its own request, not the batch's others
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(f"cannot read image: {{e}}")))
         return responses
 
@@ -73,55 +75,68 @@ class TritonPythonModel:
 '''
 
 
-def _dims(shape: list[int]) -> str:
-    return "[ " + ", ".join(str(d) for d in shape) + " ]"
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a Triton model, as config.pbtxt states it (batch axis left out)."""
+
+    name: str
+    data_type: str  # TYPE_FP32, TYPE_INT64, TYPE_STRING
+    dims: tuple[int, ...]
+
+    def pbtxt(self) -> str:
+        return f'{{ name: "{self.name}" data_type: {self.data_type} dims: [ {", ".join(map(str, self.dims))} ] }}'
 
 
-def _onnx_config(name: str, input_name: str, output_name: str, input_dims: list[int], dim: int,
-                 max_batch_size: int, max_queue_delay_us: int) -> str:
+def _tensors(tensors: list[TensorSpec]) -> str:
+    return ",\n".join(f"  {t.pbtxt()}" for t in tensors)
+
+
+def _onnx_config(name: str, inputs: list[TensorSpec], output: TensorSpec, max_batch_size: int,
+                 max_queue_delay_us: int) -> str:
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}
 input [
-  {{ name: "{input_name}" data_type: TYPE_FP32 dims: {_dims(input_dims)} }}
+{_tensors(inputs)}
 ]
 output [
-  {{ name: "{output_name}" data_type: TYPE_FP32 dims: {_dims([dim])} }}
+{_tensors([output])}
 ]
 dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}
 version_policy: {{ latest: {{ num_versions: 1 }} }}
 """
 
 
-def _preprocess_config(name: str, output_name: str, output_dims: list[int], spec: dict, max_batch_size: int,
+def _preprocess_config(name: str, output: TensorSpec, spec: dict, max_batch_size: int, max_bytes: int,
                        max_pixels: int) -> str:
     spec_json = json.dumps(spec, sort_keys=True).replace("\\", "\\\\").replace('"', '\\"')
     return f"""name: "{name}"
 backend: "python"
 max_batch_size: {max_batch_size}
 input [
-  {{ name: "{BYTES_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }}
+{_tensors([TensorSpec(BYTES_INPUT, "TYPE_STRING", (1,))])}
 ]
 output [
-  {{ name: "{output_name}" data_type: TYPE_FP32 dims: {_dims(output_dims)} }}
+{_tensors([output])}
 ]
 parameters {{ key: "preprocessing" value: {{ string_value: "{spec_json}" }} }}
+parameters {{ key: "max_bytes" value: {{ string_value: "{max_bytes}" }} }}
 parameters {{ key: "max_pixels" value: {{ string_value: "{max_pixels}" }} }}
 instance_group [ {{ kind: KIND_CPU }} ]
 version_policy: {{ latest: {{ num_versions: 1 }} }}
 """
 
 
-def _ensemble_config(name: str, preprocess: str, onnx_model: str, version: str, onnx_input: str, onnx_output: str,
-                     input_dims: list[int], dim: int, max_batch_size: int) -> str:
+def _ensemble_config(name: str, preprocess: str, onnx_model: str, version: str, onnx_input: str, output: TensorSpec,
+                     max_batch_size: int) -> str:
     return f"""name: "{name}"
 platform: "ensemble"
 max_batch_size: {max_batch_size}
 input [
-  {{ name: "{BYTES_INPUT}" data_type: TYPE_STRING dims: [ 1 ] }}
+{_tensors([TensorSpec(BYTES_INPUT, "TYPE_STRING", (1,))])}
 ]
 output [
-  {{ name: "{onnx_output}" data_type: TYPE_FP32 dims: {_dims([dim])} }}
+{_tensors([output])}
 ]
 ensemble_scheduling {{
   step [
@@ -135,51 +150,73 @@ ensemble_scheduling {{
       model_name: "{onnx_model}"
       model_version: {version}
       input_map {{ key: "{onnx_input}" value: "preprocessed" }}
-      output_map {{ key: "{onnx_output}" value: "{onnx_output}" }}
+      output_map {{ key: "{output.name}" value: "{output.name}" }}
     }}
   ]
 }}
 """
 
 
-def write_triton_repository(bundle: Bundle, triton_dir: Path | str, max_batch_size: int = 64,
-                            max_queue_delay_us: int = 5000, max_pixels: int = 40_000_000) -> list[Path]:
-    """Add `bundle` (an image encoder) to the Triton repository `triton_dir`; returns the three
-    model folders. Each version folder is written atomically; Triton versions are the bundle's
-    (v3 -> 3), so the gateway's TritonEncoder asks for exactly the exported model."""
+Fill = Callable[[Path, str], None]
+
+
+def _models(bundle: Bundle, max_batch_size: int, max_queue_delay_us: int, max_bytes: int,
+            max_pixels: int) -> dict[str, tuple[Fill, str]]:
+    """Every Triton model of `bundle`: name -> (what fills its version folder, its config.pbtxt).
+    Raises BundleError, having written nothing, for a bundle this writer cannot serve."""
     manifest = bundle.manifest
-    if manifest.kind != "image-encoder":
-        raise ValueError(f"only image-encoder bundles have a Triton repository writer; {manifest.name} is a {manifest.kind}")
-    triton_dir = Path(triton_dir)
+    if manifest.kind not in ROLES:
+        raise BundleError(f"{manifest.name} is a {manifest.kind} bundle: only image encoders and CLIP "
+                          "image-text encoders have Triton models")
     version = triton_model_version(manifest) or "1"
-    spec = manifest.preprocessing or {}
-    input_dims = [spec["channels"], spec["crop"], spec["crop"]]  # (C, H, W); Triton adds the batch axis
-    onnx_input, onnx_output = manifest.extra["onnx_input"], manifest.extra["onnx_output"]
-    onnx_model = triton_model_name(manifest, "image_encoder")
-    preprocess, ensemble = onnx_model + PREPROCESS_SUFFIX, onnx_model + ENSEMBLE_SUFFIX
-    images_source = Path(training.data.images.__file__)
+    models: dict[str, tuple[Fill, str]] = {}
+    for role in ROLES[manifest.kind]:
+        io, source = manifest.onnx_io(role), bundle.file(role)
+        output = TensorSpec(io.output, "TYPE_FP32", (manifest.dim,))
+        onnx_model = triton_model_name(manifest, role)
 
-    def onnx_files(folder: Path, _: str) -> None:
-        shutil.copyfile(bundle.file("image_encoder"), folder / "model.onnx")
+        def onnx_files(folder: Path, _: str, source: Path = source) -> None:
+            shutil.copyfile(source, folder / "model.onnx")
 
-    def python_files(folder: Path, _: str) -> None:
-        shutil.copyfile(images_source, folder / IMAGES_MODULE)
-        (folder / "model.py").write_text(MODEL_PY.format(
-            onnx_model=onnx_model, images_module=IMAGES_MODULE, images_import=IMAGES_MODULE.removesuffix(".py"),
-            bytes_input=BYTES_INPUT, preprocessed=onnx_input), encoding="utf-8")
+        if role == "text_encoder":
+            if manifest.tokenizer is None:
+                raise BundleError(f"{manifest.name}: a text tower needs a tokenizer in its manifest")
+            inputs = [TensorSpec(name, "TYPE_INT64", (manifest.tokenizer.context_length,)) for name in io.inputs]
+            models[onnx_model] = (onnx_files, _onnx_config(onnx_model, inputs, output, max_batch_size, max_queue_delay_us))
+            continue
+        spec = manifest.preprocessing
+        if spec is None:
+            raise BundleError(f"{manifest.name}: an image model needs a preprocessing spec in its manifest")
+        image_input = TensorSpec(io.inputs[0], "TYPE_FP32", spec.input_shape)
+        preprocess, ensemble = onnx_model + PREPROCESS_SUFFIX, onnx_model + ENSEMBLE_SUFFIX
 
-    models = {
-        onnx_model: (onnx_files, _onnx_config(onnx_model, onnx_input, onnx_output, input_dims, manifest.dim,
-                                              max_batch_size, max_queue_delay_us)),
-        preprocess: (python_files, _preprocess_config(preprocess, onnx_input, input_dims, spec, max_batch_size, max_pixels)),
-        ensemble: (lambda folder, _: None, _ensemble_config(ensemble, preprocess, onnx_model, version, onnx_input,
-                                                            onnx_output, input_dims, manifest.dim, max_batch_size)),
-    }
+        def python_files(folder: Path, _: str, onnx_model: str = onnx_model, onnx_input: str = image_input.name) -> None:
+            shutil.copyfile(runtime.preprocessing.__file__, folder / PREPROCESSING_MODULE)
+            (folder / "model.py").write_text(MODEL_PY.format(
+                onnx_model=onnx_model, module=PREPROCESSING_MODULE, module_import=PREPROCESSING_MODULE.removesuffix(".py"),
+                bytes_input=BYTES_INPUT, preprocessed=onnx_input), encoding="utf-8")
+
+        models[onnx_model] = (onnx_files, _onnx_config(onnx_model, [image_input], output, max_batch_size, max_queue_delay_us))
+        models[preprocess] = (python_files, _preprocess_config(
+            preprocess, TensorSpec(image_input.name, "TYPE_FP32", spec.input_shape), spec.to_dict(), max_batch_size,
+            max_bytes, max_pixels))
+        models[ensemble] = (lambda folder, _: None, _ensemble_config(
+            ensemble, preprocess, onnx_model, version, image_input.name, output, max_batch_size))
+    return models
+
+
+def write_triton_repository(bundle: Bundle, triton_dir: Path | str, max_batch_size: int = 64,
+                            max_queue_delay_us: int = 5000, max_bytes: int = 10_000_000,
+                            max_pixels: int = 40_000_000) -> list[Path]:
+    """Add `bundle`'s models to the Triton repository `triton_dir`; returns their folders. Each
+    version folder is written atomically; Triton versions are the bundle's (v3 -> 3), so
+    TritonEncoder asks for exactly the exported model."""
+    triton_dir = Path(triton_dir)
+    version = triton_model_version(bundle.manifest) or "1"
     folders = []
-    for model, (fill, config) in models.items():
+    for model, (fill, config) in _models(bundle, max_batch_size, max_queue_delay_us, max_bytes, max_pixels).items():
         # the version folder first, then the config that serves it: Triton never sees a config without its files
         write_versioned_dir(triton_dir / model, fill, version, make_current=False)
         atomic_write_text(triton_dir / model / "config.pbtxt", config)
         folders.append(triton_dir / model)
     return folders
-

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from export.bundle import Bundle, Manifest, sha256_file, write_bundle
+from runtime.bundle import Bundle, Manifest, sha256_file, write_bundle
 
 
 def write_word_vectors_bundle(
@@ -44,10 +44,9 @@ def write_word_vectors_bundle(
         dim=int(vectors.shape[1]),
         normalized=False,
         files={"vectors": "vectors.npy", "vocab": "vocab.txt"},
-        tokenizer={"lowercase": True, "split": "non-letters"},
         training_config=training_config or {},
         metrics=metrics or {},
-        extra={"vocab_size": len(vocab)},
+        extra={"vocab_size": len(vocab), "tokenization": {"lowercase": True, "split": "non-letters"}},
         source_checkpoint_sha256=source_checkpoint_sha256,
     )
     return write_bundle(artifacts, manifest, write_files, version=version)

@@ -12,12 +12,6 @@ import numpy as np
 METHODS = ("3cosadd", "3cosmul")
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Scale each row to unit L2 norm (zero rows stay zero)."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # (N, 1)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
 def three_cos_add_query(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """The 3CosAdd query a − b + c, normalised: its cosine to x ranks candidates (D,)."""
     query = a - b + c  # (D,)

@@ -2,7 +2,7 @@
 
 Vectors and queries are L2-normalised, so inner product is cosine similarity. Saved indexes
 live in `artifacts/indexes/<name>/<version>/` (index.faiss, metadata.sqlite, manifest.json),
-written atomically through export.bundle.write_versioned_dir, with a `current` pointer per name.
+written atomically through runtime.files.write_versioned_dir, with a `current` pointer per name.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from export.bundle import MANIFEST_FILE, BundleError, atomic_write_text, current_version, write_versioned_dir
-from index.analogy import unit_rows
+from runtime.bundle import MANIFEST_FILE, BundleError, dataclass_from_dict, iter_current, read_manifest
+from runtime.files import VersionError, atomic_write_text, version_folder, write_versioned_dir
+from runtime.vectors import unit_rows
 from index.gpu import gpu_count, maybe_to_gpu
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,7 @@ class IndexManifest:
     def from_dict(cls, data: dict[str, Any]) -> IndexManifest:
         if data.get("schema_version") != INDEX_SCHEMA_VERSION:
             raise BundleError(f"index manifest schema {data.get('schema_version')!r} is not {INDEX_SCHEMA_VERSION}; rebuild the index")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return dataclass_from_dict(cls, data)
 
 
 def _new_faiss_index(kind: str, dim: int) -> faiss.Index:
@@ -301,10 +301,7 @@ class VectorIndex:
     def load(cls, path: Path) -> VectorIndex:
         """Read the index saved in folder `path` (…/indexes/<name>/<version>)."""
         path = Path(path)
-        manifest_path = path / MANIFEST_FILE
-        if not manifest_path.is_file():
-            raise BundleError(f"{path} is not an index: it has no {MANIFEST_FILE}")
-        manifest = IndexManifest.from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
+        manifest = read_manifest(path, IndexManifest, what="index")
         index = cls(manifest.dim, manifest.faiss_kind, manifest.model, manifest.model_version)
         index.index = faiss.read_index(str(path / INDEX_FILE))
         source = sqlite3.connect(f"file:{path / METADATA_FILE}?mode=ro", uri=True)
@@ -319,22 +316,15 @@ class VectorIndex:
 
 def open_index(artifacts: Path, name: str, version: str | None = None) -> VectorIndex:
     """The index `name` at `version`, or at its current version."""
-    parent = indexes_dir(artifacts) / name
-    if not parent.is_dir():
-        raise BundleError(f"no index named {name!r} under {indexes_dir(artifacts)}")
-    return VectorIndex.load(parent / (version or current_version(parent)))
+    try:
+        return VectorIndex.load(version_folder(indexes_dir(artifacts), name, version, what="index"))
+    except VersionError as e:
+        raise BundleError(str(e)) from e
 
 
 def iter_current_indexes(artifacts: Path) -> Iterator[VectorIndex]:
     """Every index's current version, by name, skipping folders that hold none or a broken one."""
-    root = indexes_dir(artifacts)
-    if not root.is_dir():
-        return
-    for parent in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        try:
-            yield VectorIndex.load(parent / current_version(parent))
-        except (BundleError, RuntimeError, OSError, sqlite3.Error, ValueError) as e:
-            log.warning("skipping index folder %s: %s", parent, e)
+    return iter_current(indexes_dir(artifacts), VectorIndex.load, "index")
 
 
 def _describe(index: faiss.Index | None) -> str:

@@ -12,8 +12,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from export.bundle import Bundle
-from index.analogy import METHODS, three_cos_add_query, three_cos_mul_scores, unit_rows
+from runtime.bundle import Bundle
+from index.analogy import METHODS, three_cos_add_query, three_cos_mul_scores
+from runtime.vectors import unit_rows
 from index.gpu import maybe_to_gpu
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serving.encoders.base import Encoder
+from runtime.encoders.base import Encoder
 from serving.errors import NotReady
 
 log = logging.getLogger(__name__)

@@ -1,13 +1,20 @@
 """Errors are types: one exception per kind of bad input, mapped to an HTTP status in one place.
 
 Every message says what to fix. The handlers turn them into `{"detail": message, "error": type}`
-so clients can branch on `error` and show `detail`.
+so clients can branch on `error` and show `detail`. The inference core raises its own errors
+(runtime/ knows nothing of HTTP); `RUNTIME_ERRORS` gives each its status here.
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from runtime.bundle import BundleError
+from runtime.encoders.base import EncoderUnavailable
+from runtime.preprocessing import ImageTooLarge, InvalidImage, UnsupportedImage
+from runtime.sources import SourceError
+from runtime.tokens import InvalidText
 
 
 class ServingError(Exception):
@@ -61,9 +68,37 @@ class NotReady(ServingError):
     error = "not_ready"
 
 
+# The inference core's errors, each answered as the serving error of the same meaning.
+RUNTIME_ERRORS: dict[type[Exception], type[ServingError]] = {
+    InvalidImage: InvalidInput,
+    ImageTooLarge: PayloadTooLarge,
+    UnsupportedImage: UnsupportedMediaType,
+    InvalidText: InvalidInput,
+    SourceError: InvalidInput,
+    EncoderUnavailable: NotReady,
+    BundleError: NotReady,  # a model that cannot be read now: the operator's to fix, not the client's
+}
+
+
+def unsupported_content_type(media_type: str) -> UnsupportedMediaType:
+    """The 415 for a body that is neither a multipart form nor JSON."""
+    return UnsupportedMediaType(f"content type {media_type!r} is not accepted; send multipart/form-data or application/json")
+
+
+def _respond(status_code: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status_code, content={"detail": message, "error": error})
+
+
 async def _handle_serving_error(request: Request, exc: ServingError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content={"detail": exc.message, "error": exc.error})
+    return _respond(exc.status_code, exc.error, exc.message)
+
+
+async def _handle_runtime_error(request: Request, exc: Exception) -> JSONResponse:
+    kind = next(RUNTIME_ERRORS[cls] for cls in type(exc).__mro__ if cls in RUNTIME_ERRORS)
+    return _respond(kind.status_code, kind.error, str(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServingError, _handle_serving_error)  # type: ignore[arg-type]
+    for error in RUNTIME_ERRORS:
+        app.add_exception_handler(error, _handle_runtime_error)

@@ -2,7 +2,7 @@
 
 `Registry.load` reads each model's current bundle under `artifacts/models/` and builds the
 object that serves it: word vectors get a FAISS index (index/word_vectors.py); image encoders
-get an `Encoder` (serving.encoders.factory) fed by a `MicroBatcher`; a CLIP bundle
+get an `Encoder` (runtime.encoders.factory) fed by a `MicroBatcher`; a CLIP bundle
 (image-text-encoder) gets two, an image side that /embed/image and /search use like any image
 encoder and a text side with the tokenizer it was trained with and, when exported with one, the
 query bank /zero-shot normalises with. It also loads the current version of every index under
@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
 
-from export.bundle import Bundle, Manifest, iter_current_bundles, open_bundle
-from index.text_tokens import load_tokenizer
 from index.vector_index import VectorIndex, iter_current_indexes
-from index.zero_shot import ClassMatrixCache, QueryBank, read_query_bank
 from index.word_vectors import WordVectors
+from index.zero_shot import ClassMatrixCache, QueryBank, read_query_bank
+from runtime.bundle import Bundle, Manifest, iter_current_bundles, open_bundle
+from runtime.encoders.base import Encoder
+from runtime.encoders.factory import load_encoder
+from runtime.tokens import load_tokenizer
 from serving.batching import MicroBatcher
-from serving.encoders.base import Encoder
-from serving.encoders.factory import load_encoder
 from serving.errors import InvalidInput, UnknownIndex, UnknownModel
 from serving.metrics import Metrics
 from serving.settings import Settings
@@ -46,7 +46,7 @@ class TextModel:
 
     @property
     def context_length(self) -> int:
-        return int(self.manifest.tokenizer["context_length"])
+        return self.manifest.tokenizer.context_length
 
 
 @dataclass
@@ -79,6 +79,12 @@ class Registry:
         return registry
 
     def add(self, bundle: Bundle) -> None:
+        """Serve `bundle` as the current version of its model."""
+        if self._load(bundle):
+            self.manifests[bundle.manifest.name] = bundle.manifest
+
+    def _load(self, bundle: Bundle) -> bool:
+        """Build what serves `bundle`, by its kind; False (and a warning) for a kind not served."""
         manifest = bundle.manifest
         if manifest.kind == "word-vectors":
             self.words[manifest.name] = WordVectors.from_bundle(bundle)
@@ -88,8 +94,8 @@ class Registry:
             self._add_image_text_encoder(bundle)
         else:
             log.warning("model %s: kind %r is not served yet; skipped", manifest.name, manifest.kind)
-            return
-        self.manifests[manifest.name] = manifest
+            return False
+        return True
 
     def _batcher(self, encoder: Encoder, metrics_label: str) -> MicroBatcher:
         settings = self.settings
@@ -103,7 +109,7 @@ class Registry:
 
     def _add_image_encoder(self, bundle: Bundle, role: str | None = None) -> None:
         manifest = bundle.manifest
-        encoder = load_encoder(bundle, self.settings, role)
+        encoder = load_encoder(bundle, self.settings.runtime_config(), role)
         key = (manifest.name, manifest.version)
         self.encoders.setdefault(manifest.name, encoder)  # the current version, which load adds first
         self.image_manifests[key] = manifest
@@ -113,10 +119,10 @@ class Registry:
         """Both towers of a CLIP bundle, each with its own batcher, and its query bank if it has one;
         the image side serves like any image encoder."""
         manifest = bundle.manifest
-        if not manifest.tokenizer or "file" not in manifest.tokenizer:
+        if manifest.tokenizer is None:
             raise ValueError(f"model {manifest.name}: its manifest names no tokenizer file; re-export the bundle")
-        tokenizer = load_tokenizer(bundle.path / manifest.tokenizer["file"])
-        text_encoder = load_encoder(bundle, self.settings, "text_encoder")
+        tokenizer = load_tokenizer(bundle.path / manifest.tokenizer.file)
+        text_encoder = load_encoder(bundle, self.settings.runtime_config(), "text_encoder")
         self._add_image_encoder(bundle, "image_encoder")
         query_bank = read_query_bank(bundle)
         if query_bank is None:
@@ -133,39 +139,37 @@ class Registry:
         if index.model is None or key in self.image_batchers:
             return
         try:
-            bundle = open_bundle(self.settings.artifacts_dir, index.model, index.model_version)
-            if bundle.manifest.kind == "image-encoder":
-                self._add_image_encoder(bundle)
-            elif bundle.manifest.kind == "image-text-encoder":
-                self._add_image_text_encoder(bundle)
+            self._load(open_bundle(self.settings.artifacts_dir, index.model, index.model_version))
         except Exception as e:  # the index still serves vector and id queries
             log.warning("index %s: cannot load its model %s %s (%s); image and text queries will fail", name, *key, e)
 
+    def _resolve(self, table: dict[tuple[str, str], object], name: str | None, default: str | None,
+                 version: str | None) -> tuple[tuple[str | None, str | None], str]:
+        """The (name, version) key of `table` a request means: `name`, else `default`, else the
+        first loaded by name; `version`, else that model's current one. Also the loaded names, for
+        the error message when the key is not in `table`."""
+        current = {n: v for n, v in table if self.manifests.get(n) and self.manifests[n].version == v}
+        name = name or default or next(iter(sorted(current)), None)
+        return (name, version or current.get(name)), ", ".join(sorted(current)) or "none loaded"
+
     def image_model(self, name: str | None, version: str | None = None) -> tuple[Manifest, MicroBatcher]:
         """The image encoder `name` (current version unless `version`), or the default one."""
-        current = {n: v for n, v in self.image_batchers if self.manifests.get(n) and self.manifests[n].version == v}
-        name = name or self.settings.default_image_model or next(iter(sorted(current)), None)
-        key = (name, version or current.get(name))
+        key, known = self._resolve(self.image_batchers, name, self.settings.default_image_model, version)
         if key not in self.image_batchers:
-            known = ", ".join(sorted(current)) or "none loaded"
-            wanted = f"{name!r}" + (f" version {version!r}" if version else "")
-            raise UnknownModel(f"no image encoder named {wanted}; available: {known}")
+            raise UnknownModel(f"no image encoder named {_wanted(key[0], version)}; available: {known}")
         return self.image_manifests[key], self.image_batchers[key]
 
     def text_model(self, name: str | None, version: str | None = None) -> TextModel:
         """The CLIP model `name` (current version unless `version`), or the default one (the
         setting, else the first by name). A loaded model without a text tower is a 422, not a 404."""
-        current = {n: v for n, v in self.text_models if self.manifests.get(n) and self.manifests[n].version == v}
-        name = name or self.settings.default_text_model or next(iter(sorted(current)), None)
-        key = (name, version or current.get(name))
+        key, known = self._resolve(self.text_models, name, self.settings.default_text_model, version)
         if key in self.text_models:
             return self.text_models[key]
-        known = ", ".join(sorted(current)) or "none loaded"
+        name = key[0]
         if name in self.manifests and self.manifests[name].kind != "image-text-encoder":
             raise InvalidInput(f"model {name!r} is a {self.manifests[name].kind} and has no text tower; "
                                f"name a CLIP model (image-text-encoder): {known}")
-        wanted = f"{name!r}" + (f" version {version!r}" if version else "")
-        raise UnknownModel(f"no CLIP (image-text) model named {wanted}; available: {known}")
+        raise UnknownModel(f"no CLIP (image-text) model named {_wanted(name, version)}; available: {known}")
 
     def index(self, name: str | None) -> VectorIndex:
         """The index `name`, or the default one (the setting, else the only one loaded)."""
@@ -206,3 +210,8 @@ class Registry:
             batcher.encoder.close()
         for encoder in self.encoders.values():
             encoder.close()
+
+
+def _wanted(name: str | None, version: str | None) -> str:
+    """How an error names the model a request asked for."""
+    return f"{name!r}" + (f" version {version!r}" if version else "")

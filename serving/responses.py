@@ -11,9 +11,18 @@ event loop is what limits a CPU server. Routes that return `model_response(...)`
 from __future__ import annotations
 
 from fastapi import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 def model_response(model: BaseModel) -> Response:
     """`model` as an application/json response, serialised once by pydantic."""
     return Response(model.model_dump_json(), media_type="application/json")
+
+
+class EmbedResponse(BaseModel):
+    """What /embed/image and /embed/text answer."""
+
+    model: str
+    version: str
+    dim: int
+    embeddings: list[list[float]] = Field(description="one L2-normalised row per input, in request order")

@@ -13,6 +13,9 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.config import RuntimeConfig
+from runtime.preprocessing import ImageLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBEDSERVE_", frozen=True)
@@ -44,13 +47,21 @@ class Settings(BaseSettings):
         "auto", description="onnxruntime providers, comma-separated, or auto (TensorRT, CUDA, CPU as available)"
     )
     onnx_intra_op_threads: int = Field(
-        1, ge=0, description="onnxruntime threads per model call; 0: one per physical core (see serving.encoders.onnx_runtime)"
+        1, ge=0, description="onnxruntime threads per model call; 0: one per physical core (see runtime.encoders.onnx_runtime)"
     )
     triton_url: str | None = Field(None, description="host:port of a Triton server; when set, encoders run there")
     workers: int = Field(
         1, ge=1, description="`embedserve serve` processes; each loads every model and batches on its own (CPU: about one per core)"
     )
     log_level: str = Field("info", description="uvicorn log level")
+
+    def runtime_config(self) -> RuntimeConfig:
+        """How the encoders run: the inference core's own config, from these settings."""
+        return RuntimeConfig(execution_providers=self.execution_providers, intra_op_threads=self.onnx_intra_op_threads,
+                             triton_url=self.triton_url, cache_dir=Path(self.artifacts_dir) / "cache")
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
 
 
 @lru_cache

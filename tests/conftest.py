@@ -13,8 +13,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from export.bundle import Manifest, write_bundle
 from export.word_vectors import write_word_vectors_bundle
+from runtime.bundle import Manifest, OnnxIO, write_bundle
+from runtime.preprocessing import PreprocessingSpec
 
 # A planted vocabulary: axis 0 is royalty, axis 1 is gender, axis 2 is youth, the rest is
 # small noise, so that king − man + woman lands on queen and fruit words sit apart.
@@ -56,7 +57,7 @@ def words_artifacts(tmp_path: Path) -> Path:
 # A real, tiny image-encoder bundle (an ONNX Flatten + MatMul) for serving and index tests.
 
 SIZE, DIM = 8, 16
-SPEC = {"mode": "L", "channels": 1, "resize": SIZE, "crop": SIZE, "mean": [0.5], "std": [0.5], "interpolation": "bilinear"}
+SPEC = PreprocessingSpec(mode="L", resize=SIZE, crop=SIZE, mean=(0.5,), std=(0.5,))
 
 
 def write_tiny_image_bundle(artifacts: Path, name: str = "tiny", seed: int = 0) -> None:
@@ -72,7 +73,8 @@ def write_tiny_image_bundle(artifacts: Path, name: str = "tiny", seed: int = 0) 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     manifest = Manifest(name=name, kind="image-encoder", method="simclr", dim=DIM, normalized=False,
-                        files={"image_encoder": "image_encoder.onnx"}, preprocessing=SPEC)
+                        files={"image_encoder": "image_encoder.onnx"}, preprocessing=SPEC,
+                        onnx={"image_encoder": OnnxIO(("images",), "embeddings")})
     write_bundle(artifacts, manifest, lambda folder: onnx.save(model, str(folder / "image_encoder.onnx")))
 
 
@@ -141,7 +143,7 @@ def write_tiny_clip_checkpoint(path: Path, seed: int = 0, data_root: Path | None
     It records `data_root` (default: a tiny Fashion-MNIST folder beside `path`) as its training data."""
     import torch
 
-    from index.templates import TRAIN_TEMPLATES
+    from runtime.templates import TRAIN_TEMPLATES
     from training.checkpoint import save_checkpoint
     from training.data.captions import FASHION_MNIST_CLASS_NAMES
     from training.methods.clip import Clip, ClipConfig, build_tokenizer

@@ -7,26 +7,18 @@ to a temporary name and renamed, so a crash mid-save leaves the previous checkpo
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from runtime.files import atomic_path
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Save `state` to `path` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Save `state` to `path` through a temporary file and a rename (runtime.files.atomic_path)."""
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

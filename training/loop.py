@@ -8,7 +8,6 @@ cosine schedule, checkpoints with exact resume, a tqdm bar and a JSON-lines metr
 from __future__ import annotations
 
 import dataclasses
-
 import itertools
 import json
 import math
@@ -30,6 +29,9 @@ from training.runtime import choose_device, seed_everything
 
 @dataclass(frozen=True)
 class LoopConfig:
+    """The loop's settings. Each method's config extends it (and ImageDataConfig), redeclaring
+    the defaults that suit the method, so one set of names reaches the CLI and the checkpoint."""
+
     epochs: int = 10  # passes over the data
     batch_size: int = 256  # examples per optimiser step (the last partial batch is dropped)
     lr: float = 1e-3  # peak AdamW learning rate, reached at the end of warm-up
@@ -46,12 +48,9 @@ class LoopConfig:
     max_steps_per_epoch: int | None = None  # cut epochs short for quick runs; None = whole data set
     progress: bool = True  # show a tqdm bar on stderr
 
-
-def loop_config_from(method_config: Any) -> LoopConfig:
-    """The loop's settings taken from a method's config: every LoopConfig field the method config
-    has under the same name; the rest keep their defaults."""
-    names = [f.name for f in dataclasses.fields(LoopConfig)]
-    return LoopConfig(**{name: getattr(method_config, name) for name in names if hasattr(method_config, name)})
+    def loop_config(self) -> LoopConfig:
+        """Just the loop's fields, of a method config that extends this one (SimCLR, MAE, CLIP)."""
+        return LoopConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LoopConfig)})
 
 
 class Method(Protocol):

@@ -16,8 +16,8 @@ from serving.dependencies import get_registry
 from serving.errors import InvalidInput, UnknownId
 from serving.registry import Registry
 from serving.responses import model_response
-from serving.routers.embed import decode_base64, embed_images
-from serving.routers.text import embed_texts
+from serving.embedding import embed_images, embed_texts
+from serving.requests import decode_base64
 
 router = APIRouter(tags=["search"])
 
@@ -77,7 +77,7 @@ async def _query_from_image(registry: Registry, index: VectorIndex, name: str, d
     if index.model is None:
         raise InvalidInput(f"index {name!r} records no model, so an image cannot be embedded for it; search by vector or id")
     manifest, batcher = registry.image_model(index.model, index.model_version)
-    return (await embed_images([data], manifest, batcher, registry.settings))[0]  # (D,)
+    return (await embed_images([data], manifest, batcher, registry.settings.image_limits()))[0]  # (D,)
 
 
 async def _query_from_text(registry: Registry, index: VectorIndex, name: str, text: str) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Zero-shot classification: `POST /zero-shot` ranks classes named in words for each image.
 
 Each class becomes one prompt per template ("a photo of a {}." → "a photo of a sneaker."); the
-class's text embedding is the normalised mean of its prompts' (index.zero_shot.build_class_matrix),
+class's text embedding is the normalised mean of its prompts' (index.zero_shot),
 and an image's probabilities are the softmax of logit_scale × cosine against those rows, as CLIP
 evaluates. With `normalization` "querybank" (the default when the model has a query bank), each
 class's cosine first loses its query-bank offset, so classes that training pulled onto many
@@ -13,33 +13,21 @@ repeated), or as JSON {"images": [base64], "classes": [...]}.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
-import anyio.from_thread
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
-from index.templates import EVAL_TEMPLATES
 from index.zero_shot import NORMALIZATIONS, classify
+from runtime.templates import EVAL_TEMPLATES
 from serving.dependencies import get_registry
-from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from serving.embedding import embed_images, embed_texts
+from serving.errors import InvalidInput, PayloadTooLarge
 from serving.registry import Registry, TextModel
+from serving.requests import (FILES_FIELD, FILES_SCHEMA, content_type, decode_base64_images, form_list, form_text,
+                              read_form_images, read_json_body, request_body_doc)
 from serving.responses import model_response
-from serving.routers.embed import (
-    FILES_FIELD,
-    FILES_SCHEMA,
-    content_type,
-    decode_base64_images,
-    embed_images,
-    form_text,
-    parse_json_body,
-    read_form_images,
-    request_body_doc,
-)
-from serving.routers.text import tokenize
 from serving.settings import Settings
 
 router = APIRouter(tags=["zero-shot"])
@@ -51,7 +39,7 @@ class ZeroShotRequest(BaseModel):
     images: list[str] = Field(description="image files, each base64-encoded (a data: URL prefix is allowed)")
     classes: list[str] = Field(description="two or more class names, e.g. [\"a sneaker\", \"a bag\"]")
     templates: list[str] | None = Field(None, description="prompt templates, each with one '{}' for the class; "
-                                                          "index.templates.EVAL_TEMPLATES when omitted")
+                                                          "runtime.templates.EVAL_TEMPLATES when omitted")
     model: str | None = Field(None, description="CLIP model; the default when omitted")
     normalization: str | None = Field(None, description="\"querybank\": subtract each class's query-bank offset "
                                                         "from its cosine; \"none\": plain cosines; the server's "
@@ -129,60 +117,38 @@ def check_normalization(normalization: str | None, model: TextModel, settings: S
     return normalization
 
 
-def _form_list(values: list, field: str) -> list[str]:
-    """A multipart list field: one JSON list (`classes=["a", "b"]`) or the field repeated."""
-    if any(not isinstance(v, str) for v in values):
-        raise InvalidInput(f"multipart field {field!r} must be text, not a file")
-    if len(values) == 1 and values[0].lstrip().startswith("["):
-        try:
-            parsed = json.loads(values[0])
-        except json.JSONDecodeError as e:
-            raise InvalidInput(f"multipart field {field!r} starts like a JSON list but is not one ({e}); "
-                               'send ["a", "b"] or repeat the field once per value') from None
-        if not isinstance(parsed, list) or any(not isinstance(v, str) for v in parsed):
-            raise InvalidInput(f"multipart field {field!r} must be a JSON list of strings")
-        return parsed
-    return list(values)
-
-
 async def read_request(request: Request, settings: Settings) -> tuple[list[bytes], ZeroShotRequest]:
     """The encoded images (in order) and the rest of a multipart or JSON zero-shot request."""
-    media_type = content_type(request)
-    if media_type == "multipart/form-data":
+    if content_type(request) == "multipart/form-data":
         max_fields = settings.max_classes + settings.max_templates + 8  # starlette's own cap is 1000 fields
         async with request.form(max_fields=max_fields) as form:  # closes the spooled upload files on the way out
             blobs = await read_form_images(form, settings)
             templates = form.getlist("templates")
             fields = ZeroShotRequest(
-                images=[], classes=_form_list(form.getlist("classes"), "classes"),
-                templates=_form_list(templates, "templates") if templates else None,
+                images=[], classes=form_list(form.getlist("classes"), "classes"),
+                templates=form_list(templates, "templates") if templates else None,
                 model=form_text(form, "model"), normalization=form_text(form, "normalization"),
             )
             return blobs, fields
-    body = await request.body()
-    if media_type not in ("application/json", ""):
-        raise UnsupportedMediaType(f"content type {media_type!r} is not accepted; send multipart/form-data or application/json")
-    parsed = parse_json_body(ZeroShotRequest, body, '{"images": [base64, ...], "classes": [name, ...], '
-                                                   '"templates": optional [template, ...], "model": optional name, '
-                                                   '"normalization": optional "querybank" or "none"}')
+    parsed = await read_json_body(request, ZeroShotRequest, '{"images": [base64, ...], "classes": [name, ...], '
+                                  '"templates": optional [template, ...], "model": optional name, '
+                                  '"normalization": optional "querybank" or "none"}')
     return decode_base64_images(parsed.images, settings), parsed
 
 
-def class_matrix(registry: Registry, model: TextModel, classes: list[str], templates: list[str],
-                 normalization: str) -> tuple[np.ndarray, np.ndarray | None]:
+async def class_matrix(registry: Registry, model: TextModel, classes: list[str], templates: list[str],
+                       normalization: str) -> tuple[np.ndarray, np.ndarray | None]:
     """(C, D) unit rows for `classes` and, for querybank, their (C,) query-bank offsets (else None),
-    from the registry's cache or computed now. Runs in a worker thread; the text tower is reached
-    through its micro-batcher on the event loop."""
+    from the registry's cache or computed now through the text tower's micro-batcher."""
 
-    def encode_prompts(prompts: list[str]) -> np.ndarray:
-        # build_class_matrix orders prompts class by class, template by template: name them the same way
+    async def encode_prompts(prompts: list[str]) -> np.ndarray:
+        # the cache orders prompts class by class, template by template: name them the same way
         names = [f"the prompt for class {c!r} from template {t!r}" for c in classes for t in templates]
-        tokens = tokenize(model, prompts, names)  # (C * K, 2, T); 422 for a prompt over the context
-        return anyio.from_thread.run(model.batcher.submit, tokens)  # (C * K, D)
+        return await embed_texts(prompts, model, names)  # (C * K, D); 422 for a prompt over the context
 
     manifest = model.manifest
     query_bank = model.query_bank if normalization == "querybank" else None
-    return registry.class_matrices.get(manifest.name, manifest.version, classes, templates, encode_prompts, query_bank)
+    return await registry.class_matrices.get(manifest.name, manifest.version, classes, templates, encode_prompts, query_bank)
 
 
 _REQUEST_BODY_DOC = request_body_doc(
@@ -215,10 +181,10 @@ async def zero_shot(request: Request, registry: Annotated[Registry, Depends(get_
     normalization = check_normalization(body.normalization, model, settings)
     manifest, image_batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
 
-    matrix, offsets = await run_in_threadpool(class_matrix, registry, model, classes, templates, normalization)  # (C, D), (C,)
-    images = await embed_images(blobs, manifest, image_batcher, settings)  # (B, D), unit rows
+    matrix, offsets = await class_matrix(registry, model, classes, templates, normalization)  # (C, D), (C,)
+    images = await embed_images(blobs, manifest, image_batcher, settings.image_limits())  # (B, D), unit rows
     scores = images @ matrix.T  # (B, C) cosines
-    scale = float(manifest.extra.get("logit_scale", DEFAULT_LOGIT_SCALE))
+    scale = manifest.logit_scale if manifest.logit_scale is not None else DEFAULT_LOGIT_SCALE
     probabilities = classify(images, matrix, scale, offsets)  # (B, C)
     results = []
     for row_scores, row_probabilities in zip(scores, probabilities):

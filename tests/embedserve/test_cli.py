@@ -34,7 +34,7 @@ def test_bench_lists_what_exists_when_the_name_is_wrong(capsys):
 
 
 def test_train_simclr_on_tiny_data_writes_a_servable_bundle(tmp_path):
-    from export.bundle import open_bundle
+    from runtime.bundle import open_bundle
 
     argv = ["train", "simclr", "--data", "digits", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "16",
             "--width", "4", "--num-workers", "0", "--device", "cpu", "--artifacts", str(tmp_path), "--name", "tiny-simclr"]

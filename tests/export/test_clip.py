@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from embedserve.pipelines import export_checkpoint
-from export.bundle import open_bundle, read_bundle
+from runtime.bundle import OnnxIO, QueryBankSpec, TokenizerSpec, open_bundle, read_bundle
 from export.clip import export_clip
-from index.text_tokens import encode_batch, load_tokenizer
-from serving.encoders.onnx_runtime import OnnxEncoder
-from training.data.idx import load_fashion_mnist
+from runtime.tokens import encode_batch, load_tokenizer
+from runtime.encoders.onnx_runtime import OnnxEncoder
+from runtime.idx import load_fashion_mnist
 from training.data.images import to_pil
 from training.data.transforms import EvalTransform
 from training.methods.clip import load_clip_towers
@@ -29,15 +29,15 @@ def test_bundle_round_trip_has_both_towers_tokenizer_and_clip_facts(exported):
     bundle, checkpoint = exported
     manifest = read_bundle(bundle.path, verify=True).manifest
     _, _, info = load_clip_towers(str(checkpoint))
-    assert (manifest.kind, manifest.method, manifest.dim, manifest.normalized) == ("image-text-encoder", "clip", info["dim"], True)
+    assert (manifest.kind, manifest.method, manifest.dim, manifest.normalized) == ("image-text-encoder", "clip", info.dim, True)
     assert manifest.files == {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx",
                               "tokenizer": "tokenizer.json", "query_bank": "query_bank.npy"}
-    assert manifest.preprocessing == info["preprocessing"]
-    assert manifest.tokenizer == {"file": "tokenizer.json", "context_length": info["context_length"]}
-    assert manifest.extra["logit_scale"] == pytest.approx(info["logit_scale"])
-    assert manifest.extra["class_names"] == info["class_names"]
-    assert manifest.extra["onnx_io"]["text_encoder"] == {"inputs": ["ids", "attention_mask"], "outputs": ["embeddings"]}
-    assert manifest.extra["onnx_io"]["image_encoder"] == {"inputs": ["images"], "outputs": ["embeddings"]}
+    assert manifest.preprocessing == info.preprocessing
+    assert manifest.tokenizer == TokenizerSpec(file="tokenizer.json", context_length=info.context_length)
+    assert manifest.logit_scale == pytest.approx(info.logit_scale)
+    assert manifest.class_names == (info.class_names or ())
+    assert manifest.onnx_io("text_encoder") == OnnxIO(("ids", "attention_mask"), "embeddings")
+    assert manifest.onnx_io("image_encoder") == OnnxIO(("images",), "embeddings")
     assert min(manifest.extra["parity_min_cosine"].values()) >= 0.9999
     assert manifest.metrics == {"zero_shot_top1": 0.5} and manifest.source_checkpoint_sha256
     assert open_bundle(bundle.path.parents[2], "clip").path == bundle.path  # made current
@@ -48,22 +48,21 @@ def test_the_query_bank_holds_the_training_images_embeddings(exported):
     image_tower, _, info = load_clip_towers(str(checkpoint))
     # The tiny training split has CLIP_TRAIN_IMAGES (60) images, fewer than the 2048 asked for: the bank takes
     # them all, in order, embedded by the torch image tower after the bundle's own preprocessing.
-    images, _ = load_fashion_mnist(info["config"]["data_root"], "train")
-    transform = EvalTransform(28, "L", info["preprocessing"]["mean"], info["preprocessing"]["std"])
+    images, _ = load_fashion_mnist(info.config["data_root"], "train")
+    transform = EvalTransform(28, "L", info.preprocessing.mean, info.preprocessing.std)
     with torch.no_grad():
         expected = image_tower(torch.stack([transform(to_pil(image)) for image in images])).numpy()  # (60, D)
 
     bank = np.load(bundle.file("query_bank"))
-    assert bank.shape == (60, info["dim"]) and bank.dtype == np.float32
+    assert bank.shape == (60, info.dim) and bank.dtype == np.float32
     np.testing.assert_allclose(bank, expected, rtol=1e-4, atol=1e-6)
-    assert bundle.manifest.extra["query_bank"] == {"images": 60, "k": 10, "seed": 0,
-                                                   "source": "random training images of fashion-mnist"}
+    assert bundle.manifest.query_bank == QueryBankSpec(images=60, k=10, seed=0, source="random training images of fashion-mnist")
 
 
 def test_a_checkpoint_whose_data_is_gone_exports_without_a_query_bank(write_clip_checkpoint, tmp_path: Path, caplog):
     checkpoint = write_clip_checkpoint(tmp_path / "clip.pt", data_root=tmp_path / "gone")
     bundle = export_clip(checkpoint, tmp_path / "artifacts", "clip")
-    assert "query_bank" not in bundle.manifest.files and "query_bank" not in bundle.manifest.extra
+    assert "query_bank" not in bundle.manifest.files and bundle.manifest.query_bank is None
     assert not (bundle.path / "query_bank.npy").exists()
     assert "without a zero-shot query bank" in caplog.text and "gone" in caplog.text  # says why
 
@@ -71,8 +70,8 @@ def test_a_checkpoint_whose_data_is_gone_exports_without_a_query_bank(write_clip
 def test_both_onnx_towers_reproduce_the_torch_towers(exported):
     bundle, checkpoint = exported
     image_tower, text_tower, info = load_clip_towers(str(checkpoint))
-    spec = info["preprocessing"]
-    images = torch.randn(5, spec["channels"], spec["crop"], spec["crop"])  # (B, C, H, W)
+    spec = info.preprocessing
+    images = torch.randn(5, spec.channels, spec.crop, spec.crop)  # (B, C, H, W)
     ids, mask = encode_batch(load_tokenizer(bundle.file("tokenizer")), TEXTS)  # (N, T) each
     with torch.no_grad():
         expected_images = image_tower(images).numpy()  # (B, D)
@@ -89,10 +88,10 @@ def test_the_bundled_tokenizer_gives_the_ids_training_gave(exported):
     bundle, checkpoint = exported
     _, _, info = load_clip_towers(str(checkpoint))
     serving_ids, serving_mask = encode_batch(load_tokenizer(bundle.file("tokenizer")), TEXTS)
-    training_ids, training_mask = encode_batch(load_tokenizer(info["tokenizer_json"]), TEXTS)
+    training_ids, training_mask = encode_batch(load_tokenizer(info.tokenizer_json), TEXTS)
     np.testing.assert_array_equal(serving_ids, training_ids)
     np.testing.assert_array_equal(serving_mask, training_mask)
-    assert serving_ids.shape == (len(TEXTS), info["context_length"])
+    assert serving_ids.shape == (len(TEXTS), info.context_length)
     assert serving_mask[4].all()  # the long caption fills the context (it is truncated)
     assert (serving_ids[2] != serving_ids[3]).any()  # non-ASCII texts still tokenise to different ids
 

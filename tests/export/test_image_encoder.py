@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from export.bundle import open_bundle, read_bundle
+from runtime.bundle import OnnxIO, open_bundle, read_bundle
 from export.image_encoder import export_image_encoder
-from serving.encoders.onnx_runtime import OnnxEncoder
+from runtime.encoders.onnx_runtime import OnnxEncoder
 from training.checkpoint import save_checkpoint
 from training.methods.encoders import load_image_encoder
 from training.methods.mae import MAE, MAEConfig
@@ -41,20 +41,20 @@ def test_bundle_round_trip_serves_the_torch_encoder(tmp_path: Path, make_checkpo
     again = read_bundle(bundle.path, verify=True)
     module, info = load_image_encoder(checkpoint)
     manifest = again.manifest
-    assert (manifest.kind, manifest.method, manifest.dim, manifest.normalized) == ("image-encoder", info["method"], info["dim"], False)
-    assert manifest.preprocessing == info["preprocessing"]
-    assert manifest.extra["onnx_input"] == "images" and manifest.extra["onnx_output"] == "embeddings"
+    assert (manifest.kind, manifest.method, manifest.dim, manifest.normalized) == ("image-encoder", info.method, info.dim, False)
+    assert manifest.preprocessing == info.preprocessing
+    assert manifest.onnx_io("image_encoder") == OnnxIO(("images",), "embeddings")
     assert manifest.extra["parity_min_cosine"] >= 0.9999
     assert manifest.metrics == {"knn_top1": 0.5} and manifest.source_checkpoint_sha256
     assert open_bundle(tmp_path / "artifacts", "vision").path == bundle.path  # made current
 
     spec = manifest.preprocessing
-    batch = torch.randn(5, spec["channels"], spec["crop"], spec["crop"])  # (B, C, H, W)
+    batch = torch.randn(5, spec.channels, spec.crop, spec.crop)  # (B, C, H, W)
     with torch.no_grad():
         expected = module(batch).numpy()  # (B, D)
     encoder = OnnxEncoder(again, "image_encoder", "cpu")
     got = encoder.encode(batch.numpy())
-    assert got.dtype == np.float32 and got.shape == (5, info["dim"])
+    assert got.dtype == np.float32 and got.shape == (5, info.dim)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
 
 

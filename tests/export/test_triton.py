@@ -1,28 +1,26 @@
-import importlib.util
 import io
-import json
+import os
 import re
+import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from export.bundle import Manifest, write_bundle
 from export.triton import write_triton_repository
-from serving.preprocessing import decode_image, preprocess_batch
+from runtime.bundle import BundleError, Manifest, OnnxIO, TokenizerSpec, write_bundle
+from runtime.preprocessing import PreprocessingSpec, decode_image, preprocess_batch
 
-SPEC = {"image_size": 8, "channels": 3, "mode": "RGB", "resize": 10, "crop": 8, "interpolation": "bilinear",
-        "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}
+SPEC = PreprocessingSpec(mode="RGB", resize=10, crop=8, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
+IMAGE_IO = {"image_encoder": OnnxIO(("images",), "embeddings")}
 
 
 @pytest.fixture
 def repository(tmp_path: Path) -> Path:
     manifest = Manifest(name="vision", kind="image-encoder", method="simclr", dim=32, normalized=False,
-                        files={"image_encoder": "image_encoder.onnx"}, preprocessing=SPEC,
-                        extra={"onnx_input": "images", "onnx_output": "embeddings"})
+                        files={"image_encoder": "image_encoder.onnx"}, preprocessing=SPEC, onnx=IMAGE_IO)
     bundle = write_bundle(tmp_path / "artifacts", manifest, lambda f: (f / "image_encoder.onnx").write_bytes(b"onnx bytes"))
     write_triton_repository(bundle, tmp_path / "triton", max_batch_size=16)
     return tmp_path / "triton"
@@ -33,7 +31,7 @@ def test_repository_layout(repository: Path):
     assert files == [
         "vision/1/model.onnx", "vision/config.pbtxt",
         "vision_ensemble/config.pbtxt",
-        "vision_preprocess/1/embedserve_images.py", "vision_preprocess/1/model.py", "vision_preprocess/config.pbtxt",
+        "vision_preprocess/1/embedserve_preprocessing.py", "vision_preprocess/1/model.py", "vision_preprocess/config.pbtxt",
     ]
     assert (repository / "vision_ensemble" / "1").is_dir()  # Triton wants a version folder, even empty
     assert (repository / "vision/1/model.onnx").read_bytes() == b"onnx bytes"
@@ -57,63 +55,100 @@ def test_ensemble_chains_preprocessing_into_the_onnx_model(repository: Path):
     assert config.count('value: "preprocessed"') == 2  # out of one step, into the next
 
 
-class FakeTensor:
-    """triton_python_backend_utils.Tensor, as far as model.py uses it."""
+# What the generated model.py is run with, in a fresh `python -I` (no PYTHONPATH, no current folder,
+# so neither `training` nor `runtime` is importable) with only its model folder on the path: a
+# stand-in for triton_python_backend_utils, which exists only inside Triton, then initialize()
+# with the config's parameters as Triton passes them, then execute() on real PNG bytes.
+RUN_MODEL = r"""
+import json, re, sys, types
+import numpy as np
 
-    def __init__(self, name, array):
-        self.name, self.array = name, array
+folder, config_path, blobs_path = sys.argv[1:4]
+class Tensor:
+    def __init__(self, name, array): self.name, self.array = name, array
+    def as_numpy(self): return self.array
+pb = types.ModuleType("triton_python_backend_utils")
+pb.Tensor, pb.TritonError = Tensor, lambda message: message
+pb.InferenceResponse = lambda output_tensors, error=None: types.SimpleNamespace(outputs=output_tensors, error=error)
+pb.get_input_tensor_by_name = lambda request, name: request[name]
+sys.modules["triton_python_backend_utils"] = pb
+sys.path.insert(0, folder)
+import model
 
-    def as_numpy(self):
-        return self.array
+config = open(config_path).read()
+parameters = {k: {"string_value": v.encode().decode("unicode_escape")}
+              for k, v in re.findall(r'key: "(\w+)" value: \{ string_value: "((?:[^"\\]|\\.)*)" \}', config)}
+triton_model = model.TritonPythonModel()
+triton_model.initialize({"model_config": json.dumps({"parameters": parameters})})
+blobs = np.load(blobs_path, allow_pickle=True)
+good, bad = triton_model.execute([{"image": Tensor("image", blobs.reshape(-1, 1))},
+                                  {"image": Tensor("image", np.array([b"not an image"], dtype=object).reshape(-1, 1))}])
+assert good.error is None, good.error
+assert bad.outputs == [] and "cannot read image" in bad.error, bad.error
+np.save(sys.argv[4], good.outputs[0].array)
+print(good.outputs[0].name, "training" in sys.modules or "runtime" in sys.modules)
+"""
 
 
-def _load_python_model(repository: Path, monkeypatch) -> types.ModuleType:
-    """Import the generated model.py against a stand-in for triton_python_backend_utils."""
-    pb_utils = types.ModuleType("triton_python_backend_utils")
-    pb_utils.Tensor = FakeTensor
-    pb_utils.TritonError = lambda message: message
-    pb_utils.InferenceResponse = lambda output_tensors, error=None: types.SimpleNamespace(outputs=output_tensors, error=error)
-    pb_utils.get_input_tensor_by_name = lambda request, name: request[name]
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb_utils)
-    monkeypatch.syspath_prepend(str(repository / "vision_preprocess/1"))
-    spec = importlib.util.spec_from_file_location("triton_model", repository / "vision_preprocess/1/model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_python_backend_computes_the_gateways_preprocessing(repository: Path, monkeypatch):
-    module = _load_python_model(repository, monkeypatch)
-    config = (repository / "vision_preprocess/config.pbtxt").read_text()
-    # the config's parameters, as Triton hands them to initialize() (model_config as JSON)
-    parameters = {key: {"string_value": value.encode().decode("unicode_escape")}
-                  for key, value in re.findall(r'key: "(\w+)" value: \{ string_value: "((?:[^"\\]|\\.)*)" \}', config)}
-    model = module.TritonPythonModel()
-    model.initialize({"model_config": json.dumps({"parameters": parameters})})
-    assert model.spec == SPEC
-
+def test_python_backend_runs_outside_this_checkout_and_computes_the_gateways_preprocessing(repository: Path, tmp_path: Path):
     rng = np.random.default_rng(0)
     blobs = []
     for size in [(20, 12), (9, 30)]:
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "PNG")
         blobs.append(buffer.getvalue())
-    request = {"image": FakeTensor("image", np.array(blobs, dtype=object).reshape(-1, 1))}  # (B, 1)
-    (response,) = model.execute([request])
-    assert response.error is None
-    (output,) = response.outputs
-    assert output.name == "images"
-    expected = preprocess_batch([decode_image(b, 10**6, 10**6) for b in blobs], SPEC)  # (B, C, H, W)
-    np.testing.assert_array_equal(output.array, expected)
+    np.save(tmp_path / "blobs.npy", np.array(blobs, dtype=object), allow_pickle=True)
+    folder = repository / "vision_preprocess/1"
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", RUN_MODEL, str(folder), str(repository / "vision_preprocess/config.pbtxt"),
+         str(tmp_path / "blobs.npy"), str(tmp_path / "out.npy")],
+        cwd=tmp_path, capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["images", "False"]  # the output name; no project package was imported
+    expected = preprocess_batch([decode_image(b) for b in blobs], SPEC)  # (B, C, H, W), as the gateway computes it
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
-    (bad,) = model.execute([{"image": FakeTensor("image", np.array([b"not an image"], dtype=object).reshape(-1, 1))}])
-    assert bad.outputs == [] and "cannot read image" in bad.error
+
+def test_files_are_readable_by_other_users(repository: Path):
+    for path in repository.rglob("*"):
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o755 if path.is_dir() else 0o644), f"{path}: {oct(mode)}"
+
+
+def _clip_bundle(artifacts: Path, tokenizer: bool = True):
+    manifest = Manifest(name="clip", kind="image-text-encoder", method="clip", dim=16, normalized=True,
+                        files={"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx"},
+                        preprocessing=SPEC, tokenizer=TokenizerSpec("tokenizer.json", 12) if tokenizer else None,
+                        onnx={**IMAGE_IO, "text_encoder": OnnxIO(("ids", "attention_mask"), "embeddings")})
+
+    def write(folder: Path) -> None:
+        (folder / "image_encoder.onnx").write_bytes(b"image tower")
+        (folder / "text_encoder.onnx").write_bytes(b"text tower")
+
+    return write_bundle(artifacts, manifest, write)
+
+
+def test_a_clip_bundle_gets_both_towers(tmp_path: Path):
+    write_triton_repository(_clip_bundle(tmp_path / "artifacts"), tmp_path / "triton")
+    names = sorted(p.name for p in (tmp_path / "triton").iterdir())
+    assert names == ["clip_image_encoder", "clip_image_encoder_ensemble", "clip_image_encoder_preprocess",
+                     "clip_text_encoder"]
+    assert (tmp_path / "triton/clip_text_encoder/1/model.onnx").read_bytes() == b"text tower"
+    config = (tmp_path / "triton/clip_text_encoder/config.pbtxt").read_text()
+    assert '{ name: "ids" data_type: TYPE_INT64 dims: [ 12 ] }' in config
+    assert '{ name: "attention_mask" data_type: TYPE_INT64 dims: [ 12 ] }' in config
+    assert '{ name: "embeddings" data_type: TYPE_FP32 dims: [ 16 ] }' in config
+
+
+def test_a_bundle_it_cannot_serve_is_refused_before_anything_is_written(tmp_path: Path):
+    with pytest.raises(BundleError, match="tokenizer"):
+        write_triton_repository(_clip_bundle(tmp_path / "artifacts", tokenizer=False), tmp_path / "triton")
+    assert not (tmp_path / "triton").exists()
 
 
 def test_a_second_export_adds_the_next_version(tmp_path: Path):
     manifest = Manifest(name="vision", kind="image-encoder", method="simclr", dim=4, normalized=False,
-                        files={"image_encoder": "image_encoder.onnx"}, preprocessing=SPEC,
-                        extra={"onnx_input": "images", "onnx_output": "embeddings"})
+                        files={"image_encoder": "image_encoder.onnx"}, preprocessing=SPEC, onnx=IMAGE_IO)
     for _ in range(2):
         bundle = write_bundle(tmp_path / "artifacts", manifest, lambda f: (f / "image_encoder.onnx").write_bytes(b"x"))
         write_triton_repository(bundle, tmp_path / "triton")

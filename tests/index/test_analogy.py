@@ -1,6 +1,7 @@
 import numpy as np
 
-from index.analogy import three_cos_add_query, three_cos_mul_scores, unit_rows
+from index.analogy import three_cos_add_query, three_cos_mul_scores
+from runtime.vectors import unit_rows
 
 
 def test_unit_rows_normalises_and_keeps_zero_rows():

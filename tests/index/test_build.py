@@ -7,12 +7,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from export.bundle import BundleError
+from runtime.bundle import BundleError
 from index.build import build_image_index
 from index.vector_index import open_index
 from serving.app import create_app
 from serving.settings import Settings
-from training.data.idx import DEFAULT_FASHION_MNIST_ROOT
+from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
+from runtime.sources import SourceError
 
 @pytest.fixture
 def artifacts(image_artifacts: Path) -> Path:
@@ -68,7 +69,7 @@ def test_fashion_mnist_split_records_split_position_label_and_class(artifacts: P
 
 
 def test_unknown_source_and_wrong_model_kind_are_refused(artifacts: Path, tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="neither a folder"):
+    with pytest.raises(SourceError, match="neither a folder"):
         build_image_index(artifacts, "x", "tiny", tmp_path / "missing", progress=False)
     with pytest.raises(BundleError, match="no model named"):
         build_image_index(artifacts, "x", "nope", tmp_path, progress=False)

@@ -1,3 +1,5 @@
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -9,19 +11,28 @@ PROMPTS = {
     "a cat": [2.0, 0.0], "photo of cat": [0.0, 3.0],
     "a dog": [-1.0, 0.0], "photo of dog": [0.0, -1.0],
 }
-calls = []
 
 
-def encode(texts):
-    calls.append(list(texts))
-    return np.array([PROMPTS[t] for t in texts])
+class Encoder:
+    """The toy encoder, recording each call it gets; each test makes its own."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, texts):
+        self.calls.append(list(texts))
+        return np.array([PROMPTS[t] for t in texts])
+
+    async def awaited(self, texts):  # what the cache awaits, as a server's batcher is awaited
+        return self(texts)
 
 
 def test_class_row_is_the_normalised_mean_of_normalised_template_embeddings():
+    encode = Encoder()
     matrix = build_class_matrix(encode, ["cat", "dog"], ["a {}", "photo of {}"])
     # cat: mean of (1, 0) and (0, 1) = (0.5, 0.5) -> (1, 1)/sqrt 2; the raw lengths 2 and 3 do not tilt it
     np.testing.assert_allclose(matrix, [[1, 1], [-1, -1]] / np.sqrt(2), rtol=1e-6)
-    assert matrix.dtype == np.float32 and calls[-1] == ["a cat", "photo of cat", "a dog", "photo of dog"]
+    assert matrix.dtype == np.float32 and encode.calls == [["a cat", "photo of cat", "a dog", "photo of dog"]]
 
 
 def test_classify_is_a_softmax_of_scaled_cosines():
@@ -33,7 +44,7 @@ def test_classify_is_a_softmax_of_scaled_cosines():
 
 def test_templates_without_a_slot_are_refused():
     with pytest.raises(ValueError, match="templates need"):
-        build_class_matrix(encode, ["cat"], ["a photo"])
+        build_class_matrix(Encoder(), ["cat"], ["a photo"])
 
 
 def test_query_bank_offset_is_the_mean_of_each_class_s_k_largest_cosines():
@@ -72,24 +83,33 @@ def test_cache_remembers_offsets_with_the_matrix(monkeypatch):
         return query_bank_offsets(bank, class_matrix, k)
 
     monkeypatch.setattr(index.zero_shot, "query_bank_offsets", counting_offsets)
-    cache, bank = ClassMatrixCache(), QueryBank(np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32), k=2)
-    calls.clear()
-    matrix, none = cache.get("clip", "v1", ["cat", "dog"], ["a {}"], encode)  # plain first: no offsets yet
-    matrix_again, offsets = cache.get("clip", "v1", ["cat", "dog"], ["a {}"], encode, bank)
-    assert none is None and matrix_again is matrix and len(calls) == 1 and computed == [2]  # offsets added, matrix reused
-    np.testing.assert_allclose(offsets, query_bank_offsets(bank.embeddings, matrix, 2))
-    assert cache.get("clip", "v1", ["cat", "dog"], ["a {}"], encode)[1] is None  # a plain request still gets none
-    third_matrix, third_offsets = cache.get("clip", "v1", ["cat", "dog"], ["a {}"], encode, bank)
-    assert third_matrix is matrix and third_offsets is offsets and len(calls) == 1 and computed == [2]  # nothing new
+    cache, bank, encode = ClassMatrixCache(), QueryBank(np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32), k=2), Encoder()
+
+    async def get(query_bank=None):
+        return await cache.get("clip", "v1", ["cat", "dog"], ["a {}"], encode.awaited, query_bank)
+
+    async def scenario():
+        matrix, none = await get()  # plain first: no offsets yet
+        matrix_again, offsets = await get(bank)
+        assert none is None and matrix_again is matrix and len(encode.calls) == 1 and computed == [2]  # offsets added, matrix reused
+        np.testing.assert_allclose(offsets, query_bank_offsets(bank.embeddings, matrix, 2))
+        assert (await get())[1] is None  # a plain request still gets none
+        third_matrix, third_offsets = await get(bank)
+        assert third_matrix is matrix and third_offsets is offsets and len(encode.calls) == 1 and computed == [2]  # nothing new
+
+    asyncio.run(scenario())
 
 
 def test_cache_builds_once_per_key_and_evicts_the_least_recently_used():
-    cache = ClassMatrixCache(max_entries=2)
-    calls.clear()
-    first, _ = cache.get("clip", "v1", ["cat", "dog"], ["a {}"], encode)
-    assert cache.get("clip", "v1", ("cat", "dog"), ("a {}",), encode)[0] is first and len(calls) == 1
-    cache.get("clip", "v2", ["cat", "dog"], ["a {}"], encode)  # another version is another matrix
-    cache.get("clip", "v1", ["cat"], ["a {}"], encode)  # a third key evicts the least recently used: v1 cat+dog
-    assert len(cache) == 2 and len(calls) == 3
-    cache.get("clip", "v1", ["cat", "dog"], ["a {}"], encode)
-    assert len(calls) == 4  # it had been evicted and is built again
+    cache, encode = ClassMatrixCache(max_entries=2), Encoder()
+
+    async def scenario():
+        first, _ = await cache.get("clip", "v1", ["cat", "dog"], ["a {}"], encode.awaited)
+        assert (await cache.get("clip", "v1", ("cat", "dog"), ("a {}",), encode.awaited))[0] is first and len(encode.calls) == 1
+        await cache.get("clip", "v2", ["cat", "dog"], ["a {}"], encode.awaited)  # another version is another matrix
+        await cache.get("clip", "v1", ["cat"], ["a {}"], encode.awaited)  # a third key evicts the least recently used: v1 cat+dog
+        assert len(cache) == 2 and len(encode.calls) == 3
+        await cache.get("clip", "v1", ["cat", "dog"], ["a {}"], encode.awaited)
+        assert len(encode.calls) == 4  # it had been evicted and is built again
+
+    asyncio.run(scenario())

@@ -4,9 +4,9 @@ import threading
 import numpy as np
 import pytest
 
-from export.bundle import Manifest
+from runtime.bundle import Manifest
 from serving.batching import MicroBatcher
-from serving.encoders.base import Encoder
+from runtime.encoders.base import Encoder
 
 
 class TimesTen(Encoder):

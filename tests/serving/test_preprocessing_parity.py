@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from export.bundle import read_bundle
 from export.image_encoder import export_image_encoder
-from export.onnx import rowwise_cosine
-from serving.encoders.factory import load_encoder
-from serving.preprocessing import decode_image, preprocess_batch
-from serving.settings import Settings
+from runtime.bundle import read_bundle
+from runtime.config import RuntimeConfig
+from runtime.encoders.factory import load_encoder
+from runtime.preprocessing import decode_image, preprocess_batch
+from runtime.vectors import rowwise_cosine
 from training.checkpoint import save_checkpoint
 from training.data.transforms import EvalTransform, preprocessing_spec
 from training.methods.encoders import load_image_encoder
@@ -64,15 +64,14 @@ def test_serving_path_matches_training_eval_path(tmp_path: Path, mode: str):
     spec = preprocessing_spec(IMAGE_SIZE, mode, MEANS[mode], STDS[mode], resize=RESIZE)
     checkpoint = tmp_path / "simclr.pt"
     save_checkpoint(checkpoint, {"method": method.name, "model": method.model.state_dict(),
-                                 **method.checkpoint_extra(), "preprocessing": spec})
+                                 **method.checkpoint_extra(), "preprocessing": spec.to_dict()})
     bundle = read_bundle(export_image_encoder(checkpoint, tmp_path / "artifacts", "vision").path)
     paths = _write_images(tmp_path)
 
     # serving: bytes -> PIL -> numpy -> onnxruntime, configured only by the manifest
-    settings = Settings(artifacts_dir=tmp_path / "artifacts", execution_providers="cpu")
-    images = [decode_image(p.read_bytes(), settings.max_image_bytes, settings.max_image_pixels) for p in paths]
+    images = [decode_image(p.read_bytes()) for p in paths]
     served_inputs = preprocess_batch(images, bundle.manifest.preprocessing)  # (B, C, 16, 16)
-    served = load_encoder(bundle, settings).encode(served_inputs)  # (B, D)
+    served = load_encoder(bundle, RuntimeConfig(execution_providers="cpu")).encode(served_inputs)  # (B, D)
 
     # training: Image.open -> EvalTransform (torchvision) -> torch encoder
     module, _ = load_image_encoder(checkpoint)

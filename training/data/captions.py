@@ -14,10 +14,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from index.templates import TRAIN_TEMPLATES
-from training.data.images import to_pil
+from runtime.templates import TRAIN_TEMPLATES
+from runtime.sources import to_pil
 
-# The names zero-shot classification uses, in label order (training.data.idx.FASHION_MNIST_CLASSES
+# The names zero-shot classification uses, in label order (runtime.idx.FASHION_MNIST_CLASSES
 # holds the data set's own spellings, such as "T-shirt/top", which read poorly in a sentence).
 FASHION_MNIST_CLASS_NAMES: tuple[str, ...] = (
     "t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",

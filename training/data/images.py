@@ -1,9 +1,7 @@
-"""Images opened one way everywhere: any Pillow image to plain "L" or "RGB", then as datasets.
-
-Torch-free on purpose (Pillow and numpy only): serving reuses `normalize_image` and
-`preprocess_image`, so a picture is read identically at training and at serving time.
-`preprocess_image` is the reference for the `preprocessing` dict of a bundle manifest
-(see training/data/transforms.py: EvalTransform does the same with torchvision).
+"""Image data sets for training: in-memory arrays (Fashion-MNIST, scikit-learn's digits) and
+image folders, every image opened through runtime.preprocessing.normalize_image, the one reading
+of pixels that serving shares (see training/data/transforms.py: EvalTransform computes
+runtime.preprocessing.preprocess_image with torchvision).
 """
 
 from __future__ import annotations
@@ -13,13 +11,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from training.data.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow opens 16-bit greyscale as one of these
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist
+from runtime.preprocessing import normalize_image
+from runtime.sources import IMAGE_EXTENSIONS, list_images, to_pil
 
 
 @dataclass(frozen=True)
@@ -35,73 +31,6 @@ class ImageDataConfig:
     mode: str = "L"  # "L" (1 channel) or "RGB" (3 channels)
     mean: tuple[float, ...] = FASHION_MNIST_MEAN  # per-channel normalisation, also written to the bundle
     std: tuple[float, ...] = FASHION_MNIST_STD
-
-
-def normalize_image(img: Image.Image, mode: str = "RGB") -> Image.Image:
-    """Return `img` upright, in `mode` ("L" or "RGB"), with any transparency composited on white.
-
-    The steps, in order: EXIF orientation applied; 1-bit -> L; 16-bit ("I;16*", "I") scaled by
-    1/257 to 8 bits; float ("F") taken as [0, 1] if its maximum is <= 1 else as [0, 255];
-    palette -> RGBA if it has transparency else RGB; CMYK/YCbCr -> RGB (Pillow's conversion);
-    RGBA/LA/PA composited on opaque white; finally Pillow's convert to `mode`
-    (RGB -> L uses L = 0.299 R + 0.587 G + 0.114 B).
-    """
-    if mode not in ("L", "RGB"):
-        raise ValueError(f"mode must be 'L' or 'RGB', not {mode!r}")
-    img = ImageOps.exif_transpose(img)  # a copy, upright; JPEGs from phones are often stored rotated
-    if img.mode == "1":
-        img = img.convert("L")
-    elif img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
-        pixels = np.asarray(img, dtype=np.float64)
-        if img.mode != "F":
-            pixels = pixels / 257.0  # 65535 -> 255 exactly
-        elif pixels.size and pixels.max() <= 1.0:
-            pixels = pixels * 255.0
-        img = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
-    elif img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in _ALPHA_MODES:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba).convert("RGB")
-    if img.mode != mode:
-        try:
-            img = img.convert(mode)
-        except ValueError as e:
-            raise ValueError(f"cannot convert a Pillow image of mode {img.mode!r} to {mode!r}: {e}") from e
-    return img
-
-
-def preprocess_image(img: Image.Image, spec: dict[str, Any]) -> np.ndarray:
-    """Apply a bundle's `preprocessing` spec to one image: float32 array (C, crop, crop).
-
-    Exactly: normalize_image(img, spec["mode"]); resize with Pillow BILINEAR so the shorter
-    side is spec["resize"] and the longer is int(resize * long / short) (skipped when already
-    that size); centre crop spec["crop"] square with top = int(round((H - crop) / 2)) and
-    left = int(round((W - crop) / 2)) (Python's round); /255; (x - mean[c]) / std[c].
-    """
-    if spec.get("interpolation", "bilinear") != "bilinear":
-        raise ValueError(f"only bilinear interpolation is supported, not {spec['interpolation']!r}")
-    img = normalize_image(img, spec["mode"])
-    width, height = img.size
-    short, long = min(width, height), max(width, height)
-    new_short, new_long = spec["resize"], int(spec["resize"] * long / short)
-    new_size = (new_short, new_long) if width <= height else (new_long, new_short)  # (W, H)
-    if new_size != img.size:
-        img = img.resize(new_size, Image.Resampling.BILINEAR)
-    crop = spec["crop"]
-    top, left = int(round((img.height - crop) / 2.0)), int(round((img.width - crop) / 2.0))
-    img = img.crop((left, top, left + crop, top + crop))
-    pixels = np.asarray(img, dtype=np.float32) / 255.0  # (H, W) or (H, W, C)
-    pixels = pixels.reshape(crop, crop, -1).transpose(2, 0, 1)  # (C, H, W)
-    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(spec["std"], dtype=np.float32).reshape(-1, 1, 1)
-    return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
-
-
-def to_pil(image: np.ndarray) -> Image.Image:
-    """A uint8 array (H, W) or (H, W, 3) as a Pillow image ("L" or "RGB")."""
-    return Image.fromarray(np.ascontiguousarray(image), "L" if image.ndim == 2 else "RGB")
 
 
 class ArrayImageDataset:
@@ -129,20 +58,7 @@ class ImageFolder:
     def __init__(self, root: Path | str, mode: str = "RGB", transform: Callable | None = None,
                  extensions: tuple[str, ...] = IMAGE_EXTENSIONS):
         self.root, self.mode, self.transform = Path(root), mode, transform
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
-
-        def images_under(folder: Path) -> list[Path]:
-            return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-
-        subfolders = sorted(d for d in self.root.iterdir() if d.is_dir())
-        self.classes = [d.name for d in subfolders]
-        if subfolders:
-            self.samples = [(p, label) for label, d in enumerate(subfolders) for p in images_under(d)]
-        else:
-            self.samples = [(p, -1) for p in images_under(self.root)]
-        if not self.samples:
-            raise FileNotFoundError(f"no images with extensions {extensions} under {self.root}")
+        self.samples, self.classes = list_images(self.root, extensions)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -173,8 +89,6 @@ def load_image_arrays(name: str, split: str = "train", root: Path | str | None =
     """(images uint8, labels int64) of a named in-memory data set: "fashion-mnist" or "digits"
     (digits: a fixed 80/20 train/test split of scikit-learn's digits at 28x28)."""
     if name == "fashion-mnist":
-        from training.data.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist
-
         return load_fashion_mnist(root or DEFAULT_FASHION_MNIST_ROOT, split)
     if name == "digits":
         images, labels = load_digits_images()

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from PIL import Image
 
-from training.data.images import normalize_image
+from runtime.preprocessing import normalize_image
 
 WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 

@@ -1,6 +1,6 @@
 """Tokenizers for the text tower: a BPE trained on the captions, or MiniLM's own WordPiece,
 each saved with fixed-length truncation and padding inside its tokenizer.json (see
-index.text_tokens.encode_batch, the one encoder of text that training and serving share)."""
+runtime.tokens.encode_batch, the one encoder of text that training and serving share)."""
 
 from __future__ import annotations
 

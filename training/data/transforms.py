@@ -1,32 +1,26 @@
 """Image transform pipelines, one class per method (torchvision.transforms.v2 on Pillow images).
 
 EvalTransform is the deterministic one that export bundles describe with `preprocessing_spec`;
-serving reproduces it without torch through training.data.images.preprocess_image.
+serving reproduces it without torch through runtime.preprocessing.preprocess_image.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from training.data.images import normalize_image
+from runtime.preprocessing import PreprocessingSpec, normalize_image
 
 
 def preprocessing_spec(image_size: int, mode: str, mean: Sequence[float], std: Sequence[float],
-                       resize: int | None = None) -> dict[str, Any]:
-    """The manifest's description of EvalTransform: Pillow bilinear resize of the shorter side to
+                       resize: int | None = None) -> PreprocessingSpec:
+    """The bundle's description of EvalTransform: Pillow bilinear resize of the shorter side to
     `resize`, centre crop `image_size`, /255, then (x - mean) / std per channel."""
-    channels = 1 if mode == "L" else 3
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mode {mode!r} has {channels} channel(s) but mean/std have {len(mean)}/{len(std)} values")
-    return {
-        "image_size": image_size, "channels": channels, "mode": mode,
-        "resize": resize or image_size, "crop": image_size, "interpolation": "bilinear",
-        "mean": [float(m) for m in mean], "std": [float(s) for s in std],
-    }
+    return PreprocessingSpec(mode=mode, resize=resize or image_size, crop=image_size,
+                             mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
 
 
 class _Normalize:
@@ -51,15 +45,15 @@ class EvalTransform:
         self.spec = preprocessing_spec(image_size, mode, mean, std, resize)
         self.pipeline = v2.Compose([
             _Normalize(mode),
-            v2.Resize(self.spec["resize"], interpolation=v2.InterpolationMode.BILINEAR),
+            v2.Resize(self.spec.resize, interpolation=v2.InterpolationMode.BILINEAR),
             v2.CenterCrop(image_size),
             *_to_normalized_tensor(mean, std),
         ])
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> EvalTransform:
-        """The transform a bundle's or checkpoint's `preprocessing` dict (`.spec`) describes."""
-        return cls(spec["crop"], spec["mode"], spec["mean"], spec["std"], resize=spec["resize"])
+    def from_spec(cls, spec: PreprocessingSpec) -> EvalTransform:
+        """The transform a bundle's or checkpoint's preprocessing spec (`.spec`) describes."""
+        return cls(spec.crop, spec.mode, spec.mean, spec.std, resize=spec.resize)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.pipeline(img)

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.data.images import to_pil
+from runtime.preprocessing import PreprocessingSpec
+from runtime.sources import to_pil
 from training.data.transforms import EvalTransform
 from training.evaluation.knn import knn_accuracy
 from training.evaluation.linear_probe import linear_probe
@@ -21,7 +22,7 @@ from training.evaluation.linear_probe import linear_probe
 EmbedFn = Callable[[np.ndarray], np.ndarray]  # uint8 images (N, H, W[, 3]) -> float embeddings (N, D)
 
 
-def encoder_embed_fn(encoder: nn.Module, preprocessing: dict[str, Any], batch_size: int = 512,
+def encoder_embed_fn(encoder: nn.Module, preprocessing: PreprocessingSpec, batch_size: int = 512,
                      device: str | torch.device = "cpu") -> EmbedFn:
     """Embed uint8 images with `encoder` after the EvalTransform its preprocessing spec describes."""
     transform = EvalTransform.from_spec(preprocessing)

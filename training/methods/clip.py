@@ -19,8 +19,9 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from index.templates import TRAIN_TEMPLATES
-from index.text_tokens import encode_batch, load_tokenizer
+from runtime.preprocessing import PreprocessingSpec
+from runtime.templates import TRAIN_TEMPLATES
+from runtime.tokens import encode_batch, load_tokenizer
 from training.checkpoint import load_checkpoint
 from training.data.captions import (FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DESCRIPTIONS, FASHION_MNIST_KINDS,
                                     FASHION_MNIST_SYNONYMS, CaptionedImages, fashion_mnist_caption)
@@ -28,17 +29,16 @@ from training.data.images import ImageDataConfig, load_image_arrays, random_subs
 from training.data.pairs import open_pairs
 from training.data.tokenizer import load_minilm_tokenizer, train_bpe_tokenizer
 from training.data.transforms import EvalTransform
-from training.loop import LoopConfig, fit, loop_config_from
+from training.loop import LoopConfig, fit
 from training.losses.clip import ClipLoss
 from training.models.heads import ProjectionHead
 from training.models.minilm import MiniLMTextEncoder, minilm_path
-from training.models.resnet import ResNetBackbone
 from training.models.text_transformer import TextTransformer, TextTransformerConfig
-from training.methods.encoders import encoder_checkpoint_entries
+from training.methods.encoders import EncoderSpec, resnet_spec
 
 
 @dataclass(frozen=True)
-class ClipConfig(ImageDataConfig):
+class ClipConfig(ImageDataConfig, LoopConfig):
     # data: the fields of ImageDataConfig, with `data` "fashion-mnist" (captions from labels) or a
     # manifest (.csv/.jsonl) or .tar shard(s) path; then
     held_out_classes: tuple[str, ...] = ()  # Fashion-MNIST classes kept out of training, images and words (open-vocabulary split)
@@ -61,15 +61,12 @@ class ClipConfig(ImageDataConfig):
                                   # (with a locked MiniLM this keeps its geometry, which unseen class names rely on)
     init_temperature: float = 0.07  # logit scale starts at 1 / this
     max_logit_scale: float = 100.0  # cap on the learned logit scale
-    # optimisation (handed to the shared loop)
+    # the shared loop's fields (LoopConfig), with this method's defaults
     epochs: int = 20
     batch_size: int = 256  # image–caption pairs per step; every other pair in the batch is a negative
     lr: float = 1e-3  # peak AdamW learning rate
     weight_decay: float = 0.1
     warmup_epochs: float = 1.0
-    max_steps_per_epoch: int | None = None  # None = whole data set each epoch
-    seed: int = 0
-    device: str = "auto"
     num_workers: int = 4
     checkpoint_path: str = "artifacts/checkpoints/clip.pt"
     log_path: str | None = "artifacts/logs/clip.jsonl"
@@ -83,9 +80,6 @@ class ClipConfig(ImageDataConfig):
                     warmup_epochs=0.1, num_workers=0, checkpoint_path="artifacts/checkpoints/clip-quick.pt",
                     log_path="artifacts/logs/clip-quick.jsonl")
         return replace(quick, **overrides)
-
-    def loop_config(self) -> LoopConfig:
-        return loop_config_from(self)
 
 
 # ---- the two towers, as export and evaluation see them ----
@@ -126,9 +120,14 @@ def _build_text_encoder(config: ClipConfig, pretrained: bool = True) -> nn.Modul
     raise ValueError(f"text_tower must be 'minilm' or 'scratch', not {config.text_tower!r}")
 
 
+def image_backbone_spec(config: ClipConfig) -> EncoderSpec:
+    """The image tower's bare backbone, as build_towers builds it and the checkpoint records it."""
+    return resnet_spec(config, prefix="image.backbone.")
+
+
 def build_towers(config: ClipConfig, pretrained: bool = True) -> nn.ModuleDict:
     """Everything trained: image tower, text tower and the loss (which holds the learned temperature)."""
-    backbone = ResNetBackbone(in_channels=1 if config.mode == "L" else 3, width=config.width)
+    backbone = image_backbone_spec(config).build()
     text_encoder = _build_text_encoder(config, pretrained)
     dim = config.embed_dim if config.text_projection else text_encoder.dim
     text_head = _linear_head(text_encoder.dim, dim) if config.text_projection else nn.Identity()
@@ -190,7 +189,7 @@ OPEN_VOCABULARY_HELD_OUT = ("sneaker", "bag")
 
 class Clip:
     """Image tower + text tower + ClipLoss; captions are tokenised inside the step, the same way
-    serving tokenises them (index.text_tokens.encode_batch on the saved tokenizer.json)."""
+    serving tokenises them (runtime.tokens.encode_batch on the saved tokenizer.json)."""
 
     name = "clip"
 
@@ -245,9 +244,8 @@ class Clip:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c = self.config
-        kwargs = {"in_channels": 1 if c.mode == "L" else 3, "width": c.width}
         return {
-            **encoder_checkpoint_entries(c, "resnet", kwargs, prefix="image.backbone."),  # the bare image backbone
+            **image_backbone_spec(c).checkpoint_entries(c),  # the bare image backbone, for image-only evaluation
             "tokenizer_json": self.tokenizer.to_str(),
             "context_length": c.context_length,
             "class_names": list(FASHION_MNIST_CLASS_NAMES) if c.data == "fashion-mnist" else None,
@@ -275,15 +273,25 @@ def config_from_dict(saved: dict[str, Any]) -> ClipConfig:
     return ClipConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
 
 
-def load_clip_towers(checkpoint_path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+@dataclass(frozen=True)
+class ClipInfo:
+    """What a CLIP checkpoint says besides the weights: everything its bundle needs."""
+
+    dim: int  # the joint space's size
+    logit_scale: float  # the learned inverse temperature, for zero-shot softmax
+    preprocessing: PreprocessingSpec  # how an image becomes the image tower's input
+    tokenizer_json: str  # the text of the tokenizer.json training tokenised with
+    context_length: int  # tokens per text, specials included
+    class_names: tuple[str, ...] | None  # Fashion-MNIST's classes when trained on them, else None
+    config: dict[str, Any]  # the training config, as saved
+
+
+def load_clip_towers(checkpoint_path: str, device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Module, ClipInfo]:
     """(image tower, text tower, info) in eval mode from a CLIP checkpoint.
 
     image tower: preprocessed images float32 (B, C, H, W) -> unit embeddings (B, dim).
     text tower: (ids int64 (B, T), attention_mask int64 (B, T)) -> unit embeddings (B, dim), with ids
-    and mask from index.text_tokens.encode_batch(load_tokenizer(info["tokenizer_json"]), texts).
-    info: {"method": "clip", "dim", "normalized": True, "logit_scale" (float), "preprocessing"
-    (preprocessing_spec), "tokenizer_json" (the text of tokenizer.json), "context_length",
-    "class_names" (Fashion-MNIST's, or None), "config" (the training config as a dict)}.
+    and mask from runtime.tokens.encode_batch(load_tokenizer(info.tokenizer_json), texts).
     """
     checkpoint = load_checkpoint(checkpoint_path, map_location=device)
     if checkpoint.get("method") != "clip":
@@ -292,13 +300,13 @@ def load_clip_towers(checkpoint_path: str, device: str | torch.device = "cpu") -
     towers = build_towers(config, pretrained=False)  # the checkpoint brings every weight, MiniLM's too
     towers.load_state_dict(checkpoint["model"])
     towers.to(device).eval()
-    info = {
-        "method": "clip", "dim": embedding_dim(config, towers["text"]), "normalized": True,
-        "logit_scale": float(towers["loss"].logit_scale().detach()),
-        "preprocessing": checkpoint["preprocessing"], "tokenizer_json": checkpoint["tokenizer_json"],
-        "context_length": checkpoint["context_length"], "class_names": checkpoint.get("class_names"),
-        "config": checkpoint["config"],
-    }
+    class_names = checkpoint.get("class_names")
+    info = ClipInfo(
+        dim=embedding_dim(config, towers["text"]), logit_scale=float(towers["loss"].logit_scale().detach()),
+        preprocessing=PreprocessingSpec.from_dict(checkpoint["preprocessing"]),
+        tokenizer_json=checkpoint["tokenizer_json"], context_length=int(checkpoint["context_length"]),
+        class_names=tuple(class_names) if class_names else None, config=checkpoint["config"],
+    )
     return towers["image"], towers["text"], info
 
 
@@ -328,16 +336,15 @@ def embed_images(image_tower: nn.Module, images: Tensor, batch_size: int = 512) 
                           for i in range(0, len(images), batch_size)]).numpy()
 
 
-def query_bank_embeddings(image_tower: nn.Module, info: dict[str, Any], images: int = 2048, seed: int = 0,
+def query_bank_embeddings(image_tower: nn.Module, info: ClipInfo, images: int = 2048, seed: int = 0,
                           batch_size: int = 512) -> np.ndarray:
     """Image-tower embeddings (N, dim) float32, unit rows, of N = min(images, data size) random
     training images (seeded): the data the model in `info` (from load_clip_towers) was trained on,
     through open_clip_dataset, so the same subset and no held-out class, preprocessed as its bundle
     says. This is the query bank of index.zero_shot.query_bank_offsets. Raises what opening the
     data raises (FileNotFoundError, ValueError) when that data is not on this machine."""
-    spec = info["preprocessing"]
-    transform = EvalTransform.from_spec(spec)
-    dataset, _ = open_clip_dataset(config_from_dict(info["config"]), transform)
+    transform = EvalTransform.from_spec(info.preprocessing)
+    dataset, _ = open_clip_dataset(config_from_dict(info.config), transform)
     chosen = random_subset(len(dataset), images, seed)
     chosen = np.arange(len(dataset)) if chosen is None else chosen
     embeddings = []

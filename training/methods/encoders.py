@@ -1,18 +1,20 @@
 """Eval-time image encoders from checkpoints, without knowing how each method trained them.
 
-Every vision checkpoint names its encoder ({"arch", "kwargs", "prefix"} under "encoder") and its
-EvalTransform ("preprocessing"); this module rebuilds that encoder and loads its weights.
+Each vision method describes its encoder once, as an `EncoderSpec`: it builds the encoder from it
+and records it in the checkpoint, with the EvalTransform's preprocessing spec beside it; this
+module rebuilds that encoder from a checkpoint and loads its weights.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from runtime.preprocessing import PreprocessingSpec
 from training.checkpoint import load_checkpoint
 from training.data.transforms import preprocessing_spec
 from training.models.resnet import ResNetBackbone
@@ -21,42 +23,61 @@ from training.models.vit import ViTEncoder
 ARCHITECTURES = {"resnet": ResNetBackbone, "vit": ViTEncoder}
 
 
-def encoder_checkpoint_entries(config: Any, arch: str, kwargs: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """What a vision method adds to its checkpoint so that `load_image_encoder` can rebuild the
-    encoder: the config, the encoder's architecture and where its weights sit in the model's
-    state dict (`prefix`), and the EvalTransform spec. `config` needs image_size, mode, mean, std."""
-    return {
-        "config": asdict(config),
-        "encoder": {"arch": arch, "kwargs": kwargs, "prefix": prefix},
-        "preprocessing": preprocessing_spec(config.image_size, config.mode, config.mean, config.std),
-    }
+@dataclass(frozen=True)
+class EncoderSpec:
+    """An image encoder as a checkpoint records it: enough to rebuild it and find its weights."""
+
+    arch: str  # a key of ARCHITECTURES
+    kwargs: dict[str, Any]  # the architecture's constructor arguments
+    prefix: str  # where its weights sit in the trained model's state dict, e.g. "encoder."
+
+    def build(self) -> nn.Module:
+        """A freshly initialised encoder (B, C, H, W) -> (B, D)."""
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown encoder architecture {self.arch!r}; known: {sorted(ARCHITECTURES)}")
+        return ARCHITECTURES[self.arch](**self.kwargs)
+
+    def checkpoint_entries(self, config: Any) -> dict[str, Any]:
+        """What a vision method adds to its checkpoint so that `load_image_encoder` can rebuild the
+        encoder: the config, this spec, and the EvalTransform's preprocessing spec (plain data, so
+        a checkpoint loads without this code's classes). `config` needs image_size, mode, mean, std."""
+        spec = preprocessing_spec(config.image_size, config.mode, config.mean, config.std)
+        return {"config": asdict(config), "encoder": asdict(self), "preprocessing": spec.to_dict()}
 
 
-def build_image_encoder(arch: str, kwargs: dict[str, Any]) -> nn.Module:
-    """A freshly initialised encoder (B, C, H, W) -> (B, D) of a registered architecture."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown encoder architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](**kwargs)
+def resnet_spec(config: Any, prefix: str) -> EncoderSpec:
+    """The small-image ResNet of a config with `mode` and `width` (SimCLR, CLIP's image tower)."""
+    return EncoderSpec("resnet", {"in_channels": 1 if config.mode == "L" else 3, "width": config.width}, prefix)
+
+
+@dataclass(frozen=True)
+class ImageEncoderInfo:
+    """What a vision checkpoint says about its encoder, besides the weights."""
+
+    method: str  # "simclr", "mae" or "clip"
+    dim: int  # embedding size (the backbone's, before any projection head)
+    preprocessing: PreprocessingSpec  # how an image becomes the encoder's input
+    config: dict[str, Any]  # the training config, as saved
+    arch: str  # "resnet" or "vit"
 
 
 def load_image_encoder(checkpoint_path: Path | str, device: str | torch.device = "cpu",
-                       random_init: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+                       random_init: bool = False) -> tuple[nn.Module, ImageEncoderInfo]:
     """The trained backbone in eval mode, mapping images already normalised by EvalTransform
     (float (B, C, H, W)) to un-normalised embeddings (B, D) (no projection head, no masking),
-    and {"method", "dim", "preprocessing" (preprocessing_spec), "config" (the training config),
-    "arch" ("resnet" or "vit")}.
+    and what the checkpoint says about it.
 
     random_init=True gives the same architecture with fresh weights (seeded from the torch RNG):
     the baseline that shows what training added."""
     checkpoint = load_checkpoint(Path(checkpoint_path), map_location=device)
     if "encoder" not in checkpoint:
         raise ValueError(f"{checkpoint_path} is a {checkpoint.get('method')!r} checkpoint without an image encoder")
-    spec = checkpoint["encoder"]
-    encoder = build_image_encoder(spec["arch"], spec["kwargs"])
-    prefix = spec["prefix"]
+    spec = EncoderSpec(**checkpoint["encoder"])
+    encoder = spec.build()
     if not random_init:
-        encoder.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)})
+        encoder.load_state_dict({k[len(spec.prefix):]: v for k, v in checkpoint["model"].items() if k.startswith(spec.prefix)})
     encoder.to(device).eval()
-    info = {"method": checkpoint["method"], "dim": encoder.dim, "preprocessing": checkpoint["preprocessing"],
-            "config": checkpoint["config"], "arch": spec["arch"]}
+    info = ImageEncoderInfo(method=checkpoint["method"], dim=encoder.dim,
+                            preprocessing=PreprocessingSpec.from_dict(checkpoint["preprocessing"]),
+                            config=checkpoint["config"], arch=spec.arch)
     return encoder, info

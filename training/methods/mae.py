@@ -15,14 +15,14 @@ from torch import Tensor, nn
 
 from training.data.images import ImageDataConfig, open_image_dataset
 from training.data.transforms import MAETransform
-from training.loop import LoopConfig, default_param_groups, fit, loop_config_from
-from training.methods.encoders import encoder_checkpoint_entries
+from training.loop import LoopConfig, default_param_groups, fit
+from training.methods.encoders import EncoderSpec
 from training.losses.mae import MAELoss
-from training.models.vit import Block, ViTEncoder, init_transformer_weights, patchify, sincos_pos_embed_2d
+from training.models.vit import Block, init_transformer_weights, patchify, sincos_pos_embed_2d
 
 
 @dataclass(frozen=True)
-class MAEConfig(ImageDataConfig):
+class MAEConfig(ImageDataConfig, LoopConfig):
     # data: the fields of ImageDataConfig (data, data_root, subset, image_size, mode, mean, std), then
     min_crop_scale: float = 0.35  # smallest random crop, as a fraction of the image area
     # encoder (the part kept for embeddings)
@@ -36,15 +36,12 @@ class MAEConfig(ImageDataConfig):
     decoder_num_heads: int = 4
     mask_ratio: float = 0.75  # fraction of patches hidden from the encoder
     norm_pix: bool = True  # reconstruct per-patch standardised pixels (MAE's better variant)
-    # optimisation (handed to the shared loop)
+    # the shared loop's fields (LoopConfig), with this method's defaults
     epochs: int = 100
     batch_size: int = 256
     lr: float = 1.5e-3  # peak AdamW learning rate
     weight_decay: float = 0.05
     warmup_epochs: float = 5.0
-    max_steps_per_epoch: int | None = None  # None = whole data set each epoch
-    seed: int = 0
-    device: str = "auto"
     num_workers: int = 4
     checkpoint_path: str = "artifacts/checkpoints/mae.pt"
     log_path: str | None = "artifacts/logs/mae.jsonl"
@@ -56,9 +53,6 @@ class MAEConfig(ImageDataConfig):
                     batch_size=256, max_steps_per_epoch=None, warmup_epochs=0.5, num_workers=0,
                     checkpoint_path="artifacts/checkpoints/mae-quick.pt", log_path="artifacts/logs/mae-quick.jsonl")
         return replace(quick, **overrides)
-
-    def loop_config(self) -> LoopConfig:
-        return loop_config_from(self)
 
 
 def random_masking(batch_size: int, num_patches: int, mask_ratio: float, device: torch.device | str = "cpu",
@@ -110,7 +104,10 @@ class MAE:
     def __init__(self, config: MAEConfig):
         self.config = config
         channels = 1 if config.mode == "L" else 3
-        encoder = ViTEncoder(config.image_size, config.patch_size, channels, config.dim, config.depth, config.num_heads)
+        self.encoder_spec = EncoderSpec("vit", {  # built here, recorded in the checkpoint
+            "image_size": config.image_size, "patch_size": config.patch_size, "in_channels": channels,
+            "dim": config.dim, "depth": config.depth, "num_heads": config.num_heads}, prefix="encoder.")
+        encoder = self.encoder_spec.build()
         decoder = MAEDecoder(encoder.grid_size, config.dim, config.decoder_dim, config.decoder_depth,
                              config.decoder_num_heads, config.patch_size ** 2 * channels)
         self.model = nn.ModuleDict({"encoder": encoder, "decoder": decoder})
@@ -129,10 +126,7 @@ class MAE:
         return loss, {"mask_ratio": mask.mean()}
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        c = self.config
-        kwargs = {"image_size": c.image_size, "patch_size": c.patch_size, "in_channels": 1 if c.mode == "L" else 3,
-                  "dim": c.dim, "depth": c.depth, "num_heads": c.num_heads}
-        return encoder_checkpoint_entries(c, "vit", kwargs, prefix="encoder.")
+        return self.encoder_spec.checkpoint_entries(self.config)
 
 
 def train_mae(config: MAEConfig, resume: bool = False) -> dict[str, Any]:

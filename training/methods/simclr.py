@@ -15,15 +15,14 @@ from torch import Tensor, nn
 
 from training.data.images import ImageDataConfig, open_image_dataset
 from training.data.transforms import SimCLRTransform
-from training.loop import LoopConfig, default_param_groups, fit, loop_config_from
-from training.methods.encoders import encoder_checkpoint_entries
+from training.loop import LoopConfig, default_param_groups, fit
+from training.methods.encoders import resnet_spec
 from training.losses.nt_xent import NTXentLoss
 from training.models.heads import SimCLRProjectionHead
-from training.models.resnet import ResNetBackbone
 
 
 @dataclass(frozen=True)
-class SimCLRConfig(ImageDataConfig):
+class SimCLRConfig(ImageDataConfig, LoopConfig):
     # data: the fields of ImageDataConfig (data, data_root, subset, image_size, mode, mean, std), then
     min_crop_scale: float = 0.2  # smallest random crop, as a fraction of the image area
     blur_prob: float = 0.5  # chance of Gaussian blur per view
@@ -32,15 +31,12 @@ class SimCLRConfig(ImageDataConfig):
     proj_hidden_dim: int = 512  # projection head's hidden layer
     proj_dim: int = 128  # projection head's output, where NT-Xent is computed
     temperature: float = 0.2  # NT-Xent temperature (0.2 learnt faster than 0.5 on Fashion-MNIST at batch 256)
-    # optimisation (handed to the shared loop)
+    # the shared loop's fields (LoopConfig), with this method's defaults
     epochs: int = 100
     batch_size: int = 512  # images per step; each gives two views, so 2x this goes through the network
     lr: float = 2e-3  # peak AdamW learning rate
     weight_decay: float = 1e-4
     warmup_epochs: float = 5.0
-    max_steps_per_epoch: int | None = None  # None = whole data set each epoch
-    seed: int = 0
-    device: str = "auto"
     num_workers: int = 4  # augmentation runs on the CPU; workers keep a GPU fed
     checkpoint_path: str = "artifacts/checkpoints/simclr.pt"
     log_path: str | None = "artifacts/logs/simclr.jsonl"
@@ -54,9 +50,6 @@ class SimCLRConfig(ImageDataConfig):
                     checkpoint_path="artifacts/checkpoints/simclr-quick.pt", log_path="artifacts/logs/simclr-quick.jsonl")
         return replace(quick, **overrides)
 
-    def loop_config(self) -> LoopConfig:
-        return loop_config_from(self)
-
 
 class SimCLR:
     """The method the loop drives: encoder + projection head, NT-Xent on the two views."""
@@ -65,8 +58,8 @@ class SimCLR:
 
     def __init__(self, config: SimCLRConfig):
         self.config = config
-        channels = 1 if config.mode == "L" else 3
-        encoder = ResNetBackbone(in_channels=channels, width=config.width)
+        self.encoder_spec = resnet_spec(config, prefix="encoder.")  # built here, recorded in the checkpoint
+        encoder = self.encoder_spec.build()
         head = SimCLRProjectionHead(encoder.dim, config.proj_hidden_dim, config.proj_dim)
         self.model = nn.ModuleDict({"encoder": encoder, "head": head})
         self.loss = NTXentLoss(config.temperature)
@@ -84,9 +77,7 @@ class SimCLR:
         return loss, {"positive_cos": positive_cos}
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        c = self.config
-        kwargs = {"in_channels": 1 if c.mode == "L" else 3, "width": c.width}
-        return encoder_checkpoint_entries(c, "resnet", kwargs, prefix="encoder.")
+        return self.encoder_spec.checkpoint_entries(self.config)
 
 
 def train_simclr(config: SimCLRConfig, resume: bool = False) -> dict[str, Any]:

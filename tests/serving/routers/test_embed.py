@@ -106,9 +106,9 @@ def test_small_and_large_images_embed_exactly_as_the_model_does(client: TestClie
     import onnxruntime as ort
     from PIL import Image
 
-    from export.bundle import open_bundle
-    from serving.preprocessing import decode_image, preprocess_batch
-    from serving.routers.embed import INLINE_DECODE_MAX_PIXELS
+    from runtime.bundle import open_bundle
+    from runtime.preprocessing import decode_image, preprocess_batch
+    from serving.embedding import INLINE_DECODE_MAX_PIXELS
 
     assert (size[0] * size[1] <= INLINE_DECODE_MAX_PIXELS) == (size == (12, 10))
     x, y = np.meshgrid(np.linspace(0, 255, size[0]), np.linspace(0, 255, size[1]))
@@ -117,7 +117,7 @@ def test_small_and_large_images_embed_exactly_as_the_model_does(client: TestClie
     blob = out.getvalue()
     bundle = open_bundle(image_artifacts, "tiny")
     session = ort.InferenceSession(str(bundle.file("image_encoder")), providers=["CPUExecutionProvider"])
-    batch = preprocess_batch([decode_image(blob, 10**6, 10**6)], bundle.manifest.preprocessing)  # (1, C, H, W)
+    batch = preprocess_batch([decode_image(blob)], bundle.manifest.preprocessing)  # (1, C, H, W)
     expected = session.run(None, {session.get_inputs()[0].name: batch})[0][0]
     response = embed_files(client, blob)
     assert response.status_code == 200, response.text

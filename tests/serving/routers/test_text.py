@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
-from index.text_tokens import encode_batch, load_tokenizer
+from runtime.tokens import encode_batch, load_tokenizer
 from index.vector_index import VectorIndex
 from serving.app import create_app
 from serving.settings import Settings

@@ -7,13 +7,13 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
-from export.bundle import open_bundle
+from runtime.bundle import open_bundle
 from export.clip import export_clip
-from index.templates import EVAL_TEMPLATES
-from index.text_tokens import encode_batch, load_tokenizer
+from runtime.templates import EVAL_TEMPLATES
+from runtime.tokens import encode_batch, load_tokenizer
 from index.zero_shot import build_class_matrix
 from serving.app import create_app
-from serving.preprocessing import decode_image, preprocess_batch
+from runtime.preprocessing import decode_image, preprocess_batch
 from serving.settings import Settings
 
 CLASSES = ["a sneaker", "a bag", "a dress", "an ankle boot"]
@@ -45,15 +45,15 @@ def expected_ranking(artifacts: Path, images: list[bytes], classes: list[str], t
         return text.run(None, {"ids": ids, "attention_mask": mask})[0]
 
     matrix = build_class_matrix(encode_texts, classes, templates)  # (C, D)
-    batch = preprocess_batch([decode_image(b, 10**7, 10**8) for b in images], bundle.manifest.preprocessing)
+    batch = preprocess_batch([decode_image(b) for b in images], bundle.manifest.preprocessing)
     embeddings = image.run(None, {"images": batch})[0]
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)  # (B, D)
     cosines = embeddings @ matrix.T  # (B, C)
     offsets = 0.0
     if normalization == "querybank":
         bank_cosines = np.load(bundle.file("query_bank")) @ matrix.T  # (N, C)
-        offsets = np.sort(bank_cosines, axis=0)[-bundle.manifest.extra["query_bank"]["k"]:].mean(axis=0)  # (C,)
-    logits = bundle.manifest.extra["logit_scale"] * (cosines - offsets)
+        offsets = np.sort(bank_cosines, axis=0)[-bundle.manifest.query_bank.k:].mean(axis=0)  # (C,)
+    logits = bundle.manifest.logit_scale * (cosines - offsets)
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     return cosines, probabilities / probabilities.sum(1, keepdims=True)
 

@@ -2,7 +2,7 @@ import random
 
 import numpy as np
 
-from index.templates import EVAL_TEMPLATES, TRAIN_TEMPLATES
+from runtime.templates import EVAL_TEMPLATES, TRAIN_TEMPLATES
 from training.data.captions import (FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_SYNONYMS, CaptionedImages,
                                     fashion_mnist_caption, openclipart_caption, openclipart_category,
                                     openclipart_pairs)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from index.text_tokens import context_length, encode_batch, load_tokenizer
+from runtime.tokens import context_length, encode_batch, load_tokenizer
 from training.data.tokenizer import SPECIAL_TOKENS, set_context_length, train_bpe_tokenizer
 
 CAPTIONS = ["a photo of a sneaker", "a black and white photo of a bag", "a drawing of an ankle boot"] * 5

@@ -5,12 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from index.text_tokens import context_length, encode_batch, load_tokenizer
+from runtime.tokens import context_length, encode_batch, load_tokenizer
 from training.data.captions import FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_SYNONYMS
-from training.data.idx import DEFAULT_FASHION_MNIST_ROOT
+from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
 from training.data.pairs import write_webdataset
 from training.data.transforms import preprocessing_spec
-from training.methods.clip import ClipConfig, load_clip_towers, open_clip_dataset, query_bank_embeddings, train_clip
+from training.methods.clip import ClipInfo, ClipConfig, load_clip_towers, open_clip_dataset, query_bank_embeddings, train_clip
 from training.methods.encoders import load_image_encoder
 
 needs_fashion_mnist = pytest.mark.skipif(not DEFAULT_FASHION_MNIST_ROOT.is_dir(), reason="dataset-fashion-mnist not installed")
@@ -42,10 +42,10 @@ def test_train_and_load_towers_for_export(tmp_path):
     assert summary["step"] == 2 and np.isfinite(summary["loss"])
 
     image_tower, text_tower, info = load_clip_towers(config.checkpoint_path)
-    assert info["dim"] == 16 and info["normalized"] and info["context_length"] == 12
-    assert info["logit_scale"] == pytest.approx(1 / 0.07, rel=0.1)
-    assert info["preprocessing"]["crop"] == 28 and info["preprocessing"]["channels"] == 1
-    tokenizer = load_tokenizer(info["tokenizer_json"])
+    assert info.dim == 16 and info.context_length == 12
+    assert info.logit_scale == pytest.approx(1 / 0.07, rel=0.1)
+    assert info.preprocessing.crop == 28 and info.preprocessing.channels == 1
+    tokenizer = load_tokenizer(info.tokenizer_json)
     assert context_length(tokenizer) == 12
 
     ids, mask = encode_batch(tokenizer, ["a photo of a coat", "a bag"])
@@ -57,7 +57,7 @@ def test_train_and_load_towers_for_export(tmp_path):
     torch.testing.assert_close(images.norm(dim=1), torch.ones(3))
 
     backbone, encoder_info = load_image_encoder(config.checkpoint_path)  # the vision tools read CLIP checkpoints too
-    assert encoder_info["method"] == "clip" and backbone(torch.randn(2, 1, 28, 28)).shape == (2, backbone.dim)
+    assert encoder_info.method == "clip" and backbone(torch.randn(2, 1, 28, 28)).shape == (2, backbone.dim)
 
 
 def test_trains_from_a_webdataset_shard(tmp_path):
@@ -69,7 +69,7 @@ def test_trains_from_a_webdataset_shard(tmp_path):
     summary = train_clip(config)
     assert summary["step"] == 2
     _, _, info = load_clip_towers(config.checkpoint_path)
-    assert info["class_names"] is None and info["preprocessing"]["channels"] == 3
+    assert info.class_names is None and info.preprocessing.channels == 3
 
 
 def test_query_bank_is_a_seeded_draw_of_training_images_without_held_out_classes(tmp_path, write_idx):
@@ -78,7 +78,8 @@ def test_query_bank_is_a_seeded_draw_of_training_images_without_held_out_classes
     write_idx(tmp_path / "train-images-idx3-ubyte", np.repeat(labels * 20, 28 * 28).reshape(100, 28, 28).astype(np.uint8))
     write_idx(tmp_path / "train-labels-idx1-ubyte", labels.astype(np.uint8))
     config = tiny(tmp_path, data_root=str(tmp_path), held_out_classes=("sneaker", "bag"), subset=None)
-    info = {"config": asdict(config), "preprocessing": preprocessing_spec(28, "L", (0.0,), (1.0,))}  # pixels / 255
+    info = ClipInfo(dim=1, logit_scale=1.0, preprocessing=preprocessing_spec(28, "L", (0.0,), (1.0,)),  # pixels / 255
+                    tokenizer_json="", context_length=1, class_names=None, config=asdict(config))
     mean_pixel = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 1))
     torch.nn.init.constant_(mean_pixel[1].weight, 1 / (28 * 28))
     torch.nn.init.zeros_(mean_pixel[1].bias)

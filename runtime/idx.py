@@ -1,6 +1,7 @@
 """IDX files (the MNIST family's format) read into numpy, and Fashion-MNIST loaded from them.
 
-Torch-free: only numpy and the standard library, so anything may reuse it.
+Torch-free: only numpy and the standard library, so training and the image sources of index
+builds and jobs read the same bytes.
 """
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import struct
 import subprocess
@@ -9,13 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from serving.preprocessing import decode_image, preprocess_batch, preprocess_image
+from runtime.preprocessing import (ImageLimits, ImageTooLarge, InvalidImage, PreprocessingSpec, UnsupportedImage,
+                                   decode_image, normalize_image, preprocess_batch, preprocess_image)
 
 MAX_BYTES, MAX_PIXELS = 1_000_000, 1_000_000
-SPEC_RGB = {"image_size": 8, "channels": 3, "mode": "RGB", "resize": 8, "crop": 8, "interpolation": "bilinear",
-            "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
-SPEC_L = {**SPEC_RGB, "channels": 1, "mode": "L", "mean": [0.5], "std": [0.25]}
+SPEC_RGB = PreprocessingSpec(mode="RGB", resize=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+SPEC_L = PreprocessingSpec(mode="L", resize=8, crop=8, mean=(0.5,), std=(0.25,))
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **params) -> bytes:
@@ -25,7 +25,7 @@ def encode(img: Image.Image, fmt: str = "PNG", **params) -> bytes:
 
 
 def decode(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return decode_image(data, ImageLimits(max_bytes=max_bytes, max_pixels=max_pixels))
 
 
 def noise(mode: str = "RGB", size: tuple[int, int] = (32, 24), seed: int = 0) -> Image.Image:
@@ -48,55 +48,55 @@ def png_header_only(width: int, height: int) -> bytes:
 # --- errors -------------------------------------------------------------------------------------
 
 def test_empty_body_is_invalid_input():
-    with pytest.raises(InvalidInput, match="empty image"):
+    with pytest.raises(InvalidImage, match="empty image"):
         decode(b"")
 
 
 def test_body_over_max_bytes_is_too_large():
     data = encode(noise())
-    with pytest.raises(PayloadTooLarge, match="limit is 100 bytes"):
+    with pytest.raises(ImageTooLarge, match="limit is 100 bytes"):
         decode(data, max_bytes=100)
 
 
 @pytest.mark.parametrize("data", [b"hello, this is a text file\n", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n",
                                   b"\x00" * 64], ids=["text", "pdf", "zeros"])
 def test_not_an_image_is_unsupported_media_type_naming_the_formats(data: bytes):
-    with pytest.raises(UnsupportedMediaType, match="PNG, JPEG"):
+    with pytest.raises(UnsupportedImage, match="PNG, JPEG"):
         decode(data)
 
 
 def test_a_format_outside_the_allowed_list_is_refused():
-    with pytest.raises(UnsupportedMediaType):
+    with pytest.raises(UnsupportedImage):
         decode(encode(noise(), "TGA"))  # Pillow reads TGA, but the service does not offer it
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_pixel_data_is_invalid_input(fmt: str):
     data = encode(noise(size=(64, 64)), fmt)
-    with pytest.raises(InvalidInput, match="truncated or corrupt"):
+    with pytest.raises(InvalidImage, match="truncated or corrupt"):
         decode(data[: len(data) * 2 // 3])
 
 
 def test_image_cut_inside_its_header_is_invalid_input_not_wrong_type():
     data = encode(noise(), "PNG")
-    with pytest.raises(InvalidInput, match="truncated or corrupt"):
+    with pytest.raises(InvalidImage, match="truncated or corrupt"):
         decode(data[:20])
 
 
 def test_too_many_pixels_is_refused_from_the_header_before_decoding():
     # 3000 x 3000 claimed, no pixel data: a decode would say "truncated"; the header check says 413 first
-    with pytest.raises(PayloadTooLarge, match="9,000,000 pixels"):
+    with pytest.raises(ImageTooLarge, match="9,000,000 pixels"):
         decode(png_header_only(3000, 3000), max_pixels=1_000_000)
 
 
 def test_pillow_decompression_bomb_is_too_large():
     # 100k x 100k trips Pillow's own DecompressionBombError while opening, before our check runs
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(ImageTooLarge):
         decode(png_header_only(100_000, 100_000), max_pixels=10**12)
 
 
 def test_a_real_image_over_max_pixels_is_too_large():
-    with pytest.raises(PayloadTooLarge, match="32x24"):
+    with pytest.raises(ImageTooLarge, match="32x24"):
         decode(encode(noise(size=(32, 24))), max_pixels=32 * 24 - 1)
 
 
@@ -104,12 +104,12 @@ def test_a_real_image_over_max_pixels_is_too_large():
 def test_rarer_pillow_modes_still_preprocess(mode: str):
     # TIFF and friends can decode to these; none may fail with a server error
     for spec in (SPEC_RGB, SPEC_L):
-        assert preprocess_image(Image.new(mode, (12, 9)), spec).shape == (spec["channels"], 8, 8)
+        assert preprocess_image(Image.new(mode, (12, 9)), spec).shape == (spec.channels, 8, 8)
 
 
 def test_a_pixel_mode_pillow_cannot_convert_is_unsupported_media_type():
     # a CIELab TIFF decodes to "LAB", which Pillow cannot turn into "L": the client's to re-encode, not a 500
-    with pytest.raises(UnsupportedMediaType, match="'LAB'"):
+    with pytest.raises(UnsupportedImage, match="'LAB'"):
         preprocess_image(decode(encode(Image.new("LAB", (12, 9)), "TIFF")), SPEC_L)
 
 
@@ -133,7 +133,7 @@ def test_every_mode_gives_the_spec_shape(make, spec):
     img = make()
     fmt = "JPEG" if img.mode == "CMYK" else "PNG"
     out = preprocess_image(decode(encode(img, fmt)), spec)
-    assert out.dtype == np.float32 and out.shape == (spec["channels"], 8, 8)
+    assert out.dtype == np.float32 and out.shape == (spec.channels, 8, 8)
     assert np.isfinite(out).all()
 
 
@@ -169,7 +169,7 @@ def test_exif_rotated_jpeg_is_turned_upright():
     rotated = decode(encode(stored, "JPEG", exif=exif.tobytes(), quality=95))
     plain = decode(encode(stored, "JPEG", quality=95))
     upright = plain.transpose(Image.Transpose.ROTATE_270)  # what a viewer shows: portrait 10 x 20
-    spec = {**SPEC_RGB, "resize": 10, "crop": 10}
+    spec = dataclasses.replace(SPEC_RGB, resize=10, crop=10)
     np.testing.assert_array_equal(preprocess_image(rotated, spec), preprocess_image(upright, spec))
     assert not np.array_equal(preprocess_image(rotated, spec), preprocess_image(plain, spec))
 
@@ -178,7 +178,7 @@ def test_shorter_side_is_resized_then_centre_cropped():
     # a 40 x 20 image whose middle 20 columns are white: resize to 10 x 5... crop 5 keeps only white
     pixels = np.zeros((20, 40), np.uint8)
     pixels[:, 10:30] = 255
-    spec = {**SPEC_L, "resize": 10, "crop": 10}  # shorter side 20 -> 10, so 20 x 10; centre 10 x 10
+    spec = dataclasses.replace(SPEC_L, resize=10, crop=10)  # shorter side 20 -> 10, so 20 x 10; centre 10 x 10
     out = preprocess_image(Image.fromarray(pixels), spec)
     assert out.shape == (1, 10, 10)
     np.testing.assert_allclose(out[:, :, 1:-1], (1.0 - 0.5) / 0.25, rtol=1e-6)  # inner columns: all white
@@ -193,6 +193,89 @@ def test_batch_stacks_images_of_different_sizes():
 
 
 def test_the_serving_path_imports_no_torch():
-    modules = "serving.preprocessing, serving.encoders.factory, serving.encoders.onnx_runtime, serving.encoders.triton"
+    modules = "runtime.preprocessing, runtime.encoders.factory, runtime.encoders.onnx_runtime, runtime.encoders.triton"
     code = f"import sys, {modules}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2]).returncode == 0
+
+
+# ---- normalize_image: every Pillow mode to plain "L" or "RGB" ----
+
+def pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img)
+
+
+@pytest.mark.parametrize("target", ["L", "RGB"])
+def test_plain_modes_convert_to_target(target):
+    rgb = Image.new("RGB", (3, 2), (200, 100, 50))
+    grey = Image.new("L", (3, 2), 77)
+    for img in (rgb, grey):
+        out = normalize_image(img, target)
+        assert out.mode == target and out.size == (3, 2)
+    assert pixels(normalize_image(grey, "RGB"))[0, 0].tolist() == [77, 77, 77]
+    assert pixels(normalize_image(rgb, "L"))[0, 0] == round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)
+
+
+def test_rgba_is_composited_on_white():
+    img = Image.new("RGBA", (2, 1))
+    img.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent black -> white
+    img.putpixel((1, 0), (0, 0, 0, 255))  # opaque black stays black
+    out = pixels(normalize_image(img, "RGB"))
+    assert out[0, 0].tolist() == [255, 255, 255] and out[0, 1].tolist() == [0, 0, 0]
+    half = normalize_image(Image.new("RGBA", (1, 1), (0, 0, 0, 128)), "L")
+    assert abs(int(pixels(half)[0, 0]) - 127) <= 1
+
+
+def test_la_and_one_bit():
+    la = Image.new("LA", (1, 1), (0, 0))
+    assert pixels(normalize_image(la, "L"))[0, 0] == 255
+    one = Image.new("1", (2, 1), 0)
+    one.putpixel((1, 0), 1)
+    assert pixels(normalize_image(one, "L")).tolist() == [[0, 255]]
+
+
+def test_palette_with_and_without_transparency():
+    p = Image.new("P", (2, 1))
+    p.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    p.putpixel((0, 0), 0)
+    p.putpixel((1, 0), 1)
+    assert pixels(normalize_image(p, "RGB")).tolist() == [[[255, 0, 0], [0, 0, 255]]]
+    p.info["transparency"] = 1  # palette index 1 is transparent -> white
+    assert pixels(normalize_image(p, "RGB")).tolist() == [[[255, 0, 0], [255, 255, 255]]]
+
+
+def test_cmyk():
+    out = normalize_image(Image.new("CMYK", (1, 1), (0, 255, 255, 0)), "RGB")  # magenta + yellow ink = red
+    assert pixels(out)[0, 0].tolist() == [255, 0, 0]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_sixteen_bit_is_scaled_to_eight(mode):
+    values = np.array([[0, 257 * 100, 65535]], dtype=np.uint16 if mode == "I;16" else np.int32)
+    img = Image.fromarray(values)
+    assert img.mode == mode
+    assert pixels(normalize_image(img, "L")).tolist() == [[0, 100, 255]]
+
+
+def test_sixteen_bit_png_round_trip(tmp_path):
+    Image.fromarray(np.full((2, 2), 65535, np.uint16)).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as img:
+        assert pixels(normalize_image(img, "L")).tolist() == [[255, 255], [255, 255]]
+
+
+def test_exif_rotated_jpeg_is_made_upright(tmp_path):
+    img = Image.new("RGB", (40, 20), (255, 255, 255))
+    img.paste((0, 0, 0), (0, 0, 20, 20))  # black left half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    img.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        assert opened.size == (40, 20)
+        out = normalize_image(opened, "L")
+    assert out.size == (20, 40)  # upright: taller than wide
+    top, bottom = pixels(out)[:15].mean(), pixels(out)[25:].mean()
+    assert top < 40 and bottom > 215  # the black half ends up on top after a clockwise turn
+
+
+def test_rejects_unknown_target_mode():
+    with pytest.raises(ValueError, match="mode"):
+        normalize_image(Image.new("L", (1, 1)), "CMYK")

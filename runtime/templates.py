@@ -1,6 +1,6 @@
 """Prompt templates as plain data: the ones captions are trained on and a disjoint set for evaluation.
 
-Torch-free so serving can use the same strings; each template has one "{}" for the class name.
+Torch-free so training, serving and jobs use the same strings; each template has one "{}" for the class name.
 Zero-shot is measured with EVAL_TEMPLATES only, so a score never rewards memorised phrasing.
 """
 

@@ -3,7 +3,8 @@
 Routers and the micro-batcher talk to an `Encoder`, never to onnxruntime or Triton directly,
 so a deployment can move a model to a Triton server by changing a setting and nothing else.
 An encoder takes a batch that is already preprocessed (numpy, float32) and returns one
-embedding row per input.
+embedding row per input. The server, the batch re-embedding jobs and index builds all embed
+through one, so an item embeds the same wherever it is embedded.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from export.bundle import Manifest
+from runtime.bundle import Manifest
+
+
+class EncoderUnavailable(RuntimeError):
+    """The runtime behind an encoder cannot serve now (a Triton server down or without the model);
+    the message says what to check. A server answers it with 503."""
 
 
 class Encoder(ABC):
@@ -22,6 +28,7 @@ class Encoder(ABC):
     """
 
     manifest: Manifest
+    role: str  # the bundle file role of the model it runs, e.g. "image_encoder"
 
     @property
     def name(self) -> str:
@@ -39,3 +46,16 @@ class Encoder(ABC):
 
     def close(self) -> None:
         """Release the runtime's resources (sessions, connections). Default: nothing to do."""
+
+
+def split_inputs(batch: np.ndarray, input_names: list[str], model: str) -> list[np.ndarray]:
+    """The model's inputs from one batch: the batch itself for a model of one input, else the
+    inputs stacked on axis 1 in the model's order ((B, k, ...) -> k arrays (B, ...)), as the
+    micro-batcher carries a text tower's token ids and attention mask."""
+    if len(input_names) == 1:
+        return [batch]
+    if batch.ndim < 2 or batch.shape[1] != len(input_names):
+        raise ValueError(f"model {model} takes its inputs {input_names} stacked as "
+                         f"(batch, {len(input_names)}, ...), got {tuple(batch.shape)}")
+    return [np.ascontiguousarray(batch[:, i]) for i in range(len(input_names))]
+

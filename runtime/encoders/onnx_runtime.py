@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.bundle import Bundle, Manifest
-from serving.encoders.base import Encoder
+from runtime.bundle import Bundle
+from runtime.config import SERVING_INTRA_OP_THREADS
+from runtime.encoders.base import Encoder, split_inputs
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,6 @@ def resolve_providers(setting: str, available: list[str] | None = None) -> list[
     return [*wanted, CPU]
 
 
-# How many threads one `session.run` uses by default: the calling thread alone. A server already
-# runs model calls in a worker thread, off the event loop; a single intra-op thread keeps one core
-# busy with the model and leaves the rest to HTTP parsing, decoding and the other sessions.
-# onnxruntime's own default (one thread per physical core) makes every call fan out over all
-# cores, which on a small machine takes the CPU the event loop needs.
-SERVING_INTRA_OP_THREADS = 1
 
 
 def session_options(intra_op_threads: int = SERVING_INTRA_OP_THREADS) -> ort.SessionOptions:
@@ -83,7 +78,7 @@ def session_options(intra_op_threads: int = SERVING_INTRA_OP_THREADS) -> ort.Ses
 class OnnxEncoder(Encoder):
     """A bundle's ONNX model (the file that plays `role`) in an onnxruntime session.
 
-    `role` is the manifest's file role, e.g. "image_encoder" (serving.encoders.factory picks it
+    `role` is the manifest's file role, e.g. "image_encoder" (runtime.encoders.factory picks it
     from the bundle's kind). `trt_cache_dir`, when given, keeps TensorRT engines between restarts
     (building one takes minutes) outside the bundle, which stays read-only so its hashes hold.
     `intra_op_threads` is the threads per model call (see `session_options`).
@@ -98,10 +93,10 @@ class OnnxEncoder(Encoder):
         provider_options = [_options_for(p, trt_cache_dir) for p in provider_names]
         self.session = ort.InferenceSession(str(path), sess_options=session_options(intra_op_threads),
                                             providers=provider_names, provider_options=provider_options)
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        self.input_names, self.output_name = model_io_names(self.manifest, role, [i.name for i in inputs], outputs[0].name)
+        io = self.manifest.onnx_io(role)
+        self.input_names, self.output_name = list(io.inputs), io.output
         self.input_name = self.input_names[0]
-        by_name = {i.name: i for i in inputs}
+        by_name = {i.name: i for i in self.session.get_inputs()}
         missing = [n for n in self.input_names if n not in by_name]
         if missing:
             raise ValueError(f"{path} has no input {missing[0]!r}; its inputs are {list(by_name)}: re-export the bundle")
@@ -117,16 +112,9 @@ class OnnxEncoder(Encoder):
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)  # (B, C, H, W), or (B, k, T) for k inputs
-        if len(self.input_names) == 1:
-            self._check_shape(batch.shape)
-            feeds = {self.input_name: batch}
-        else:  # several inputs of one shape travel stacked on axis 1, so the micro-batcher sees one array
-            if batch.ndim < 2 or batch.shape[1] != len(self.input_names):
-                raise ValueError(f"model {self.manifest.name} takes its inputs {self.input_names} stacked as "
-                                 f"(batch, {len(self.input_names)}, ...), got {tuple(batch.shape)}")
-            self._check_shape(batch[:, 0].shape)
-            feeds = {name: np.ascontiguousarray(batch[:, i]) for i, name in enumerate(self.input_names)}
-        (embeddings,) = self.session.run([self.output_name], feeds)  # (B, D)
+        arrays = split_inputs(batch, self.input_names, self.manifest.name)
+        self._check_shape(arrays[0].shape)
+        (embeddings,) = self.session.run([self.output_name], dict(zip(self.input_names, arrays)))  # (B, D)
         return np.asarray(embeddings, dtype=np.float32)
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
@@ -138,19 +126,6 @@ class OnnxEncoder(Encoder):
 
     def close(self) -> None:
         self.session = None  # onnxruntime frees the session (and GPU memory) when it is collected
-
-
-def model_io_names(manifest: Manifest, role: str, inputs: list[str], output: str) -> tuple[list[str], str]:
-    """(input names, output name) of the model that plays `role`: the manifest's per-role "onnx_io"
-    (bundles of two models), else its "onnx_input"/"onnx_output", else the graph's own
-    (`inputs` all of them in order, `output` the first)."""
-    extra = manifest.extra
-    io = (extra.get("onnx_io") or {}).get(role)
-    if io:
-        return list(io["inputs"]), io["outputs"][0]
-    if extra.get("onnx_input"):
-        return [extra["onnx_input"]], extra.get("onnx_output") or output
-    return inputs, extra.get("onnx_output") or output
 
 
 def _options_for(provider: str, trt_cache_dir: Path | None) -> dict[str, str]:

@@ -5,18 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.bundle import (
-    BundleError,
-    Manifest,
-    current_version,
-    iter_current_bundles,
-    open_bundle,
-    read_bundle,
-    set_current,
-    write_bundle,
-)
 from export.word_vectors import write_word_vectors_bundle
 from index.word_vectors import read_vocab
+from runtime.bundle import BundleError, Manifest, iter_current_bundles, open_bundle, read_bundle, write_bundle
+from runtime.files import current_version, set_current
 
 
 def _manifest(name: str = "m") -> Manifest:

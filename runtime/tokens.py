@@ -1,5 +1,5 @@
-"""Text to token ids, the one way training and serving both do it: a `tokenizers` tokenizer.json
-that carries its own truncation and fixed-length padding. Torch-free (numpy and `tokenizers`)."""
+"""Text to token ids, the one way training, export, serving and jobs all do it: a `tokenizers`
+tokenizer.json that carries its own truncation and fixed-length padding. Torch-free."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
+
+
+class InvalidText(ValueError):
+    """A text that cannot be embedded as sent (empty, or longer than the model reads); the message
+    says which one and what to fix."""
 
 
 def load_tokenizer(source: str | Path) -> Tokenizer:
@@ -43,3 +48,27 @@ def context_length(tokenizer: Tokenizer) -> int:
     if tokenizer.padding is None or tokenizer.padding.get("length") is None:
         raise ValueError("the tokenizer pads to no fixed length")
     return int(tokenizer.padding["length"])
+
+
+def describe_text(position: int, text: str) -> str:
+    """How errors name a text: its position and the start of it."""
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    return f"text {position} ({shown!r})"
+
+
+def text_encoder_batch(tokenizer: Tokenizer, texts: Sequence[str], names: Sequence[str] | None = None) -> np.ndarray:
+    """Texts -> a text encoder's batch (n, 2, T) int64: token ids and attention mask stacked, the
+    way an Encoder takes a model of two inputs. A text that is empty, or that the tokenizer would
+    truncate, is an InvalidText rather than silently cut (its embedding would describe a text
+    nobody sent); `names[i]` says how the error names text i (default: its position and start)."""
+    names = names or [describe_text(i, t) for i, t in enumerate(texts)]
+    for name, text in zip(names, texts):
+        if not text.strip():
+            raise InvalidText(f"{name} is empty; send words to embed")
+    # (n, T) int64 each: exactly what training fed the tower; truncated (n,): texts cut to fit the context
+    ids, mask, truncated = encode_batch(tokenizer, texts, with_truncation=True)
+    if truncated.any():
+        name = names[int(np.flatnonzero(truncated)[0])]
+        raise InvalidText(f"{name} is longer than the {context_length(tokenizer)} tokens the model reads "
+                          "(special tokens included); shorten it")
+    return np.stack([ids, mask], axis=1)  # (n, 2, T)

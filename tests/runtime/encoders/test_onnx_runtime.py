@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from export.bundle import Manifest, write_bundle
 from export.onnx import export_onnx
-from serving.encoders.onnx_runtime import OnnxEncoder, resolve_providers, session_options
-from serving.encoders.factory import load_encoder
-from serving.settings import Settings
+from runtime.bundle import Manifest, OnnxIO, write_bundle
+from runtime.config import RuntimeConfig
+from runtime.encoders.factory import load_encoder
+from runtime.encoders.onnx_runtime import OnnxEncoder, resolve_providers, session_options
 
 
 @pytest.fixture
@@ -18,8 +18,7 @@ def bundle_and_module(tmp_path: Path):
     torch.manual_seed(0)
     module = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5)).eval()
     manifest = Manifest(name="tiny", kind="image-encoder", method="simclr", dim=5, normalized=False,
-                        files={"image_encoder": "image_encoder.onnx"},
-                        extra={"onnx_input": "pixels", "onnx_output": "vectors"})
+                        files={"image_encoder": "image_encoder.onnx"}, onnx={"image_encoder": OnnxIO(("pixels",), "vectors")})
 
     def write_files(folder: Path) -> None:
         export_onnx(module, torch.randn(2, 3, 4, 4), folder / "image_encoder.onnx", "pixels", "vectors")
@@ -41,7 +40,7 @@ def test_naming_a_provider_this_build_lacks_says_how_to_fix_it():
 
 def test_encode_returns_float32_rows_equal_to_torch(bundle_and_module):
     bundle, module = bundle_and_module
-    encoder = load_encoder(bundle, Settings(artifacts_dir=bundle.path.parents[2]))
+    encoder = load_encoder(bundle, RuntimeConfig(cache_dir=bundle.path.parents[2] / "cache"))
     assert isinstance(encoder, OnnxEncoder) and encoder.input_name == "pixels" and encoder.dim == 5
     batch = np.random.default_rng(0).normal(size=(3, 3, 4, 4))  # float64 on purpose: the encoder casts
     with torch.no_grad():
@@ -74,4 +73,4 @@ def test_serving_sessions_use_the_configured_threads_and_never_spin():
     assert options.intra_op_num_threads == 3
     # spinning pool threads would keep cores busy between calls, away from the HTTP side
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert session_options().intra_op_num_threads == Settings().onnx_intra_op_threads  # the setting and the module agree
+    assert session_options().intra_op_num_threads == RuntimeConfig().intra_op_threads  # the config and the module agree

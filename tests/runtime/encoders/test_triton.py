@@ -15,12 +15,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from export.bundle import open_bundle
-from serving.encoders.factory import load_encoder
-from serving.encoders.onnx_runtime import OnnxEncoder
-from serving.encoders.triton import TritonEncoder
-from serving.errors import NotReady
-from serving.settings import Settings
+from runtime.bundle import open_bundle
+from runtime.encoders.factory import load_encoder
+from runtime.encoders.onnx_runtime import OnnxEncoder
+from runtime.encoders.triton import TritonEncoder
+from runtime.config import RuntimeConfig
+from runtime.encoders.base import EncoderUnavailable
 
 pytest.importorskip("tritonclient.http")
 
@@ -95,12 +95,12 @@ def test_triton_url_without_tritonclient_says_what_to_install(image_artifacts, m
     monkeypatch.setitem(sys.modules, "tritonclient", None)  # an import of it now raises ImportError
     monkeypatch.setitem(sys.modules, "tritonclient.http", None)
     with pytest.raises(ImportError, match=r"pip install 'embedserve\[triton\]'"):
-        load_encoder(open_bundle(image_artifacts, "tiny"), Settings(triton_url="127.0.0.1:9"))
+        load_encoder(open_bundle(image_artifacts, "tiny"), RuntimeConfig(triton_url="127.0.0.1:9"))
 
 
 def test_triton_encoder_gives_what_onnxruntime_gives(triton):
     bundle, url = triton
-    encoder = load_encoder(bundle, Settings(triton_url=url))
+    encoder = load_encoder(bundle, RuntimeConfig(triton_url=url))
     assert isinstance(encoder, TritonEncoder)
     assert (encoder.model_name, encoder.model_version) == ("tiny", "1")  # bundle v1 is Triton version 1
     batch = np.random.default_rng(0).normal(size=(3, 1, 8, 8)).astype(np.float32)  # (B, C, H, W)
@@ -113,10 +113,10 @@ def test_triton_encoder_gives_what_onnxruntime_gives(triton):
 def test_a_model_triton_has_not_loaded_is_not_ready(triton, image_artifacts, write_image_bundle):
     _, url = triton
     write_image_bundle(image_artifacts, "tiny", seed=1)  # v2: the stand-in server only has version 1
-    with pytest.raises(NotReady, match="no ready model 'tiny' version 2"):
+    with pytest.raises(EncoderUnavailable, match="no ready model 'tiny' version 2"):
         TritonEncoder(open_bundle(image_artifacts, "tiny"), "image_encoder", url)
 
 
 def test_an_unreachable_server_is_not_ready_and_says_which_setting(image_artifacts):
-    with pytest.raises(NotReady, match="EMBEDSERVE_TRITON_URL"):
+    with pytest.raises(EncoderUnavailable, match="check the Triton URL setting"):
         TritonEncoder(open_bundle(image_artifacts, "tiny"), "image_encoder", "127.0.0.1:9", timeout_s=2)

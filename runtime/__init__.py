@@ -1,0 +1,1 @@
+"""The torch-free inference core: bundles, preprocessing, tokens, templates, vectors, encoders."""

@@ -1,0 +1,275 @@
+"""The model bundle: the one contract between the torch half and the serving half.
+
+A bundle is a folder `artifacts/models/<name>/<version>/` holding `manifest.json` and the files
+it names. This module is the only place that writes or reads one, and the only one that knows
+the manifest's layout: everything else reads typed fields (`manifest.preprocessing.crop`,
+`manifest.onnx_io("text_encoder").inputs`). Bundles are written to a temporary folder and renamed
+into place (runtime.files), so a reader never sees half of one, and a `current` file per name
+says which version is served.
+
+Schema 2 is the one written. Schema-1 manifests (written before 2026-12) are read and upgraded in
+memory, so bundles already on a disk keep serving unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from runtime.files import VersionError, atomic_write_text, names_under, version_folder, write_versioned_dir
+from runtime.preprocessing import PreprocessingSpec
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+MANIFEST_FILE = "manifest.json"
+KINDS = ("image-encoder", "text-encoder", "image-text-encoder", "word-vectors")
+METHODS = ("simclr", "mae", "clip", "word2vec")
+# The file role each kind's model plays when a caller names none; a CLIP bundle holds two models.
+DEFAULT_ROLES = {"image-encoder": "image_encoder", "text-encoder": "text_encoder", "image-text-encoder": "image_encoder"}
+REEXPORT_HINT = "re-export it: embedserve export --checkpoint <its checkpoint> --name <name>"
+
+T = TypeVar("T")
+
+
+class BundleError(Exception):
+    """A bundle (or index) is missing, incomplete or of a schema this code cannot read."""
+
+
+def dataclass_from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """`cls(**data)` for a flat frozen dataclass read from JSON: unknown keys are ignored (a newer
+    writer's additions), and lists become tuples where the field is a tuple."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            value = data[f.name]
+            is_tuple = typing.get_origin(hints[f.name]) is tuple
+            values[f.name] = tuple(value) if is_tuple and isinstance(value, list) else value
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """The tokenizer of a text encoder: a `tokenizers` file that pads and truncates by itself."""
+
+    file: str  # tokenizer.json inside the bundle
+    context_length: int  # tokens per text, special tokens included
+
+
+@dataclass(frozen=True)
+class OnnxIO:
+    """The names of one ONNX model's inputs (in the order they travel stacked) and output."""
+
+    inputs: tuple[str, ...]  # e.g. ("images",), or ("ids", "attention_mask") for a text tower
+    output: str  # e.g. "embeddings"
+
+
+QUERY_BANK_ROLE = "query_bank"  # the file role of a CLIP bundle's bank: (N, dim) float32 training-image embeddings
+QUERY_BANK_K = 10  # a class's offset averages its k largest cosines to the bank
+
+
+@dataclass(frozen=True)
+class QueryBankSpec:
+    """Zero-shot normalisation's bank of training-image embeddings (index.zero_shot)."""
+
+    images: int  # rows in the bank file
+    k: int = QUERY_BANK_K  # a class's offset averages its k largest cosines to the bank
+    seed: int = 0  # which random training images
+    source: str = ""  # where they came from, for humans
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What `manifest.json` holds. Field meanings are the contract; keep them stable."""
+
+    name: str  # the model's name, as clients ask for it
+    kind: str  # one of KINDS
+    method: str  # one of METHODS
+    dim: int  # embedding dimension
+    normalized: bool  # True if the encoder's outputs are already L2-normalised
+    files: dict[str, str]  # role -> file name inside the bundle, e.g. {"vectors": "vectors.npy"}
+    version: str = ""  # filled in by write_bundle
+    preprocessing: PreprocessingSpec | None = None  # image encoders: how an image becomes input
+    tokenizer: TokenizerSpec | None = None  # text encoders: the tokenizer file and context length
+    onnx: dict[str, OnnxIO] = field(default_factory=dict)  # ONNX model role -> its input/output names
+    logit_scale: float | None = None  # CLIP: the learned temperature's inverse, for zero-shot softmax
+    class_names: tuple[str, ...] = ()  # CLIP: the classes it was trained on, when known
+    query_bank: QueryBankSpec | None = None  # CLIP: zero-shot normalisation's bank (file role "query_bank")
+    training_config: dict[str, Any] = field(default_factory=dict)  # the config that trained it
+    metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at export
+    extra: dict[str, Any] = field(default_factory=dict)  # facts for humans (opset, parity cosines); no code reads it
+    created_at: str = ""  # ISO-8601 UTC, filled in by write_bundle
+    source_checkpoint_sha256: str | None = None  # hash of the checkpoint it was exported from
+    file_sha256: dict[str, str] = field(default_factory=dict)  # file name -> sha256, by write_bundle
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise BundleError(f"unknown bundle kind {self.kind!r}; expected one of {KINDS}")
+        if self.method not in METHODS:
+            raise BundleError(f"unknown method {self.method!r}; expected one of {METHODS}")
+
+    def onnx_io(self, role: str) -> OnnxIO:
+        """The input and output names of the ONNX model that plays `role`."""
+        if role not in self.onnx:
+            raise BundleError(f"model {self.name} {self.version} records no ONNX names for {role!r} "
+                              f"(it has {sorted(self.onnx)}); {REEXPORT_HINT}")
+        return self.onnx[role]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Read a manifest's JSON: schema 2 as written, schema 1 upgraded in memory."""
+        schema = data.get("schema_version")
+        if schema == 1:
+            data = _upgrade_v1(data)
+        elif schema != SCHEMA_VERSION:
+            raise BundleError(f"manifest schema {schema!r} is newer than this code reads ({SCHEMA_VERSION}): "
+                              f"upgrade embedserve, or {REEXPORT_HINT}")
+        data = dict(data)
+        if data.get("preprocessing") is not None:
+            data["preprocessing"] = PreprocessingSpec.from_dict(data["preprocessing"])
+        if data.get("tokenizer") is not None:
+            data["tokenizer"] = dataclass_from_dict(TokenizerSpec, data["tokenizer"])
+        if data.get("query_bank") is not None:
+            data["query_bank"] = dataclass_from_dict(QueryBankSpec, data["query_bank"])
+        data["onnx"] = {role: dataclass_from_dict(OnnxIO, io) for role, io in (data.get("onnx") or {}).items()}
+        return dataclass_from_dict(cls, data)
+
+
+def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 manifest as schema 2: the facts v1 kept in `extra` and in untyped dicts move to
+    their typed fields; the rest stays in `extra`."""
+    data, extra = dict(data), dict(data.get("extra") or {})
+    onnx = {role: {"inputs": io["inputs"], "output": io["outputs"][0]} for role, io in extra.pop("onnx_io", {}).items()}
+    if "onnx_input" in extra:  # v1 image encoders named their one model's input and output in extra
+        onnx[DEFAULT_ROLES[data["kind"]]] = {"inputs": [extra.pop("onnx_input")], "output": extra.pop("onnx_output")}
+    data["onnx"] = onnx
+    for name in ("logit_scale", "class_names", "query_bank"):
+        if name in extra:
+            data[name] = extra.pop(name)
+    tokenizer = data.get("tokenizer")
+    if tokenizer is not None and "file" not in tokenizer:  # v1 word vectors described their tokenisation here
+        extra["tokenization"] = tokenizer
+        data["tokenizer"] = None
+    data["extra"], data["schema_version"] = extra, SCHEMA_VERSION
+    return data
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle on disk: its folder and its manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    def file(self, role: str) -> Path:
+        """The path of the file that plays `role` (e.g. "vectors", "image_encoder")."""
+        try:
+            return self.path / self.manifest.files[role]
+        except KeyError:
+            raise BundleError(f"bundle {self.path} has no {role!r} file; it has {sorted(self.manifest.files)}") from None
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def models_dir(artifacts: Path) -> Path:
+    return Path(artifacts) / "models"
+
+
+def write_bundle(
+    artifacts: Path,
+    manifest: Manifest,
+    write_files: Callable[[Path], None],
+    version: str | None = None,
+    make_current: bool = True,
+) -> Bundle:
+    """Write a bundle: `write_files(folder)` writes every file the manifest names into a
+    temporary folder; this adds hashes, version and time to the manifest, writes it, and
+    renames the folder to `artifacts/models/<name>/<version>`."""
+
+    def fill(tmp: Path, version: str) -> None:
+        write_files(tmp)
+        missing = [f for f in manifest.files.values() if not (tmp / f).is_file()]
+        if missing:
+            raise BundleError(f"the bundle writer did not write {missing}")
+        final = dataclasses.replace(
+            manifest,
+            version=version,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            file_sha256={f: sha256_file(tmp / f) for f in sorted(manifest.files.values())},
+        )
+        atomic_write_text(tmp / MANIFEST_FILE, final.to_json())
+
+    try:
+        path = write_versioned_dir(models_dir(artifacts) / manifest.name, fill, version, make_current)
+    except VersionError as e:
+        raise BundleError(str(e)) from e
+    return read_bundle(path)
+
+
+def read_manifest(path: Path, cls: type[T], what: str = "bundle") -> T:
+    """The `cls` (Manifest, or an index's manifest) in folder `path`'s manifest.json, or BundleError."""
+    manifest_path = Path(path) / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} is not a{'n' if what[0] in 'aeiou' else ''} {what}: it has no {MANIFEST_FILE}")
+    try:
+        return cls.from_dict(json.loads(manifest_path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+        if isinstance(e, BundleError):
+            raise
+        raise BundleError(f"{manifest_path} is not a valid manifest ({type(e).__name__}: {e}); {REEXPORT_HINT}") from e
+
+
+def read_bundle(path: Path, verify: bool = False) -> Bundle:
+    """Read the bundle in folder `path`. With `verify`, also check every file's sha256."""
+    path = Path(path)
+    manifest = read_manifest(path, Manifest)
+    for name in manifest.files.values():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"bundle {path} is missing {name}")
+        if verify and manifest.file_sha256.get(name) != sha256_file(file):
+            raise BundleError(f"bundle {path}: {name} does not match its sha256 in the manifest")
+    return Bundle(path=path, manifest=manifest)
+
+
+def open_bundle(artifacts: Path, name: str, version: str | None = None) -> Bundle:
+    """The bundle `name` at `version`, or at its current version."""
+    try:
+        folder = version_folder(models_dir(artifacts), name, version, what="model")
+    except VersionError as e:
+        raise BundleError(str(e)) from e
+    return read_bundle(folder)
+
+
+def iter_current(root: Path, load: Callable[[Path], T], what: str) -> Iterator[T]:
+    """`load(folder)` of every name's current version under `root`, by name; a name whose current
+    version cannot be read is logged and skipped, so one broken folder does not hide the rest."""
+    for name in names_under(root):
+        try:
+            yield load(version_folder(root, name, what=what))
+        except Exception as e:  # noqa: BLE001 - whatever is wrong with one folder, the others still load
+            log.warning("skipping %s folder %s: %s", what, Path(root) / name, e)
+
+
+def iter_current_bundles(artifacts: Path) -> Iterator[Bundle]:
+    """Every model's current bundle, by name, skipping folders that hold no readable version."""
+    return iter_current(models_dir(artifacts), read_bundle, "model")

@@ -1,0 +1,141 @@
+"""Writing files so that a reader never sees half of one, and versioned folders with a `current`
+pointer: the one place that knows how artifacts land on disk.
+
+Every file and folder written here is readable by other users (0644 files, 0755 folders), so a
+server running as another user (a container's) can read what the trainer exported; temporary
+names (`mkstemp`, `mkdtemp`) would otherwise leave 0600 files and 0700 folders behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+FILE_MODE = 0o644  # owner writes, everyone reads
+DIR_MODE = 0o755  # owner writes, everyone lists and enters
+CURRENT_FILE = "current"
+
+
+class VersionError(Exception):
+    """A versioned folder is missing, or a version asked for does not exist or already exists."""
+
+
+@contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """A temporary name beside `path` for a writer to fill (a library that wants a path, such as
+    torch.save or onnx.save); on success it is made readable, flushed to disk and renamed to
+    `path`, so `path` is either its old self or complete. On failure the temporary file goes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write a text file through a temporary name and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def make_readable(folder: Path) -> None:
+    """Give `folder` and everything under it the modes other users can read (0755 / 0644)."""
+    os.chmod(folder, DIR_MODE)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), DIR_MODE)
+        for name in files:
+            os.chmod(os.path.join(root, name), FILE_MODE)
+
+
+def _versions(parent: Path) -> list[str]:
+    """The vN folders under `parent`, oldest first."""
+    numbered = [p.name for p in parent.glob("v*") if p.is_dir() and p.name[1:].isdigit()]
+    return sorted(numbered, key=lambda v: int(v[1:]))
+
+
+def write_versioned_dir(
+    parent: Path,
+    fill: Callable[[Path, str], None],
+    version: str | None = None,
+    make_current: bool = True,
+) -> Path:
+    """Create `parent/<version>/` atomically: `fill(tmp_dir, version)` writes the files into a
+    temporary folder beside it, which is made readable and renamed into place. Versions default
+    to v1, v2, ... Returns the final folder. Model bundles, indexes and Triton models use it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(parent, DIR_MODE)
+    while True:
+        existing = _versions(parent)
+        chosen = version or f"v{int(existing[-1][1:]) + 1 if existing else 1}"
+        if (parent / chosen).exists():
+            raise VersionError(f"{parent / chosen} already exists; choose another version")
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{chosen}."))
+        try:
+            fill(tmp, chosen)
+            make_readable(tmp)
+            os.rename(tmp, parent / chosen)
+            break
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if version is not None or not (parent / chosen).exists():
+                raise
+            # Another writer took this number between our look and our rename: take the next.
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    if make_current:
+        set_current(parent, chosen)
+    return parent / chosen
+
+
+def set_current(parent: Path, version: str) -> None:
+    """Point `parent/current` at `version` (a one-line text file, replaced atomically)."""
+    if not (parent / version).is_dir():
+        raise VersionError(f"cannot make {version!r} current: {parent / version} does not exist")
+    atomic_write_text(parent / CURRENT_FILE, version + "\n")
+
+
+def current_version(parent: Path) -> str:
+    """The version that `parent/current` names, or the highest vN if there is no pointer."""
+    pointer = parent / CURRENT_FILE
+    if pointer.is_file():
+        return pointer.read_text(encoding="utf-8").strip()
+    versions = _versions(parent)
+    if not versions:
+        raise VersionError(f"no versions under {parent}")
+    return versions[-1]
+
+
+def version_folder(root: Path, name: str, version: str | None = None, what: str = "model") -> Path:
+    """The folder of `name` at `version` (its current one by default) under `root`, which holds
+    one folder per name; VersionError naming what is there when it is missing."""
+    parent = Path(root) / name
+    if not parent.is_dir():
+        known = ", ".join(sorted(names_under(root))) or "none"
+        raise VersionError(f"no {what} named {name!r} under {root} (there: {known})")
+    chosen = version or current_version(parent)
+    if not (parent / chosen).is_dir():
+        raise VersionError(f"{what} {name!r} has no version {chosen!r}; it has {', '.join(_versions(parent)) or 'none'}")
+    return parent / chosen
+
+
+def names_under(root: Path) -> list[str]:
+    """The names (folders) under `root`, sorted; temporary folders (".v3.xyz") left out."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

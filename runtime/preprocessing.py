@@ -1,0 +1,228 @@
+"""Image bytes to model input, without torch: decode an image safely, then apply a bundle's
+preprocessing spec exactly as training's EvalTransform does.
+
+This module imports nothing of the project, on purpose: the Triton repository that export writes
+copies it beside the Python-backend model, which then computes the same input as the server, the
+jobs and training. Its errors are its own (`ImageError` and kin); serving maps them to 413, 415
+and 422 in one place.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Only these decoders are tried: exotic ones (EPS runs Ghostscript, FITS, PSD, ...) widen the
+# attack surface of a public endpoint for no benefit to an embedding service.
+SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+SUPPORTED_TEXT = "PNG, JPEG, GIF, BMP, TIFF, WebP or PPM/PGM"
+
+# Leading bytes of the supported formats: a body that starts like one of them but that Pillow
+# cannot open is a damaged image (422), not a file of the wrong type (415).
+_MAGIC_PREFIXES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+                   b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+
+# What Pillow's decoders raise on damaged data: truncation is an OSError, a broken chunk or marker
+# is often a SyntaxError, short headers give struct.error or EOFError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow opens 16-bit greyscale as one of these
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+MODES = ("L", "RGB")  # what a model takes: 1 or 3 channels
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message says what to fix."""
+
+
+class InvalidImage(ImageError):
+    """Empty, truncated or corrupt image data (a client error: 422)."""
+
+
+class ImageTooLarge(ImageError):
+    """More bytes or pixels than the limits allow (413)."""
+
+
+class UnsupportedImage(ImageError):
+    """Not an image of a supported format, or pixels that cannot be converted (415)."""
+
+
+@dataclass(frozen=True)
+class PreprocessingSpec:
+    """How a model's input is made from an image: EvalTransform, as a bundle records it."""
+
+    mode: str  # "L" (1 channel) or "RGB" (3 channels)
+    resize: int  # the shorter side is resized to this (Pillow bilinear)
+    crop: int  # then a centred square of this side is cut: the model's input is (C, crop, crop)
+    mean: tuple[float, ...]  # per-channel mean subtracted after scaling pixels to [0, 1]
+    std: tuple[float, ...]  # per-channel standard deviation divided by
+    interpolation: str = "bilinear"  # the only resampling training uses
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"preprocessing mode must be one of {MODES}, not {self.mode!r}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mode {self.mode!r} has {self.channels} channel(s) but mean/std have "
+                             f"{len(self.mean)}/{len(self.std)} values")
+        if self.interpolation != "bilinear":
+            raise ValueError(f"only bilinear interpolation is supported, not {self.interpolation!r}")
+        if not 1 <= self.crop <= self.resize:
+            raise ValueError(f"crop {self.crop} must be between 1 and resize {self.resize}")
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.crop, self.crop)  # (C, H, W)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "resize": self.resize, "crop": self.crop, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation, "channels": self.channels}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessingSpec:
+        """Read `to_dict`'s output, or a schema-1 manifest's dict (which also held image_size)."""
+        spec = cls(mode=data["mode"], resize=int(data["resize"]), crop=int(data["crop"]),
+                   mean=tuple(float(m) for m in data["mean"]), std=tuple(float(s) for s in data["std"]),
+                   interpolation=data.get("interpolation", "bilinear"))
+        if "channels" in data and int(data["channels"]) != spec.channels:
+            raise ValueError(f"preprocessing says {data['channels']} channels for mode {spec.mode!r}")
+        return spec
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one image may cost to decode."""
+
+    max_bytes: int = 10_000_000  # largest encoded image accepted
+    max_pixels: int = 40_000_000  # largest decoded image accepted (width x height): decompression bombs
+
+
+def _looks_like_supported_image(data: bytes) -> bool:
+    return data.startswith(_MAGIC_PREFIXES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _bomb(error: Exception, max_pixels: int) -> ImageTooLarge:
+    # Pillow's own decompression-bomb guard fired: its limit, not ours, but the same fix for the client
+    return ImageTooLarge(f"image is too large to decode ({error}); the limit is {max_pixels:,} pixels: send a smaller image")
+
+
+def open_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Every check up to the pixel count, reading the header only (cheap, whatever the image's
+    size): empty (InvalidImage), more than `max_bytes` (ImageTooLarge), not a supported format
+    (UnsupportedImage), more than `max_pixels` by its header (ImageTooLarge), an unreadable header
+    (InvalidImage). `load_pixels` decodes the pixels."""
+    if not data:
+        raise InvalidImage("empty image: no bytes arrived; send the image file's contents")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(f"image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes: "
+                            "send a smaller or more compressed image")
+    try:
+        img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise _bomb(e, limits.max_pixels) from e
+    except UnidentifiedImageError as e:
+        if _looks_like_supported_image(data):
+            raise InvalidImage("image is truncated or corrupt: its header could not be read; re-encode or re-upload it") from e
+        raise UnsupportedImage(f"the data is not an image in a supported format; send {SUPPORTED_TEXT}") from e
+    except _DECODE_ERRORS as e:
+        raise InvalidImage(f"image is truncated or corrupt ({e}); re-encode or re-upload it") from e
+
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height:,} pixels; the limit is "
+                            f"{limits.max_pixels:,}: downscale it before sending")
+    return img
+
+
+def load_pixels(img: Image.Image, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Decode an opened image's pixels; truncated or corrupt data is an InvalidImage now rather
+    than an error later."""
+    try:
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise _bomb(e, limits.max_pixels) from e
+    except _DECODE_ERRORS as e:
+        raise InvalidImage(f"image is truncated or corrupt ({e}); re-encode or re-upload it") from e
+    return img
+
+
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Decode an encoded image fully: `load_pixels(open_image(data))`. The image keeps its own
+    mode and EXIF orientation; `preprocess_image` normalises both."""
+    return load_pixels(open_image(data, limits), limits)
+
+
+def normalize_image(img: Image.Image, mode: str = "RGB") -> Image.Image:
+    """Return `img` upright, in `mode` ("L" or "RGB"), with any transparency composited on white.
+
+    The steps, in order: EXIF orientation applied; 1-bit -> L; 16-bit ("I;16*", "I") scaled by
+    1/257 to 8 bits; float ("F") taken as [0, 1] if its maximum is <= 1 else as [0, 255];
+    palette -> RGBA if it has transparency else RGB; CMYK/YCbCr -> RGB (Pillow's conversion);
+    RGBA/LA/PA composited on opaque white; finally Pillow's convert to `mode`
+    (RGB -> L uses L = 0.299 R + 0.587 G + 0.114 B). A mode Pillow cannot convert is an
+    UnsupportedImage.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'L' or 'RGB', not {mode!r}")
+    img = ImageOps.exif_transpose(img)  # a copy, upright; JPEGs from phones are often stored rotated
+    if img.mode == "1":
+        img = img.convert("L")
+    elif img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
+        pixels = np.asarray(img, dtype=np.float64)
+        if img.mode != "F":
+            pixels = pixels / 257.0  # 65535 -> 255 exactly
+        elif pixels.size and pixels.max() <= 1.0:
+            pixels = pixels * 255.0
+        img = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "L")
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode != mode:
+        try:
+            img = img.convert(mode)
+        except ValueError as e:
+            raise UnsupportedImage(f"cannot convert this image's pixels (mode {img.mode!r}) to {mode!r}: {e}; "
+                                   "send it as 8/16-bit greyscale, RGB(A), palette or CMYK") from e
+    return img
+
+
+def preprocess_image(img: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
+    """One decoded image to model input, float32 (C, crop, crop). Exactly:
+    normalize_image(img, spec.mode); resize with Pillow BILINEAR so the shorter side is
+    spec.resize and the longer int(resize * long / short) (skipped when already that size);
+    centre crop spec.crop square with top = int(round((H - crop) / 2)) and left likewise
+    (Python's round); /255; (x - mean[c]) / std[c]."""
+    img = normalize_image(img, spec.mode)
+    width, height = img.size
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = spec.resize, int(spec.resize * long / short)
+    new_size = (new_short, new_long) if width <= height else (new_long, new_short)  # (W, H)
+    if new_size != img.size:
+        img = img.resize(new_size, Image.Resampling.BILINEAR)
+    crop = spec.crop
+    top, left = int(round((img.height - crop) / 2.0)), int(round((img.width - crop) / 2.0))
+    img = img.crop((left, top, left + crop, top + crop))
+    pixels = np.asarray(img, dtype=np.float32) / 255.0  # (H, W) or (H, W, C)
+    pixels = pixels.reshape(crop, crop, -1).transpose(2, 0, 1)  # (C, H, W)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+
+
+def preprocess_batch(images: Sequence[Image.Image], spec: PreprocessingSpec) -> np.ndarray:
+    """Several decoded images to one model batch, float32 (B, C, crop, crop)."""
+    if not images:
+        return np.empty((0, *spec.input_shape), dtype=np.float32)  # (0, C, H, W)
+    return np.stack([preprocess_image(img, spec) for img in images])  # (B, C, H, W)

@@ -1,0 +1,107 @@
+"""Reading request bodies that carry images: a multipart form of files, or JSON with base64.
+
+The routes that take images (/embed/image, /zero-shot, /search) read their bodies here, so each
+accepts the same two shapes, counts images against the same limit and answers the same errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from serving.errors import InvalidInput, PayloadTooLarge, unsupported_content_type
+from serving.settings import Settings
+
+FILES_FIELD = "files"  # the multipart field that carries the images
+FILES_SCHEMA = {"type": "array", "items": {"type": "string", "format": "binary"}}  # the `files` field, for the docs
+JsonBody = TypeVar("JsonBody", bound=BaseModel)
+
+
+def content_type(request: Request) -> str:
+    """The request's media type, lower-cased, without parameters ("multipart/form-data")."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def decode_base64(text: str, position: int) -> bytes:
+    """The bytes of one base64 image; `position` (0-based) names it in the error."""
+    if text.startswith("data:"):  # a data URL: data:image/png;base64,<payload>
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidInput(f"image {position} is not valid base64 ({e}); send the file's bytes base64-encoded") from e
+
+
+def check_image_count(count: int, settings: Settings) -> None:
+    if count == 0:
+        raise InvalidInput(f"no images: send one or more as multipart files in field {FILES_FIELD!r} or as JSON {{\"images\": [base64, ...]}}")
+    if count > settings.max_images_per_request:
+        raise PayloadTooLarge(
+            f"{count} images in one request; the limit is {settings.max_images_per_request}: split them over several requests"
+        )
+
+
+def decode_base64_images(texts: list[str], settings: Settings) -> list[bytes]:
+    check_image_count(len(texts), settings)
+    return [decode_base64(text, i) for i, text in enumerate(texts)]
+
+
+async def read_form_images(form: FormData, settings: Settings) -> list[bytes]:
+    """The bytes of the image files in a multipart form's `files` field, in order."""
+    parts = form.getlist(FILES_FIELD)
+    check_image_count(len(parts), settings)
+    if any(not isinstance(p, UploadFile) for p in parts):
+        raise InvalidInput(f"multipart field {FILES_FIELD!r} must hold files, not text; attach each image as a file")
+    return [await p.read() for p in parts]
+
+
+def form_text(form: FormData, field: str) -> str | None:
+    """An optional text field of a multipart form; None when absent, empty or a file."""
+    value = form.get(field)
+    return value if isinstance(value, str) and value else None
+
+
+def form_list(values: list, field: str) -> list[str]:
+    """A multipart list field: one JSON list (`classes=["a", "b"]`) or the field repeated."""
+    if any(not isinstance(v, str) for v in values):
+        raise InvalidInput(f"multipart field {field!r} must be text, not a file")
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            parsed = json.loads(values[0])
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"multipart field {field!r} starts like a JSON list but is not one ({e}); "
+                               'send ["a", "b"] or repeat the field once per value') from None
+        if not isinstance(parsed, list) or any(not isinstance(v, str) for v in parsed):
+            raise InvalidInput(f"multipart field {field!r} must be a JSON list of strings")
+        return parsed
+    return list(values)
+
+
+async def read_json_body(request: Request, model: type[JsonBody], shape: str) -> JsonBody:
+    """The body of a non-multipart request validated as `model`: a 415 for another content type,
+    else InvalidInput showing the expected `shape` and each problem."""
+    media_type = content_type(request)
+    body = await request.body()
+    if media_type not in ("application/json", ""):
+        raise unsupported_content_type(media_type)
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors())
+        raise InvalidInput(f"the JSON body must be {shape}: {problems}") from None
+
+
+def request_body_doc(form_properties: dict[str, Any], form_required: list[str], json_model: type[BaseModel]) -> dict:
+    """`openapi_extra` for a route that reads its body itself, so FastAPI cannot describe it: a
+    multipart form with `form_properties`, or JSON shaped as `json_model`."""
+    form = {"type": "object", "properties": form_properties, "required": form_required}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": json_model.model_json_schema()},
+    }}}
