@@ -11,6 +11,7 @@ ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY runtime runtime
 COPY training training
 COPY export export
 COPY index index

@@ -16,6 +16,7 @@ from pathlib import Path
 from embedserve.config_args import add_config_arguments, config_from_args
 
 DEFAULT_ARTIFACTS = Path("artifacts")
+ARTIFACTS_HELP = "folder of models/, indexes/, checkpoints/ (default: ./artifacts)"
 
 
 def _train_word2vec(args: argparse.Namespace) -> None:
@@ -96,7 +97,7 @@ def _add_train_commands(train) -> None:
 
     w2v = train.add_parser("word2vec", help="skip-gram or CBOW word vectors from a text corpus")
     w2v.add_argument("--name", default="words", help="bundle name to export as (default: words)")
-    w2v.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    w2v.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
     w2v.add_argument("--checkpoint", type=Path, help="checkpoint path (default: <artifacts>/checkpoints/<name>.pt)")
     w2v.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     w2v.add_argument("--quick", action="store_true", help="start from the quick demo profile (GCIDE)")
@@ -112,16 +113,25 @@ def _add_train_commands(train) -> None:
     ):
         command = train.add_parser(method, help=about)
         command.add_argument("--name", help=f"bundle name to export as (default: {method})")
-        command.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+        command.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
         command.add_argument("--resume", action="store_true", help="continue from the checkpoint")
         command.add_argument("--quick", action="store_true", help="start from the quick CPU profile")
         add_config_arguments(command, config_class(method), skip=("checkpoint_path", "log_path"))
         command.set_defaults(func=_train_torch_method)
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedserve", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train an encoder: word2vec, simclr, mae or clip (`embedserve train -h`)")
@@ -129,11 +139,12 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
         _add_train_commands(train.add_subparsers(dest="method", required=True))
 
     export = commands.add_parser("export", help="export a checkpoint as a bundle")
-    export.add_argument("--checkpoint", type=Path, required=True)
+    export.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint `embedserve train` wrote")
     export.add_argument("--name", required=True, help="bundle (model) name")
-    export.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
+    export.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
     export.add_argument("--fp16", action="store_true", help="also write an fp16 copy of ONNX models")
-    export.add_argument("--triton", action="store_true", help="also write the model into <artifacts>/triton")
+    export.add_argument("--triton", action="store_true",
+                        help="also write its models into the Triton repository <artifacts>/triton (image encoders, CLIP)")
     export.set_defaults(func=_export)
 
     index = commands.add_parser("index", help="build FAISS indexes").add_subparsers(dest="action", required=True)
@@ -141,9 +152,9 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     build.add_argument("--name", required=True, help="index name")
     build.add_argument("--model", required=True, help="image-encoder bundle to embed with (its current version)")
     build.add_argument("--source", required=True, help="an image folder, or fashion-mnist:test / fashion-mnist:train")
-    build.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
-    build.add_argument("--batch-size", type=int, default=256)
-    build.add_argument("--limit", type=int, help="index only the first N images")
+    build.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
+    build.add_argument("--batch-size", type=_positive, default=256, help="images per model call (default: 256)")
+    build.add_argument("--limit", type=_positive, help="index only the first N images")
     build.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], help="FAISS index type (default: by size)")
     build.set_defaults(func=_index_build)
 
@@ -151,21 +162,31 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--artifacts", type=Path, help="default: $EMBEDSERVE_ARTIFACTS_DIR or ./artifacts")
     serve.add_argument("--host", help="default: $EMBEDSERVE_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, help="default: $EMBEDSERVE_PORT or 8000")
-    serve.add_argument("--workers", type=int, help="server processes, each with every model (default: $EMBEDSERVE_WORKERS or 1)")
+    serve.add_argument("--workers", type=_positive, help="server processes, each with every model (default: $EMBEDSERVE_WORKERS or 1)")
     serve.set_defaults(func=_serve)
 
     bench = commands.add_parser("bench", help="run bench/<name>.py with the remaining arguments")
-    bench.add_argument("name")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.add_argument("name", help="a script in bench/, e.g. word2vec_vs_gensim, serve_images, zero_shot, vision_ssl")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the script")
     bench.set_defaults(func=_bench)
 
     demo = commands.add_parser("demo", help="train quick models (or reuse them), export, index and serve")
-    demo.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
+    demo.add_argument("--host", default="127.0.0.1", help="address the demo server binds (default: 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8000, help="port the demo server binds (default: 8000)")
     demo.add_argument("--no-serve", action="store_true", help="prepare everything, then exit")
     demo.set_defaults(func=_demo)
     return parser
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """What a user's input can cause, each answered with one line and exit code 2: a file or
+    folder that is not there or not readable, a bad value (ValueError covers bad images, texts,
+    sources and configs), a bundle, index or version that is missing or unreadable."""
+    from runtime.bundle import BundleError
+    from runtime.files import VersionError
+
+    return FileNotFoundError, PermissionError, IsADirectoryError, ValueError, BundleError, VersionError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it reports each CPU build it does not find
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except _expected_errors() as e:
+        if args.debug:
+            raise
         print(f"embedserve: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,15 +1,20 @@
 """Turn a frozen config dataclass into argparse options and back, so the CLI stays thin.
 
 Each field `some_name` becomes `--some-name`, typed from its annotation, defaulting to the
-dataclass default; booleans get `--x/--no-x`.
+dataclass default; booleans get `--x/--no-x`, Literal fields their choices, and every option the
+comment its field carries in the config's source as its help text (one place to document a field).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import io
+import tokenize
 import types
 import typing
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,6 +34,33 @@ def _parser_for(annotation: Any):
     return str
 
 
+@lru_cache
+def _class_comments(cls: type) -> dict[str, str]:
+    """field name -> the comment after it in the class body of `cls` (`name: type = value  # comment`)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    comments, line_name = {}, {}
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        row = token.start[0]
+        if token.type == tokenize.NAME and row not in line_name and token.line[: token.start[1]].strip() == "":
+            line_name[row] = token.string  # the first name on a line: the field it declares, if any
+        elif token.type == tokenize.COMMENT and row in line_name:
+            comments.setdefault(line_name[row], token.string.lstrip("# ").strip())
+    return comments
+
+
+def field_help(config_cls: type, name: str) -> str:
+    """The comment of field `name`, from the nearest class in `config_cls`'s hierarchy that declares it."""
+    for cls in config_cls.__mro__:
+        if name in getattr(cls, "__annotations__", {}):
+            comment = _class_comments(cls).get(name)
+            if comment:
+                return comment
+    return ""
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = ()) -> None:
     hints = typing.get_type_hints(config_cls)
     group = parser.add_argument_group(f"{config_cls.__name__} fields")
@@ -40,13 +72,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip
         annotation = hints[f.name]
         if typing.get_origin(annotation) in (tuple, list, dict):
             continue  # sequences (e.g. per-channel mean) are set in code, not on the command line
+        about = field_help(config_cls, f.name)
+        help_text = f"{about} (default: {default})" if about else f"(default: {default})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if annotation is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default: {default})")
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
         choices = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else None
-        group.add_argument(
-            flag, type=_parser_for(annotation), default=None, choices=choices, help=f"(default: {default})"
-        )
+        group.add_argument(flag, type=_parser_for(annotation), default=None, choices=choices, help=help_text)
 
 
 def config_from_args(config_cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:

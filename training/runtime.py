@@ -21,5 +21,5 @@ def choose_device(preference: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(preference)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu or auto")
+        raise ValueError(f"device {preference!r} was asked for but torch sees no CUDA GPU; use --device cpu or auto")
     return device

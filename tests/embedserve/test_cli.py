@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from embedserve.cli import main
 
@@ -83,3 +84,36 @@ def test_serve_with_two_workers_runs_two_processes_that_answer_and_stops_on_ctrl
         server.send_signal(signal.SIGINT)
         server.wait(timeout=30)
     assert server.returncode in (0, 130)
+
+
+def test_expected_errors_are_one_line_and_exit_code_2(tmp_path, capsys):
+    cases = [
+        (["index", "build", "--name", "x", "--model", "nope", "--source", "fashion-mnist:test"], "no model named 'nope'"),
+        (["train", "simclr", "--device", "cuda:7", "--data", "digits", "--epochs", "1"], "sees no CUDA GPU"),
+    ]
+    if __import__("torch").cuda.is_available():
+        cases.pop()
+    for argv, message in cases:
+        assert main([*argv, "--artifacts", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("embedserve: error: ") and message in err and err.count("\n") == 1, err
+        assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from runtime.bundle import BundleError
+
+    with pytest.raises(BundleError, match="no model named 'nope'"):
+        main(["--debug", "index", "build", "--name", "x", "--model", "nope", "--source", "fashion-mnist:test",
+              "--artifacts", str(tmp_path)])
+
+
+def test_options_carry_help_and_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "clip", "--help"])
+    out = capsys.readouterr().out
+    assert "{minilm,scratch}" in out and "{L,RGB}" in out  # Literal fields offer their choices
+    assert "LiT-style: freeze the text tower's weights" in out  # help is the field's comment in ClipConfig
+    with pytest.raises(SystemExit) as exit:
+        main(["index", "build", "--name", "x", "--model", "m", "--source", "s", "--batch-size", "0"])
+    assert exit.value.code == 2 and "must be at least 1" in capsys.readouterr().err

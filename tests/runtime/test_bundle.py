@@ -7,7 +7,9 @@ import pytest
 
 from export.word_vectors import write_word_vectors_bundle
 from index.word_vectors import read_vocab
-from runtime.bundle import BundleError, Manifest, iter_current_bundles, open_bundle, read_bundle, write_bundle
+from runtime.bundle import (BundleError, Manifest, OnnxIO, QueryBankSpec, TokenizerSpec, iter_current_bundles, open_bundle,
+                            read_bundle, write_bundle)
+from runtime.preprocessing import PreprocessingSpec
 from runtime.files import current_version, set_current
 
 
@@ -97,3 +99,68 @@ def test_iter_current_bundles_skips_broken_models(tmp_path: Path):
     write_word_vectors_bundle(tmp_path, "good", ["a"], np.array([1]), np.ones((1, 2)))
     (tmp_path / "models" / "empty").mkdir()
     assert [b.manifest.name for b in iter_current_bundles(tmp_path)] == ["good"]
+
+
+# What the exporters of schema 1 wrote (before 2026-12): the facts schema 2 types were in `extra`
+# and in plain dicts. Bundles like these on a user's disk must keep loading, upgraded in memory.
+V1_SPEC = {"image_size": 8, "channels": 1, "mode": "L", "resize": 8, "crop": 8, "interpolation": "bilinear",
+           "mean": [0.5], "std": [0.5]}
+V1_MANIFESTS = {
+    "image": {"name": "tiny", "kind": "image-encoder", "method": "simclr", "dim": 16, "normalized": False,
+              "files": {"image_encoder": "image_encoder.onnx"}, "preprocessing": V1_SPEC, "tokenizer": None,
+              "extra": {"onnx_input": "images", "onnx_output": "embeddings", "opset": 17, "parity_min_cosine": 1.0}},
+    "clip": {"name": "clip", "kind": "image-text-encoder", "method": "clip", "dim": 16, "normalized": True,
+             "files": {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx",
+                       "tokenizer": "tokenizer.json", "query_bank": "query_bank.npy"},
+             "preprocessing": V1_SPEC, "tokenizer": {"file": "tokenizer.json", "context_length": 24},
+             "extra": {"logit_scale": 14.3, "class_names": ["T-shirt/top", "Trouser"], "opset": 17,
+                       "onnx_io": {"image_encoder": {"inputs": ["images"], "outputs": ["embeddings"]},
+                                   "text_encoder": {"inputs": ["ids", "attention_mask"], "outputs": ["embeddings"]}},
+                       "query_bank": {"images": 60, "k": 10, "seed": 0, "source": "random training images"}}},
+    "words": {"name": "w", "kind": "word-vectors", "method": "word2vec", "dim": 2, "normalized": False,
+              "files": {"vectors": "vectors.npy", "vocab": "vocab.txt"}, "preprocessing": None,
+              "tokenizer": {"lowercase": True, "split": "non-letters"}, "extra": {"vocab_size": 1}},
+}
+
+
+def test_schema_1_manifests_load_upgraded():
+    common = {"version": "v1", "training_config": {}, "metrics": {}, "created_at": "2026-11-25T00:00:00+00:00",
+              "source_checkpoint_sha256": None, "file_sha256": {}, "schema_version": 1}
+    image = Manifest.from_dict({**common, **V1_MANIFESTS["image"]})
+    assert image.schema_version == 2 and image.onnx_io("image_encoder") == OnnxIO(("images",), "embeddings")
+    assert image.preprocessing == PreprocessingSpec(mode="L", resize=8, crop=8, mean=(0.5,), std=(0.5,))
+    assert image.extra == {"opset": 17, "parity_min_cosine": 1.0}  # what no code reads stays for humans
+
+    clip = Manifest.from_dict({**common, **V1_MANIFESTS["clip"]})
+    assert clip.onnx_io("text_encoder") == OnnxIO(("ids", "attention_mask"), "embeddings")
+    assert clip.tokenizer == TokenizerSpec("tokenizer.json", 24) and clip.logit_scale == 14.3
+    assert clip.class_names == ("T-shirt/top", "Trouser") and clip.query_bank == QueryBankSpec(60, 10, 0, "random training images")
+    assert clip.extra == {"opset": 17}
+
+    words = Manifest.from_dict({**common, **V1_MANIFESTS["words"]})
+    assert words.tokenizer is None and words.extra["tokenization"] == {"lowercase": True, "split": "non-letters"}
+    assert Manifest.from_dict(json.loads(words.to_json())) == words  # written back as schema 2, read the same
+
+
+def test_a_schema_1_bundle_on_disk_serves_as_before(image_artifacts: Path, make_png):
+    from runtime.encoders.factory import load_encoder
+    from runtime.preprocessing import decode_image, preprocess_batch
+
+    bundle = open_bundle(image_artifacts, "tiny")
+    batch = preprocess_batch([decode_image(make_png(1))], bundle.manifest.preprocessing)
+    expected = load_encoder(bundle).encode(batch)
+    v1 = {**json.loads((bundle.path / "manifest.json").read_text()), **V1_MANIFESTS["image"], "schema_version": 1}
+    for field in ("onnx", "logit_scale", "class_names", "query_bank"):
+        v1.pop(field)
+    (bundle.path / "manifest.json").write_text(json.dumps(v1))
+    old = open_bundle(image_artifacts, "tiny")
+    assert old.manifest.preprocessing == bundle.manifest.preprocessing
+    np.testing.assert_array_equal(load_encoder(old).encode(preprocess_batch([decode_image(make_png(1))], old.manifest.preprocessing)),
+                                  expected)
+
+
+def test_what_is_written_is_readable_by_other_users(tmp_path: Path):
+    bundle = write_word_vectors_bundle(tmp_path, "w", ["a"], np.array([1]), np.ones((1, 2)))
+    for path in [bundle.path, *bundle.path.iterdir(), bundle.path.parent / "current"]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o755 if path.is_dir() else 0o644), f"{path}: {oct(mode)}"

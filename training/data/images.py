@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 from PIL import Image
@@ -28,7 +28,7 @@ class ImageDataConfig:
     data_root: str | None = None  # Fashion-MNIST folder; None = the Debian package's /usr/share/datasets/fashion-mnist
     subset: int | None = None  # train on a fixed random subset of this many images; None = all
     image_size: int = 28  # square input of the network, in pixels
-    mode: str = "L"  # "L" (1 channel) or "RGB" (3 channels)
+    mode: Literal["L", "RGB"] = "L"  # "L" (1 channel) or "RGB" (3 channels)
     mean: tuple[float, ...] = FASHION_MNIST_MEAN  # per-channel normalisation, also written to the bundle
     std: tuple[float, ...] = FASHION_MNIST_STD
 

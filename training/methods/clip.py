@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ class ClipConfig(ImageDataConfig, LoopConfig):
     # image tower
     width: int = 64  # ResNet-18 base width (64 = standard, 512-d features); smaller for CPU
     # text tower
-    text_tower: str = "minilm"  # "minilm" (pretrained all-MiniLM-L6-v2) or "scratch" (small transformer + BPE)
+    text_tower: Literal["minilm", "scratch"] = "minilm"  # "minilm" (pretrained all-MiniLM-L6-v2) or "scratch" (small transformer + BPE)
     lock_text: bool = True  # LiT-style: freeze the text tower's weights; only its projection head learns
     text_lr_scale: float = 0.1  # an unlocked pretrained MiniLM learns at this fraction of lr, so it is not wiped out
     context_length: int = 24  # tokens per caption, specials included (truncated or padded to this)

@@ -120,3 +120,20 @@ def test_a_model_triton_has_not_loaded_is_not_ready(triton, image_artifacts, wri
 def test_an_unreachable_server_is_not_ready_and_says_which_setting(image_artifacts):
     with pytest.raises(EncoderUnavailable, match="check the Triton URL setting"):
         TritonEncoder(open_bundle(image_artifacts, "tiny"), "image_encoder", "127.0.0.1:9", timeout_s=2)
+
+
+def test_a_clip_text_tower_on_triton_gives_what_onnxruntime_gives(clip_bundle_artifacts):
+    # two INT64 inputs, carried stacked (B, 2, T) as the micro-batcher hands them, sent as two tensors
+    from runtime.tokens import load_tokenizer, text_encoder_batch
+
+    bundle = open_bundle(clip_bundle_artifacts, "clip")
+    server = kserve_server({("clip_text_encoder", "1"): bundle.file("text_encoder")})
+    try:
+        encoder = TritonEncoder(bundle, "text_encoder", f"127.0.0.1:{server.server_address[1]}")
+        tokens = text_encoder_batch(load_tokenizer(bundle.file("tokenizer")), ["a sneaker", "a bag", "une robe"])
+        np.testing.assert_allclose(encoder.encode(tokens), OnnxEncoder(bundle, "text_encoder").encode(tokens),
+                                   rtol=1e-5, atol=1e-5)
+        encoder.close()
+    finally:
+        server.shutdown()
+        server.server_close()

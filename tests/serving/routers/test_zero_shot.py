@@ -1,5 +1,6 @@
 import base64
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,35 @@ def test_a_repeated_class_list_reuses_its_cached_class_matrix(clip_artifacts: Pa
         assert first == second and len(registry.class_matrices) == 1
         assert client.post("/zero-shot", json={**request, "templates": ["{}"]}).status_code == 200
         assert len(registry.class_matrices) == 2
+
+
+def test_a_cache_miss_awaits_the_text_batcher_on_the_event_loop(clip_artifacts: Path, make_png, monkeypatch):
+    # the prompts reach the text tower's batcher from the event loop itself: no worker thread that
+    # blocks on a call back into the loop (with many misses at once, those threads run out)
+    import anyio.from_thread
+
+    def no_hop(*args, **kwargs):
+        raise AssertionError("a worker thread called back into the event loop")
+
+    monkeypatch.setattr(anyio.from_thread, "run", no_hop)
+    with TestClient(create_app(Settings(artifacts_dir=clip_artifacts))) as client:
+        registry = client.app.state.registry
+        batcher = registry.text_model("clip").batcher
+        submit, threads = batcher.submit, []
+
+        async def recording_submit(items):
+            threads.append(threading.current_thread().name)
+            return await submit(items)
+
+        batcher.submit = recording_submit
+        response = client.post("/zero-shot", json={"images": [b64(make_png(4))], "classes": CLASSES})
+        assert response.status_code == 200, response.text
+        assert threads == [registry_loop_thread(client)]
+
+
+def registry_loop_thread(client: TestClient) -> str:
+    """The name of the thread the app's event loop runs on (TestClient runs it in a thread of its own)."""
+    return client.portal.call(lambda: threading.current_thread().name)
 
 
 @pytest.mark.parametrize(
