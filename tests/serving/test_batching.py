@@ -138,23 +138,32 @@ def test_a_batch_that_fills_up_goes_at_once_without_waiting_out_max_wait_ms():
 def test_with_no_wait_requests_that_arrive_while_a_batch_runs_form_the_next_batch():
     # max_wait_ms=0 (the default): the first request runs alone at once; the ones that queue
     # while the model is busy go together as soon as it is free.
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     encoder = TimesTen()
     plain_encode = encoder.encode
-    encoder.encode = lambda batch: (release.wait(5), plain_encode(batch))[1]
+    started: list[int] = []  # the size of each batch as it enters encode
+
+    def held_encode(batch: np.ndarray) -> np.ndarray:
+        started.append(len(batch))
+        entered.set()  # a batch is inside encode...
+        assert release.wait(5), "the test never released the batch"  # ...and stays there until released
+        return plain_encode(batch)
+
+    encoder.encode = held_encode
     batcher = MicroBatcher(encoder, max_batch_size=64)
 
     async def scenario():
         await batcher.start()
         try:
             first = asyncio.ensure_future(batcher.submit(rows(0, 1)))
-            while not encoder.calls:  # the first batch is inside encode, held there
-                await asyncio.sleep(0.001)
+            assert await asyncio.to_thread(entered.wait, 5), "the first request never reached encode"
             later = [asyncio.ensure_future(batcher.submit(rows(c, 1))) for c in range(1, 6)]
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the five queue behind the batch in flight
+            assert started == [1] and not first.done()  # one batch at a time: the five wait for it
             release.set()
             return await asyncio.gather(first, *later)
         finally:
+            release.set()  # never leave the worker thread blocked if an assertion failed
             await batcher.stop()
 
     results = asyncio.run(scenario())
