@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 from PIL import Image
 
@@ -55,15 +56,16 @@ def test_ensemble_chains_preprocessing_into_the_onnx_model(repository: Path):
     assert config.count('value: "preprocessed"') == 2  # out of one step, into the next
 
 
-# What the generated model.py is run with, in a fresh `python -I` (no PYTHONPATH, no current folder,
-# so neither `training` nor `runtime` is importable) with only its model folder on the path: a
+# What the generated model.py is run with, in a fresh `python -I -S` (no PYTHONPATH, no current folder,
+# no site-packages .pth files, so not this checkout's editable install either: no project package is
+# importable) with only its model folder and the folders numpy and Pillow come from on the path: a
 # stand-in for triton_python_backend_utils, which exists only inside Triton, then initialize()
 # with the config's parameters as Triton passes them, then execute() on real PNG bytes.
 RUN_MODEL = r"""
-import json, re, sys, types
-import numpy as np
+import json, os, re, sys, types
 
-folder, config_path, blobs_path = sys.argv[1:4]
+folder, config_path, blobs_path, out_path, third_party = sys.argv[1:6]
+sys.path[:0] = third_party.split(os.pathsep)  # numpy and Pillow, as Triton's Python environment has them
 class Tensor:
     def __init__(self, name, array): self.name, self.array = name, array
     def as_numpy(self): return self.array
@@ -72,6 +74,7 @@ pb.Tensor, pb.TritonError = Tensor, lambda message: message
 pb.InferenceResponse = lambda output_tensors, error=None: types.SimpleNamespace(outputs=output_tensors, error=error)
 pb.get_input_tensor_by_name = lambda request, name: request[name]
 sys.modules["triton_python_backend_utils"] = pb
+import numpy as np
 sys.path.insert(0, folder)
 import model
 
@@ -85,8 +88,9 @@ good, bad = triton_model.execute([{"image": Tensor("image", blobs.reshape(-1, 1)
                                   {"image": Tensor("image", np.array([b"not an image"], dtype=object).reshape(-1, 1))}])
 assert good.error is None, good.error
 assert bad.outputs == [] and "cannot read image" in bad.error, bad.error
-np.save(sys.argv[4], good.outputs[0].array)
-print(good.outputs[0].name, "training" in sys.modules or "runtime" in sys.modules)
+np.save(out_path, good.outputs[0].array)
+project = {"runtime", "training", "export", "serving", "index", "embedserve"}
+print(good.outputs[0].name, *sorted(m for m in sys.modules if m.split(".")[0] in project))
 """
 
 
@@ -99,12 +103,13 @@ def test_python_backend_runs_outside_this_checkout_and_computes_the_gateways_pre
         blobs.append(buffer.getvalue())
     np.save(tmp_path / "blobs.npy", np.array(blobs, dtype=object), allow_pickle=True)
     folder = repository / "vision_preprocess/1"
+    third_party = os.pathsep.join(sorted({str(Path(m.__file__).parents[1]) for m in (np, PIL)}))
     result = subprocess.run(
-        [sys.executable, "-I", "-c", RUN_MODEL, str(folder), str(repository / "vision_preprocess/config.pbtxt"),
-         str(tmp_path / "blobs.npy"), str(tmp_path / "out.npy")],
+        [sys.executable, "-I", "-S", "-c", RUN_MODEL, str(folder), str(repository / "vision_preprocess/config.pbtxt"),
+         str(tmp_path / "blobs.npy"), str(tmp_path / "out.npy"), third_party],
         cwd=tmp_path, capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["images", "False"]  # the output name; no project package was imported
+    assert result.stdout.split() == ["images"]  # the output name, and no project module was imported
     expected = preprocess_batch([decode_image(b) for b in blobs], SPEC)  # (B, C, H, W), as the gateway computes it
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
 
