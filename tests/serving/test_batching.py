@@ -110,18 +110,21 @@ def test_wrong_row_count_from_the_encoder_is_an_error_not_a_misrouted_result():
 def test_stop_answers_waiting_callers_with_not_ready_instead_of_hanging():
     from serving.errors import NotReady
 
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     encoder = TimesTen()
-    encoder.encode = lambda batch: release.wait(5) and np.zeros((len(batch), 2), np.float32)
+    encoder.encode = lambda batch: (entered.set(), release.wait(5), np.zeros((len(batch), 2), np.float32))[2]
     batcher = MicroBatcher(encoder, max_batch_size=1, max_wait_ms=0)
 
     async def scenario():
         await batcher.start()
         callers = [asyncio.ensure_future(batcher.submit(rows(c, 1))) for c in range(3)]
-        await asyncio.sleep(0.05)  # the first is inside encode, the others queued
-        await batcher.stop()
-        release.set()
-        return await asyncio.gather(*callers, return_exceptions=True)
+        try:
+            assert await asyncio.to_thread(entered.wait, 5)  # the first is inside encode, the others queued
+            await batcher.stop()
+            # a caller left hanging would fail here, not hang the suite
+            return await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 5)
+        finally:
+            release.set()
 
     assert all(isinstance(r, NotReady) for r in asyncio.run(scenario()))
 

@@ -46,8 +46,12 @@ def test_base64_json_gives_the_same_embeddings_as_multipart(client: TestClient, 
     np.testing.assert_allclose(response.json()["embeddings"], embed_files(client, *blobs).json()["embeddings"], atol=1e-5)
 
 
-def test_model_as_query_parameter(client: TestClient, make_png):
-    assert embed_files(client, make_png(0), model="tiny").status_code == 200
+def test_model_as_query_parameter(image_artifacts: Path, write_image_bundle, make_png):
+    write_image_bundle(image_artifacts, "other", seed=1)  # a second model, with other weights
+    with TestClient(create_app(Settings(artifacts_dir=image_artifacts))) as client:
+        tiny, other = (embed_files(client, make_png(0), model=name).json() for name in ("tiny", "other"))
+        assert (tiny["model"], other["model"]) == ("tiny", "other")
+        assert not np.allclose(tiny["embeddings"], other["embeddings"])  # each model really ran
 
 
 @pytest.mark.parametrize(
