@@ -7,6 +7,7 @@ layers' own modules). Only the subcommands that need torch import it.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import runpy
@@ -21,9 +22,9 @@ ARTIFACTS_HELP = "folder of models/, indexes/, checkpoints/ (default: ./artifact
 
 def _train_word2vec(args: argparse.Namespace) -> None:
     from embedserve.pipelines import train_word2vec_bundle
-    from training.methods.word2vec import Word2VecConfig, quick_config
+    from training.methods.word2vec import Word2VecConfig
 
-    base = quick_config(args.corpus or str(_gcide())) if args.quick else None
+    base = Word2VecConfig.quick(args.corpus or str(_gcide())) if args.quick else None
     config = config_from_args(Word2VecConfig, args, base)
     bundle = train_word2vec_bundle(config, args.artifacts, args.name, args.checkpoint, args.resume)
     print(f"wrote {bundle.path}  metrics: {bundle.manifest.metrics}")
@@ -58,6 +59,36 @@ def _index_build(args: argparse.Namespace) -> None:
         args.artifacts, args.name, args.model, args.source, batch_size=args.batch_size, limit=args.limit, kind=args.kind
     )
     print(f"wrote {path}")
+
+
+def _jobs_run(args: argparse.Namespace) -> None:
+    from index.jobs import JobSpec, JobStore, run_job
+
+    spec = JobSpec(source=args.source, model=args.model, index=args.index, model_version=args.model_version,
+                   batch_size=args.batch_size)
+    store = JobStore(args.artifacts)
+    status = store.create(spec) if args.resume is None else store.get(args.resume)
+    print(f"job {status.id}: {spec.source} with {spec.model} into index {spec.index}", flush=True)
+    status = run_job(status.id, store, args.artifacts, progress=True)
+    print(json.dumps(status.to_dict(), indent=2))
+    if status.state != "succeeded":
+        raise ValueError(f"job {status.id} {status.state}: {status.error}")
+
+
+def _jobs_client(args: argparse.Namespace) -> None:
+    """list, show and cancel: the server's jobs, over its HTTP API."""
+    import urllib.error
+    import urllib.request
+
+    path, method = {"list": ("/jobs", "GET"), "show": (f"/jobs/{args.id}", "GET"),
+                    "cancel": (f"/jobs/{args.id}", "DELETE")}[args.action]
+    try:
+        with urllib.request.urlopen(urllib.request.Request(args.url.rstrip("/") + path, method=method), timeout=30) as r:
+            print(json.dumps(json.loads(r.read()), indent=2))
+    except urllib.error.HTTPError as e:
+        raise ValueError(f"{method} {path}: {e.code} {e.read().decode(errors='replace')}") from None
+    except urllib.error.URLError as e:
+        raise FileNotFoundError(f"no server at {args.url} ({e.reason}); start one with `embedserve serve`") from None
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -157,6 +188,25 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     build.add_argument("--limit", type=_positive, help="index only the first N images")
     build.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], help="FAISS index type (default: by size)")
     build.set_defaults(func=_index_build)
+
+    jobs = commands.add_parser("jobs", help="batch re-embedding jobs: run one here, or list/show/cancel a server's")
+    jobs_actions = jobs.add_subparsers(dest="action", required=True)
+    run = jobs_actions.add_parser("run", help="re-embed a source into a new version of an index, in the foreground")
+    run.add_argument("--source", required=True,
+                     help="fashion-mnist:train|test, an image folder, a .csv/.jsonl manifest, or index:<name>")
+    run.add_argument("--model", required=True, help="the image model (bundle name) to embed with")
+    run.add_argument("--index", required=True, help="the index to write a new version of (made current)")
+    run.add_argument("--model-version", help="the bundle version (default: the model's current one)")
+    run.add_argument("--batch-size", type=_positive, default=256, help="items per model call (default: 256)")
+    run.add_argument("--resume", metavar="JOB_ID", help="resume this job where it stopped instead of starting one")
+    run.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
+    run.set_defaults(func=_jobs_run)
+    for action, about in (("list", "every job of a server"), ("show", "one job's progress"), ("cancel", "cancel a job")):
+        client = jobs_actions.add_parser(action, help=about)
+        if action != "list":
+            client.add_argument("id", help="the job id POST /jobs answered")
+        client.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
+        client.set_defaults(func=_jobs_client)
 
     serve = commands.add_parser("serve", help="serve every bundle under the artifacts folder (no torch)")
     serve.add_argument("--artifacts", type=Path, help="default: $EMBEDSERVE_ARTIFACTS_DIR or ./artifacts")

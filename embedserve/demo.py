@@ -57,9 +57,9 @@ def _has_index(name: str) -> Callable[[Path], bool]:
 
 def _train_words(artifacts: Path) -> None:
     from embedserve.pipelines import GCIDE_CORPUS, train_word2vec_bundle
-    from training.methods.word2vec import quick_config
+    from training.methods.word2vec import Word2VecConfig
 
-    train_word2vec_bundle(quick_config(str(GCIDE_CORPUS)), artifacts, WORDS_MODEL)
+    train_word2vec_bundle(Word2VecConfig.quick(str(GCIDE_CORPUS)), artifacts, WORDS_MODEL)
 
 
 def _train_quick(method: str, name: str) -> Callable[[Path], None]:

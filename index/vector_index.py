@@ -240,6 +240,11 @@ class VectorIndex:
                     found[i] = json.loads(text)
         return [found.get(i) for i in ids]
 
+    def ids(self) -> np.ndarray:
+        """Every live id, ascending (N,) int64."""
+        with self._lock:
+            return np.fromiter((r[0] for r in self._db.execute("SELECT id FROM items ORDER BY id")), np.int64)
+
     def __contains__(self, id: int) -> bool:
         return bool(self._existing(np.asarray([id], dtype=np.int64)))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -139,3 +140,24 @@ def names_under(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def prune_versions(parent: Path, keep_previous: int, stale_tmp_s: float = 3600.0) -> list[str]:
+    """Delete the versions under `parent` older than the current one and the `keep_previous`
+    versions before it, and temporary folders a killed writer left (older than `stale_tmp_s`, so
+    a writer at work keeps its own). The current version is never deleted. Returns what went."""
+    if not Path(parent).is_dir():
+        return []
+    versions = _versions(parent)
+    try:
+        current = current_version(parent)
+    except VersionError:
+        return []
+    older = [v for v in versions if v != current and int(v[1:]) < int(current[1:])] if current in versions else []
+    doomed = older[: max(0, len(older) - keep_previous)]
+    now = time.time()
+    doomed += [p.name for p in Path(parent).glob(".v*") if p.is_dir() and now - p.stat().st_mtime > stale_tmp_s]
+    for name in doomed:
+        shutil.rmtree(Path(parent) / name, ignore_errors=True)
+    return doomed
+

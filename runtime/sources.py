@@ -1,11 +1,20 @@
-"""Where images to embed come from: a Fashion-MNIST split or a folder of image files, read one
-by one with a metadata record each, so an index (and the job that re-embeds it) can say where
-every item came from. Torch-free: index builds and jobs read images here, training reads its
-folders through `list_images` too."""
+"""Where images to embed come from: a Fashion-MNIST split, a folder of image files, or a manifest
+(CSV or JSONL) of image paths with captions and metadata, read one by one with a metadata record
+each. The record says where the item came from (`source` and its `position` or `path`), so an
+index built from it can be re-read item by item (`read_item`) when a job re-embeds the index with
+a new model version. Torch-free: index builds and jobs read images here; training reads its
+folders through `list_images` too.
+
+A server reads client-named paths only under its data roots (`roots`): every path is resolved,
+symlinks followed and `..` collapsed, and one that lands outside every root is a
+`SourceForbidden` before a byte of it is read.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +29,28 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 FASHION_MNIST_PREFIX = "fashion-mnist:"
 
 
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+MAX_MANIFEST_BYTES = 1 << 30  # a manifest is read whole: 1 GiB of paths is millions of items
+Roots = Sequence[Path] | None  # the folders client-named paths must lie under; None: anywhere (the CLI's user)
+
+
 class SourceError(ValueError):
     """A source that names nothing readable; the message says what sources look like."""
+
+
+class SourceForbidden(SourceError):
+    """A path outside the data roots this process may read (a server answers 403)."""
+
+
+def confine(path: Path | str, roots: Roots) -> Path:
+    """`path` resolved (symlinks followed, `..` collapsed); SourceForbidden when `roots` is given
+    and the real path lies under none of them."""
+    real = Path(path).resolve()
+    if roots is not None and not any(real.is_relative_to(Path(root).resolve()) for root in roots):
+        allowed = ", ".join(str(r) for r in roots) or "none (EMBEDSERVE_DATA_ROOTS is empty)"
+        raise SourceForbidden(f"{path} is outside the folders this server may read ({allowed}); "
+                              "name a file under one of them, a data set, or an index:<name> source")
+    return real
 
 
 @dataclass(frozen=True)
@@ -31,7 +60,8 @@ class ImageSource:
     description: str  # what an index manifest records as the source
     count: int
     read: Callable[[int], Image.Image]  # position -> decoded image
-    metadata: Callable[[int], dict[str, Any]]  # position -> metadata
+    metadata: Callable[[int], dict[str, Any]]  # position -> metadata, with what read_item needs to read it again
+    ids: np.ndarray | None = None  # position -> item id (int64); None: the position is the id
 
 
 def list_images(root: Path | str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -59,46 +89,119 @@ def to_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image), "L" if image.ndim == 2 else "RGB")
 
 
-def folder_source(root: Path, limits: ImageLimits = ImageLimits()) -> ImageSource:
-    """Every image under `root`, recursively; metadata = path relative to root and class folder.
-    Each file is decoded with the same checks as an upload (`limits`), so a bomb or a corrupt
-    file fails with a message naming it."""
-    root = Path(root)
-    samples, classes = list_images(root)
+def _read_file(path: Path, limits: ImageLimits, roots: Roots) -> Image.Image:
+    """Decode the image file `path` (confined to `roots`) with the same checks as an upload, so a
+    bomb or a corrupt file fails with a message naming it."""
+    real = confine(path, roots)
+    try:
+        return decode_image(real.read_bytes(), limits)
+    except ValueError as e:
+        raise type(e)(f"{path}: {e}") from e
 
-    def read(position: int) -> Image.Image:
-        path = samples[position][0]
-        try:
-            return decode_image(path.read_bytes(), limits)
-        except ValueError as e:
-            raise type(e)(f"{path}: {e}") from e
+
+def folder_source(root: Path, limits: ImageLimits = ImageLimits(), roots: Roots = None) -> ImageSource:
+    """Every image under `root`, recursively; metadata = the folder, the path relative to it and
+    the class folder."""
+    root = confine(root, roots)
+    samples, classes = list_images(root)
 
     def metadata(position: int) -> dict[str, Any]:
         path, label = samples[position]
-        return {"path": path.relative_to(root).as_posix(), "class": classes[label] if label >= 0 else None}
+        return {"source": str(root), "path": path.relative_to(root).as_posix(), "class": classes[label] if label >= 0 else None}
 
-    return ImageSource(str(root.resolve()), len(samples), read, metadata)
+    return ImageSource(str(root), len(samples), lambda position: _read_file(samples[position][0], limits, roots), metadata)
+
+
+def _manifest_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV (with a header) or JSONL manifest, each with a "path"."""
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise SourceError(f"manifest {path} is larger than {MAX_MANIFEST_BYTES:,} bytes; split it")
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.suffix == ".csv":
+            rows = list(csv.DictReader(f))
+        else:
+            rows = []
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise SourceError(f"{path} line {number} is not JSON ({e})") from None
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not str(row.get("path") or "").strip():
+            raise SourceError(f"{path}: item {number} has no \"path\"; each row names an image file (and may add a caption)")
+    if not rows:
+        raise SourceError(f"manifest {path} lists no images")
+    return rows
+
+
+def manifest_source(manifest: Path, limits: ImageLimits = ImageLimits(), roots: Roots = None) -> ImageSource:
+    """The images a CSV or JSONL manifest lists (column/field "path", relative to the manifest's
+    folder or absolute; every other column is kept as metadata, "caption" among them)."""
+    manifest = confine(manifest, roots)
+    rows = _manifest_rows(manifest)
+
+    def metadata(position: int) -> dict[str, Any]:
+        row = rows[position]
+        return {**{k: v for k, v in row.items() if k != "path"}, "source": str(manifest), "path": str(row["path"])}
+
+    def read(position: int) -> Image.Image:
+        return _read_file(manifest.parent / str(rows[position]["path"]), limits, roots)
+
+    return ImageSource(str(manifest), len(rows), read, metadata)
+
+
+def read_item(record: dict[str, Any], limits: ImageLimits = ImageLimits(), roots: Roots = None,
+              fashion_mnist_root: Path = DEFAULT_FASHION_MNIST_ROOT) -> Image.Image:
+    """The image a metadata record of this module describes, read again: a data set position, or
+    a path relative to its folder or manifest."""
+    source = str(record.get("source") or "")
+    if source.startswith(FASHION_MNIST_PREFIX):
+        images, _ = _fashion_mnist(source[len(FASHION_MNIST_PREFIX):], fashion_mnist_root)
+        return to_pil(images[int(record["position"])])
+    if not source or "path" not in record:
+        raise SourceError("the item records no source it can be read from again (index built before sources were recorded?)")
+    base = Path(source)
+    folder = base.parent if base.suffix in MANIFEST_SUFFIXES else base
+    return _read_file(folder / str(record["path"]), limits, roots)
+
+
+_FASHION_MNIST_CACHE: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _fashion_mnist(split: str, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A split's arrays, read once per process (60k images are 47 MB; read_item asks per item)."""
+    key = (split, str(root))
+    if key not in _FASHION_MNIST_CACHE:
+        _FASHION_MNIST_CACHE[key] = load_fashion_mnist(root, split)
+    return _FASHION_MNIST_CACHE[key]
 
 
 def fashion_mnist_source(split: str, root: Path = DEFAULT_FASHION_MNIST_ROOT) -> ImageSource:
     """Fashion-MNIST's "train" or "test" split; metadata = split, position, label and class name."""
-    images, labels = load_fashion_mnist(root, split)  # (N, 28, 28) uint8, (N,)
+    images, labels = _fashion_mnist(split, root)  # (N, 28, 28) uint8, (N,)
 
     def metadata(position: int) -> dict[str, Any]:
         label = int(labels[position])
-        return {"split": split, "position": position, "label": label, "class": FASHION_MNIST_CLASSES[label]}
+        return {"source": f"{FASHION_MNIST_PREFIX}{split}", "split": split, "position": position, "label": label,
+                "class": FASHION_MNIST_CLASSES[label]}
 
     return ImageSource(f"{FASHION_MNIST_PREFIX}{split}", len(images), lambda position: to_pil(images[position]), metadata)
 
 
-def open_source(source: str | Path, limits: ImageLimits = ImageLimits()) -> ImageSource:
-    """"fashion-mnist:train", "fashion-mnist:test", or a folder of images."""
+def open_source(source: str | Path, limits: ImageLimits = ImageLimits(), roots: Roots = None) -> ImageSource:
+    """"fashion-mnist:train", "fashion-mnist:test", a folder of images, or a .csv/.jsonl manifest;
+    paths only under `roots` when given."""
     text = str(source)
     if text.startswith(FASHION_MNIST_PREFIX):
         split = text[len(FASHION_MNIST_PREFIX):]
         if split not in ("train", "test"):
             raise SourceError(f"source {text!r}: the Fashion-MNIST splits are fashion-mnist:train and fashion-mnist:test")
         return fashion_mnist_source(split)
-    if not Path(text).is_dir():
-        raise SourceError(f"image source {text!r} is neither a folder nor fashion-mnist:train / fashion-mnist:test")
-    return folder_source(Path(text), limits)
+    path = confine(text, roots)  # before anything is read, even whether it exists
+    if path.is_dir():
+        return folder_source(path, limits, roots)
+    if path.is_file() and path.suffix in MANIFEST_SUFFIXES:
+        return manifest_source(path, limits, roots)
+    raise SourceError(f"image source {text!r} is neither a folder, a .csv/.jsonl manifest, nor "
+                      "fashion-mnist:train / fashion-mnist:test")

@@ -1,21 +1,40 @@
 """The FastAPI app factory: `create_app(settings)` wires settings, registry, routers and errors.
 
 The lifespan loads every model's current bundle and every index once at start-up, starts the
-micro-batchers, and stops and releases them at shut-down; requests reach the registry through
-`serving.dependencies.get_registry`.
+micro-batchers and the job runner (which resumes unfinished jobs), optionally polls for new
+`current` versions, and stops and releases them at shut-down; requests reach the registry
+through `serving.dependencies.get_registry`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from serving.errors import install_error_handlers
+from serving.jobs import JobRunner
 from serving.metrics import install_metrics
-from serving.registry import Registry
-from serving.routers import embed, health, search, text, words, zero_shot
+from serving.registry import Registry, retire_later
+from serving.routers import embed, health, indexes, jobs, search, text, words, zero_shot
 from serving.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+async def _poll_for_new_versions(registry: Registry, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            changed, unused = await asyncio.to_thread(registry.reload)
+        except Exception:  # a bad folder must not stop the polling
+            log.exception("reload failed")
+            continue
+        if changed:
+            log.info("reloaded: %s", ", ".join(changed))
+        retire_later(unused)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,9 +45,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = Registry.load(settings, metrics=app.state.metrics)
         await registry.start()  # the micro-batchers' worker tasks, on this event loop
         app.state.registry = registry
+        runner = JobRunner(settings, lambda: app.state.registry)
+        await runner.start()
+        app.state.jobs = runner
+        poller = asyncio.create_task(_poll_for_new_versions(registry, settings.reload_interval_s)) \
+            if settings.reload_interval_s > 0 else None
         try:
             yield
         finally:
+            if poller is not None:
+                poller.cancel()
+            app.state.jobs = None
+            await runner.stop()
             app.state.registry = None
             await registry.stop()
             registry.close()
@@ -41,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.registry = None
+    app.state.jobs = None
     install_error_handlers(app)
     install_metrics(app)
     app.include_router(health.router)
@@ -49,4 +78,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(text.router)
     app.include_router(zero_shot.router)
     app.include_router(search.router)
+    app.include_router(indexes.router)
+    app.include_router(jobs.router)
     return app

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from runtime.bundle import BundleError
 from runtime.encoders.base import EncoderUnavailable
 from runtime.preprocessing import ImageTooLarge, InvalidImage, UnsupportedImage
-from runtime.sources import SourceError
+from runtime.sources import SourceError, SourceForbidden
 from runtime.tokens import InvalidText
 
 
@@ -48,6 +48,16 @@ class UnknownId(ServingError):
     error = "unknown_id"
 
 
+class UnknownJob(ServingError):
+    status_code = 404
+    error = "unknown_job"
+
+
+class Forbidden(ServingError):
+    status_code = 403
+    error = "forbidden"
+
+
 class InvalidInput(ServingError):
     status_code = 422
     error = "invalid_input"
@@ -74,9 +84,10 @@ RUNTIME_ERRORS: dict[type[Exception], type[ServingError]] = {
     ImageTooLarge: PayloadTooLarge,
     UnsupportedImage: UnsupportedMediaType,
     InvalidText: InvalidInput,
+    SourceForbidden: Forbidden,
     SourceError: InvalidInput,
     EncoderUnavailable: NotReady,
-    BundleError: NotReady,  # a model that cannot be read now: the operator's to fix, not the client's
+    BundleError: UnknownModel,  # a model, version or index that is not there (or cannot be read)
 }
 
 

@@ -9,21 +9,34 @@ query bank /zero-shot normalises with. It also loads the current version of ever
 `artifacts/indexes/`, and the exact model version each index was built with when that is not
 the current one. Routers ask the registry for a model or index by name, or for the default of
 its kind.
+
+What it serves can change while the server runs: `reload` loads whatever `current` pointers
+changed (new model versions, new index versions) and `add_index` publishes an index a job just
+wrote. A new index is published only after the model version it was built with is loaded, and a
+request takes the index once and embeds its query with that index's own model version, so no
+query is ever embedded by one version and searched against vectors of another. Versions nothing
+points at any more are retired: taken out of the tables at once, and their batchers stopped and
+sessions closed after a grace period, once the requests that already hold them are done. Tables
+are changed under one lock and read through snapshots, so a reload in a worker thread never
+breaks a request on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
 
-from index.vector_index import VectorIndex, iter_current_indexes
+from index.vector_index import VectorIndex, indexes_dir, iter_current_indexes
 from index.word_vectors import WordVectors
 from index.zero_shot import ClassMatrixCache, QueryBank, read_query_bank
 from runtime.bundle import Bundle, Manifest, iter_current_bundles, open_bundle
 from runtime.encoders.base import Encoder
 from runtime.encoders.factory import load_encoder
+from runtime.files import names_under, version_folder
 from runtime.tokens import load_tokenizer
 from serving.batching import MicroBatcher
 from serving.errors import InvalidInput, UnknownIndex, UnknownModel
@@ -53,7 +66,6 @@ class TextModel:
 class Registry:
     settings: Settings
     words: dict[str, WordVectors] = field(default_factory=dict)  # word-vectors models by name
-    encoders: dict[str, Encoder] = field(default_factory=dict)  # image/text encoders by name
     manifests: dict[str, Manifest] = field(default_factory=dict)  # every loaded model's manifest
     # image encoders' batchers by (name, version): current versions, plus older ones an index needs
     image_batchers: dict[tuple[str, str], MicroBatcher] = field(default_factory=dict)
@@ -63,6 +75,7 @@ class Registry:
     class_matrices: ClassMatrixCache = field(default_factory=ClassMatrixCache)  # zero-shot class embeddings
     indexes: dict[str, VectorIndex] = field(default_factory=dict)  # current version of each index, by name
     metrics: Metrics | None = None  # where batchers record their batch sizes
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one change of the tables at a time
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics | None = None) -> Registry:
@@ -80,8 +93,9 @@ class Registry:
 
     def add(self, bundle: Bundle) -> None:
         """Serve `bundle` as the current version of its model."""
-        if self._load(bundle):
-            self.manifests[bundle.manifest.name] = bundle.manifest
+        with self._lock:
+            if self._load(bundle):
+                self.manifests[bundle.manifest.name] = bundle.manifest
 
     def _load(self, bundle: Bundle) -> bool:
         """Build what serves `bundle`, by its kind; False (and a warning) for a kind not served."""
@@ -111,7 +125,6 @@ class Registry:
         manifest = bundle.manifest
         encoder = load_encoder(bundle, self.settings.runtime_config(), role)
         key = (manifest.name, manifest.version)
-        self.encoders.setdefault(manifest.name, encoder)  # the current version, which load adds first
         self.image_manifests[key] = manifest
         self.image_batchers[key] = self._batcher(encoder, manifest.name)
 
@@ -132,23 +145,63 @@ class Registry:
             manifest, self._batcher(text_encoder, f"{manifest.name}:text"), tokenizer, query_bank)
 
     def add_index(self, index: VectorIndex) -> None:
-        """Serve `index`; load the model version it was built with if that is not loaded yet."""
+        """Serve `index` under its name: first load the model version it was built with, if that
+        is not loaded yet, then publish it (a dict assignment: a request sees the old or the new)."""
         name = index.manifest.name
-        self.indexes[name] = index
         key = (index.model, index.model_version)
-        if index.model is None or key in self.image_batchers:
-            return
-        try:
-            self._load(open_bundle(self.settings.artifacts_dir, index.model, index.model_version))
-        except Exception as e:  # the index still serves vector and id queries
-            log.warning("index %s: cannot load its model %s %s (%s); image and text queries will fail", name, *key, e)
+        with self._lock:
+            if index.model is not None and key not in self.image_batchers:
+                try:
+                    self._load(open_bundle(self.settings.artifacts_dir, index.model, index.model_version))
+                except Exception as e:  # the index still serves vector and id queries
+                    log.warning("index %s: cannot load its model %s %s (%s); image and text queries will fail", name, *key, e)
+            self.indexes[name] = index
+
+    def reload(self) -> tuple[list[str], list[MicroBatcher]]:
+        """Load every model and index whose `current` version changed on disk. Returns what changed
+        ("name version" lines) and the batchers no longer served, which `retire` stops once their
+        requests are done. Slow (sessions, FAISS files): run it off the event loop."""
+        changed = []
+        artifacts = self.settings.artifacts_dir
+        for bundle in iter_current_bundles(artifacts):
+            loaded = self.manifests.get(bundle.manifest.name)
+            if loaded is None or loaded.version != bundle.manifest.version:
+                try:
+                    self.add(bundle)
+                    changed.append(f"model {bundle.manifest.name} {bundle.manifest.version}")
+                except Exception:
+                    log.exception("reload: could not load model %s from %s", bundle.manifest.name, bundle.path)
+        root = indexes_dir(artifacts)
+        for name in names_under(root):
+            try:
+                folder = version_folder(root, name, what="index")
+                if name not in self.indexes or self.indexes[name].manifest.version != folder.name:
+                    self.add_index(VectorIndex.load(folder))
+                    changed.append(f"index {name} {folder.name}")
+            except Exception as e:
+                log.warning("reload: skipping index %s: %s", name, e)
+        return changed, self.unused_batchers()
+
+    def unused_batchers(self) -> list[MicroBatcher]:
+        """Take out of the tables the model versions that are neither current nor used by an index."""
+        with self._lock:
+            wanted = {(n, m.version) for n, m in self.manifests.items()}
+            wanted |= {(i.model, i.model_version) for i in self.indexes.values() if i.model is not None}
+            unused = []
+            for table in (self.image_batchers, self.text_models):
+                for key in [k for k in table if k not in wanted]:
+                    entry = table.pop(key)
+                    unused.append(entry.batcher if isinstance(entry, TextModel) else entry)
+                    self.image_manifests.pop(key, None)
+            return unused
 
     def _resolve(self, table: dict[tuple[str, str], object], name: str | None, default: str | None,
                  version: str | None) -> tuple[tuple[str | None, str | None], str]:
         """The (name, version) key of `table` a request means: `name`, else `default`, else the
         first loaded by name; `version`, else that model's current one. Also the loaded names, for
         the error message when the key is not in `table`."""
-        current = {n: v for n, v in table if self.manifests.get(n) and self.manifests[n].version == v}
+        manifests = dict(self.manifests)  # snapshots: a reload may change the tables meanwhile
+        current = {n: v for n, v in list(table) if n in manifests and manifests[n].version == v}
         name = name or default or next(iter(sorted(current)), None)
         return (name, version or current.get(name)), ", ".join(sorted(current)) or "none loaded"
 
@@ -183,7 +236,7 @@ class Registry:
 
     @property
     def batchers(self) -> list[MicroBatcher]:
-        return [*self.image_batchers.values(), *(m.batcher for m in self.text_models.values())]
+        return [*list(self.image_batchers.values()), *(m.batcher for m in list(self.text_models.values()))]
 
     async def start(self) -> None:
         for batcher in self.batchers:
@@ -208,8 +261,28 @@ class Registry:
     def close(self) -> None:
         for batcher in self.batchers:
             batcher.encoder.close()
-        for encoder in self.encoders.values():
-            encoder.close()
+
+
+_retiring: set[asyncio.Task] = set()  # the event loop keeps only weak references to its tasks
+
+
+def retire_later(batchers: list[MicroBatcher], grace_s: float = 10.0) -> None:
+    """`retire` in the background, on the running event loop."""
+    if batchers:
+        task = asyncio.create_task(retire(batchers, grace_s), name="retire-batchers")
+        _retiring.add(task)
+        task.add_done_callback(_retiring.discard)
+
+
+async def retire(batchers: list[MicroBatcher], grace_s: float = 10.0) -> None:
+    """Stop `batchers` and close their sessions `grace_s` after they left the registry: a request
+    that took one just before a reload finishes on it (its own submit restarts nothing after that)."""
+    if not batchers:
+        return
+    await asyncio.sleep(grace_s)
+    for batcher in batchers:
+        await batcher.stop()
+        batcher.encoder.close()
 
 
 def _wanted(name: str | None, version: str | None) -> str:

@@ -54,11 +54,23 @@ class Settings(BaseSettings):
         1, ge=1, description="`embedserve serve` processes; each loads every model and batches on its own (CPU: about one per core)"
     )
     log_level: str = Field("info", description="uvicorn log level")
+    data_roots: str = Field(
+        "", description="folders (comma-separated) whose images and manifests jobs may read; empty: only "
+                        "fashion-mnist:* and index:<name> sources. Anything else, `..` and symlinks out included, is a 403"
+    )
+    index_keep_previous: int = Field(2, ge=0, description="index versions kept before the current one when a job writes a new one")
+    reload_interval_s: float = Field(
+        0.0, ge=0, description="look for new `current` model and index versions this often (0: only on POST /admin/reload)"
+    )
+    job_nice: int = Field(10, ge=0, le=19, description="how much lower than requests a job's threads run (Linux nice)")
 
     def runtime_config(self) -> RuntimeConfig:
         """How the encoders run: the inference core's own config, from these settings."""
         return RuntimeConfig(execution_providers=self.execution_providers, intra_op_threads=self.onnx_intra_op_threads,
                              triton_url=self.triton_url, cache_dir=Path(self.artifacts_dir) / "cache")
+
+    def data_root_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(p.strip()) for p in self.data_roots.split(",") if p.strip())
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)

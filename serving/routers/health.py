@@ -20,9 +20,11 @@ def readyz(request: Request) -> JSONResponse:
         return JSONResponse(status_code=503, content={"status": "not ready", "models": []})
     models = [
         {"name": m.name, "version": m.version, "kind": m.kind, "method": m.method, "dim": m.dim}
-        for m in sorted(registry.manifests.values(), key=lambda m: m.name)
+        for m in sorted(list(registry.manifests.values()), key=lambda m: m.name)
     ]
-    return JSONResponse(content={"status": "ready", "models": models})
+    indexes = [{"name": name, "version": index.manifest.version, "model": index.model, "model_version": index.model_version}
+               for name, index in sorted(list(registry.indexes.items()))]
+    return JSONResponse(content={"status": "ready", "models": models, "indexes": indexes})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -64,7 +64,7 @@ def test_fashion_mnist_split_records_split_position_label_and_class(artifacts: P
     index = open_index(artifacts, "fm")
     assert len(index) == 20 and index.manifest.extra["source"] == "fashion-mnist:test"
     meta = index.metadata([0, 19])
-    assert meta[0] == {"split": "test", "position": 0, "label": 9, "class": "Ankle boot"}  # the first test image
+    assert meta[0] == {"source": "fashion-mnist:test", "split": "test", "position": 0, "label": 9, "class": "Ankle boot"}  # the first test image
     assert meta[1]["position"] == 19
 
 

@@ -1,0 +1,312 @@
+"""Batch re-embedding jobs: embed every item of a source with a model version, then write a new
+version of an index from the result and make it current.
+
+A job's state lives in SQLite (`artifacts/jobs/jobs.sqlite`), its embeddings in Parquet shards
+under `artifacts/jobs/<id>/` (index/shards.py), one shard per batch of source positions, each
+written atomically. So a process killed mid-job (even by `kill -9`) resumes where it stopped: the
+shards it finished are kept, only the rest is embedded, and no item lands in the index twice. An
+item that cannot be read is recorded with its error and the job goes on. Cancelling discards
+the shards and leaves the live index untouched.
+
+`run_job` is the one function that does a job; the server's job runner (serving/jobs.py) and
+`embedserve jobs run` both call it. Sources are those of runtime.sources, plus `index:<name>`:
+the items of an existing index, read again from the sources their metadata records.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from index.shards import read_shards, shard_path, write_shard
+from index.vector_index import VectorIndex, indexes_dir, open_index
+from runtime.bundle import BundleError, open_bundle
+from runtime.config import RuntimeConfig
+from runtime.encoders.factory import load_encoder
+from runtime.files import prune_versions
+from runtime.preprocessing import ImageLimits, preprocess_batch
+from runtime.sources import ImageSource, Roots, SourceError, open_source, read_item
+
+log = logging.getLogger(__name__)
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+INDEX_PREFIX = "index:"
+MAX_BATCH_SIZE = 4096  # a batch is one shard: rows held in memory at once
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a job does; what `POST /jobs` and `embedserve jobs run` take."""
+
+    source: str  # fashion-mnist:train|test, a folder, a .csv/.jsonl manifest, or index:<name>
+    model: str  # the image model (bundle name) to embed with
+    index: str  # the index to write a new version of
+    model_version: str | None = None  # the bundle version; None: the model's current one
+    batch_size: int = 256  # items per model call, and per shard
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(f"batch_size {self.batch_size} must be between 1 and {MAX_BATCH_SIZE}")
+        for name in ("source", "model", "index"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"a job needs a {name}")
+        if "/" in self.index or self.index.startswith("."):
+            raise ValueError(f"index name {self.index!r} may not contain '/' or start with '.'")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job as `GET /jobs/{id}` shows it."""
+
+    id: str
+    spec: JobSpec
+    state: str  # one of STATES
+    done: int = 0  # items processed (embedded or failed)
+    failed: int = 0  # items that could not be read or embedded
+    total: int | None = None  # items in the source, once it is opened
+    items_per_second: float | None = None  # over this run of the job
+    eta_s: float | None = None  # seconds left at that rate
+    error: str | None = None  # why a failed job failed
+    index_version: str | None = None  # the index version a succeeded job wrote
+    model_version: str | None = None  # the bundle version it embedded with
+    created_at: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+    cancel_requested: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def jobs_dir(artifacts: Path) -> Path:
+    return Path(artifacts) / "jobs"
+
+
+class JobStore:
+    """Jobs and their per-item errors in SQLite; safe to use from several threads and processes
+    (a connection per call, write-ahead log)."""
+
+    def __init__(self, artifacts: Path):
+        self.folder = jobs_dir(artifacts)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / "jobs.sqlite"
+        with self._db() as db:
+            db.executescript(
+                "PRAGMA journal_mode=WAL;"
+                "CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, status TEXT NOT NULL);"
+                "CREATE TABLE IF NOT EXISTS item_errors (job TEXT NOT NULL, position INTEGER NOT NULL, error TEXT NOT NULL,"
+                " PRIMARY KEY (job, position));"
+            )
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:  # one transaction
+                yield db
+        finally:
+            db.close()
+
+    def create(self, spec: JobSpec) -> JobStatus:
+        status = JobStatus(id=uuid.uuid4().hex[:12], spec=spec, state="queued", created_at=_now())
+        with self._db() as db:
+            db.execute("INSERT INTO jobs (id, created_at, status) VALUES (?, ?, ?)",
+                       (status.id, status.created_at, json.dumps(status.to_dict())))
+        return status
+
+    def get(self, job_id: str) -> JobStatus:
+        with self._db() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(job_id)
+        return _status_from_json(row[0])
+
+    def list(self) -> list[JobStatus]:
+        with self._db() as db:
+            rows = db.execute("SELECT status FROM jobs ORDER BY created_at, rowid").fetchall()
+        return [_status_from_json(r[0]) for r in rows]
+
+    def update(self, job_id: str, **changes: Any) -> JobStatus:
+        """Change fields of a job's status; a cancel asked for meanwhile is kept."""
+        with self._db() as db:
+            row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise KeyError(job_id)
+            status = replace(_status_from_json(row[0]), **changes)
+            db.execute("UPDATE jobs SET status = ? WHERE id = ?", (json.dumps(status.to_dict()), job_id))
+        return status
+
+    def record_errors(self, job_id: str, errors: dict[int, str]) -> None:
+        """Per-item errors by source position; recording one twice (a resumed batch) keeps one."""
+        with self._db() as db:
+            db.executemany("INSERT OR IGNORE INTO item_errors (job, position, error) VALUES (?, ?, ?)",
+                           [(job_id, p, e[:1000]) for p, e in errors.items()])
+
+    def errors(self, job_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        with self._db() as db:
+            rows = db.execute("SELECT position, error FROM item_errors WHERE job = ? ORDER BY position LIMIT ?",
+                              (job_id, limit)).fetchall()
+        return [{"position": p, "error": e} for p, e in rows]
+
+    def error_count(self, job_id: str, below_position: int | None = None) -> int:
+        with self._db() as db:
+            if below_position is None:
+                return db.execute("SELECT COUNT(*) FROM item_errors WHERE job = ?", (job_id,)).fetchone()[0]
+            return db.execute("SELECT COUNT(*) FROM item_errors WHERE job = ? AND position < ?",
+                              (job_id, below_position)).fetchone()[0]
+
+    def unfinished(self) -> list[JobStatus]:
+        """Jobs queued or running (a running one was cut short by a stop or a crash), oldest first."""
+        return [s for s in self.list() if s.state not in FINISHED]
+
+
+def _status_from_json(text: str) -> JobStatus:
+    data = json.loads(text)
+    return JobStatus(**{**data, "spec": JobSpec(**data["spec"])})
+
+
+def open_job_source(source: str, artifacts: Path, limits: ImageLimits = ImageLimits(), roots: Roots = None) -> ImageSource:
+    """A runtime source, or `index:<name>`: the items of an index (its ids kept), each read again
+    from the source its metadata records."""
+    if not source.startswith(INDEX_PREFIX):
+        return open_source(source, limits, roots)
+    name = source[len(INDEX_PREFIX):]
+    try:
+        index = open_index(artifacts, name)
+    except BundleError as e:
+        raise SourceError(f"source {source!r}: {e}") from e
+    ids = index.ids()  # (N,) int64, ascending
+    records = index.metadata(ids)
+    # Indexes built before items recorded their source: the index's own source stands in
+    fallback = {"source": index.manifest.extra.get("source")} if index.manifest.extra.get("source") else {}
+
+    def read(position: int):
+        return read_item({**fallback, **(records[position] or {})}, limits, roots)
+
+    return ImageSource(source, len(ids), read, lambda position: records[position] or {}, ids)
+
+
+@dataclass
+class _Batch:
+    """One shard's worth of source positions, read and preprocessed."""
+
+    number: int
+    ids: np.ndarray  # (n,) of the items that could be read
+    metadata: list[dict[str, Any]]
+    inputs: np.ndarray  # (n, C, H, W)
+    errors: dict[int, str]  # position -> why it could not be read
+
+
+def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfig = RuntimeConfig(),
+            limits: ImageLimits = ImageLimits(), roots: Roots = None, progress: bool = False,
+            should_stop: Callable[[], bool] = lambda: False, keep_previous: int = 2) -> JobStatus:
+    """Run (or resume) job `job_id` to the end: embed what its shards lack, write the new index
+    version and make it current. Returns the final status: succeeded, failed (with the error) or
+    cancelled (when a cancel request in the store says so between batches). When `should_stop()`
+    says so between batches, it returns the job still running, its shards kept for a resume.
+    Expected errors (a missing model, a source that cannot be read) fail the job, not the caller."""
+    status = store.get(job_id)
+    if status.state in FINISHED:  # e.g. cancelled while it waited in the queue
+        return status
+    spec = status.spec
+    shards = jobs_dir(artifacts) / job_id
+    started = time.perf_counter()
+    status = store.update(job_id, state="running", started_at=_now(), error=None)
+    try:
+        bundle = open_bundle(artifacts, spec.model, spec.model_version)
+        manifest = bundle.manifest
+        if manifest.kind not in ("image-encoder", "image-text-encoder") or manifest.preprocessing is None:
+            raise BundleError(f"model {spec.model!r} is a {manifest.kind}; a job embeds images with an image encoder")
+        source = open_job_source(spec.source, artifacts, limits, roots)
+        count, size = source.count, spec.batch_size
+        numbers = range((count + size - 1) // size)
+        todo = [n for n in numbers if not shard_path(shards, n).is_file()]
+        done = count - sum(min(size, count - n * size) for n in todo)
+        failed = store.error_count(job_id)
+        status = store.update(job_id, total=count, done=done, failed=failed, model_version=manifest.version)
+        resumed_at = done
+
+        def prepare(number: int) -> _Batch:
+            positions = range(number * size, min((number + 1) * size, count))
+            good, images, errors = [], [], {}
+            for p in positions:
+                try:
+                    images.append(source.read(p))
+                    good.append(p)
+                except (ValueError, OSError) as e:  # unreadable, corrupt, forbidden: recorded, the job goes on
+                    errors[p] = f"{type(e).__name__}: {e}"
+            ids = source.ids[good] if source.ids is not None else np.asarray(good, dtype=np.int64)
+            inputs = preprocess_batch(images, manifest.preprocessing)  # (n, C, H, W)
+            return _Batch(number, ids, [source.metadata(p) for p in good], inputs, errors)
+
+        # Reading and preprocessing the next batch overlaps the model call on this one.
+        encoder = load_encoder(bundle, runtime, role="image_encoder")
+        with closing(encoder), ThreadPoolExecutor(1, thread_name_prefix=f"job-{job_id}-read") as reader, \
+                tqdm(total=count, initial=done, desc=f"job {job_id} {spec.source}", unit="img", disable=not progress) as bar:
+            pending = reader.submit(prepare, todo[0]) if todo else None
+            for i, number in enumerate(todo):
+                batch = pending.result()
+                pending = reader.submit(prepare, todo[i + 1]) if i + 1 < len(todo) else None
+                vectors = encoder.encode(batch.inputs) if len(batch.ids) else np.empty((0, manifest.dim), np.float32)
+                store.record_errors(job_id, batch.errors)  # before the shard: a resumed batch re-records, never loses them
+                write_shard(shard_path(shards, number), batch.ids, batch.metadata, manifest.version, vectors)
+                done += len(batch.ids) + len(batch.errors)
+                failed += len(batch.errors)
+                bar.update(len(batch.ids) + len(batch.errors))
+                rate = (done - resumed_at) / max(time.perf_counter() - started, 1e-9)
+                status = store.update(job_id, done=done, failed=failed, items_per_second=round(rate, 1),
+                                      eta_s=round((count - done) / rate, 1) if rate > 0 else None)
+                if status.cancel_requested:
+                    return _cancel(store, job_id, shards)
+                if should_stop():  # the process is stopping: the shards stay, the job resumes at the next start
+                    return status
+        if status.cancel_requested:
+            return _cancel(store, job_id, shards)
+        ids, metadata, vectors = read_shards(shards)
+        if len(ids) == 0:
+            raise SourceError(f"no item of {spec.source!r} could be embedded ({failed} failed); see the job's errors")
+        index = VectorIndex.build(ids, vectors, metadata, model=manifest.name, model_version=manifest.version)
+        path = index.save(artifacts, spec.index, extra={"source": source.description, "job": job_id})
+        prune_versions(indexes_dir(artifacts) / spec.index, keep_previous)
+        shutil.rmtree(shards, ignore_errors=True)
+        log.info("job %s: index %s %s, %d items (%d failed)", job_id, spec.index, path.name, len(ids), failed)
+        return store.update(job_id, state="succeeded", index_version=path.name, finished_at=_now(), eta_s=0.0)
+    except (BundleError, SourceError, ValueError, OSError, RuntimeError) as e:
+        log.warning("job %s failed: %s", job_id, e)
+        return store.update(job_id, state="failed", error=str(e), finished_at=_now())
+
+
+def _cancel(store: JobStore, job_id: str, shards: Path) -> JobStatus:
+    shutil.rmtree(shards, ignore_errors=True)  # the partial work goes; the live index never saw it
+    return store.update(job_id, state="cancelled", finished_at=_now(), eta_s=None)
+
+
+def request_cancel(store: JobStore, job_id: str) -> JobStatus:
+    """Ask job `job_id` to stop: a queued one is cancelled now, a running one after its batch."""
+    status = store.get(job_id)
+    if status.state in FINISHED:
+        return status
+    if status.state == "queued":
+        return _cancel(store, job_id, jobs_dir(store.folder.parent) / job_id)
+    return store.update(job_id, cancel_requested=True)
+
+

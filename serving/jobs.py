@@ -1,0 +1,114 @@
+"""The server's job runner: batch re-embedding jobs (index/jobs.py) in a bounded background
+worker, and the live switch to the index each one writes.
+
+One job runs at a time, in a worker thread whose scheduling priority is lowered (Linux `nice`),
+so a job takes the CPU that requests leave and never starves them. When a job succeeds, its new
+index version is loaded off the event loop and published through the registry (model version
+first, then the index). Jobs that a stop or a crash cut short are resumed at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+from index.jobs import FINISHED, JobSpec, JobStatus, JobStore, request_cancel, run_job
+from index.vector_index import open_index
+from runtime.bundle import open_bundle
+from runtime.sources import FASHION_MNIST_PREFIX, confine
+from serving.errors import InvalidInput, UnknownModel
+from serving.registry import Registry, retire_later
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower this thread's priority by `nice` (Linux schedules threads one by one)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
+    except (AttributeError, OSError) as e:  # not Linux, or not allowed: the job runs at the server's priority
+        log.info("job threads keep the server's priority (%s)", e)
+
+
+class JobRunner:
+    """Queues jobs, runs them one at a time, and publishes what they write to `registry()`."""
+
+    def __init__(self, settings: Settings, registry: Callable[[], Registry | None]):
+        self.settings = settings
+        self.registry = registry
+        self.store = JobStore(settings.artifacts_dir)
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._worker: asyncio.Task | None = None
+        self._stopping = threading.Event()
+
+    async def start(self) -> None:
+        """Start the worker and queue again the jobs a stop or a crash left unfinished."""
+        for status in self.store.unfinished():
+            log.info("resuming job %s (%s, %d of %s done)", status.id, status.state, status.done, status.total)
+            self._queue.put_nowait(status.id)
+        self._worker = asyncio.create_task(self._run(), name="jobs")
+
+    async def stop(self) -> None:
+        """Stop after the running job's current batch; it stays 'running' and resumes next start."""
+        self._stopping.set()
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+
+    def check(self, spec: JobSpec) -> None:
+        """Refuse, before queueing, a job whose model does not exist or whose source this server may
+        not read (SourceForbidden: 403); reading the source itself is the job's work."""
+        try:
+            open_bundle(self.settings.artifacts_dir, spec.model, spec.model_version)
+        except Exception as e:
+            raise UnknownModel(str(e)) from None
+        if spec.source.startswith("index:"):
+            open_index(self.settings.artifacts_dir, spec.source[len("index:"):])
+        elif not spec.source.startswith(FASHION_MNIST_PREFIX):
+            confine(spec.source, self.settings.data_root_paths())
+        elif spec.source not in ("fashion-mnist:train", "fashion-mnist:test"):
+            raise InvalidInput(f"source {spec.source!r}: the Fashion-MNIST splits are fashion-mnist:train and fashion-mnist:test")
+
+    def submit(self, spec: JobSpec) -> JobStatus:
+        self.check(spec)
+        status = self.store.create(spec)
+        self._queue.put_nowait(status.id)
+        return status
+
+    def cancel(self, job_id: str) -> JobStatus:
+        return request_cancel(self.store, job_id)
+
+    async def _run(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            if self.store.get(job_id).state in FINISHED:  # cancelled while queued
+                continue
+            try:
+                status = await asyncio.to_thread(self._run_job, job_id)
+                if status.state == "succeeded":
+                    await self._publish(status)
+            except Exception as e:  # a bug must fail one job, not the runner
+                log.exception("job %s", job_id)
+                self.store.update(job_id, state="failed", error=f"{type(e).__name__}: {e}")
+
+    def _run_job(self, job_id: str) -> JobStatus:
+        _lower_priority(self.settings.job_nice)
+        s = self.settings
+        return run_job(job_id, self.store, s.artifacts_dir, s.runtime_config(), s.image_limits(), s.data_root_paths(),
+                       should_stop=self._stopping.is_set, keep_previous=s.index_keep_previous)
+
+    async def _publish(self, status: JobStatus) -> None:
+        registry = self.registry()
+        if registry is None:
+            return
+        index = await asyncio.to_thread(open_index, self.settings.artifacts_dir, status.spec.index, status.index_version)
+        await asyncio.to_thread(registry.add_index, index)  # its model version is loaded before it is published
+        retire_later(registry.unused_batchers())  # a model version the old index alone used
+        log.info("job %s: now serving index %s %s", status.id, status.spec.index, status.index_version)

@@ -1,0 +1,66 @@
+"""Batch re-embedding jobs: `POST /jobs` queues one (202), `GET /jobs` and `GET /jobs/{id}` show
+their progress, `DELETE /jobs/{id}` cancels one (its partial work is discarded; the live index is
+untouched). The work itself is serving.jobs.JobRunner's."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from index.jobs import MAX_BATCH_SIZE, JobSpec
+from serving.errors import NotReady, UnknownJob
+from serving.jobs import JobRunner
+
+router = APIRouter(tags=["jobs"])
+
+
+class JobRequest(BaseModel):
+    source: str = Field(description="fashion-mnist:train|test, a folder or a .csv/.jsonl manifest under the server's "
+                                    "data roots, or index:<name> (the items of an index, read again)")
+    model: str = Field(description="the image model to embed with")
+    index: str = Field(description="the index to write a new version of; it is served as soon as the job succeeds")
+    model_version: str | None = Field(None, description="the model's bundle version; its current one when omitted")
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE, description="items per model call")
+
+
+def get_jobs(request: Request) -> JobRunner:
+    runner = getattr(request.app.state, "jobs", None)
+    if runner is None:
+        raise NotReady("the server is still starting its job runner; retry in a moment")
+    return runner
+
+
+def _status(runner: JobRunner, job_id: str) -> dict[str, Any]:
+    try:
+        status = runner.store.get(job_id)
+    except KeyError:
+        raise UnknownJob(f"no job {job_id!r}; GET /jobs lists them") from None
+    return {**status.to_dict(), "errors": runner.store.errors(job_id, limit=20)}
+
+
+@router.post("/jobs", status_code=202, summary="Queue a batch re-embedding job",
+             responses={403: {"description": "a path outside the server's data roots"},
+                        404: {"description": "no such model or index"}})
+def create_job(body: JobRequest, runner: Annotated[JobRunner, Depends(get_jobs)]) -> JSONResponse:
+    status = runner.submit(JobSpec(**body.model_dump()))
+    return JSONResponse(status_code=202, content=status.to_dict(), headers={"Location": f"/jobs/{status.id}"})
+
+
+@router.get("/jobs", summary="Every job, oldest first")
+def list_jobs(runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
+    return {"jobs": [s.to_dict() for s in runner.store.list()]}
+
+
+@router.get("/jobs/{job_id}", summary="A job's progress, and the first errors of items it could not embed")
+def show_job(job_id: str, runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
+    return _status(runner, job_id)
+
+
+@router.delete("/jobs/{job_id}", summary="Cancel a job: its partial work is discarded, the live index untouched")
+def cancel_job(job_id: str, runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
+    _status(runner, job_id)  # 404 for an unknown id
+    runner.cancel(job_id)
+    return _status(runner, job_id)

@@ -1,0 +1,150 @@
+import io
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from index.build import build_image_index
+from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
+from serving.app import create_app
+from serving.settings import Settings
+
+needs_fashion_mnist = pytest.mark.skipif(not any(DEFAULT_FASHION_MNIST_ROOT.glob("t10k-images-idx3-ubyte*")),
+                                         reason="the Debian package dataset-fashion-mnist is not installed")
+
+
+def write_pngs(folder: Path, count: int) -> Path:
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8), "L").save(buffer, "PNG")
+        (folder / f"{i:03d}.png").write_bytes(buffer.getvalue())
+    return folder
+
+
+def wait_for(client: TestClient, job_id: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get(f"/jobs/{job_id}").json()
+        if status["state"] in ("succeeded", "failed", "cancelled"):
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {status}")
+
+
+def test_a_job_through_http_is_served_as_soon_as_it_succeeds(image_artifacts: Path, tmp_path: Path):
+    folder = write_pngs(tmp_path / "data" / "pics", 12)
+    settings = Settings(artifacts_dir=image_artifacts, data_roots=str(tmp_path / "data"))
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/jobs", json={"source": str(folder), "model": "tiny", "index": "pics", "batch_size": 5})
+        assert response.status_code == 202, response.text
+        job = response.json()
+        assert job["state"] == "queued" and response.headers["location"] == f"/jobs/{job['id']}"
+        status = wait_for(client, job["id"])
+        assert (status["state"], status["done"], status["total"], status["index_version"]) == ("succeeded", 12, 12, "v1")
+        assert [j["id"] for j in client.get("/jobs").json()["jobs"]] == [job["id"]]
+        (listed,) = client.get("/indexes").json()["indexes"]
+        assert (listed["name"], listed["version"], listed["model"], listed["model_version"], listed["count"]) == \
+               ("pics", "v1", "tiny", "v1", 12)
+        hits = client.post("/search", json={"index": "pics", "id": 3, "k": 1}).json()["hits"]
+        assert hits[0]["id"] == 3 and hits[0]["metadata"]["path"] == "003.png"
+
+
+@pytest.mark.parametrize("source", ["{outside}", "{allowed}/../outside", "{allowed}/link", "/etc"])
+def test_a_source_outside_the_data_roots_is_a_403_and_reads_nothing(image_artifacts: Path, tmp_path: Path, source: str):
+    allowed, outside = write_pngs(tmp_path / "allowed", 1), write_pngs(tmp_path / "outside", 1)
+    (allowed / "link").symlink_to(outside)
+    settings = Settings(artifacts_dir=image_artifacts, data_roots=str(allowed))
+    with TestClient(create_app(settings)) as client:
+        body = {"source": source.format(allowed=allowed, outside=outside), "model": "tiny", "index": "x"}
+        response = client.post("/jobs", json=body)
+        assert response.status_code == 403 and response.json()["error"] == "forbidden", response.text
+        assert "outside the folders this server may read" in response.json()["detail"]
+        assert client.get("/jobs").json()["jobs"] == []
+
+
+def test_no_data_roots_allows_only_data_sets_and_indexes(image_artifacts: Path, tmp_path: Path):
+    folder = write_pngs(tmp_path / "pics", 1)
+    with TestClient(create_app(Settings(artifacts_dir=image_artifacts))) as client:
+        assert client.post("/jobs", json={"source": str(folder), "model": "tiny", "index": "x"}).status_code == 403
+        assert client.post("/jobs", json={"source": "fashion-mnist:tst", "model": "tiny", "index": "x"}).status_code == 422
+        assert client.post("/jobs", json={"source": "fashion-mnist:test", "model": "nope", "index": "x"}).status_code == 404
+        assert client.post("/jobs", json={"source": "index:nope", "model": "tiny", "index": "x"}).status_code == 404
+        assert client.get("/jobs/abc").status_code == 404 and client.delete("/jobs/abc").status_code == 404
+
+
+@needs_fashion_mnist
+def test_searches_succeed_while_a_job_runs_and_its_index_is_promoted(image_artifacts: Path, write_image_bundle):
+    build_image_index(image_artifacts, "fm", "tiny", "fashion-mnist:test", limit=2000, progress=False)
+    write_image_bundle(image_artifacts, "tiny", seed=3)  # tiny v2: the job re-embeds the index with it
+    query = np.ones(16, np.float32).tolist()
+    with TestClient(create_app(Settings(artifacts_dir=image_artifacts))) as client:
+        before = client.post("/search", json={"index": "fm", "vector": query, "k": 3}).json()
+        assert (before["version"], before["model_version"]) == ("v1", "v1")
+        failures, answers, stop = [], [], threading.Event()
+
+        def search():
+            while not stop.is_set():
+                body = client.post("/search", json={"index": "fm", "id": 7, "k": 3})
+                if body.status_code != 200:
+                    failures.append(body.text)
+                else:
+                    answers.append((body.json()["version"], body.json()["model_version"]))
+
+        threads = [threading.Thread(target=search) for _ in range(3)]
+        for t in threads:
+            t.start()
+        try:
+            job = client.post("/jobs", json={"source": "index:fm", "model": "tiny", "index": "fm", "batch_size": 100}).json()
+            status = wait_for(client, job["id"])
+            time.sleep(0.3)  # searches against the promoted index
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert status["state"] == "succeeded" and status["index_version"] == "v2", status
+        assert not failures and answers
+        assert set(answers) <= {("v1", "v1"), ("v2", "v2")} and answers[-1] == ("v2", "v2")  # never a mix
+        after = client.post("/search", json={"index": "fm", "vector": query, "k": 3}).json()
+        assert (after["version"], after["model_version"]) == ("v2", "v2")
+
+
+def test_cancel_over_http(image_artifacts: Path, tmp_path: Path):
+    folder = write_pngs(tmp_path / "data", 40)
+    with TestClient(create_app(Settings(artifacts_dir=image_artifacts, data_roots=str(tmp_path / "data")))) as client:
+        runner = client.app.state.jobs
+        gate = threading.Event()
+        real = runner._run_job
+
+        def held(job_id):  # the job waits until the test has asked for the cancel
+            gate.wait(10)
+            return real(job_id)
+
+        runner._run_job = held
+        job = client.post("/jobs", json={"source": str(folder), "model": "tiny", "index": "pics", "batch_size": 5}).json()
+        cancelled = client.delete(f"/jobs/{job['id']}").json()
+        gate.set()
+        assert cancelled["state"] == "cancelled" or cancelled["cancel_requested"]  # at once if queued, else after a batch
+        assert wait_for(client, job["id"])["state"] == "cancelled"
+        assert client.get("/indexes").json()["indexes"] == []  # nothing was published
+
+
+def test_reload_serves_a_new_model_version_without_a_restart(image_artifacts: Path, write_image_bundle, make_png):
+    with TestClient(create_app(Settings(artifacts_dir=image_artifacts))) as client:
+        def embed():
+            return client.post("/embed/image", files=[("files", ("a.png", make_png(0), "image/png"))]).json()
+
+        first = embed()
+        write_image_bundle(image_artifacts, "tiny", seed=9)  # v2 becomes current on disk
+        assert embed()["version"] == "v1"  # not served until a reload
+        reload = client.post("/admin/reload").json()
+        assert reload["changed"] == ["model tiny v2"] and reload["retired"] == ["tiny v1"]
+        second = embed()
+        assert second["version"] == "v2" and not np.allclose(first["embeddings"], second["embeddings"])
+        assert [(m["name"], m["version"]) for m in client.get("/readyz").json()["models"]] == [("tiny", "v2")]
+        assert client.post("/admin/reload").json() == {"changed": [], "retired": []}
