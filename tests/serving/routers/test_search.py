@@ -48,13 +48,17 @@ def test_search_by_base64_image_and_by_upload_embeds_with_the_index_model(client
     assert upload.json()["hits"][0]["id"] == 101 and len(upload.json()["hits"]) == 2
 
 
-def test_search_by_vector_of_the_index_dimension(client: TestClient):
-    vector = [0.0] * (DIM - 1) + [2.0]
-    response = client.post("/search", json={"vector": vector, "k": 5})
-    assert response.status_code == 200 and len(response.json()["hits"]) == 5
-    first = response.json()["hits"][0]
-    item = client.post("/search", json={"id": first["id"], "k": 1}).json()["hits"][0]
-    assert item["id"] == first["id"]
+def test_search_by_vector_of_the_index_dimension_ranks_by_cosine(client: TestClient, make_png):
+    files = [("files", (f"{i}.png", make_png(i), "image/png")) for i in range(5)]
+    stored = np.array(client.post("/embed/image", files=files).json()["embeddings"])  # (5, D) unit rows, ids 100..104
+    vector = np.zeros(DIM)
+    vector[-1] = 2.0  # not unit length: the cosine ignores it
+    response = client.post("/search", json={"vector": vector.tolist(), "k": 5})
+    assert response.status_code == 200, response.text
+    cosines = stored @ (vector / 2.0)  # (5,)
+    hits = response.json()["hits"]
+    assert [h["id"] for h in hits] == (100 + np.argsort(-cosines)).tolist()
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(cosines)[::-1], atol=1e-5)
 
 
 def test_k_larger_than_the_index_returns_every_item(client: TestClient):
