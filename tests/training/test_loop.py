@@ -108,5 +108,8 @@ def test_warmup_then_cosine_schedule():
 
 
 def test_weight_decay_skips_biases():
-    groups = default_param_groups(nn.Linear(3, 2), 0.1)
-    assert [len(g["params"]) for g in groups] == [1, 1] and groups[1]["weight_decay"] == 0.0
+    layer = nn.Linear(3, 2)
+    groups = default_param_groups(layer, 0.1)
+    decayed, kept = ([id(p) for p in g["params"]] for g in groups)
+    assert (decayed, groups[0]["weight_decay"]) == ([id(layer.weight)], 0.1)
+    assert (kept, groups[1]["weight_decay"]) == ([id(layer.bias)], 0.0)
