@@ -78,7 +78,8 @@ def kserve_server(models: dict[tuple[str, str], Path]) -> ThreadingHTTPServer:
             self._reply(200, {"model_name": key[0], "model_version": key[1], "outputs": outputs})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # a short poll: shutdown() waits for serve_forever to look, which by default is every 0.5 s
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     return server
 
 
