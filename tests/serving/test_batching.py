@@ -41,7 +41,7 @@ async def run_batcher(batcher: MicroBatcher, requests: list[np.ndarray]) -> list
 def test_concurrent_requests_share_calls_and_each_caller_gets_its_own_rows():
     encoder = TimesTen()
     sizes: list[int] = []
-    batcher = MicroBatcher(encoder, max_batch_size=64, max_wait_ms=200, on_batch=sizes.append)
+    batcher = MicroBatcher(encoder, max_batch_size=64, max_wait_ms=20, on_batch=sizes.append)
     requests = [rows(caller, 1 + caller % 3) for caller in range(20)]
     results = asyncio.run(run_batcher(batcher, requests))
     assert len(encoder.calls) < len(requests)
@@ -55,7 +55,7 @@ def test_concurrent_requests_share_calls_and_each_caller_gets_its_own_rows():
 
 def test_an_encode_error_reaches_every_caller_of_that_batch_and_the_batcher_goes_on():
     encoder = TimesTen(fail_on=7)
-    batcher = MicroBatcher(encoder, max_batch_size=64, max_wait_ms=200)
+    batcher = MicroBatcher(encoder, max_batch_size=64, max_wait_ms=20)
 
     async def scenario():
         await batcher.start()
@@ -93,7 +93,7 @@ def test_a_request_larger_than_max_batch_size_is_split_and_reassembled_in_order(
 
 def test_requests_that_would_overflow_a_batch_wait_for_the_next_one():
     encoder = TimesTen()
-    batcher = MicroBatcher(encoder, max_batch_size=5, max_wait_ms=200)
+    batcher = MicroBatcher(encoder, max_batch_size=5, max_wait_ms=20)
     results = asyncio.run(run_batcher(batcher, [rows(c, 3) for c in range(4)]))
     assert max(encoder.calls) <= 5 and sum(encoder.calls) == 12
     assert [r[0, 0] for r in results] == [0, 10, 20, 30]
