@@ -19,6 +19,7 @@ import json
 import logging
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -109,6 +110,7 @@ class JobStore:
         self.folder = jobs_dir(artifacts)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "jobs.sqlite"
+        self._local = threading.local()  # a connection per thread: opening one per call costs more than the call
         with self._db() as db:
             db.executescript(
                 "PRAGMA journal_mode=WAL;"
@@ -119,12 +121,11 @@ class JobStore:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            with db:  # one transaction
-                yield db
-        finally:
-            db.close()
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=30)
+        with db:  # one transaction, committed (or rolled back) on the way out
+            yield db
 
     def create(self, spec: JobSpec) -> JobStatus:
         status = JobStatus(id=uuid.uuid4().hex[:12], spec=spec, state="queued", created_at=_now())
@@ -258,27 +259,38 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
             inputs = preprocess_batch(images, manifest.preprocessing)  # (n, C, H, W)
             return _Batch(number, ids, [source.metadata(p) for p in good], inputs, errors)
 
-        # Reading and preprocessing the next batch overlaps the model call on this one.
+        def finish(batch: _Batch, vectors: np.ndarray) -> JobStatus:
+            nonlocal done, failed
+            store.record_errors(job_id, batch.errors)  # before the shard: a resumed batch re-records, never loses them
+            write_shard(shard_path(shards, batch.number), batch.ids, batch.metadata, manifest.version, vectors)
+            done += len(batch.ids) + len(batch.errors)
+            failed += len(batch.errors)
+            bar.update(len(batch.ids) + len(batch.errors))
+            rate = (done - resumed_at) / max(time.perf_counter() - started, 1e-9)
+            return store.update(job_id, done=done, failed=failed, items_per_second=round(rate, 1),
+                                eta_s=round((count - done) / rate, 1) if rate > 0 else None)
+
+        # Three stages overlap: the next batch is read and preprocessed, this one embedded, the last
+        # one written (its shard, then its progress) in its own thread; the model call runs here.
         encoder = load_encoder(bundle, runtime, role="image_encoder")
         with closing(encoder), ThreadPoolExecutor(1, thread_name_prefix=f"job-{job_id}-read") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix=f"job-{job_id}-write") as writer, \
                 tqdm(total=count, initial=done, desc=f"job {job_id} {spec.source}", unit="img", disable=not progress) as bar:
             pending = reader.submit(prepare, todo[0]) if todo else None
+            written = None
             for i, number in enumerate(todo):
                 batch = pending.result()
                 pending = reader.submit(prepare, todo[i + 1]) if i + 1 < len(todo) else None
                 vectors = encoder.encode(batch.inputs) if len(batch.ids) else np.empty((0, manifest.dim), np.float32)
-                store.record_errors(job_id, batch.errors)  # before the shard: a resumed batch re-records, never loses them
-                write_shard(shard_path(shards, number), batch.ids, batch.metadata, manifest.version, vectors)
-                done += len(batch.ids) + len(batch.errors)
-                failed += len(batch.errors)
-                bar.update(len(batch.ids) + len(batch.errors))
-                rate = (done - resumed_at) / max(time.perf_counter() - started, 1e-9)
-                status = store.update(job_id, done=done, failed=failed, items_per_second=round(rate, 1),
-                                      eta_s=round((count - done) / rate, 1) if rate > 0 else None)
-                if status.cancel_requested:
-                    return _cancel(store, job_id, shards)
-                if should_stop():  # the process is stopping: the shards stay, the job resumes at the next start
-                    return status
+                if written is not None:
+                    status = written.result()  # one batch in writing at a time: its errors surface here
+                    if status.cancel_requested:
+                        return _cancel(store, job_id, shards)
+                    if should_stop():  # the process is stopping: the shards stay, the job resumes at the next start
+                        return status
+                written = writer.submit(finish, batch, vectors)
+            if written is not None:
+                status = written.result()
         if status.cancel_requested:
             return _cancel(store, job_id, shards)
         ids, metadata, vectors = read_shards(shards)

@@ -1,16 +1,50 @@
-"""The indexes being served (`GET /indexes`) and reloading what changed on disk (`POST /admin/reload`)."""
+"""The indexes being served (`GET /indexes`), changing their items (`POST /indexes/{name}/items`,
+`DELETE /indexes/{name}/items/{id}`), and reloading what changed on disk (`POST /admin/reload`).
+
+An item change is acknowledged only once it is on disk: it is applied to the served index and
+written as the index's next version (atomically, made current), so it survives a crash or a
+restart and shows in the next search. Changes to one index are applied one at a time; many
+items at once are cheaper sent together (or through a job) than one by one.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field, model_validator
 
+from index.vector_index import VectorIndex, indexes_dir
+from runtime.files import prune_versions
 from serving.dependencies import get_registry
+from serving.embedding import embed_images
+from serving.errors import InvalidInput, PayloadTooLarge, UnknownId
 from serving.registry import Registry, retire_later
+from serving.requests import decode_base64
 
 router = APIRouter(tags=["indexes"])
+MAX_ITEMS_PER_REQUEST = 1000
+_writers: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # one change at a time per index name
+
+
+class Item(BaseModel):
+    id: int = Field(ge=-(2**63), lt=2**63, description="the item's id (int64), new to the index")
+    vector: list[float] | None = Field(None, description="its embedding, of the index's dimension")
+    image: str | None = Field(None, description="or a base64 image, embedded with the index's model version")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="returned with the item by /search")
+
+    @model_validator(mode="after")
+    def one_of_vector_or_image(self) -> "Item":
+        if (self.vector is None) == (self.image is None):
+            raise ValueError("send exactly one of vector or image per item")
+        return self
+
+
+class AddItemsRequest(BaseModel):
+    items: list[Item] = Field(description=f"at most {MAX_ITEMS_PER_REQUEST} items (images count against the image limit)")
 
 
 @router.get("/indexes", summary="Each index served: its version, model and model version, count and kind")
@@ -20,6 +54,74 @@ async def list_indexes(registry: Annotated[Registry, Depends(get_registry)]) -> 
          "count": len(index), "dim": index.dim, "kind": index.kind, "created_at": index.manifest.created_at}
         for name, index in sorted(list(registry.indexes.items()))
     ]}
+
+
+async def _write(registry: Registry, name: str, change) -> str:
+    """Apply `change(index)` to the served index `name` and write it as its next version; returns it."""
+    index = registry.index(name)
+    artifacts = registry.settings.artifacts_dir
+
+    def apply_and_save() -> str:
+        change(index)
+        path = index.save(artifacts, name, extra=index.manifest.extra if index.manifest else None)
+        prune_versions(indexes_dir(artifacts) / name, registry.settings.index_keep_previous)
+        return path.name
+
+    async with _writers[name]:
+        return await asyncio.to_thread(apply_and_save)
+
+
+async def _vectors(registry: Registry, index: VectorIndex, name: str, items: list[Item]) -> np.ndarray:
+    """(N, D) for the items: their own vectors, or their images embedded with the index's model version."""
+    vectors = np.zeros((len(items), index.dim), np.float32)
+    images = [(i, item.image) for i, item in enumerate(items) if item.image is not None]
+    for i, item in enumerate(items):
+        if item.vector is not None:
+            if len(item.vector) != index.dim or not np.isfinite(item.vector).all():
+                raise InvalidInput(f"item {i}: the vector must be {index.dim} finite numbers for index {name!r}")
+            vectors[i] = item.vector
+    if images:
+        if len(images) > registry.settings.max_images_per_request:
+            raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {registry.settings.max_images_per_request}")
+        if index.model is None:
+            raise InvalidInput(f"index {name!r} records no model, so images cannot be embedded for it; send vectors")
+        manifest, batcher = registry.image_model(index.model, index.model_version)
+        blobs = [decode_base64(text, i) for i, text in images]
+        vectors[[i for i, _ in images]] = await embed_images(blobs, manifest, batcher, registry.settings.image_limits())
+    return vectors
+
+
+@router.post("/indexes/{name}/items", summary="Add items to an index (acknowledged once on disk)",
+             responses={404: {"description": "no such index"}, 422: {"description": "a bad or taken id, a wrong vector"}})
+async def add_items(name: str, body: AddItemsRequest, registry: Annotated[Registry, Depends(get_registry)]) -> dict[str, Any]:
+    if not body.items:
+        raise InvalidInput('no items: send {"items": [{"id": 1, "vector": [...], "metadata": {...}}]}')
+    if len(body.items) > MAX_ITEMS_PER_REQUEST:
+        raise PayloadTooLarge(f"{len(body.items)} items in one request; the limit is {MAX_ITEMS_PER_REQUEST}: split them")
+    index = registry.index(name)
+    ids = np.array([item.id for item in body.items], np.int64)
+    taken = [int(i) for i in ids if int(i) in index]
+    if taken or len(set(ids.tolist())) != len(ids):
+        raise InvalidInput(f"ids must be new to index {name!r} and distinct; taken or repeated: {taken[:10] or 'repeated'}")
+    vectors = await _vectors(registry, index, name, body.items)
+
+    def add(index: VectorIndex) -> None:
+        try:
+            index.add(ids, vectors, [item.metadata for item in body.items])
+        except ValueError as e:  # an id another request took meanwhile
+            raise InvalidInput(str(e)) from None
+
+    version = await _write(registry, name, add)
+    return {"index": name, "version": version, "added": len(ids), "count": len(index)}
+
+
+@router.delete("/indexes/{name}/items/{item_id}", summary="Remove an item from an index (acknowledged once on disk)")
+async def remove_item(name: str, item_id: int, registry: Annotated[Registry, Depends(get_registry)]) -> dict[str, Any]:
+    index = registry.index(name)
+    if item_id not in index:
+        raise UnknownId(f"id {item_id} is not in index {name!r}")
+    version = await _write(registry, name, lambda index: index.remove([item_id]))
+    return {"index": name, "version": version, "removed": 1, "count": len(index)}
 
 
 @router.post("/admin/reload", summary="Serve the model and index versions whose `current` pointers changed")

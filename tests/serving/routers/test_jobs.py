@@ -148,3 +148,30 @@ def test_reload_serves_a_new_model_version_without_a_restart(image_artifacts: Pa
         assert second["version"] == "v2" and not np.allclose(first["embeddings"], second["embeddings"])
         assert [(m["name"], m["version"]) for m in client.get("/readyz").json()["models"]] == [("tiny", "v2")]
         assert client.post("/admin/reload").json() == {"changed": [], "retired": []}
+
+
+def test_added_and_removed_items_are_searchable_at_once_and_survive_a_restart(image_artifacts: Path, make_png):
+    import base64
+
+    build_image_index(image_artifacts, "pics", "tiny", write_pngs(image_artifacts.parent / "pics", 3), progress=False)
+    settings = Settings(artifacts_dir=image_artifacts)
+    vector = np.eye(16, dtype=np.float32)[4].tolist()
+    with TestClient(create_app(settings)) as client:
+        response = client.post("/indexes/pics/items", json={"items": [
+            {"id": 100, "vector": vector, "metadata": {"note": "added"}},
+            {"id": 101, "image": base64.b64encode(make_png(3)).decode()},
+        ]})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"index": "pics", "version": "v2", "added": 2, "count": 5}
+        hit = client.post("/search", json={"index": "pics", "vector": vector, "k": 1}).json()["hits"][0]
+        assert hit["id"] == 100 and hit["metadata"] == {"note": "added"}
+        assert client.post("/indexes/pics/items", json={"items": [{"id": 100, "vector": vector}]}).status_code == 422
+        assert client.post("/indexes/pics/items", json={"items": [{"id": 7, "vector": [1.0]}]}).status_code == 422
+        assert client.post("/indexes/nope/items", json={"items": [{"id": 7, "vector": vector}]}).status_code == 404
+    with TestClient(create_app(settings)) as client:  # a restart: the acknowledged change is on disk
+        assert client.post("/search", json={"index": "pics", "id": 101, "k": 1}).json()["hits"][0]["id"] == 101
+        assert client.delete("/indexes/pics/items/100").json()["count"] == 4
+        assert client.delete("/indexes/pics/items/100").status_code == 404
+    with TestClient(create_app(settings)) as client:
+        ids = [h["id"] for h in client.post("/search", json={"index": "pics", "vector": vector, "k": 10}).json()["hits"]]
+        assert 100 not in ids and sorted(ids) == [0, 1, 2, 101]

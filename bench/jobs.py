@@ -1,0 +1,178 @@
+"""Benchmark: a batch re-embedding job over the 70,000 Fashion-MNIST images beside a raw
+onnxruntime loop on the same batches, and `/search` latency with and without a job running.
+
+The job is `index.jobs.run_job`, what `embedserve jobs run` and `POST /jobs` run: it reads and
+preprocesses each image, embeds it, writes Parquet shards and builds the index version at the
+end; its images/s are counted over all of that. The raw loop runs the same model's onnxruntime
+session (same session options) on the same batches, preprocessed beforehand and not timed. Then
+a server is started on 127.0.0.1 and `/search` by id is driven at a fixed concurrency, once idle
+and once while a job of the 60,000 training images runs in it. Prints one table and writes it,
+with the machine and date, to bench/results/jobs.json.
+
+    python bench/jobs.py                                           # a small CNN stand-in model
+    python bench/jobs.py --artifacts artifacts --model simclr-fmnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from embedserve.machine import machine_info  # noqa: E402
+from index.jobs import JobSpec, JobStore, run_job  # noqa: E402
+from runtime.bundle import Bundle, models_dir  # noqa: E402
+from runtime.config import RuntimeConfig  # noqa: E402
+from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
+from runtime.idx import load_fashion_mnist  # noqa: E402
+from runtime.preprocessing import preprocess_batch  # noqa: E402
+from runtime.sources import to_pil  # noqa: E402
+from serve_images import find_image_bundle, free_port, summary, wait_ready, write_small_cnn_bundle  # noqa: E402
+
+HOST = "127.0.0.1"
+OUT = Path(__file__).resolve().parent / "results" / "jobs.json"
+
+
+def copy_model(bundle: Bundle, artifacts: Path) -> None:
+    """The bundle (and its current pointer) into a scratch artifacts folder, so the bench writes nothing of the user's."""
+    target = models_dir(artifacts) / bundle.manifest.name
+    shutil.copytree(bundle.path, target / bundle.manifest.version)
+    (target / "current").write_text(bundle.manifest.version + "\n")
+
+
+def bench_raw(bundle: Bundle, batch_size: int) -> dict:
+    """The model alone: every batch preprocessed first (untimed), then session.run over them all."""
+    session = ort.InferenceSession(str(bundle.file("image_encoder")), sess_options=session_options(RuntimeConfig().intra_op_threads),
+                                   providers=resolve_providers("auto"))
+    name = bundle.manifest.onnx_io("image_encoder").inputs[0]
+    images = np.concatenate([load_fashion_mnist(split=s)[0] for s in ("train", "test")])  # (70000, 28, 28)
+    spec = bundle.manifest.preprocessing
+    batches = [preprocess_batch([to_pil(im) for im in images[i:i + batch_size]], spec) for i in range(0, len(images), batch_size)]
+    start = time.perf_counter()
+    for batch in batches:
+        session.run(None, {name: batch})
+    wall_s = time.perf_counter() - start
+    return {"images": len(images), "wall_s": round(wall_s, 2), "images_per_s": round(len(images) / wall_s, 1)}
+
+
+def bench_job(artifacts: Path, model: str, batch_size: int) -> dict:
+    """Both Fashion-MNIST splits as two jobs, timed end to end (index writes included)."""
+    store, total, start, rows = JobStore(artifacts), 0, time.perf_counter(), []
+    for split in ("train", "test"):
+        job = store.create(JobSpec(source=f"fashion-mnist:{split}", model=model, index=f"fm-{split}", batch_size=batch_size))
+        status = run_job(job.id, store, artifacts)
+        if status.state != "succeeded":
+            raise RuntimeError(f"job {split}: {status.state} {status.error}")
+        total += status.done
+        rows.append(status.to_dict())
+    wall_s = time.perf_counter() - start
+    return {"images": total, "wall_s": round(wall_s, 2), "images_per_s": round(total / wall_s, 1), "jobs": rows}
+
+
+async def drive_search(client: httpx.AsyncClient, requests: int, concurrency: int, until=None) -> dict:
+    """`requests` searches by id from `concurrency` clients (or until `until()` is false)."""
+    latencies, sent = [], 0
+
+    async def worker() -> None:
+        nonlocal sent
+        while sent < requests and (until is None or until()):
+            sent += 1
+            began = time.perf_counter()
+            response = await client.post("/search", json={"index": "fm-test", "id": sent % 10_000, "k": 10})
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - began)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summary(latencies, len(latencies), time.perf_counter() - start)
+
+
+async def bench_search(artifacts: Path, model: str, requests: int, concurrency: int, batch_size: int) -> dict:
+    import os
+    import subprocess
+
+    port = free_port()
+    env = {**os.environ, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts)}
+    command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST, "--port", str(port),
+               "--log-level", "warning", "--no-access-log"]
+    server = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1])
+    try:
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60) as client:
+            await wait_ready(client, server)
+            await drive_search(client, 200, concurrency)  # warm-up
+            idle = await drive_search(client, requests, concurrency)
+            job = (await client.post("/jobs", json={"source": "fashion-mnist:train", "model": model, "index": "bg",
+                                                    "batch_size": batch_size})).json()
+            state = {"running": True}
+
+            async def watch() -> None:
+                while state["running"]:
+                    status = (await client.get(f"/jobs/{job['id']}")).json()
+                    state["running"] = status["state"] in ("queued", "running")
+                    state["status"] = status
+                    await asyncio.sleep(0.2)
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.sleep(0.5)  # the job is under way
+            busy = await drive_search(client, requests, concurrency, until=lambda: state["running"])
+            still_running = state["running"]  # False: the job ended first, and fewer searches were timed
+            watcher.cancel()
+            return {"idle": idle, "with_job": busy, "job_still_running_at_the_end": still_running,
+                    "job": state.get("status")}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, help="where the model bundle is (default: a small CNN stand-in)")
+    parser.add_argument("--model", help="an image-encoder bundle under --artifacts")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--requests", type=int, default=2000, help="searches per measurement")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="embedserve-bench-jobs-") as scratch:
+        artifacts = Path(scratch)
+        bundle = find_image_bundle(args.artifacts, args.model) if args.artifacts else None
+        bundle = bundle or write_small_cnn_bundle(Path(scratch) / "source")
+        copy_model(bundle, artifacts)
+        model = bundle.manifest.name
+        raw = bench_raw(bundle, args.batch_size)
+        job = bench_job(artifacts, model, args.batch_size)
+        search = asyncio.run(bench_search(artifacts, model, args.requests, args.concurrency, args.batch_size))
+
+    ratio = job["images_per_s"] / raw["images_per_s"]
+    p99_ratio = search["with_job"]["p99_ms"] / search["idle"]["p99_ms"]
+    print(f"\nmodel {model} {bundle.manifest.version}, batch {args.batch_size}, 70,000 Fashion-MNIST images; "
+          f"/search by id at concurrency {args.concurrency}")
+    print(f"| measurement | images/s | p50 ms | p99 ms | ratio |\n| --- | ---: | ---: | ---: | ---: |")
+    print(f"| raw onnxruntime loop | {raw['images_per_s']:,.0f} | | | 1.00 |")
+    print(f"| re-embedding job (read, preprocess, embed, shards, index) | {job['images_per_s']:,.0f} | | | {ratio:.2f} |")
+    print(f"| /search, idle | | {search['idle']['p50_ms']} | {search['idle']['p99_ms']} | 1.00 |")
+    print(f"| /search, job running | | {search['with_job']['p50_ms']} | {search['with_job']['p99_ms']} | {p99_ratio:.2f} (p99) |")
+    result = {"benchmark": "jobs", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine_info("onnxruntime", "faiss-cpu", "pyarrow"), "model": f"{model} {bundle.manifest.version}",
+              "batch_size": args.batch_size, "raw_onnxruntime": raw, "job": job, "search": search,
+              "job_over_raw": round(ratio, 3), "search_p99_with_job_over_idle": round(p99_ratio, 3)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
