@@ -1,3 +1,4 @@
+import json
 import io
 import os
 import signal
@@ -145,3 +146,27 @@ def test_a_job_killed_mid_way_resumes_and_embeds_every_item_exactly_once(image_a
     assert counter.rows == 60_000 - len(kept)  # the finished shards were not embedded again
     index = open_index(image_artifacts, "fm")
     assert len(index) == 60_000 and np.array_equal(index.ids(), np.arange(60_000))  # each item exactly once
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_manifest_source_keeps_its_columns_and_refuses_listed_paths_outside_the_roots(image_artifacts: Path, tmp_path: Path,
+                                                                                       suffix: str):
+    allowed = write_pngs(tmp_path / "allowed", 3)
+    outside = write_pngs(tmp_path / "outside", 1)
+    rows = [{"path": "000.png", "caption": "a cat"}, {"path": "sub/../001.png", "caption": "a dog"},
+            {"path": str(outside / "000.png"), "caption": "not yours"}]
+    manifest = allowed / f"items{suffix}"
+    if suffix == ".csv":
+        manifest.write_text("path,caption\n" + "".join(f"{r['path']},{r['caption']}\n" for r in rows))
+    else:
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    store = JobStore(image_artifacts)
+    job = store.create(JobSpec(source=str(manifest), model="tiny", index="m"))
+    status = run_job(job.id, store, image_artifacts, roots=[allowed])
+    assert status.state == "succeeded" and (status.done, status.failed) == (3, 1)
+    assert "SourceForbidden" in store.errors(job.id)[0]["error"]  # the listed path outside the roots: never read
+    index = open_index(image_artifacts, "m")
+    assert [m["caption"] for m in index.metadata([0, 1])] == ["a cat", "a dog"]
+    outside_roots = run_job(store.create(JobSpec(source=str(manifest), model="tiny", index="m2")).id, store,
+                            image_artifacts, roots=[tmp_path / "elsewhere"])
+    assert outside_roots.state == "failed" and "outside the folders" in outside_roots.error
