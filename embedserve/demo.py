@@ -147,6 +147,11 @@ def _embedding(answer: dict) -> str:
     return f"{answer['model']} {answer['version']}, {answer['dim']}-d, unit length: [{head}, ...]"
 
 
+def _indexes(answer: dict) -> str:
+    return ", ".join(f"{i['name']} {i['version']} ({i['count']:,} items, {i['model']} {i['model_version']})"
+                     for i in answer["indexes"])
+
+
 def _labels(answer: dict) -> str:
     return ", ".join(f"{l['label']} ({l['probability']:.3f})" for l in answer["results"][0]["labels"])
 
@@ -181,6 +186,9 @@ def show_examples(base: str, artifacts: Path) -> None:
         ("embed texts with the CLIP text tower",
          f"curl -H 'content-type: application/json' -d '{texts}' '{base}/embed/text'",
          lambda: _request(f"{base}/embed/text", json.loads(texts)), _embedding),
+        ("the indexes served, with the model version each was built with",
+         f"curl '{base}/indexes'",
+         lambda: _request(f"{base}/indexes"), _indexes),
         ("text-to-image search: the test images that best match 'a photo of a handbag'",
          f"curl -H 'content-type: application/json' -d '{by_text}' '{base}/search'",
          lambda: _request(f"{base}/search", json.loads(by_text)), _hits),
