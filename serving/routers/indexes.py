@@ -32,7 +32,7 @@ _writers: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # one chan
 
 class Item(BaseModel):
     id: int = Field(ge=-(2**63), lt=2**63, description="the item's id (int64), new to the index")
-    vector: list[float] | None = Field(None, description="its embedding, of the index's dimension")
+    vector: list[float] | None = Field(None, max_length=65_536, description="its embedding, of the index's dimension")
     image: str | None = Field(None, description="or a base64 image, embedded with the index's model version")
     metadata: dict[str, Any] = Field(default_factory=dict, description="returned with the item by /search")
 
@@ -44,7 +44,7 @@ class Item(BaseModel):
 
 
 class AddItemsRequest(BaseModel):
-    items: list[Item] = Field(description=f"at most {MAX_ITEMS_PER_REQUEST} items (images count against the image limit)")
+    items: list[Item] = Field(max_length=MAX_ITEMS_PER_REQUEST, description=f"at most {MAX_ITEMS_PER_REQUEST} items (images count against the image limit)")
 
 
 @router.get("/indexes", summary="Each index served: its version, model and model version, count and kind")

@@ -18,11 +18,11 @@ router = APIRouter(tags=["jobs"])
 
 
 class JobRequest(BaseModel):
-    source: str = Field(description="fashion-mnist:train|test, a folder or a .csv/.jsonl manifest under the server's "
+    source: str = Field(max_length=4096, description="fashion-mnist:train|test, a folder or a .csv/.jsonl manifest under the server's "
                                     "data roots, or index:<name> (the items of an index, read again)")
-    model: str = Field(description="the image model to embed with")
-    index: str = Field(description="the index to write a new version of; it is served as soon as the job succeeds")
-    model_version: str | None = Field(None, description="the model's bundle version; its current one when omitted")
+    model: str = Field(max_length=256, description="the image model to embed with")
+    index: str = Field(max_length=256, description="the index to write a new version of; it is served as soon as the job succeeds")
+    model_version: str | None = Field(None, max_length=64, description="the model's bundle version; its current one when omitted")
     batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE, description="items per model call")
 
 
