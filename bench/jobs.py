@@ -1,12 +1,12 @@
 """Benchmark: a batch re-embedding job over the 70,000 Fashion-MNIST images beside a raw
-onnxruntime loop on the same batches, and `/search` latency with and without a job running.
+onnxruntime loop on the same batches, and `/search` and `/embed/image` latency with and without a job running.
 
 The job is `index.jobs.run_job`, what `embedserve jobs run` and `POST /jobs` run: it reads and
 preprocesses each image, embeds it, writes Parquet shards and builds the index version at the
 end; its images/s are counted over all of that. The raw loop runs the same model's onnxruntime
 session (same session options) on the same batches, preprocessed beforehand and not timed. Then
-a server is started on 127.0.0.1 and `/search` by id is driven at a fixed concurrency, once idle
-and once while a job of the 60,000 training images runs in it. Prints one table and writes it,
+a server is started on 127.0.0.1 and driven at a fixed concurrency with searches by id and
+embeddings of a small PNG, once idle and once while a job of the 60,000 training images runs in it. Prints one table and writes it,
 with the machine and date, to bench/results/jobs.json.
 
     python bench/jobs.py                                           # a small CNN stand-in model
@@ -39,7 +39,7 @@ from runtime.encoders.onnx_runtime import resolve_providers, session_options  # 
 from runtime.idx import load_fashion_mnist  # noqa: E402
 from runtime.preprocessing import preprocess_batch  # noqa: E402
 from runtime.sources import to_pil  # noqa: E402
-from serve_images import find_image_bundle, free_port, summary, wait_ready, write_small_cnn_bundle  # noqa: E402
+from serve_images import find_image_bundle, free_port, sample_pngs, summary, wait_ready, write_small_cnn_bundle  # noqa: E402
 
 HOST = "127.0.0.1"
 OUT = Path(__file__).resolve().parent / "results" / "jobs.json"
@@ -81,22 +81,28 @@ def bench_job(artifacts: Path, model: str, batch_size: int) -> dict:
     return {"images": total, "wall_s": round(wall_s, 2), "images_per_s": round(total / wall_s, 1), "jobs": rows}
 
 
-async def drive_search(client: httpx.AsyncClient, requests: int, concurrency: int, until=None) -> dict:
-    """`requests` searches by id from `concurrency` clients (or until `until()` is false)."""
-    latencies, sent = [], 0
+async def drive(client: httpx.AsyncClient, requests: int, concurrency: int, until=None) -> dict:
+    """`requests` requests from `concurrency` clients (or until `until()` is false), alternating a
+    search by id and an embedding of a small PNG."""
+    latencies, sent = {"search": [], "embed": []}, 0
+    png = sample_pngs(1, 28)[0]
 
     async def worker() -> None:
         nonlocal sent
         while sent < requests and (until is None or until()):
             sent += 1
             began = time.perf_counter()
-            response = await client.post("/search", json={"index": "fm-test", "id": sent % 10_000, "k": 10})
+            if sent % 2:
+                response = await client.post("/search", json={"index": "fm-test", "id": sent % 10_000, "k": 10})
+            else:
+                response = await client.post("/embed/image", files=[("files", ("a.png", png, "image/png"))])
             response.raise_for_status()
-            latencies.append(time.perf_counter() - began)
+            latencies["search" if sent % 2 else "embed"].append(time.perf_counter() - began)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summary(latencies, len(latencies), time.perf_counter() - start)
+    wall_s = time.perf_counter() - start
+    return {kind: summary(values, len(values), wall_s) for kind, values in latencies.items()}
 
 
 async def bench_search(artifacts: Path, model: str, requests: int, concurrency: int, batch_size: int) -> dict:
@@ -111,8 +117,8 @@ async def bench_search(artifacts: Path, model: str, requests: int, concurrency: 
     try:
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60) as client:
             await wait_ready(client, server)
-            await drive_search(client, 200, concurrency)  # warm-up
-            idle = await drive_search(client, requests, concurrency)
+            await drive(client, 200, concurrency)  # warm-up
+            idle = await drive(client, requests, concurrency)
             job = (await client.post("/jobs", json={"source": "fashion-mnist:train", "model": model, "index": "bg",
                                                     "batch_size": batch_size})).json()
             state = {"running": True}
@@ -126,7 +132,7 @@ async def bench_search(artifacts: Path, model: str, requests: int, concurrency: 
 
             watcher = asyncio.create_task(watch())
             await asyncio.sleep(0.5)  # the job is under way
-            busy = await drive_search(client, requests, concurrency, until=lambda: state["running"])
+            busy = await drive(client, requests, concurrency, until=lambda: state["running"])
             still_running = state["running"]  # False: the job ended first, and fewer searches were timed
             watcher.cancel()
             return {"idle": idle, "with_job": busy, "job_still_running_at_the_end": still_running,
@@ -157,18 +163,21 @@ def main() -> None:
         search = asyncio.run(bench_search(artifacts, model, args.requests, args.concurrency, args.batch_size))
 
     ratio = job["images_per_s"] / raw["images_per_s"]
-    p99_ratio = search["with_job"]["p99_ms"] / search["idle"]["p99_ms"]
+    idle, busy = search["idle"], search["with_job"]
+    p99 = {kind: busy[kind]["p99_ms"] / idle[kind]["p99_ms"] for kind in ("search", "embed")}
     print(f"\nmodel {model} {bundle.manifest.version}, batch {args.batch_size}, 70,000 Fashion-MNIST images; "
-          f"/search by id at concurrency {args.concurrency}")
+          f"requests at concurrency {args.concurrency}")
     print(f"| measurement | images/s | p50 ms | p99 ms | ratio |\n| --- | ---: | ---: | ---: | ---: |")
     print(f"| raw onnxruntime loop | {raw['images_per_s']:,.0f} | | | 1.00 |")
     print(f"| re-embedding job (read, preprocess, embed, shards, index) | {job['images_per_s']:,.0f} | | | {ratio:.2f} |")
-    print(f"| /search, idle | | {search['idle']['p50_ms']} | {search['idle']['p99_ms']} | 1.00 |")
-    print(f"| /search, job running | | {search['with_job']['p50_ms']} | {search['with_job']['p99_ms']} | {p99_ratio:.2f} (p99) |")
+    for kind, route in (("search", "/search"), ("embed", "/embed/image")):
+        print(f"| {route}, idle | | {idle[kind]['p50_ms']} | {idle[kind]['p99_ms']} | 1.00 |")
+        print(f"| {route}, job running | | {busy[kind]['p50_ms']} | {busy[kind]['p99_ms']} | {p99[kind]:.2f} (p99) |")
     result = {"benchmark": "jobs", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_info("onnxruntime", "faiss-cpu", "pyarrow"), "model": f"{model} {bundle.manifest.version}",
               "batch_size": args.batch_size, "raw_onnxruntime": raw, "job": job, "search": search,
-              "job_over_raw": round(ratio, 3), "search_p99_with_job_over_idle": round(p99_ratio, 3)}
+              "job_over_raw": round(ratio, 3),
+              "p99_with_job_over_idle": {kind: round(r, 3) for kind, r in p99.items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
