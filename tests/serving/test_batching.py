@@ -131,9 +131,9 @@ def test_stop_answers_waiting_callers_with_not_ready_instead_of_hanging():
 
 def test_a_batch_that_fills_up_goes_at_once_without_waiting_out_max_wait_ms():
     encoder = TimesTen()
-    # a wait this long would stall the test visibly if a full batch still waited for its deadline
+    # a full batch that still waited out this minute would fail the wait_for, not just stall the test
     batcher = MicroBatcher(encoder, max_batch_size=4, max_wait_ms=60_000)
-    results = asyncio.run(run_batcher(batcher, [rows(c, 1) for c in range(4)]))
+    results = asyncio.run(asyncio.wait_for(run_batcher(batcher, [rows(c, 1) for c in range(4)]), 5))
     assert encoder.calls == [4]
     assert [r[0, 0] for r in results] == [0, 10, 20, 30]
 
