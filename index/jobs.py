@@ -39,7 +39,7 @@ from runtime.bundle import BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
 from runtime.files import prune_versions
-from runtime.preprocessing import ImageLimits, preprocess_batch
+from runtime.preprocessing import ImageLimits, preprocess_image
 from runtime.sources import ImageSource, Roots, SourceError, open_source, read_item
 
 log = logging.getLogger(__name__)
@@ -248,16 +248,16 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
 
         def prepare(number: int) -> _Batch:
             positions = range(number * size, min((number + 1) * size, count))
-            good, images, errors = [], [], {}
+            good, inputs, errors = [], [], {}
             for p in positions:
                 try:
-                    images.append(source.read(p))
+                    inputs.append(preprocess_image(source.read(p), manifest.preprocessing))  # (C, H, W)
                     good.append(p)
                 except (ValueError, OSError) as e:  # unreadable, corrupt, forbidden: recorded, the job goes on
                     errors[p] = f"{type(e).__name__}: {e}"
             ids = source.ids[good] if source.ids is not None else np.asarray(good, dtype=np.int64)
-            inputs = preprocess_batch(images, manifest.preprocessing)  # (n, C, H, W)
-            return _Batch(number, ids, [source.metadata(p) for p in good], inputs, errors)
+            batch = np.stack(inputs) if inputs else np.empty((0, *manifest.preprocessing.input_shape), np.float32)
+            return _Batch(number, ids, [source.metadata(p) for p in good], batch, errors)  # inputs (n, C, H, W)
 
         def finish(batch: _Batch, vectors: np.ndarray) -> JobStatus:
             nonlocal done, failed
