@@ -118,3 +118,17 @@ def test_options_carry_help_and_choices(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["index", "build", "--name", "x", "--model", "m", "--source", "s", "--batch-size", "0"])
     assert exit.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_jobs_run_embeds_a_folder_into_an_index(image_artifacts, tmp_path, make_png, capsys):
+    from index.vector_index import open_index
+
+    (tmp_path / "pics").mkdir()
+    for i in range(3):
+        (tmp_path / "pics" / f"{i}.png").write_bytes(make_png(i))
+    argv = ["jobs", "run", "--source", str(tmp_path / "pics"), "--model", "tiny", "--index", "pics",
+            "--artifacts", str(image_artifacts)]
+    assert main(argv) == 0
+    assert '"state": "succeeded"' in capsys.readouterr().out and len(open_index(image_artifacts, "pics")) == 3
+    assert main([*argv[:3], str(tmp_path / "nothing"), *argv[4:]]) == 2  # a failed job: one line, exit 2
+    assert "neither a folder" in capsys.readouterr().err

@@ -175,3 +175,16 @@ def test_added_and_removed_items_are_searchable_at_once_and_survive_a_restart(im
     with TestClient(create_app(settings)) as client:
         ids = [h["id"] for h in client.post("/search", json={"index": "pics", "vector": vector, "k": 10}).json()["hits"]]
         assert 100 not in ids and sorted(ids) == [0, 1, 2, 101]
+
+
+def test_a_job_left_unfinished_by_a_crash_resumes_when_the_server_starts(image_artifacts: Path, tmp_path: Path):
+    from index.jobs import JobSpec, JobStore
+
+    folder = write_pngs(tmp_path / "data", 8)
+    store = JobStore(image_artifacts)
+    job = store.create(JobSpec(source=str(folder), model="tiny", index="pics", batch_size=3))
+    store.update(job.id, state="running")  # what a killed server leaves behind
+    with TestClient(create_app(Settings(artifacts_dir=image_artifacts, data_roots=str(tmp_path / "data")))) as client:
+        status = wait_for(client, job.id)
+        assert (status["state"], status["done"]) == ("succeeded", 8)
+        assert client.post("/search", json={"index": "pics", "id": 2, "k": 1}).json()["hits"][0]["id"] == 2
