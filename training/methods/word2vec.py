@@ -215,9 +215,14 @@ def train_word2vec(
 
 
 def initial_vectors(vocab_size: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """word2vec.c's start: input vectors uniform in [-0.5/dim, 0.5/dim), output vectors zero."""
+    """gensim 4's start: input vectors uniform in [-1/dim, 1/dim), output vectors zero.
+
+    word2vec.c draws the input vectors from half that range. On GCIDE (5 epochs, 7 seeds) the
+    wider start lifted CBOW's analogy accuracy from 14.6% to 15.1% on average, gensim's own
+    being 15.4%, and left skip-gram's where it was.
+    """
     rng = np.random.default_rng(seed)
-    input_vectors = (rng.random((vocab_size, dim), dtype=np.float32) - 0.5) / dim  # (V, D)
+    input_vectors = (rng.random((vocab_size, dim), dtype=np.float32) * 2 - 1) / dim  # (V, D)
     return input_vectors, np.zeros((vocab_size, dim), dtype=np.float32)  # (V, D), (V, D)
 
 

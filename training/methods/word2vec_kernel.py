@@ -5,6 +5,12 @@ whole sentences. Worker threads take chunks from a shared queue and run `train_c
 with the GIL released, updating the shared float32 tables without locks (Hogwild, as
 word2vec.c and gensim do). Random numbers come from word2vec.c's per-thread linear
 congruential generator, so the kernel needs no numpy random state.
+
+Two things make it fast, both measured on GCIDE: each example's noise words are drawn one
+example ahead and their output rows prefetched, so the rows are in cache when needed
+(skip-gram about 2x); and a table row is always indexed through a local word id, never
+`kept[j]` inside the loop over dimensions, since numba cannot tell that a store to the float
+tables leaves `kept` alone and would reload it per element instead of vectorising (CBOW 2.7x).
 """
 
 from __future__ import annotations
@@ -15,7 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from llvmlite.binding import llvm_version_info
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 # word2vec.c's generator: next_random = next_random * 25214903917 + 11 (mod 2**64)
 LCG_MULTIPLIER = np.uint64(25214903917)
@@ -48,6 +58,82 @@ def _uniform_u32(state: np.uint64) -> np.int64:
     return np.int64(state >> np.uint64(32))
 
 
+# The intrinsic's name carries its pointer type: opaque pointers ("p0") from LLVM 15 on.
+_PREFETCH_INTRINSIC = "llvm.prefetch.p0" if llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def _prefetch(typingctx, matrix, row, column):
+    """Ask the CPU to start loading the cache line holding matrix[row, column], for writing
+    (llvm.prefetch: write intent, kept in every cache level). It returns at once and never
+    faults. Write intent, because every row prefetched is then updated: on GCIDE it made
+    CBOW 1.3x faster than a read prefetch."""
+    if not (isinstance(matrix, types.Array) and matrix.ndim == 2 and matrix.layout == "C"):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        indices = [context.cast(builder, value, kind, types.intp) for value, kind in zip(args[1:], signature.args[1:])]
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array, indices, wraparound=False)
+        i8_pointer, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8_pointer, i32, i32, i32]), _PREFETCH_INTRINSIC
+        )
+        builder.call(prefetch, [builder.bitcast(pointer, i8_pointer), i32(1), i32(3), i32(1)])  # write, high locality, data cache
+        return context.get_dummy_value()
+
+    return types.void(matrix, row, column), codegen
+
+
+@njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _draw_noise(noise, first, negative, state, vocab_size, alias_threshold, alias, output_vectors, dim):
+    """Draw `negative` words from the alias table into noise[first:first + negative] and start
+    loading their output rows, so that they are in cache when the next example needs them."""
+    for k in range(first, first + negative):
+        state = _next_random(state)
+        slot = (_uniform_u32(state) * vocab_size) >> 32  # uniform in [0, V)
+        state = _next_random(state)
+        word = slot if _uniform_u32(state) < alias_threshold[slot] else alias[slot]
+        noise[k] = word
+        for column in range(0, dim, 16):  # one prefetch per 64-byte line of the row
+            _prefetch(output_vectors, word, column)
+        _prefetch(output_vectors, word, dim - 1)
+    return state
+
+
+@njit(nogil=True, fastmath=True, cache=True, inline="always")
+def _negative_sampling_step(hidden, hidden_grad, output_vectors, centre, noise, first, negative, alpha, sigmoid, dim):
+    """One negative-sampling example: `hidden` predicts `centre` against noise[first:first + negative].
+
+    Updates the output rows in place and leaves in hidden_grad the step for the input side
+    (word2vec.c's neu1e: the learning rate is already in it).
+    """
+    for d in range(dim):
+        hidden_grad[d] = 0.0
+    for k in range(negative + 1):
+        if k == 0:
+            target = centre
+            label = np.float32(1.0)
+        else:
+            target = noise[first + k - 1]
+            if target == centre:
+                continue
+            label = np.float32(0.0)
+        f = np.float32(0.0)
+        for d in range(dim):
+            f += hidden[d] * output_vectors[target, d]
+        if f >= MAX_EXP:
+            g = (label - np.float32(1.0)) * alpha
+        elif f <= -MAX_EXP:
+            g = label * alpha
+        else:
+            g = (label - sigmoid[int((f + MAX_EXP) * SIGMOID_SCALE)]) * alpha
+        for d in range(dim):
+            hidden_grad[d] += g * output_vectors[target, d]
+            output_vectors[target, d] += g * hidden[d]
+
+
 @njit(nogil=True, fastmath=True, cache=True)
 def train_chunk(
     ids: np.ndarray,  # (N,) int32 word ids of the whole corpus
@@ -77,6 +163,11 @@ def train_chunk(
     kept = np.empty(max_len, dtype=np.int32)  # the sentence after subsampling
     hidden = np.empty(dim, dtype=np.float32)  # the input side: a context vector, or CBOW's mean of them
     hidden_grad = np.empty(dim, dtype=np.float32)
+    # Noise words for two examples: the one being trained and the next, drawn (and their rows
+    # prefetched) one example ahead. `now` is the offset of the current example's draws.
+    noise = np.empty(2 * negative, dtype=np.int64)
+    now = 0
+    state = _draw_noise(noise, now, negative, state, vocab_size, alias_threshold, alias, output_vectors, dim)
     effective_words = 0
 
     for s in range(first_sentence, end_sentence):
@@ -103,64 +194,40 @@ def train_chunk(
             if hi - lo < 2:
                 continue  # no context words
 
-            # Skip-gram trains one example per context word (its input vector predicts the
-            # centre, word2vec.c's order); CBOW one per centre word (the context mean predicts it).
-            for example in range(lo, hi):
-                if cbow:
-                    if example > lo:
-                        break
-                    hidden[:] = 0.0
-                    for j in range(lo, hi):
-                        if j != i:
-                            for d in range(dim):
-                                hidden[d] += input_vectors[kept[j], d]
-                    inv_count = np.float32(1.0 / (hi - lo - 1))
-                    for d in range(dim):
-                        hidden[d] *= inv_count
-                else:
-                    if example == i:
+            if cbow:
+                # One example per centre word: the mean of the context predicts it, and every
+                # context word gets the whole step (word2vec.c, gensim's cbow_mean=1).
+                for d in range(dim):
+                    hidden[d] = 0.0
+                for j in range(lo, hi):
+                    if j != i:
+                        context = kept[j]  # a local: numba cannot tell that the stores below leave `kept` alone
+                        for d in range(dim):
+                            hidden[d] += input_vectors[context, d]
+                inv_count = np.float32(1.0 / (hi - lo - 1))
+                for d in range(dim):
+                    hidden[d] *= inv_count
+                state = _draw_noise(noise, negative - now, negative, state, vocab_size, alias_threshold, alias, output_vectors, dim)
+                _negative_sampling_step(hidden, hidden_grad, output_vectors, centre, noise, now, negative, alpha, sigmoid, dim)
+                now = negative - now
+                for j in range(lo, hi):
+                    if j != i:
+                        context = kept[j]
+                        for d in range(dim):
+                            input_vectors[context, d] += hidden_grad[d]
+            else:
+                # One example per context word: its input vector predicts the centre (word2vec.c's order).
+                for j in range(lo, hi):
+                    if j == i:
                         continue
+                    context = kept[j]
                     for d in range(dim):
-                        hidden[d] = input_vectors[kept[example], d]
-                hidden_grad[:] = 0.0
-
-                # The centre word as the positive, then `negative` draws from the alias table.
-                # Written out here, not in a helper taking arrays: numba would refcount the
-                # shared tables on every call, atomically, and the threads would fight over it.
-                for k in range(negative + 1):
-                    if k == 0:
-                        target = centre
-                        label = np.float32(1.0)
-                    else:
-                        state = _next_random(state)
-                        slot = (_uniform_u32(state) * vocab_size) >> 32  # uniform in [0, V)
-                        state = _next_random(state)
-                        target = slot if _uniform_u32(state) < alias_threshold[slot] else alias[slot]
-                        if target == centre:
-                            continue
-                        label = np.float32(0.0)
-                    f = np.float32(0.0)
+                        hidden[d] = input_vectors[context, d]
+                    state = _draw_noise(noise, negative - now, negative, state, vocab_size, alias_threshold, alias, output_vectors, dim)
+                    _negative_sampling_step(hidden, hidden_grad, output_vectors, centre, noise, now, negative, alpha, sigmoid, dim)
+                    now = negative - now
                     for d in range(dim):
-                        f += hidden[d] * output_vectors[target, d]
-                    if f >= MAX_EXP:
-                        g = (label - np.float32(1.0)) * alpha
-                    elif f <= -MAX_EXP:
-                        g = label * alpha
-                    else:
-                        g = (label - sigmoid[int((f + MAX_EXP) * SIGMOID_SCALE)]) * alpha
-                    for d in range(dim):
-                        hidden_grad[d] += g * output_vectors[target, d]
-                        output_vectors[target, d] += g * hidden[d]
-
-                if cbow:
-                    # Every context word gets the whole gradient (gensim's cbow_mean=1, word2vec.c).
-                    for j in range(lo, hi):
-                        if j != i:
-                            for d in range(dim):
-                                input_vectors[kept[j], d] += hidden_grad[d]
-                else:
-                    for d in range(dim):
-                        input_vectors[kept[example], d] += hidden_grad[d]
+                        input_vectors[context, d] += hidden_grad[d]
 
     rng_state[0] = state
     return effective_words

@@ -1,6 +1,7 @@
 """The numba kernel's bookkeeping: chunking, subsampling, and that it trains what it is given."""
 
 import numpy as np
+import pytest
 
 from training.methods import word2vec_kernel as kernel
 
@@ -42,3 +43,50 @@ def test_progress_reports_add_up_to_the_corpus():
     kernel.train_epoch(ids, starts, tables(), 2, 1, True, lambda w: 0.025, np.ones(1, dtype=np.uint64),
                        on_progress=lambda words, effective: seen.append(words), chunk_words=1000)  # fmt: skip
     assert sum(seen) == 5_000
+
+
+def reference_epoch(ids, input_vectors, output_vectors, window, negative, noise_word, alpha, cbow):
+    """word2vec.c's updates for one sentence, written out plainly: every word kept, the full
+    window (window=1 draws no shrink), every noise draw `noise_word`, the kernel's sigmoid table."""
+    table = kernel.sigmoid_table()
+
+    def step(hidden, centre):
+        hidden_grad = np.zeros_like(hidden)
+        for target, label in [(centre, 1.0)] + [(noise_word, 0.0)] * negative:
+            f = float(hidden @ output_vectors[target])
+            sigmoid = 1.0 if f >= kernel.MAX_EXP else 0.0 if f <= -kernel.MAX_EXP else table[int((f + kernel.MAX_EXP) * kernel.SIGMOID_SCALE)]
+            g = (label - sigmoid) * alpha
+            hidden_grad += g * output_vectors[target]
+            output_vectors[target] += g * hidden
+        return hidden_grad
+
+    for i, centre in enumerate(ids):
+        context = [ids[j] for j in range(max(0, i - window), min(len(ids), i + window + 1)) if j != i]
+        if cbow:
+            hidden_grad = step(input_vectors[context].mean(axis=0), centre)
+            for word in context:
+                input_vectors[word] += hidden_grad  # the whole step to each context word, not divided
+        else:
+            for word in context:
+                input_vectors[word] += step(input_vectors[word].copy(), centre)
+
+
+@pytest.mark.parametrize("cbow", [True, False])
+def test_one_sentence_matches_a_hand_computation(cbow):
+    """A sentence of distinct words, noise always the one word outside it: the kernel's tables
+    after one pass equal the plain-numpy updates of word2vec.c (CBOW: the context mean predicts
+    the centre and each context word gets the whole input-side step)."""
+    vocab_size, dim, noise_word = 6, 4, 5
+    t = tables(vocab_size, dim)
+    t.output_vectors[:] = np.random.default_rng(1).normal(scale=0.3, size=(vocab_size, dim)).astype(np.float32)
+    t.alias_threshold[:] = 0  # every slot falls back to its alias...
+    t.alias[:] = noise_word  # ...which is the noise word
+    ids = np.array([0, 1, 2, 3, 4], dtype=np.int32)
+    expected_in, expected_out = t.input_vectors.astype(np.float64), t.output_vectors.astype(np.float64)
+    reference_epoch(ids, expected_in, expected_out, window=1, negative=2, noise_word=noise_word, alpha=0.5, cbow=cbow)
+
+    effective = kernel.train_epoch(ids, np.array([0, 5], dtype=np.int64), t, 1, 2, cbow, lambda w: 0.5, np.ones(1, dtype=np.uint64))
+    assert effective == 5
+    np.testing.assert_allclose(t.input_vectors, expected_in, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(t.output_vectors, expected_out, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(expected_in, tables(vocab_size, dim).input_vectors)  # the pass did change them
