@@ -87,6 +87,22 @@ class QueryBankSpec:
     source: str = ""  # where they came from, for humans
 
 
+CENTERING_MEAN_ROLE = "embedding_mean"  # file role: (dim,) float32, the mean raw embedding of training images
+CENTERING_WHITENING_ROLE = "whitening"  # file role: (dim, dim) float32, applied after subtracting the mean
+
+
+@dataclass(frozen=True)
+class CenteringSpec:
+    """An image encoder whose ONNX graph ends in unit((e - mean) @ whitening), both fitted on the raw
+    embeddings e of training images at export (export.image_encoder): pooled CNN/ViT features sit
+    in a narrow cone, where every cosine is near 1; centred and whitened they spread over [-1, 1]."""
+
+    images: int  # training images the mean and covariance were estimated from
+    shrinkage: float = 1.0  # whitening = (covariance + shrinkage * mean variance * I) ** -1/2
+    seed: int = 0  # which random training images
+    source: str = ""  # where they came from, for humans
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What `manifest.json` holds. Field meanings are the contract; keep them stable."""
@@ -104,6 +120,7 @@ class Manifest:
     logit_scale: float | None = None  # CLIP: the learned temperature's inverse, for zero-shot softmax
     class_names: tuple[str, ...] = ()  # CLIP: the classes it was trained on, when known
     query_bank: QueryBankSpec | None = None  # CLIP: zero-shot normalisation's bank (file role "query_bank")
+    centering: CenteringSpec | None = None  # SimCLR/MAE: outputs centred and whitened in the graph; None: raw, as before 2026-12
     training_config: dict[str, Any] = field(default_factory=dict)  # the config that trained it
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at export
     extra: dict[str, Any] = field(default_factory=dict)  # facts for humans (opset, parity cosines); no code reads it
@@ -144,6 +161,8 @@ class Manifest:
             data["tokenizer"] = dataclass_from_dict(TokenizerSpec, data["tokenizer"])
         if data.get("query_bank") is not None:
             data["query_bank"] = dataclass_from_dict(QueryBankSpec, data["query_bank"])
+        if data.get("centering") is not None:
+            data["centering"] = dataclass_from_dict(CenteringSpec, data["centering"])
         data["onnx"] = {role: dataclass_from_dict(OnnxIO, io) for role, io in (data.get("onnx") or {}).items()}
         return dataclass_from_dict(cls, data)
 

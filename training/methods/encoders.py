@@ -11,12 +11,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from runtime.preprocessing import PreprocessingSpec
 from training.checkpoint import load_checkpoint
-from training.data.transforms import preprocessing_spec
+from training.data.images import open_image_dataset, random_subset
+from training.data.transforms import EvalTransform, preprocessing_spec
 from training.models.resnet import ResNetBackbone
 from training.models.vit import ViTEncoder
 
@@ -81,3 +83,23 @@ def load_image_encoder(checkpoint_path: Path | str, device: str | torch.device =
                             preprocessing=PreprocessingSpec.from_dict(checkpoint["preprocessing"]),
                             config=checkpoint["config"], arch=spec.arch)
     return encoder, info
+
+
+def training_image_embeddings(encoder: nn.Module, info: ImageEncoderInfo, images: int = 2048, seed: int = 0,
+                              batch_size: int = 512) -> np.ndarray:
+    """The encoder's raw embeddings (N, dim) float32 of N = min(images, data size) random training
+    images (seeded): the data `info`'s config trained on (same source, root and subset),
+    preprocessed as its bundle says. Raises what opening the data raises (FileNotFoundError,
+    ValueError) when that data is not on this machine."""
+    config = info.config
+    dataset = open_image_dataset(config["data"], "train", info.preprocessing.mode, EvalTransform.from_spec(info.preprocessing),
+                                 config.get("data_root"), config.get("subset"), config.get("seed", 0))
+    chosen = random_subset(len(dataset), images, seed)
+    chosen = np.arange(len(dataset)) if chosen is None else chosen
+    device = next(encoder.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(chosen), batch_size):  # a batch at a time: large RGB images do not pile up
+            batch = torch.stack([dataset[int(i)][0] for i in chosen[start:start + batch_size]])  # (b, C, H, W)
+            out.append(encoder.eval()(batch.to(device)).float().cpu().numpy())  # (b, dim)
+    return np.concatenate(out)  # (N, dim)
