@@ -18,7 +18,13 @@ COPY index index
 COPY serving serving
 COPY embedserve embedserve
 RUN pip install '.[gpu]'
+# The server runs as an unprivileged user; what export writes is world-readable (0644/0755), so
+# artifacts mounted from the trainer's machine are readable here.
+RUN useradd --system --uid 10001 --no-create-home embedserve
+USER embedserve
 
+# On 0.0.0.0 the server refuses to start without keys: pass EMBEDSERVE_API_KEYS (or mount a file
+# of their sha256 digests as EMBEDSERVE_API_KEYS_FILE), and the Host names clients use.
 ENV EMBEDSERVE_ARTIFACTS_DIR=/srv/artifacts EMBEDSERVE_HOST=0.0.0.0 EMBEDSERVE_PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s CMD python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"

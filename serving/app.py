@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from serving.errors import install_error_handlers
 from serving.jobs import JobRunner
 from serving.metrics import install_metrics
 from serving.registry import Registry, retire_later
 from serving.routers import embed, health, indexes, jobs, search, text, words, zero_shot
+from serving.security import AccessMiddleware, check_exposure
 from serving.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -39,14 +42,19 @@ async def _poll_for_new_versions(registry: Registry, interval_s: float) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    check_exposure(settings)  # no open server on a network unless asked for
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         registry = Registry.load(settings, metrics=app.state.metrics)
         await registry.start()  # the micro-batchers' worker tasks, on this event loop
         app.state.registry = registry
-        runner = JobRunner(settings, lambda: app.state.registry)
-        await runner.start()
+        try:
+            runner = JobRunner(settings, lambda: app.state.registry)
+            await runner.start()
+        except (OSError, sqlite3.Error) as e:  # e.g. artifacts mounted read-only: everything but jobs serves
+            log.warning("jobs are off: the artifacts folder cannot hold their state (%s)", e)
+            runner = None
         app.state.jobs = runner
         poller = asyncio.create_task(_poll_for_new_versions(registry, settings.reload_interval_s)) \
             if settings.reload_interval_s > 0 else None
@@ -56,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if poller is not None:
                 poller.cancel()
             app.state.jobs = None
-            await runner.stop()
+            if runner is not None:
+                await runner.stop()
             app.state.registry = None
             await registry.stop()
             registry.close()
@@ -71,6 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = None
     app.state.jobs = None
     install_error_handlers(app)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["authorization", "content-type"])
+    app.add_middleware(AccessMiddleware, settings=settings)  # inside the metrics: refusals are counted too
     install_metrics(app)
     app.include_router(health.router)
     app.include_router(words.router)

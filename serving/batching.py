@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.encoders.base import Encoder
-from serving.errors import NotReady
+from serving.errors import NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class MicroBatcher:
         max_wait_ms: float = 0.0,  # extra time a batch stays open after its first request arrived
         enabled: bool = True,  # False: each request calls encode directly (still in a thread)
         on_batch: Callable[[int], None] | None = None,  # told each batch's row count (metrics)
+        max_queue_rows: int | None = None,  # rows waiting (queued or in a batch) before submit answers Overloaded
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
@@ -57,6 +58,8 @@ class MicroBatcher:
         self.max_wait_ms = max_wait_ms
         self.enabled = enabled
         self.on_batch = on_batch
+        self.max_queue_rows = max_queue_rows
+        self._waiting_rows = 0  # rows submitted and not yet answered
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
         self._carry: _Pending | None = None  # a piece that did not fit the last batch; it opens the next
@@ -94,6 +97,18 @@ class MicroBatcher:
         """Embed `items` (n, ...) → (n, D), in order, sharing model calls with concurrent requests."""
         if len(items) == 0:
             raise ValueError("submit needs at least one item")
+        limit = self.max_queue_rows
+        if limit is not None and self._waiting_rows and self._waiting_rows + len(items) > limit:
+            # a full queue answers now rather than holding memory and time for an answer that comes too late
+            raise Overloaded(f"model {self.encoder.name} has {self._waiting_rows} rows waiting (the limit is {limit}); "
+                             "retry after a moment")
+        self._waiting_rows += len(items)
+        try:
+            return await self._submit(items)
+        finally:
+            self._waiting_rows -= len(items)
+
+    async def _submit(self, items: np.ndarray) -> np.ndarray:
         if not self.enabled:
             return await self._encode_unbatched(items)
         if self._worker is None:  # not started by a lifespan (e.g. a script): start on this loop

@@ -22,6 +22,7 @@ class ServingError(Exception):
 
     status_code = 400
     error = "bad_request"
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -73,6 +74,14 @@ class UnsupportedMediaType(ServingError):
     error = "unsupported_media_type"
 
 
+class Overloaded(ServingError):
+    """The model's queue is full: the client should come back after Retry-After seconds."""
+
+    status_code = 429
+    error = "overloaded"
+    headers = {"Retry-After": "1"}
+
+
 class NotReady(ServingError):
     status_code = 503
     error = "not_ready"
@@ -96,12 +105,12 @@ def unsupported_content_type(media_type: str) -> UnsupportedMediaType:
     return UnsupportedMediaType(f"content type {media_type!r} is not accepted; send multipart/form-data or application/json")
 
 
-def _respond(status_code: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status_code, content={"detail": message, "error": error})
+def _respond(status_code: int, error: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status_code, content={"detail": message, "error": error}, headers=headers)
 
 
 async def _handle_serving_error(request: Request, exc: ServingError) -> JSONResponse:
-    return _respond(exc.status_code, exc.error, exc.message)
+    return _respond(exc.status_code, exc.error, exc.message, exc.headers or None)
 
 
 async def _handle_runtime_error(request: Request, exc: Exception) -> JSONResponse:

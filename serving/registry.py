@@ -119,6 +119,7 @@ class Registry:
             max_wait_ms=settings.max_wait_ms,
             enabled=settings.batching,
             on_batch=self.metrics.batch_size.labels(metrics_label).observe if self.metrics else None,
+            max_queue_rows=settings.max_queue,
         )
 
     def _add_image_encoder(self, bundle: Bundle, role: str | None = None) -> None:

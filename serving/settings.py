@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         0.0, ge=0, description="extra wait for a batch to fill; 0: a batch is what queued while the model was busy"
     )
+    max_queue: int = Field(
+        512, ge=1, description="rows (images, texts) waiting per model; past it requests answer 429 with Retry-After"
+    )
     max_images_per_request: int = Field(64, ge=1, description="most images one request may send")
     max_image_bytes: int = Field(10_000_000, ge=1, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image accepted (decompression bombs)")
@@ -62,6 +65,14 @@ class Settings(BaseSettings):
     reload_interval_s: float = Field(
         0.0, ge=0, description="look for new `current` model and index versions this often (0: only on POST /admin/reload)"
     )
+    api_keys: str = Field("", description="accepted API keys, comma-separated; with any set, requests need "
+                                           "`Authorization: Bearer <key>` (all but /healthz, /readyz)")
+    api_keys_file: Path | None = Field(None, description="a file of accepted keys' sha256 hex digests, one per line")
+    allow_unauthenticated: bool = Field(False, description="serve a non-loopback address without keys anyway")
+    allowed_hosts: str = Field("localhost,127.0.0.1,::1", description="Host header names answered (comma-separated; "
+                                                                      "* for any): others get 400, against DNS rebinding")
+    cors_origins: str = Field("", description="origins allowed to call from a browser (comma-separated); none by default")
+    metrics_public: bool = Field(False, description="serve /metrics without a key")
     job_nice: int = Field(10, ge=0, le=19, description="how much lower than requests a job's threads run (Linux nice)")
 
     def runtime_config(self) -> RuntimeConfig:

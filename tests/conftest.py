@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import struct
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from PIL import Image
 from export.word_vectors import write_word_vectors_bundle
 from runtime.bundle import Manifest, OnnxIO, write_bundle
 from runtime.preprocessing import PreprocessingSpec
+
+# FastAPI's TestClient sends Host: testserver; the server answers only loopback names by default.
+# Set for the whole session (module-scoped clients are built before function fixtures run).
+os.environ["EMBEDSERVE_ALLOWED_HOSTS"] = "testserver,localhost,127.0.0.1,::1"
 
 # A planted vocabulary: axis 0 is royalty, axis 1 is gender, axis 2 is youth, the rest is
 # small noise, so that king − man + woman lands on queen and fruit words sit apart.

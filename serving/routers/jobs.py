@@ -29,7 +29,8 @@ class JobRequest(BaseModel):
 def get_jobs(request: Request) -> JobRunner:
     runner = getattr(request.app.state, "jobs", None)
     if runner is None:
-        raise NotReady("the server is still starting its job runner; retry in a moment")
+        raise NotReady("jobs are not running here: the server is starting, or its artifacts folder is not "
+                       "writable (the server's log says which)")
     return runner
 
 

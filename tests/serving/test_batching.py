@@ -172,3 +172,53 @@ def test_with_no_wait_requests_that_arrive_while_a_batch_runs_form_the_next_batc
     results = asyncio.run(scenario())
     assert encoder.calls == [1, 5]
     assert [r[0, 0] for r in results] == [0, 10, 20, 30, 40, 50]
+
+
+def test_a_full_queue_answers_overloaded_at_once_and_frees_as_batches_finish():
+    from serving.errors import Overloaded
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Held(TimesTen):
+        def encode(self, batch):
+            entered.set()
+            release.wait(5)
+            return super().encode(batch)
+
+    batcher = MicroBatcher(Held(), max_batch_size=64, max_queue_rows=4)
+
+    async def scenario():
+        await batcher.start()
+        try:
+            first = asyncio.create_task(batcher.submit(rows(1, 2)))
+            await asyncio.to_thread(entered.wait, 5)  # two rows in the model
+            second = asyncio.create_task(batcher.submit(rows(2, 2)))  # four rows waiting: the limit
+            await asyncio.sleep(0)
+            with pytest.raises(Overloaded, match="4 rows waiting"):
+                await batcher.submit(rows(3, 1))
+            release.set()
+            await asyncio.gather(first, second)
+            return await batcher.submit(rows(4, 3))  # room again
+        finally:
+            release.set()
+            await batcher.stop()
+
+    np.testing.assert_array_equal(asyncio.run(scenario())[:, 0], [40, 40, 40])
+
+
+def test_overloaded_is_a_429_with_retry_after():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from serving.errors import Overloaded, install_error_handlers
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/busy")
+    def busy():
+        raise Overloaded("full")
+
+    response = TestClient(app).get("/busy")
+    assert response.status_code == 429 and response.headers["retry-after"] == "1"
+    assert response.json() == {"detail": "full", "error": "overloaded"}

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.security import key_digest
+from serving.settings import Settings
+
+
+def client(artifacts: Path, **settings) -> TestClient:
+    return TestClient(create_app(Settings(artifacts_dir=artifacts, **settings)))
+
+
+def test_with_keys_every_route_but_health_needs_a_bearer_key(words_artifacts: Path):
+    with client(words_artifacts, api_keys="s3cret, other") as c:
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        missing = c.get("/similar?word=king")
+        assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
+        assert missing.json() == {"detail": "send an API key: Authorization: Bearer <key>", "error": "unauthorized"}
+        assert c.get("/similar?word=king", headers={"Authorization": "Bearer wrong"}).status_code == 403
+        assert c.get("/similar?word=king", headers={"Authorization": "Basic s3cret"}).status_code == 401
+        for key in ("s3cret", "other"):
+            assert c.get("/similar?word=king", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert c.get("/metrics").status_code == 401 and c.get("/openapi.json").status_code == 401
+    with client(words_artifacts, api_keys="s3cret", metrics_public=True) as c:
+        assert c.get("/metrics").status_code == 200
+
+
+def test_a_keys_file_holds_digests_only(words_artifacts: Path, tmp_path: Path):
+    keys = tmp_path / "keys"
+    keys.write_text(f"# the ops team\n{key_digest('from-file')}\n")
+    with client(words_artifacts, api_keys_file=keys) as c:
+        assert c.get("/similar?word=king", headers={"Authorization": "Bearer from-file"}).status_code == 200
+        assert c.get("/similar?word=king", headers={"Authorization": f"Bearer {key_digest('from-file')}"}).status_code == 403
+    keys.write_text("not-a-digest\n")
+    with pytest.raises(ValueError, match="line 1 is not a sha256 hex digest"):
+        create_app(Settings(artifacts_dir=words_artifacts, api_keys_file=keys))
+
+
+def test_no_open_server_on_a_network_address_unless_asked(words_artifacts: Path):
+    with pytest.raises(ValueError, match="refusing to serve 0.0.0.0 without API keys"):
+        create_app(Settings(artifacts_dir=words_artifacts, host="0.0.0.0"))
+    create_app(Settings(artifacts_dir=words_artifacts, host="0.0.0.0", api_keys="k"))
+    create_app(Settings(artifacts_dir=words_artifacts, host="0.0.0.0", allow_unauthenticated=True))
+    create_app(Settings(artifacts_dir=words_artifacts, host="::1"))
+
+
+def test_other_host_names_are_refused(words_artifacts: Path, monkeypatch):
+    monkeypatch.delenv("EMBEDSERVE_ALLOWED_HOSTS")  # the default: loopback names only
+    with TestClient(create_app(Settings(artifacts_dir=words_artifacts)), base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/healthz", headers={"Host": "localhost:8000"}).status_code == 200
+        assert c.get("/healthz", headers={"Host": "[::1]:8000"}).status_code == 200
+        rebound = c.get("/similar?word=king", headers={"Host": "evil.example:8000"})
+        assert rebound.status_code == 400 and rebound.json()["error"] == "bad_host"
+
+
+def test_cors_is_off_unless_origins_are_set(words_artifacts: Path):
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET"}
+    with client(words_artifacts) as c:
+        assert "access-control-allow-origin" not in c.options("/similar", headers=preflight).headers
+    with client(words_artifacts, cors_origins="https://app.example") as c:
+        assert c.options("/similar", headers=preflight).headers["access-control-allow-origin"] == "https://app.example"
