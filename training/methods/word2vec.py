@@ -118,6 +118,7 @@ class Word2VecResult:
     setup_seconds: float  # vocabulary scan and corpus encoding
     compile_seconds: float  # numba compile or cache load; 0 on the torch backend
     epochs_done: int
+    cpu_seconds: float = 0.0  # CPU time of this process (all threads) over those epochs: on a shared machine, what the training itself cost
 
 
 # Config fields a resumed run may change; any other difference means a different model.
@@ -171,15 +172,16 @@ def train_word2vec(
         total=total_words, initial=epochs_done * words_per_epoch, unit="word", unit_scale=True,
         disable=not progress, desc=f"word2vec {config.architecture}",
     )  # fmt: skip
-    train_seconds, effective_words, epochs_run = 0.0, 0, 0
+    train_seconds, cpu_seconds, effective_words, epochs_run = 0.0, 0.0, 0, 0
     with bar:
         for epoch in range(epochs_done, config.epochs):
             epoch_start_words = epoch * words_per_epoch
-            epoch_started = time.perf_counter()
+            epoch_started, epoch_cpu_started = time.perf_counter(), time.process_time()
             effective_words += backend.run_epoch(
                 corpus, epoch, lambda w: alpha_at(epoch_start_words + w), lambda words, _: bar.update(words)
             )
             train_seconds += time.perf_counter() - epoch_started
+            cpu_seconds += time.process_time() - epoch_cpu_started
             epochs_run += 1
             words_done = epoch_start_words + words_per_epoch
             bar.set_postfix(epoch=epoch + 1, alpha=f"{alpha_at(words_done):.5f}")
@@ -210,6 +212,7 @@ def train_word2vec(
         seconds=train_seconds,
         setup_seconds=setup_seconds,
         compile_seconds=compile_seconds,
+        cpu_seconds=cpu_seconds,
         epochs_done=max(epochs_done, config.epochs),
     )
 

@@ -58,6 +58,7 @@ def test_learns_planted_classes(planted_corpus, architecture, device, one_torch_
     assert len(result.vocab) == CLASSES * WORDS_PER_CLASS + 3
     assert result.vectors.shape == (len(result.vocab), 16) and result.vectors.dtype == np.float32
     assert result.counts.dtype == np.int64 and result.counts.sum() == 3000 * 13
+    assert result.seconds > 0 and result.cpu_seconds > 0
     assert nearest_neighbour_class_accuracy(result.vocab, result.vectors) >= 0.95
 
 

@@ -45,7 +45,8 @@ def test_summary_reports_the_spread_and_the_slowest_pair(bench):
         {"ours": run(330.0, 0.15), "gensim": run(120.0, 0.16)},
     ]
     for pair in pairs:
-        pair["raw_words_per_second_ratio"] = pair["ours"]["raw_words_per_second"] / pair["gensim"]["raw_words_per_second"]
+        for key in ("raw_words_per_second", "raw_words_per_cpu_second"):
+            pair[f"{key}_ratio"] = pair["ours"][key] / pair["gensim"][key]
     summary = bench.summarize(pairs)
     assert summary["ours"]["raw_words_per_second"] == {"min": 250.0, "median": 300.0, "max": 330.0, "mean": 880.0 / 3}
     assert summary["raw_words_per_second_ratio"]["slowest_pair"] == pytest.approx(250 / 110)
