@@ -20,7 +20,7 @@ from serving.errors import install_error_handlers
 from serving.jobs import JobRunner
 from serving.metrics import install_metrics
 from serving.registry import Registry, retire_later
-from serving.routers import embed, health, indexes, jobs, search, text, words, zero_shot
+from serving.routers import embed, health, indexes, jobs, openai_compat, search, text, words, zero_shot
 from serving.security import AccessMiddleware, check_exposure
 from serving.settings import Settings, get_settings
 
@@ -94,4 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(search.router)
     app.include_router(indexes.router)
     app.include_router(jobs.router)
+    app.include_router(openai_compat.router)
     return app

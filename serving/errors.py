@@ -105,17 +105,30 @@ def unsupported_content_type(media_type: str) -> UnsupportedMediaType:
     return UnsupportedMediaType(f"content type {media_type!r} is not accepted; send multipart/form-data or application/json")
 
 
-def _respond(status_code: int, error: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status_code, content={"detail": message, "error": error}, headers=headers)
+OPENAI_PREFIX = "/v1/"  # the OpenAI-compatible routes answer errors in OpenAI's shape
+
+
+def error_body(path: str, status_code: int, error: str, message: str) -> dict:
+    """The one error shape: {"detail", "error"}, or OpenAI's {"error": {...}} under /v1/."""
+    if path.startswith(OPENAI_PREFIX):
+        kind = "invalid_request_error" if status_code < 500 else "server_error"
+        return {"error": {"message": message, "type": kind, "param": None, "code": error}}
+    return {"detail": message, "error": error}
+
+
+def _respond(request: Request, status_code: int, error: str, message: str,
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status_code, content=error_body(request.url.path, status_code, error, message),
+                        headers=headers)
 
 
 async def _handle_serving_error(request: Request, exc: ServingError) -> JSONResponse:
-    return _respond(exc.status_code, exc.error, exc.message, exc.headers or None)
+    return _respond(request, exc.status_code, exc.error, exc.message, exc.headers or None)
 
 
 async def _handle_runtime_error(request: Request, exc: Exception) -> JSONResponse:
     kind = next(RUNTIME_ERRORS[cls] for cls in type(exc).__mro__ if cls in RUNTIME_ERRORS)
-    return _respond(kind.status_code, kind.error, str(exc))
+    return _respond(request, kind.status_code, kind.error, str(exc))
 
 
 def install_error_handlers(app: FastAPI) -> None:

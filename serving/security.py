@@ -19,6 +19,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from serving.errors import error_body
 from serving.settings import Settings
 
 OPEN_PATHS = ("/healthz", "/readyz")  # load balancers and orchestrators probe these without a key
@@ -65,8 +66,9 @@ def check_exposure(settings: Settings) -> None:
                          "EMBEDSERVE_API_KEYS_FILE), or EMBEDSERVE_ALLOW_UNAUTHENTICATED=true to serve it open")
 
 
-async def _refuse(send: Send, status: int, error: str, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"detail": detail, "error": error}).encode()
+async def _refuse(scope: Scope, send: Send, status: int, error: str, detail: str,
+                  headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(error_body(scope["path"], status, error, detail)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
@@ -93,17 +95,17 @@ class AccessMiddleware:
             if name.startswith("[") and "]" in name:
                 name = name[: name.index("]") + 1]
             if name not in self.hosts and name.strip("[]") not in self.hosts:
-                return await _refuse(send, 400, "bad_host", f"Host {host!r} is not served here; the server answers to "
+                return await _refuse(scope, send, 400, "bad_host", f"Host {host!r} is not served here; the server answers to "
                                      f"{', '.join(sorted(self.hosts))} (EMBEDSERVE_ALLOWED_HOSTS)")
         if self.digests and scope["path"] not in self.open_paths:
             scheme, _, key = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not key.strip():
-                return await _refuse(send, 401, "unauthorized", "send an API key: Authorization: Bearer <key>",
+                return await _refuse(scope, send, 401, "unauthorized", "send an API key: Authorization: Bearer <key>",
                                      [(b"www-authenticate", b'Bearer realm="embedserve"')])
             digest = key_digest(key.strip()).encode()
             matched = False
             for known in self.digests:  # every digest compared, in constant time each
                 matched |= hmac.compare_digest(digest, known)
             if not matched:
-                return await _refuse(send, 403, "forbidden", "this API key is not accepted here")
+                return await _refuse(scope, send, 403, "forbidden", "this API key is not accepted here")
         await self.app(scope, receive, send)

@@ -1,0 +1,133 @@
+"""The OpenAI-compatible API: `POST /v1/embeddings` and `GET /v1/models`, so the clients people
+already use (the stock `openai` package among them) work unchanged with `base_url` pointed here.
+
+`input` is a string or a list of strings. For a CLIP model the strings are texts, embedded by its
+text tower, or data URLs of images (`data:image/png;base64,...`), embedded by its image tower, in
+one request alike; an image encoder takes data URLs only. `encoding_format` "base64" (the stock
+client's default) sends each vector as little-endian float32 bytes. `dimensions` keeps the
+first n components, re-normalised. Errors come in OpenAI's shape (serving.errors).
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, Field
+
+from runtime.tokens import encode_batch
+from runtime.vectors import unit_rows
+from serving.dependencies import get_registry
+from serving.embedding import embed_images, embed_texts
+from serving.errors import InvalidInput, PayloadTooLarge, UnknownModel
+from serving.registry import Registry
+from serving.requests import decode_base64, read_json_body
+from serving.responses import model_response
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+DATA_URL = "data:"
+MAX_INPUT_CHARS = 100_000  # a text longer than this cannot fit any context; refused before tokenising
+
+
+class EmbeddingsRequest(BaseModel):
+    model: str = Field(max_length=256, description="a CLIP model (texts and images) or an image encoder (images)")
+    input: str | list[str] = Field(description="a text or data URL, or a list of them")
+    encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32 bytes")
+    dimensions: int | None = Field(None, ge=1, description="keep the first n components, re-normalised")
+    user: str | None = Field(None, max_length=256, description="accepted and ignored")
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+def _inputs(body: EmbeddingsRequest, registry: Registry) -> list[str]:
+    inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+    settings = registry.settings
+    limit = max(settings.max_texts_per_request, settings.max_images_per_request)
+    if not inputs:
+        raise InvalidInput("input is empty: send a string or a list of strings")
+    if len(inputs) > limit:
+        raise PayloadTooLarge(f"{len(inputs)} inputs in one request; the limit is {limit}: split them")
+    long = next((i for i, text in enumerate(inputs) if len(text) > MAX_INPUT_CHARS and not text.startswith(DATA_URL)), None)
+    if long is not None:
+        raise PayloadTooLarge(f"input {long} is longer than {MAX_INPUT_CHARS:,} characters; shorten it")
+    return inputs
+
+
+async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.ndarray, int]:
+    """(unit embeddings (n, D), prompt tokens) for texts and data URLs mixed."""
+    images = [i for i, text in enumerate(inputs) if text.startswith(DATA_URL)]
+    texts = [i for i in range(len(inputs)) if i not in set(images)]
+    if model not in registry.manifests:
+        raise UnknownModel(f"no model named {model!r}; GET /v1/models lists them")
+    manifest = registry.manifests[model]
+    if manifest.kind not in ("image-encoder", "image-text-encoder"):
+        raise InvalidInput(f"model {model!r} is a {manifest.kind}; /v1/embeddings serves CLIP models and image encoders")
+    if texts and manifest.kind != "image-text-encoder":
+        raise InvalidInput(f"model {model!r} embeds images only: send each input as a data URL (data:image/png;base64,...)")
+    if len(images) > registry.settings.max_images_per_request:
+        raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {registry.settings.max_images_per_request}")
+    vectors = np.zeros((len(inputs), manifest.dim), np.float32)
+    tokens = 0
+    if images:
+        image_manifest, batcher = registry.image_model(model)
+        blobs = [decode_base64(inputs[i], i) for i in images]
+        vectors[images] = await embed_images(blobs, image_manifest, batcher, registry.settings.image_limits())
+    if texts:
+        text_model = registry.text_model(model)
+        names = [f"input {i}" for i in texts]
+        vectors[texts] = await embed_texts([inputs[i] for i in texts], text_model, names)
+        _, mask = encode_batch(text_model.tokenizer, [inputs[i] for i in texts])
+        tokens = int(mask.sum())
+    return vectors, tokens
+
+
+@router.post("/embeddings", response_model=EmbeddingsResponse, summary="Embeddings, as OpenAI's API answers them")
+async def embeddings(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+    body = await read_json_body(request, EmbeddingsRequest, '{"model": name, "input": text or [texts or data URLs]}')
+    inputs = _inputs(body, registry)
+    vectors, tokens = await _embed(registry, body.model, inputs)  # (n, D)
+    name = body.model
+    if body.dimensions is not None:
+        if body.dimensions > vectors.shape[1]:
+            raise InvalidInput(f"dimensions {body.dimensions} is more than model {name!r} has ({vectors.shape[1]})")
+        vectors = unit_rows(vectors[:, : body.dimensions])
+    if body.encoding_format == "base64":
+        data = [Embedding(index=i, embedding=base64.b64encode(v.astype("<f4").tobytes()).decode()) for i, v in enumerate(vectors)]
+    else:
+        data = [Embedding(index=i, embedding=v.tolist()) for i, v in enumerate(vectors)]
+    return model_response(EmbeddingsResponse(data=data, model=name, usage=Usage(prompt_tokens=tokens, total_tokens=tokens)))
+
+
+@router.get("/models", summary="The models /v1/embeddings serves")
+async def models(registry: Annotated[Registry, Depends(get_registry)]) -> dict[str, Any]:
+    return {"object": "list", "data": [
+        {"id": m.name, "object": "model", "created": _created(m.created_at), "owned_by": "embedserve"}
+        for m in sorted(list(registry.manifests.values()), key=lambda m: m.name)
+        if m.kind in ("image-encoder", "image-text-encoder")
+    ]}
+
+
+def _created(iso: str) -> int:
+    try:
+        return int(datetime.fromisoformat(iso).timestamp())
+    except ValueError:
+        return 0
