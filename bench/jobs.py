@@ -9,7 +9,7 @@ a server is started on 127.0.0.1 and driven at a fixed concurrency with searches
 embeddings of a small PNG, once idle and once while a job of the 60,000 training images runs in it. Prints one table and writes it,
 with the machine and date, to bench/results/jobs.json.
 
-    python bench/jobs.py                                           # a small CNN stand-in model
+    python bench/jobs.py                                           # the demo's first image model, else a small CNN stand-in
     python bench/jobs.py --artifacts artifacts --model simclr-fmnist
 """
 
@@ -144,7 +144,8 @@ async def bench_search(artifacts: Path, model: str, requests: int, concurrency: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, help="where the model bundle is (default: a small CNN stand-in)")
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"),
+                        help="where the model bundle is (default: ./artifacts; a small CNN stand-in when it holds no image model)")
     parser.add_argument("--model", help="an image-encoder bundle under --artifacts")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--requests", type=int, default=2000, help="searches per measurement")
@@ -154,7 +155,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="embedserve-bench-jobs-") as scratch:
         artifacts = Path(scratch)
-        bundle = find_image_bundle(args.artifacts, args.model) if args.artifacts else None
+        bundle = find_image_bundle(args.artifacts, args.model) if (args.artifacts / "models").is_dir() else None
         bundle = bundle or write_small_cnn_bundle(Path(scratch) / "source")
         copy_model(bundle, artifacts)
         model = bundle.manifest.name

@@ -33,13 +33,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from index.shards import read_shards, shard_path, write_shard
+from index.shards import concatenate, read_shard, shard_path, write_shard
 from index.vector_index import VectorIndex, indexes_dir, open_index
 from runtime.bundle import BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
 from runtime.files import prune_versions
-from runtime.preprocessing import ImageLimits, preprocess_image
+from runtime.preprocessing import ImageLimits, preprocess_arrays, preprocess_image
 from runtime.sources import ImageSource, Roots, SourceError, open_source, read_item
 
 log = logging.getLogger(__name__)
@@ -248,6 +248,11 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
 
         def prepare(number: int) -> _Batch:
             positions = range(number * size, min((number + 1) * size, count))
+            fast = preprocess_arrays(source.arrays(positions), manifest.preprocessing) if source.arrays else None
+            if fast is not None:  # pixels in memory at the model's size: one vectorised pass, the same numbers
+                ids = source.ids[positions.start:positions.stop] if source.ids is not None else np.arange(
+                    positions.start, positions.stop, dtype=np.int64)
+                return _Batch(number, ids, [source.metadata(p) for p in positions], fast, {})
             good, inputs, errors = [], [], {}
             for p in positions:
                 try:
@@ -259,10 +264,13 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
             batch = np.stack(inputs) if inputs else np.empty((0, *manifest.preprocessing.input_shape), np.float32)
             return _Batch(number, ids, [source.metadata(p) for p in good], batch, errors)  # inputs (n, C, H, W)
 
+        embedded: dict[int, tuple] = {}  # this run's shards, kept in memory for the index: no reading them back
+
         def finish(batch: _Batch, vectors: np.ndarray) -> JobStatus:
             nonlocal done, failed
             store.record_errors(job_id, batch.errors)  # before the shard: a resumed batch re-records, never loses them
             write_shard(shard_path(shards, batch.number), batch.ids, batch.metadata, manifest.version, vectors)
+            embedded[batch.number] = (batch.ids, batch.metadata, vectors)
             done += len(batch.ids) + len(batch.errors)
             failed += len(batch.errors)
             bar.update(len(batch.ids) + len(batch.errors))
@@ -293,7 +301,8 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
                 status = written.result()
         if status.cancel_requested:
             return _cancel(store, job_id, shards)
-        ids, metadata, vectors = read_shards(shards)
+        # every shard in order: this run's from memory, those a killed run finished from disk
+        ids, metadata, vectors = concatenate([embedded.get(n) or read_shard(shard_path(shards, n)) for n in numbers])
         if len(ids) == 0:
             raise SourceError(f"no item of {spec.source!r} could be embedded ({failed} failed); see the job's errors")
         index = VectorIndex.build(ids, vectors, metadata, model=manifest.name, model_version=manifest.version)

@@ -41,15 +41,24 @@ def write_shard(path: Path, ids: np.ndarray, metadata: list[dict[str, Any]], mod
         pq.write_table(table, tmp)
 
 
+def read_shard(path: Path) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
+    """(ids (N,), metadata records, vectors (N, D) float32) of one shard."""
+    table = pq.read_table(path)
+    column = table.column("vector").combine_chunks()
+    vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
+    metadata = [json.loads(text) for text in table.column("source").to_pylist()]
+    return table.column("id").to_numpy(), metadata, vectors.astype(np.float32, copy=False)
+
+
 def read_shards(folder: Path) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
-    """(ids (N,), metadata records, vectors (N, D) float32) of every shard in `folder`, in shard order."""
-    ids, metadata, vectors = [], [], []
-    for path in sorted(Path(folder).glob("shard-*.parquet")):
-        table = pq.read_table(path)
-        ids.append(table.column("id").to_numpy())
-        metadata += [json.loads(text) for text in table.column("source").to_pylist()]
-        column = table.column("vector").combine_chunks()
-        vectors.append(column.values.to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size))
-    if not ids:
+    """Every shard in `folder`, in shard order, concatenated."""
+    parts = [read_shard(path) for path in sorted(Path(folder).glob("shard-*.parquet"))]
+    return concatenate(parts)
+
+
+def concatenate(parts: list[tuple[np.ndarray, list[dict[str, Any]], np.ndarray]]) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
+    """Shards' (ids, metadata, vectors) as one."""
+    if not parts:
         return np.empty(0, np.int64), [], np.empty((0, 0), np.float32)
-    return np.concatenate(ids), metadata, np.concatenate(vectors).astype(np.float32, copy=False)
+    return (np.concatenate([p[0] for p in parts]), [m for p in parts for m in p[1]],
+            np.concatenate([p[2] for p in parts]).astype(np.float32, copy=False))

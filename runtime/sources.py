@@ -62,6 +62,7 @@ class ImageSource:
     read: Callable[[int], Image.Image]  # position -> decoded image
     metadata: Callable[[int], dict[str, Any]]  # position -> metadata, with what read_item needs to read it again
     ids: np.ndarray | None = None  # position -> item id (int64); None: the position is the id
+    arrays: Callable[[range], np.ndarray] | None = None  # positions -> their uint8 pixels (N, H, W[, 3]), when held in memory
 
 
 def list_images(root: Path | str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -186,7 +187,8 @@ def fashion_mnist_source(split: str, root: Path = DEFAULT_FASHION_MNIST_ROOT) ->
         return {"source": f"{FASHION_MNIST_PREFIX}{split}", "split": split, "position": position, "label": label,
                 "class": FASHION_MNIST_CLASSES[label]}
 
-    return ImageSource(f"{FASHION_MNIST_PREFIX}{split}", len(images), lambda position: to_pil(images[position]), metadata)
+    return ImageSource(f"{FASHION_MNIST_PREFIX}{split}", len(images), lambda position: to_pil(images[position]), metadata,
+                       arrays=lambda positions: images[positions.start:positions.stop])
 
 
 def open_source(source: str | Path, limits: ImageLimits = ImageLimits(), roots: Roots = None) -> ImageSource:

@@ -279,3 +279,14 @@ def test_exif_rotated_jpeg_is_made_upright(tmp_path):
 def test_rejects_unknown_target_mode():
     with pytest.raises(ValueError, match="mode"):
         normalize_image(Image.new("L", (1, 1)), "CMYK")
+
+
+@pytest.mark.parametrize("spec, shape", [(SPEC_L, (5, 8, 8)), (SPEC_RGB, (5, 8, 8, 3))])
+def test_arrays_at_the_model_size_preprocess_bit_for_bit_as_images_do(spec, shape):
+    from runtime.preprocessing import preprocess_arrays
+    from runtime.sources import to_pil
+
+    arrays = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    np.testing.assert_array_equal(preprocess_arrays(arrays, spec), preprocess_batch([to_pil(a) for a in arrays], spec))
+    assert preprocess_arrays(arrays[:, :6, :6], spec) is None  # would need a resize: the general path does it
+    assert preprocess_arrays(arrays.astype(np.float32), spec) is None
