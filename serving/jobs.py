@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 from index.jobs import FINISHED, JobSpec, JobStatus, JobStore, request_cancel, run_job
 from index.vector_index import open_index
-from runtime.bundle import open_bundle
+from runtime.bundle import BundleError, open_bundle
 from runtime.sources import FASHION_MNIST_PREFIX, confine
-from serving.errors import InvalidInput, UnknownModel
+from serving.errors import InvalidInput, UnknownIndex, UnknownModel
 from serving.registry import Registry, retire_later
 from serving.settings import Settings
 
@@ -70,7 +70,10 @@ class JobRunner:
         except Exception as e:
             raise UnknownModel(str(e)) from None
         if spec.source.startswith("index:"):
-            open_index(self.settings.artifacts_dir, spec.source[len("index:"):])
+            try:
+                open_index(self.settings.artifacts_dir, spec.source[len("index:"):])
+            except BundleError as e:
+                raise UnknownIndex(str(e)) from None
         elif not spec.source.startswith(FASHION_MNIST_PREFIX):
             confine(spec.source, self.settings.data_root_paths())
         elif spec.source not in ("fashion-mnist:train", "fashion-mnist:test"):
