@@ -16,8 +16,9 @@ import threading
 from collections.abc import Callable
 
 from index.jobs import FINISHED, JobSpec, JobStatus, JobStore, request_cancel, run_job
-from index.vector_index import open_index
-from runtime.bundle import BundleError, open_bundle
+from index.vector_index import indexes_dir, open_index
+from runtime.bundle import open_bundle
+from runtime.files import VersionError, version_folder
 from runtime.sources import FASHION_MNIST_PREFIX, confine
 from serving.errors import InvalidInput, UnknownIndex, UnknownModel
 from serving.registry import Registry, retire_later
@@ -70,9 +71,9 @@ class JobRunner:
         except Exception as e:
             raise UnknownModel(str(e)) from None
         if spec.source.startswith("index:"):
-            try:
-                open_index(self.settings.artifacts_dir, spec.source[len("index:"):])
-            except BundleError as e:
+            try:  # the folder only: the job itself reads the index
+                version_folder(indexes_dir(self.settings.artifacts_dir), spec.source[len("index:"):], what="index")
+            except VersionError as e:
                 raise UnknownIndex(str(e)) from None
         elif not spec.source.startswith(FASHION_MNIST_PREFIX):
             confine(spec.source, self.settings.data_root_paths())
