@@ -219,12 +219,15 @@ class _Batch:
 
 def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfig = RuntimeConfig(),
             limits: ImageLimits = ImageLimits(), roots: Roots = None, progress: bool = False,
-            should_stop: Callable[[], bool] = lambda: False, keep_previous: int = 2) -> JobStatus:
+            should_stop: Callable[[], bool] = lambda: False, keep_previous: int = 2,
+            publish: Callable[[Path], None] | None = None) -> JobStatus:
     """Run (or resume) job `job_id` to the end: embed what its shards lack, write the new index
     version and make it current. Returns the final status: succeeded, failed (with the error) or
     cancelled (when a cancel request in the store says so between batches). When `should_stop()`
     says so between batches, it returns the job still running, its shards kept for a resume.
-    Expected errors (a missing model, a source that cannot be read) fail the job, not the caller."""
+    Expected errors (a missing model, a source that cannot be read) fail the job, not the caller.
+    `publish(folder)`, when given, is called with the new index version before the job is marked
+    succeeded, so whoever sees it succeeded already finds the index served (the server's runner)."""
     status = store.get(job_id)
     if status.state in FINISHED:  # e.g. cancelled while it waited in the queue
         return status
@@ -307,6 +310,8 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
             raise SourceError(f"no item of {spec.source!r} could be embedded ({failed} failed); see the job's errors")
         index = VectorIndex.build(ids, vectors, metadata, model=manifest.name, model_version=manifest.version)
         path = index.save(artifacts, spec.index, extra={"source": source.description, "job": job_id})
+        if publish is not None:
+            publish(path)
         prune_versions(indexes_dir(artifacts) / spec.index, keep_previous)
         shutil.rmtree(shards, ignore_errors=True)
         log.info("job %s: index %s %s, %d items (%d failed)", job_id, spec.index, path.name, len(ids), failed)

@@ -14,9 +14,10 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from index.jobs import FINISHED, JobSpec, JobStatus, JobStore, request_cancel, run_job
-from index.vector_index import indexes_dir, open_index
+from index.vector_index import VectorIndex, indexes_dir
 from runtime.bundle import open_bundle
 from runtime.files import VersionError, version_folder
 from runtime.sources import FASHION_MNIST_PREFIX, confine
@@ -90,29 +91,31 @@ class JobRunner:
         return request_cancel(self.store, job_id)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             job_id = await self._queue.get()
             if self.store.get(job_id).state in FINISHED:  # cancelled while queued
                 continue
             try:
-                status = await asyncio.to_thread(self._run_job, job_id)
-                if status.state == "succeeded":
-                    await self._publish(status)
+                await asyncio.to_thread(self._run_job, job_id, loop)
             except Exception as e:  # a bug must fail one job, not the runner
                 log.exception("job %s", job_id)
                 self.store.update(job_id, state="failed", error=f"{type(e).__name__}: {e}")
 
-    def _run_job(self, job_id: str) -> JobStatus:
+    def _run_job(self, job_id: str, loop: asyncio.AbstractEventLoop) -> JobStatus:
         _lower_priority(self.settings.job_nice)
         s = self.settings
         return run_job(job_id, self.store, s.artifacts_dir, s.runtime_config(), s.image_limits(), s.data_root_paths(),
-                       should_stop=self._stopping.is_set, keep_previous=s.index_keep_previous)
+                       should_stop=self._stopping.is_set, keep_previous=s.index_keep_previous,
+                       publish=lambda folder: self._publish(folder, loop))
 
-    async def _publish(self, status: JobStatus) -> None:
+    def _publish(self, folder: Path, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve the index version a job wrote (in the job's thread, before the job counts as
+        succeeded): its model version is loaded first, then the index is published."""
         registry = self.registry()
         if registry is None:
             return
-        index = await asyncio.to_thread(open_index, self.settings.artifacts_dir, status.spec.index, status.index_version)
-        await asyncio.to_thread(registry.add_index, index)  # its model version is loaded before it is published
-        retire_later(registry.unused_batchers())  # a model version the old index alone used
-        log.info("job %s: now serving index %s %s", status.id, status.spec.index, status.index_version)
+        registry.add_index(VectorIndex.load(folder))
+        unused = registry.unused_batchers()  # a model version the old index alone used
+        loop.call_soon_threadsafe(retire_later, unused)
+        log.info("now serving index %s %s", folder.parent.name, folder.name)

@@ -121,9 +121,9 @@ def test_cancel_over_http(image_artifacts: Path, tmp_path: Path):
         gate = threading.Event()
         real = runner._run_job
 
-        def held(job_id):  # the job waits until the test has asked for the cancel
+        def held(*args):  # the job waits until the test has asked for the cancel
             gate.wait(10)
-            return real(job_id)
+            return real(*args)
 
         runner._run_job = held
         job = client.post("/jobs", json={"source": str(folder), "model": "tiny", "index": "pics", "batch_size": 5}).json()
