@@ -168,7 +168,7 @@ def main() -> None:
     p99 = {kind: busy[kind]["p99_ms"] / idle[kind]["p99_ms"] for kind in ("search", "embed")}
     print(f"\nmodel {model} {bundle.manifest.version}, batch {args.batch_size}, 70,000 Fashion-MNIST images; "
           f"requests at concurrency {args.concurrency}")
-    print(f"| measurement | images/s | p50 ms | p99 ms | ratio |\n| --- | ---: | ---: | ---: | ---: |")
+    print("| measurement | images/s | p50 ms | p99 ms | ratio |\n| --- | ---: | ---: | ---: | ---: |")
     print(f"| raw onnxruntime loop | {raw['images_per_s']:,.0f} | | | 1.00 |")
     print(f"| re-embedding job (read, preprocess, embed, shards, index) | {job['images_per_s']:,.0f} | | | {ratio:.2f} |")
     for kind, route in (("search", "/search"), ("embed", "/embed/image")):

@@ -1,7 +1,4 @@
-import io
-
 import numpy as np
-import pytest
 from PIL import Image
 
 from training.data.images import ImageFolder, load_digits_images
