@@ -28,18 +28,20 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from tokenizers import Tokenizer
 
 from index.vector_index import VectorIndex, indexes_dir, iter_current_indexes
 from index.word_vectors import WordVectors
 from index.zero_shot import ClassMatrixCache, QueryBank, read_query_bank
-from runtime.bundle import Bundle, Manifest, iter_current_bundles, open_bundle
+from runtime.bundle import Bundle, Manifest, iter_current_bundles, models_dir, open_bundle, read_bundle
 from runtime.encoders.base import Encoder
 from runtime.encoders.factory import load_encoder
 from runtime.files import names_under, version_folder
-from runtime.tokens import load_tokenizer
+from runtime.tokens import load_tokenizer, text_encoder_batch
 from serving.batching import MicroBatcher
-from serving.errors import InvalidInput, UnknownIndex, UnknownModel
+from serving.errors import InvalidInput, NotReady, UnknownIndex, UnknownModel
 from serving.metrics import Metrics
 from serving.settings import Settings
 
@@ -75,16 +77,23 @@ class Registry:
     class_matrices: ClassMatrixCache = field(default_factory=ClassMatrixCache)  # zero-shot class embeddings
     indexes: dict[str, VectorIndex] = field(default_factory=dict)  # current version of each index, by name
     metrics: Metrics | None = None  # where batchers record their batch sizes
+    failed: dict[str, str] = field(default_factory=dict)  # models refused at load: name -> why
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one change of the tables at a time
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics | None = None) -> Registry:
+        """Every model's current bundle, each verified (every file against its sha256) and probed
+        once with a known input; a model that fails is refused, recorded with the reason in
+        `failed`, and the others serve. Then every index."""
         registry = cls(settings, metrics=metrics)
-        for bundle in iter_current_bundles(settings.artifacts_dir):
+        root = models_dir(settings.artifacts_dir)
+        for name in names_under(root):
             try:
+                bundle = read_bundle(version_folder(root, name, what="model"), verify=True)
                 registry.add(bundle)
-            except Exception:  # one broken model must not keep the others from serving
-                log.exception("could not load model %s from %s", bundle.manifest.name, bundle.path)
+            except Exception as e:  # one broken model must not keep the others from serving
+                log.error("model %s is not served: %s", name, e)
+                registry.failed[name] = f"{type(e).__name__}: {e}"
         for index in iter_current_indexes(settings.artifacts_dir):
             registry.add_index(index)
         log.info("loaded models: %s", ", ".join(sorted(registry.manifests)) or "none")
@@ -96,6 +105,7 @@ class Registry:
         with self._lock:
             if self._load(bundle):
                 self.manifests[bundle.manifest.name] = bundle.manifest
+                self.failed.pop(bundle.manifest.name, None)
 
     def _load(self, bundle: Bundle) -> bool:
         """Build what serves `bundle`, by its kind; False (and a warning) for a kind not served."""
@@ -125,6 +135,8 @@ class Registry:
     def _add_image_encoder(self, bundle: Bundle, role: str | None = None) -> None:
         manifest = bundle.manifest
         encoder = load_encoder(bundle, self.settings.runtime_config(), role)
+        if manifest.preprocessing is not None:
+            _probe(encoder, np.ones((1, *manifest.preprocessing.input_shape), np.float32))  # a plain, non-zero input
         key = (manifest.name, manifest.version)
         self.image_manifests[key] = manifest
         self.image_batchers[key] = self._batcher(encoder, manifest.name)
@@ -137,6 +149,7 @@ class Registry:
             raise ValueError(f"model {manifest.name}: its manifest names no tokenizer file; re-export the bundle")
         tokenizer = load_tokenizer(bundle.path / manifest.tokenizer.file)
         text_encoder = load_encoder(bundle, self.settings.runtime_config(), "text_encoder")
+        _probe(text_encoder, text_encoder_batch(tokenizer, ["a probe"]))
         self._add_image_encoder(bundle, "image_encoder")
         query_bank = read_query_bank(bundle)
         if query_bank is None:
@@ -210,6 +223,7 @@ class Registry:
         """The image encoder `name` (current version unless `version`), or the default one."""
         key, known = self._resolve(self.image_batchers, name, self.settings.default_image_model, version)
         if key not in self.image_batchers:
+            self._raise_if_failed(key[0])
             raise UnknownModel(f"no image encoder named {_wanted(key[0], version)}; available: {known}")
         return self.image_manifests[key], self.image_batchers[key]
 
@@ -220,6 +234,7 @@ class Registry:
         if key in self.text_models:
             return self.text_models[key]
         name = key[0]
+        self._raise_if_failed(name)
         if name in self.manifests and self.manifests[name].kind != "image-text-encoder":
             raise InvalidInput(f"model {name!r} is a {self.manifests[name].kind} and has no text tower; "
                                f"name a CLIP model (image-text-encoder): {known}")
@@ -255,9 +270,15 @@ class Registry:
         """The word-vectors model `name`, or the default one (the setting, else the only/first)."""
         name = name or self.settings.default_word_model or next(iter(sorted(self.words)), None)
         if name is None or name not in self.words:
+            self._raise_if_failed(name)
             known = ", ".join(sorted(self.words)) or "none loaded"
             raise UnknownModel(f"no word-vectors model named {name!r}; available: {known}")
         return self.manifests[name], self.words[name]
+
+    def _raise_if_failed(self, name: str | None) -> None:
+        if name in self.failed:
+            raise NotReady(f"model {name!r} could not be loaded ({self.failed[name]}); the operator must re-export "
+                           "or restore it, then POST /admin/reload")
 
     def close(self) -> None:
         for batcher in self.batchers:
@@ -284,6 +305,15 @@ async def retire(batchers: list[MicroBatcher], grace_s: float = 10.0) -> None:
     for batcher in batchers:
         await batcher.stop()
         batcher.encoder.close()
+
+
+def _probe(encoder: Encoder, batch: np.ndarray) -> None:
+    """Run one known input through a freshly loaded model: a model whose file was damaged after
+    export can load and still answer garbage; refuse it now rather than serve zeros or NaNs."""
+    out = encoder.encode(batch)
+    if not np.isfinite(out).all() or not np.any(out):
+        raise ValueError(f"model {encoder.manifest.name} {encoder.manifest.version} answers a probe with "
+                         f"{'non-finite' if not np.isfinite(out).all() else 'all-zero'} embeddings; re-export it")
 
 
 def _wanted(name: str | None, version: str | None) -> str:

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     allowed_hosts: str = Field("localhost,127.0.0.1,::1", description="Host header names answered (comma-separated; "
                                                                       "* for any): others get 400, against DNS rebinding")
     cors_origins: str = Field("", description="origins allowed to call from a browser (comma-separated); none by default")
+    ready_with_failures: bool = Field(
+        False, description="/readyz answers 200 while some models failed to load (they are listed); default 503"
+    )
     metrics_public: bool = Field(False, description="serve /metrics without a key")
     job_nice: int = Field(10, ge=0, le=19, description="how much lower than requests a job's threads run (Linux nice)")
 

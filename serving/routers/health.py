@@ -17,14 +17,17 @@ def healthz() -> dict[str, str]:
 def readyz(request: Request) -> JSONResponse:
     registry = getattr(request.app.state, "registry", None)
     if registry is None or not registry.ready:
-        return JSONResponse(status_code=503, content={"status": "not ready", "models": []})
+        failed = [{"name": n, "state": "failed", "error": e} for n, e in sorted(registry.failed.items())] if registry else []
+        return JSONResponse(status_code=503, content={"status": "not ready", "models": failed})
     models = [
-        {"name": m.name, "version": m.version, "kind": m.kind, "method": m.method, "dim": m.dim}
+        {"name": m.name, "version": m.version, "kind": m.kind, "method": m.method, "dim": m.dim, "state": "loaded"}
         for m in sorted(list(registry.manifests.values()), key=lambda m: m.name)
-    ]
+    ] + [{"name": n, "state": "failed", "error": e} for n, e in sorted(registry.failed.items())]
     indexes = [{"name": name, "version": index.manifest.version, "model": index.model, "model_version": index.model_version}
                for name, index in sorted(list(registry.indexes.items()))]
-    return JSONResponse(content={"status": "ready", "models": models, "indexes": indexes})
+    ready = not registry.failed or registry.settings.ready_with_failures
+    return JSONResponse(status_code=200 if ready else 503,
+                        content={"status": "ready" if ready else "not ready", "models": models, "indexes": indexes})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

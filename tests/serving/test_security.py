@@ -62,3 +62,24 @@ def test_cors_is_off_unless_origins_are_set(words_artifacts: Path):
         assert "access-control-allow-origin" not in c.options("/similar", headers=preflight).headers
     with client(words_artifacts, cors_origins="https://app.example") as c:
         assert c.options("/similar", headers=preflight).headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_a_bundle_damaged_after_export_is_refused_and_the_others_serve(words_artifacts: Path, write_image_bundle):
+    from runtime.bundle import open_bundle
+
+    write_image_bundle(words_artifacts, "tiny")
+    onnx = open_bundle(words_artifacts, "tiny").file("image_encoder")
+    data = bytearray(onnx.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte in the weights: onnxruntime would load it and answer
+    onnx.write_bytes(bytes(data))
+    with client(words_artifacts) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 503, ready.text
+        states = {m["name"]: m["state"] for m in ready.json()["models"]}
+        assert states == {"tiny": "failed", "words": "loaded"}
+        assert "sha256" in next(m["error"] for m in ready.json()["models"] if m["name"] == "tiny")
+        refused = c.post("/embed/image?model=tiny", files=[("files", ("a.png", b"x", "image/png"))])
+        assert refused.status_code == 503 and "could not be loaded" in refused.json()["detail"]
+        assert c.get("/similar?word=king").status_code == 200  # the others serve
+    with client(words_artifacts, ready_with_failures=True) as c:
+        assert c.get("/readyz").status_code == 200
