@@ -181,10 +181,12 @@ class Registry:
             loaded = self.manifests.get(bundle.manifest.name)
             if loaded is None or loaded.version != bundle.manifest.version:
                 try:
-                    self.add(bundle)
+                    self.add(read_bundle(bundle.path, verify=True))  # hashed and probed, as at start-up
                     changed.append(f"model {bundle.manifest.name} {bundle.manifest.version}")
-                except Exception:
+                except Exception as e:
                     log.exception("reload: could not load model %s from %s", bundle.manifest.name, bundle.path)
+                    if loaded is None:  # a model served before keeps serving its old version
+                        self.failed[bundle.manifest.name] = f"{type(e).__name__}: {e}"
         root = indexes_dir(artifacts)
         for name in names_under(root):
             try:
