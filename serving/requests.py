@@ -53,8 +53,9 @@ def decode_base64_images(texts: list[str], settings: Settings) -> list[bytes]:
 
 
 async def read_form_images(form: FormData, settings: Settings) -> list[bytes]:
-    """The bytes of the image files in a multipart form's `files` field, in order."""
-    parts = form.getlist(FILES_FIELD)
+    """The bytes of the image files in a multipart form's `files` field (or `file`, which
+    /search/image takes and clients send by habit), in order."""
+    parts = form.getlist(FILES_FIELD) or form.getlist("file")
     check_image_count(len(parts), settings)
     if any(not isinstance(p, UploadFile) for p in parts):
         raise InvalidInput(f"multipart field {FILES_FIELD!r} must hold files, not text; attach each image as a file")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from serving.dependencies import get_registry
@@ -29,14 +29,18 @@ class EmbedTextsRequest(BaseModel):
 
 @router.post("/embed/text", response_model=EmbedResponse, summary="Embed one or more texts with a CLIP text tower",
              responses={413: {"description": "too many texts"}})
-async def embed_text(body: EmbedTextsRequest, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+async def embed_text(
+    body: EmbedTextsRequest,
+    registry: Annotated[Registry, Depends(get_registry)],
+    model: Annotated[str | None, Query(description="CLIP model; wins over the body's")] = None,
+) -> Response:
     limit = registry.settings.max_texts_per_request
     if not body.texts:
         raise InvalidInput('no texts: send {"texts": ["...", ...]}')
     if len(body.texts) > limit:
         raise PayloadTooLarge(f"{len(body.texts)} texts in one request; the limit is {limit}: split them over several requests")
-    model = registry.text_model(body.model)
-    embeddings = await embed_texts(body.texts, model)  # (n, D)
-    manifest = model.manifest
+    text_model = registry.text_model(model or body.model)
+    embeddings = await embed_texts(body.texts, text_model)  # (n, D)
+    manifest = text_model.manifest
     return model_response(EmbedResponse(model=manifest.name, version=manifest.version, dim=embeddings.shape[1],
                                         embeddings=embeddings.tolist()))

@@ -17,7 +17,7 @@ import asyncio
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from index.zero_shot import NORMALIZATIONS, classify
@@ -175,12 +175,16 @@ _REQUEST_BODY_DOC = request_body_doc(
     responses={413: {"description": "too many images, classes or templates, or an image too large"},
                415: {"description": "not an image"}},
 )
-async def zero_shot(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
+async def zero_shot(
+    request: Request,
+    registry: Annotated[Registry, Depends(get_registry)],
+    model_query: Annotated[str | None, Query(alias="model", description="CLIP model; wins over the body's")] = None,
+) -> Response:
     settings = registry.settings
     blobs, body = await read_request(request, settings)
     classes = check_classes(body.classes, settings)
     templates = check_templates(body.templates, settings)
-    model = registry.text_model(body.model)
+    model = registry.text_model(model_query or body.model)
     normalization = check_normalization(body.normalization, model, settings)
     manifest, image_batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
 

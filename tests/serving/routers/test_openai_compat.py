@@ -64,3 +64,14 @@ def test_models_and_errors_come_in_openai_s_shape(client: TestClient):
     response = client.post("/v1/embeddings", json={"model": "clip", "input": "x" * 200_000},
                            headers={"Authorization": "Bearer sk-test"})
     assert response.status_code == 413 and set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_the_model_is_named_the_same_way_everywhere(client: TestClient, make_png):
+    auth = {"Authorization": "Bearer sk-test"}
+    assert client.post("/embed/text?model=nope", json={"texts": ["a bag"]}, headers=auth).status_code == 404
+    assert client.post("/embed/text?model=clip", json={"texts": ["a bag"], "model": "nope"}, headers=auth).status_code == 200
+    files = [("file", ("a.png", make_png(1), "image/png"))]  # `file` as well as `files`
+    response = client.post("/zero-shot?model=nope", files=files, data={"classes": ["a", "b"]}, headers=auth)
+    assert response.status_code == 404 and "nope" in response.json()["detail"]
+    assert client.post("/zero-shot?model=clip", files=files, data={"classes": ["a", "b"]}, headers=auth).status_code == 200
+    assert client.post("/embed/image?model=tiny", files=files, headers=auth).status_code == 200
