@@ -24,7 +24,7 @@ def _train_word2vec(args: argparse.Namespace) -> None:
     from embedserve.pipelines import train_word2vec_bundle
     from training.methods.word2vec import Word2VecConfig
 
-    base = Word2VecConfig.quick(args.corpus or str(_gcide())) if args.quick else None
+    base = Word2VecConfig.quick(*[args.corpus] if args.corpus else []) if args.quick else None  # GCIDE by default
     config = config_from_args(Word2VecConfig, args, base)
     bundle = train_word2vec_bundle(config, args.artifacts, args.name, args.checkpoint, args.resume)
     print(f"wrote {bundle.path}  metrics: {bundle.manifest.metrics}")
@@ -38,11 +38,6 @@ def _train_torch_method(args: argparse.Namespace) -> None:
     bundle = train_and_export(args.method, config, args.artifacts, args.name or args.method, args.resume)
     print(f"wrote {bundle.path}  metrics: {bundle.manifest.metrics}")
 
-
-def _gcide() -> Path:
-    from embedserve.pipelines import GCIDE_CORPUS
-
-    return GCIDE_CORPUS
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -56,10 +56,10 @@ def _has_index(name: str) -> Callable[[Path], bool]:
 
 
 def _train_words(artifacts: Path) -> None:
-    from embedserve.pipelines import GCIDE_CORPUS, train_word2vec_bundle
+    from embedserve.pipelines import train_word2vec_bundle
     from training.methods.word2vec import Word2VecConfig
 
-    train_word2vec_bundle(Word2VecConfig.quick(str(GCIDE_CORPUS)), artifacts, WORDS_MODEL)
+    train_word2vec_bundle(Word2VecConfig.quick(), artifacts, WORDS_MODEL)  # one skip-gram epoch over GCIDE
 
 
 def _train_quick(method: str, name: str) -> Callable[[Path], None]:

@@ -14,8 +14,6 @@ from runtime.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-GCIDE_CORPUS = Path("/usr/share/dictd/gcide.dict.dz")
-
 
 def evaluate_word_vectors(vectors, vocab: list[str]) -> dict[str, Any]:
     """Analogy accuracy (questions-words.txt) and wordsim353 Spearman, as the manifest records them.

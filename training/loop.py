@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.runtime import choose_device, seed_everything
+from training.device import choose_device, seed_everything
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from training.data.vocab import (
 from training.losses.negative_sampling import negative_sampling_loss
 from training.methods import word2vec_kernel
 from training.models.word2vec import Word2VecModel
-from training.runtime import choose_device, seed_everything
+from training.device import choose_device, seed_everything
 
 ARCHITECTURES = ("skipgram", "cbow")
 # The Collaborative International Dictionary of English (Debian's dict-gcide): ~5.4M words.
@@ -94,16 +94,8 @@ class Word2VecConfig:
         analogy set as a whole but, on this dictionary corpus, push queen down (rank 3 after
         two epochs, 7 after three), so one it is.
         """
-        return cls(**{**QUICK_PROFILE, "corpus": corpus, **overrides})
-
-
-# Settings of `Word2VecConfig.quick`; everything else keeps its default.
-QUICK_PROFILE: dict[str, Any] = dict(architecture="skipgram", dim=100, window=5, epochs=1, min_count=5)
-
-
-def quick_config(corpus: str = GCIDE_PATH, **overrides: Any) -> Word2VecConfig:
-    """The demo profile (see `Word2VecConfig.quick`)."""
-    return Word2VecConfig.quick(corpus, **overrides)
+        quick = dict(architecture="skipgram", dim=100, window=5, epochs=1, min_count=5)  # the rest: defaults
+        return cls(**{**quick, "corpus": corpus, **overrides})
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from training.checkpoint import load_checkpoint
-from training.methods.word2vec import Word2VecConfig, quick_config, train_word2vec
+from training.methods.word2vec import Word2VecConfig, train_word2vec
 
 CLASSES, WORDS_PER_CLASS = 6, 8
 
@@ -114,6 +114,6 @@ def test_clear_errors_for_bad_input(tmp_path):
 
 
 def test_quick_profile_is_a_config_for_the_given_corpus():
-    config = quick_config("some/corpus.txt")
+    config = Word2VecConfig.quick("some/corpus.txt")
     assert isinstance(config, Word2VecConfig) and config.corpus == "some/corpus.txt"
     assert config.learning_rate == 0.025 and Word2VecConfig(architecture="cbow").learning_rate == 0.05
