@@ -35,14 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from embedserve.machine import machine_info  # noqa: E402
 from training.data.text import iter_sentences  # noqa: E402
-from training.evaluation.datasets import gensim_test_file  # noqa: E402
-from training.evaluation.word_analogies import evaluate_word_analogies  # noqa: E402
-from training.evaluation.word_similarity import evaluate_word_similarity  # noqa: E402
+from embedserve.pipelines import evaluate_word_vectors  # noqa: E402
 from training.methods.word2vec import ARCHITECTURES, Word2VecConfig, train_word2vec  # noqa: E402
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "word2vec_vs_gensim.json"
 # Test sets that ship with gensim (gensim/test/test_data).
-ANALOGIES, WORDSIM_353, SIMLEX_999 = "questions-words.txt", "wordsim353.tsv", "simlex999.txt"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -128,23 +125,6 @@ def run_gensim(config: Word2VecConfig) -> tuple[dict, np.ndarray, list[str]]:
     return timings, model.wv.vectors, list(model.wv.index_to_key)
 
 
-def evaluate(vectors: np.ndarray, vocab: list[str]) -> dict:
-    """Analogy accuracy (3CosAdd) and the Spearman correlation on both word-similarity sets."""
-    analogies = evaluate_word_analogies(vectors, vocab, gensim_test_file(ANALOGIES))
-    wordsim = evaluate_word_similarity(vectors, vocab, gensim_test_file(WORDSIM_353))
-    simlex = evaluate_word_similarity(vectors, vocab, gensim_test_file(SIMLEX_999))
-    return {
-        "analogy_semantic": analogies["semantic"],
-        "analogy_syntactic": analogies["syntactic"],
-        "analogy_total": analogies["total"]["accuracy"],
-        "analogy_covered": analogies["covered"],
-        "wordsim353_spearman": wordsim["spearman"],
-        "wordsim353_pairs": wordsim["pairs"],
-        "simlex999_spearman": simlex["spearman"],
-        "simlex999_pairs": simlex["pairs"],
-    }
-
-
 TRAINERS = {"ours": run_ours, "gensim": run_gensim}
 QUALITY = ("analogy", "wordsim", "simlex")  # the figures compared as differences, not ratios
 
@@ -158,7 +138,7 @@ def run_pairs(config: Word2VecConfig, repeats: int) -> list[dict]:
         pair: dict = {"seed": seeded.seed, "order": list(order)}
         for name in order:
             timings, vectors, vocab = TRAINERS[name](seeded)
-            pair[name] = {**timings, **evaluate(vectors, vocab), "load_average_1min": round(os.getloadavg()[0], 2)}
+            pair[name] = {**timings, **evaluate_word_vectors(vectors, vocab), "load_average_1min": round(os.getloadavg()[0], 2)}
         for key in ("raw_words_per_second", "raw_words_per_cpu_second"):
             pair[f"{key}_ratio"] = pair["ours"][key] / pair["gensim"][key]
         pairs.append(pair)

@@ -16,29 +16,35 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_word_vectors(vectors, vocab: list[str]) -> dict[str, Any]:
-    """Analogy accuracy (questions-words.txt) and wordsim353 Spearman, as the manifest records them.
+    """Analogy accuracy (questions-words.txt, 3CosAdd) and the Spearman correlation on WordSim-353
+    and SimLex-999, as the manifest records them and bench/word2vec_vs_gensim.py reports them.
 
-    Both data files ship with gensim (a dev dependency); without it the metrics are skipped.
+    The data files ship with gensim (a dev dependency); without it the metrics are skipped.
     """
-    from training.evaluation.datasets import gensim_test_file
+    from training.evaluation.datasets import ANALOGIES, SIMLEX, WORD_SIMILARITY, gensim_test_file
     from training.evaluation.word_analogies import evaluate_word_analogies
     from training.evaluation.word_similarity import evaluate_word_similarity
 
     try:
-        questions, pairs = gensim_test_file("questions-words.txt"), gensim_test_file("wordsim353.tsv")
+        files = [gensim_test_file(name) for name in (ANALOGIES, WORD_SIMILARITY, SIMLEX)]
     except (FileNotFoundError, ImportError) as e:
         log.warning("skipping word-vector evaluation: %s", e)
         return {}
-    analogies = evaluate_word_analogies(vectors, vocab, questions)
-    similarity = evaluate_word_similarity(vectors, vocab, pairs)
-    return {
+    analogies = evaluate_word_analogies(vectors, vocab, files[0])
+    metrics = {
         "analogy_semantic": analogies["semantic"],
         "analogy_syntactic": analogies["syntactic"],
         "analogy_total": analogies["total"]["accuracy"],
         "analogy_covered": analogies["covered"],
-        "wordsim353_spearman": similarity["spearman"],
-        "wordsim353_pairs": similarity["pairs"],
     }
+    for name, path in (("wordsim353", files[1]), ("simlex999", files[2])):
+        try:
+            similarity = evaluate_word_similarity(vectors, vocab, path)
+        except ValueError as e:  # a small vocabulary covers too few of the pairs
+            log.warning("skipping %s: %s", name, e)
+            continue
+        metrics[f"{name}_spearman"], metrics[f"{name}_pairs"] = similarity["spearman"], similarity["pairs"]
+    return metrics
 
 
 def train_word2vec_bundle(

@@ -8,6 +8,7 @@ from pathlib import Path
 # questions-words.txt: Mikolov's Google analogy set; wordsim353.tsv: WordSim-353 similarities.
 ANALOGIES = "questions-words.txt"
 WORD_SIMILARITY = "wordsim353.tsv"
+SIMLEX = "simlex999.txt"  # SimLex-999: similarity proper, not relatedness
 
 
 def gensim_test_file(name: str) -> Path:
