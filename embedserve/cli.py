@@ -227,13 +227,13 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
-    """What a user's input can cause, each answered with one line and exit code 2: a file or
-    folder that is not there or not readable, a bad value (ValueError covers bad images, texts,
+    """What a user's input or machine can cause, each answered with one line and exit code 2: a
+    file or folder that is not there or not readable, a port that is taken, a bad value (ValueError covers bad images, texts,
     sources and configs), a bundle, index or version that is missing or unreadable."""
     from runtime.bundle import BundleError
     from runtime.files import VersionError
 
-    return FileNotFoundError, PermissionError, IsADirectoryError, ValueError, BundleError, VersionError
+    return OSError, ValueError, BundleError, VersionError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -218,11 +219,25 @@ def _wait_ready(base: str, server: subprocess.Popen, timeout_s: float = 120.0) -
     raise RuntimeError(f"the server did not become ready within {timeout_s:.0f} s")
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, before any work, a port that another program holds: the examples would otherwise show
+    that program's answers."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise OSError(f"port {port} on {host} is taken ({e.strerror}); stop what uses it, or run "
+                          f"`embedserve demo --port <another>`") from None
+
+
 def run_demo(artifacts: Path, serve: bool = True, host: str = "127.0.0.1", port: int = 8000) -> None:
     artifacts = Path(artifacts)
+    if serve:
+        check_port_free(host, port)
     prepare(artifacts)
     if not serve:
         return
+    check_port_free(host, port)  # again: training takes minutes, and something may have started meanwhile
     command = [sys.executable, "-m", "embedserve", "serve", "--artifacts", str(artifacts), "--host", host, "--port", str(port)]
     server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:

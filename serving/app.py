@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from serving.errors import install_error_handlers
 from serving.jobs import JobRunner
+from serving.limits import BodyLimitMiddleware
 from serving.metrics import install_metrics
 from serving.registry import Registry, retire_later
 from serving.routers import embed, health, indexes, jobs, openai_compat, search, text, words, zero_shot
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["authorization", "content-type"])
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(AccessMiddleware, settings=settings)  # inside the metrics: refusals are counted too
     install_metrics(app)
     app.include_router(health.router)

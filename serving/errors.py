@@ -8,6 +8,7 @@ so clients can branch on `error` and show `detail`. The inference core raises it
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from runtime.bundle import BundleError
@@ -131,7 +132,14 @@ async def _handle_runtime_error(request: Request, exc: Exception) -> JSONRespons
     return _respond(request, kind.status_code, kind.error, str(exc))
 
 
+async def _handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's own answer echoes every offending input back; a client needs where and why only
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
+    return _respond(request, 422, "invalid_input", f"the request is not valid: {problems[:2000]}")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServingError, _handle_serving_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)  # type: ignore[arg-type]
     for error in RUNTIME_ERRORS:
         app.add_exception_handler(error, _handle_runtime_error)

@@ -37,8 +37,8 @@ class MetricsMiddleware:
     A plain ASGI middleware rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware
     runs the app in a task group and streams the response through a memory channel, which cost
     about a fifth of the event loop's time per request. Here the status is read off the
-    `http.response.start` message on its way out. As before, a request whose handler raised an
-    unhandled exception (answered 500 by the outer ServerErrorMiddleware) is not recorded.
+    `http.response.start` message on its way out. A request whose handler raised an unhandled
+    exception (answered 500 by the outer ServerErrorMiddleware) is counted as a 500 too.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -58,11 +58,13 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
-        await self.app(scope, receive, send_and_note_status)
-        route = scope.get("route")  # set by the router on the scope it was handed, which is this one
-        path = getattr(route, "path", "unmatched")  # the route template keeps label counts bounded
-        self.metrics.requests.labels(scope["method"], path, str(status)).inc()
-        self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:  # an exception still counts, as the 500 the server answers with
+            route = scope.get("route")  # set by the router on the scope it was handed, which is this one
+            path = getattr(route, "path", "unmatched")  # the route template keeps label counts bounded
+            self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+            self.metrics.latency.labels(scope["method"], path).observe(time.perf_counter() - start)
 
 
 def install_metrics(app: FastAPI) -> Metrics:

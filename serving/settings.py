@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         0.0, ge=0, description="extra wait for a batch to fill; 0: a batch is what queued while the model was busy"
     )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="largest request body; refused (413) from its Content-Length or as it streams"
+    )
     max_queue: int = Field(
         512, ge=1, description="rows (images, texts) waiting per model; past it requests answer 429 with Retry-After"
     )

@@ -132,3 +132,13 @@ def test_jobs_run_embeds_a_folder_into_an_index(image_artifacts, tmp_path, make_
     assert '"state": "succeeded"' in capsys.readouterr().out and len(open_index(image_artifacts, "pics")) == 3
     assert main([*argv[:3], str(tmp_path / "nothing"), *argv[4:]]) == 2  # a failed job: one line, exit 2
     assert "neither a folder" in capsys.readouterr().err
+
+
+def test_demo_stops_at_once_when_its_port_is_taken(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["demo", "--artifacts", str(tmp_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is taken" in err and not (tmp_path / "models").exists()  # nothing trained

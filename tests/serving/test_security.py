@@ -83,3 +83,38 @@ def test_a_bundle_damaged_after_export_is_refused_and_the_others_serve(words_art
         assert c.get("/similar?word=king").status_code == 200  # the others serve
     with client(words_artifacts, ready_with_failures=True) as c:
         assert c.get("/readyz").status_code == 200
+
+
+def test_a_validation_error_says_where_and_why_without_echoing_the_input(words_artifacts: Path):
+    with client(words_artifacts) as c:
+        secret = "x" * 5000
+        response = c.get(f"/analogy?a=king&b=man&c=woman&k={secret}")
+        assert response.status_code == 422 and response.json()["error"] == "invalid_input"
+        assert "query.k" in response.json()["detail"] and secret not in response.text
+
+
+def test_an_unhandled_error_is_counted_as_a_500(words_artifacts: Path, monkeypatch):
+    from index.word_vectors import WordVectors
+
+    def broken(self, word, k=10):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(WordVectors, "similar", broken)
+    with TestClient(create_app(Settings(artifacts_dir=words_artifacts)), raise_server_exceptions=False) as c:
+        assert c.get("/similar?word=king").status_code == 500
+        assert 'status="500"' in c.get("/metrics").text
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(image_artifacts: Path, make_png):
+    with client(image_artifacts, max_request_bytes=1000) as c:
+        big = c.post("/embed/image", content=b"x" * 5000, headers={"content-type": "application/json"})
+        assert big.status_code == 413 and "the limit is 1,000" in big.json()["detail"]
+
+        def chunks():  # no Content-Length: counted as it streams
+            for _ in range(10):
+                yield b"y" * 500
+
+        streamed = c.post("/embed/image", content=chunks(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+        small = c.post("/embed/image", files=[("files", ("a.png", make_png(0, (4, 4)), "image/png"))])
+        assert small.status_code == 200, small.text
