@@ -52,7 +52,9 @@ class Label(BaseModel):
     label: str = Field(description="a class name as the request sent it (whitespace stripped)")
     probability: float = Field(description="softmax over the request's classes of logit_scale × (cosine − the "
                                            "class's query-bank offset, with normalization querybank)")
-    score: float = Field(description="cosine between the image and the class's text embedding")
+    score: float = Field(description="what the classes are ranked by: the cosine, less the class's query-bank offset "
+                                     "with normalization querybank; probability is the softmax of logit_scale × score")
+    cosine: float = Field(description="the plain cosine between the image and the class's text embedding")
 
 
 class ZeroShotResult(BaseModel):
@@ -190,14 +192,16 @@ async def zero_shot(
 
     matrix, offsets = await class_matrix(registry, model, classes, templates, normalization)  # (C, D), (C,)
     images = await embed_images(blobs, manifest, image_batcher, settings.image_limits())  # (B, D), unit rows
-    scores = images @ matrix.T  # (B, C) cosines
+    cosines = images @ matrix.T  # (B, C)
+    scores = cosines - offsets if offsets is not None else cosines  # (B, C): what the softmax ranks
     scale = manifest.logit_scale if manifest.logit_scale is not None else DEFAULT_LOGIT_SCALE
     probabilities = classify(images, matrix, scale, offsets)  # (B, C)
     results = []
-    for row_scores, row_probabilities in zip(scores, probabilities):
-        order = np.argsort(-row_probabilities, kind="stable")  # (C,) most probable first
+    for row_cosines, row_scores, row_probabilities in zip(cosines, scores, probabilities):
+        order = np.argsort(-row_probabilities, kind="stable")  # (C,) most probable first, highest score first
         results.append(ZeroShotResult(labels=[
-            Label(label=classes[c], probability=float(row_probabilities[c]), score=float(row_scores[c])) for c in order
+            Label(label=classes[c], probability=float(row_probabilities[c]), score=float(row_scores[c]),
+                  cosine=float(row_cosines[c])) for c in order
         ]))
     return model_response(ZeroShotResponse(model=manifest.name, version=manifest.version, templates=templates,
                                            normalization=normalization, results=results))

@@ -35,7 +35,7 @@ def expected_ranking(artifacts: Path, images: list[bytes], classes: list[str], t
                      normalization: str = "querybank", model: str = "clip"):
     """Zero-shot computed independently of the server: onnxruntime sessions, the bundle's tokenizer,
     index.zero_shot.build_class_matrix and, for querybank, offsets from the bundle's query_bank.npy.
-    Returns (cosines (B, C), probabilities (B, C))."""
+    Returns (cosines (B, C), scores (B, C): cosines less the offsets, probabilities (B, C))."""
     bundle = open_bundle(artifacts, model)
     text = ort.InferenceSession(str(bundle.file("text_encoder")), providers=["CPUExecutionProvider"])
     image = ort.InferenceSession(str(bundle.file("image_encoder")), providers=["CPUExecutionProvider"])
@@ -56,12 +56,12 @@ def expected_ranking(artifacts: Path, images: list[bytes], classes: list[str], t
         offsets = np.sort(bank_cosines, axis=0)[-bundle.manifest.query_bank.k:].mean(axis=0)  # (C,)
     logits = bundle.manifest.logit_scale * (cosines - offsets)
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
-    return cosines, probabilities / probabilities.sum(1, keepdims=True)
+    return cosines, cosines - offsets, probabilities / probabilities.sum(1, keepdims=True)
 
 
 def check_against_expected(body: dict, artifacts: Path, images: list[bytes], classes: list[str], templates=EVAL_TEMPLATES,
                            normalization: str = "querybank"):
-    cosines, probabilities = expected_ranking(artifacts, images, classes, templates, normalization, body["model"])
+    cosines, scores, probabilities = expected_ranking(artifacts, images, classes, templates, normalization, body["model"])
     assert body["normalization"] == normalization
     assert len(body["results"]) == len(images)
     for row, result in enumerate(body["results"]):
@@ -71,8 +71,10 @@ def check_against_expected(body: dict, artifacts: Path, images: list[bytes], cla
         assert [label["label"] for label in labels] == [classes[c] for c in np.argsort(-probabilities[row], kind="stable")]
         for label in labels:
             c = classes.index(label["label"])
-            assert label["score"] == pytest.approx(cosines[row, c], abs=1e-4)
+            assert label["cosine"] == pytest.approx(cosines[row, c], abs=1e-4)
+            assert label["score"] == pytest.approx(scores[row, c], abs=1e-4)
             assert label["probability"] == pytest.approx(probabilities[row, c], abs=1e-4)
+        assert [label["score"] for label in labels] == sorted((label["score"] for label in labels), reverse=True)
 
 
 def test_json_request_ranks_classes_as_clip_does(client: TestClient, clip_bundle_artifacts: Path, make_png):
