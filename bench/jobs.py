@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -106,9 +108,6 @@ async def drive(client: httpx.AsyncClient, requests: int, concurrency: int, unti
 
 
 async def bench_search(artifacts: Path, model: str, requests: int, concurrency: int, batch_size: int) -> dict:
-    import os
-    import subprocess
-
     port = free_port()
     env = {**os.environ, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts)}
     command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST, "--port", str(port),

@@ -168,12 +168,9 @@ class JobStore:
                               (job_id, limit)).fetchall()
         return [{"position": p, "error": e} for p, e in rows]
 
-    def error_count(self, job_id: str, below_position: int | None = None) -> int:
+    def error_count(self, job_id: str) -> int:
         with self._db() as db:
-            if below_position is None:
-                return db.execute("SELECT COUNT(*) FROM item_errors WHERE job = ?", (job_id,)).fetchone()[0]
-            return db.execute("SELECT COUNT(*) FROM item_errors WHERE job = ? AND position < ?",
-                              (job_id, below_position)).fetchone()[0]
+            return db.execute("SELECT COUNT(*) FROM item_errors WHERE job = ?", (job_id,)).fetchone()[0]
 
     def unfinished(self) -> list[JobStatus]:
         """Jobs queued or running (a running one was cut short by a stop or a crash), oldest first."""
@@ -332,7 +329,7 @@ def request_cancel(store: JobStore, job_id: str) -> JobStatus:
     if status.state in FINISHED:
         return status
     if status.state == "queued":
-        return _cancel(store, job_id, jobs_dir(store.folder.parent) / job_id)
+        return _cancel(store, job_id, store.folder / job_id)
     return store.update(job_id, cancel_requested=True)
 
 

@@ -191,16 +191,26 @@ def fashion_mnist_source(split: str, root: Path = DEFAULT_FASHION_MNIST_ROOT) ->
                        arrays=lambda positions: images[positions.start:positions.stop])
 
 
-def open_source(source: str | Path, limits: ImageLimits = ImageLimits(), roots: Roots = None) -> ImageSource:
-    """"fashion-mnist:train", "fashion-mnist:test", a folder of images, or a .csv/.jsonl manifest;
-    paths only under `roots` when given."""
+def check_source(source: str | Path, roots: Roots = None) -> Path | str:
+    """What `open_source` checks before it reads anything: a Fashion-MNIST split's name (returned),
+    or a path under `roots` (returned resolved). Cheap: a server runs it before queueing a job."""
     text = str(source)
     if text.startswith(FASHION_MNIST_PREFIX):
         split = text[len(FASHION_MNIST_PREFIX):]
         if split not in ("train", "test"):
             raise SourceError(f"source {text!r}: the Fashion-MNIST splits are fashion-mnist:train and fashion-mnist:test")
-        return fashion_mnist_source(split)
-    path = confine(text, roots)  # before anything is read, even whether it exists
+        return split
+    return confine(text, roots)
+
+
+def open_source(source: str | Path, limits: ImageLimits = ImageLimits(), roots: Roots = None) -> ImageSource:
+    """"fashion-mnist:train", "fashion-mnist:test", a folder of images, or a .csv/.jsonl manifest;
+    paths only under `roots` when given."""
+    text = str(source)
+    checked = check_source(text, roots)  # before anything is read, even whether a path exists
+    if isinstance(checked, str):
+        return fashion_mnist_source(checked)
+    path = checked
     if path.is_dir():
         return folder_source(path, limits, roots)
     if path.is_file() and path.suffix in MANIFEST_SUFFIXES:

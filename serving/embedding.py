@@ -45,9 +45,13 @@ async def embed_images(blobs: list[bytes], manifest: Manifest, batcher: MicroBat
     return unit_rows(await batcher.submit(batch))  # (n, D)
 
 
+async def tokenize(texts: Sequence[str], model: TextModel, names: Sequence[str] | None = None) -> np.ndarray:
+    """Texts → the text tower's batch (n, 2, T) int64 (ids and attention mask), in a thread. A
+    text that is empty or longer than the model reads is refused (runtime.tokens.InvalidText, a
+    422); `names[i]` says how the error names text i."""
+    return await asyncio.to_thread(text_encoder_batch, model.tokenizer, texts, names)
+
+
 async def embed_texts(texts: Sequence[str], model: TextModel, names: Sequence[str] | None = None) -> np.ndarray:
-    """Texts → L2-normalised embeddings (n, D), through the model's text micro-batcher. A text
-    that is empty or longer than the model reads is refused (runtime.tokens.InvalidText, a 422);
-    `names[i]` says how the error names text i."""
-    tokens = await asyncio.to_thread(text_encoder_batch, model.tokenizer, texts, names)  # (n, 2, T)
-    return unit_rows(await model.batcher.submit(tokens))  # (n, D)
+    """Texts → L2-normalised embeddings (n, D), through the model's text micro-batcher."""
+    return unit_rows(await model.batcher.submit(await tokenize(texts, model, names)))  # (n, D)

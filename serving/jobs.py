@@ -16,12 +16,12 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from index.jobs import FINISHED, JobSpec, JobStatus, JobStore, request_cancel, run_job
+from index.jobs import INDEX_PREFIX, JobSpec, JobStatus, JobStore, request_cancel, run_job
 from index.vector_index import VectorIndex, indexes_dir
 from runtime.bundle import open_bundle
 from runtime.files import VersionError, version_folder
-from runtime.sources import FASHION_MNIST_PREFIX, confine
-from serving.errors import InvalidInput, UnknownIndex, UnknownModel
+from runtime.sources import check_source
+from serving.errors import UnknownIndex
 from serving.registry import Registry, retire_later
 from serving.settings import Settings
 
@@ -65,21 +65,16 @@ class JobRunner:
                 pass
 
     def check(self, spec: JobSpec) -> None:
-        """Refuse, before queueing, a job whose model does not exist or whose source this server may
-        not read (SourceForbidden: 403); reading the source itself is the job's work."""
-        try:
-            open_bundle(self.settings.artifacts_dir, spec.model, spec.model_version)
-        except Exception as e:
-            raise UnknownModel(str(e)) from None
-        if spec.source.startswith("index:"):
+        """Refuse, before queueing, a job whose model does not exist (BundleError: 404) or whose
+        source this server may not read (SourceForbidden: 403); reading the source is the job's work."""
+        open_bundle(self.settings.artifacts_dir, spec.model, spec.model_version)
+        if spec.source.startswith(INDEX_PREFIX):
             try:  # the folder only: the job itself reads the index
-                version_folder(indexes_dir(self.settings.artifacts_dir), spec.source[len("index:"):], what="index")
+                version_folder(indexes_dir(self.settings.artifacts_dir), spec.source[len(INDEX_PREFIX):], what="index")
             except VersionError as e:
                 raise UnknownIndex(str(e)) from None
-        elif not spec.source.startswith(FASHION_MNIST_PREFIX):
-            confine(spec.source, self.settings.data_root_paths())
-        elif spec.source not in ("fashion-mnist:train", "fashion-mnist:test"):
-            raise InvalidInput(f"source {spec.source!r}: the Fashion-MNIST splits are fashion-mnist:train and fashion-mnist:test")
+        else:
+            check_source(spec.source, self.settings.data_root_paths())
 
     def submit(self, spec: JobSpec) -> JobStatus:
         self.check(spec)
@@ -94,9 +89,7 @@ class JobRunner:
         loop = asyncio.get_running_loop()
         while True:
             job_id = await self._queue.get()
-            if self.store.get(job_id).state in FINISHED:  # cancelled while queued
-                continue
-            try:
+            try:  # a job cancelled while it was queued comes back from run_job as it is
                 await asyncio.to_thread(self._run_job, job_id, loop)
             except Exception as e:  # a bug must fail one job, not the runner
                 log.exception("job %s", job_id)

@@ -81,9 +81,9 @@ class AccessMiddleware:
         self.app = app
         self.digests = [d.encode() for d in configured_digests(settings)]
         self.open_paths = OPEN_PATHS + (("/metrics",) if settings.metrics_public else ())
-        hosts = [h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip()]
+        hosts = {h.strip().lower().strip("[]") for h in settings.allowed_hosts.split(",") if h.strip()}
         self.any_host = "*" in hosts
-        self.hosts = set(hosts)
+        self.hosts = hosts  # bare names and addresses: "localhost", "::1"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -91,10 +91,11 @@ class AccessMiddleware:
         headers = dict(scope["headers"])
         if not self.any_host:
             host = headers.get(b"host", b"").decode("latin-1").lower()
-            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host  # [::1]:8000 -> [::1]
-            if name.startswith("[") and "]" in name:
-                name = name[: name.index("]") + 1]
-            if name not in self.hosts and name.strip("[]") not in self.hosts:
+            if host.startswith("["):  # [::1]:8000 -> ::1
+                name = host[1:host.find("]")]
+            else:  # localhost:8000 -> localhost
+                name = host.rpartition(":")[0] if host.count(":") == 1 else host
+            if name not in self.hosts:
                 return await _refuse(scope, send, 400, "bad_host", f"Host {host!r} is not served here; the server answers to "
                                      f"{', '.join(sorted(self.hosts))} (EMBEDSERVE_ALLOWED_HOSTS)")
         if self.digests and scope["path"] not in self.open_paths:

@@ -18,10 +18,9 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
-from runtime.tokens import encode_batch
 from runtime.vectors import unit_rows
 from serving.dependencies import get_registry
-from serving.embedding import embed_images, embed_texts
+from serving.embedding import embed_images, tokenize
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownModel
 from serving.registry import Registry
 from serving.requests import decode_base64, read_json_body
@@ -75,7 +74,7 @@ def _inputs(body: EmbeddingsRequest, registry: Registry) -> list[str]:
 async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.ndarray, int]:
     """(unit embeddings (n, D), prompt tokens) for texts and data URLs mixed."""
     images = [i for i, text in enumerate(inputs) if text.startswith(DATA_URL)]
-    texts = [i for i in range(len(inputs)) if i not in set(images)]
+    texts = [i for i, text in enumerate(inputs) if not text.startswith(DATA_URL)]
     if model not in registry.manifests:
         raise UnknownModel(f"no model named {model!r}; GET /v1/models lists them")
     manifest = registry.manifests[model]
@@ -93,10 +92,9 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
         vectors[images] = await embed_images(blobs, image_manifest, batcher, registry.settings.image_limits())
     if texts:
         text_model = registry.text_model(model)
-        names = [f"input {i}" for i in texts]
-        vectors[texts] = await embed_texts([inputs[i] for i in texts], text_model, names)
-        _, mask = encode_batch(text_model.tokenizer, [inputs[i] for i in texts])
-        tokens = int(mask.sum())
+        batch = await tokenize([inputs[i] for i in texts], text_model, [f"input {i}" for i in texts])  # (n, 2, T)
+        vectors[texts] = unit_rows(await text_model.batcher.submit(batch))
+        tokens = int(batch[:, 1].sum())  # the attention masks: the tokens the tower read
     return vectors, tokens
 
 

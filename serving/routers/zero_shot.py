@@ -13,7 +13,6 @@ repeated), or as JSON {"images": [base64], "classes": [...]}.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import numpy as np
@@ -22,9 +21,8 @@ from pydantic import BaseModel, Field
 
 from index.zero_shot import NORMALIZATIONS, classify
 from runtime.templates import EVAL_TEMPLATES
-from runtime.tokens import text_encoder_batch
 from serving.dependencies import get_registry
-from serving.embedding import embed_images
+from serving.embedding import embed_images, tokenize
 from serving.errors import InvalidInput, PayloadTooLarge
 from serving.registry import Registry, TextModel
 from serving.requests import (FILES_FIELD, FILES_SCHEMA, content_type, decode_base64_images, form_list, form_text,
@@ -148,7 +146,7 @@ async def class_matrix(registry: Registry, model: TextModel, classes: list[str],
     async def encode_prompts(prompts: list[str]) -> np.ndarray:
         # the cache orders prompts class by class, template by template: name them the same way
         names = [f"the prompt for class {c!r} from template {t!r}" for c in classes for t in templates]
-        tokens = await asyncio.to_thread(text_encoder_batch, model.tokenizer, prompts, names)  # 422 for a prompt over the context
+        tokens = await tokenize(prompts, model, names)  # (C * K, 2, T); 422 for a prompt over the context
         return await model.batcher.submit(tokens)  # (C * K, D), as the tower gives them: the class matrix normalises
 
     manifest = model.manifest
