@@ -45,13 +45,15 @@ def _as_names(names: str | Sequence[str]) -> list[str]:
 
 def export_onnx(module: torch.nn.Module, example_input: Inputs, path: Path | str,
                 input_name: str | Sequence[str] = "images", output_name: str = "embeddings",
-                opset: int = DEFAULT_OPSET) -> Path:
+                opset: int = DEFAULT_OPSET, more_dynamic_axes: dict[str, dict[int, str]] | None = None) -> Path:
     """Export `module` (put in eval mode) to `path`, batch axis 0 dynamic on every input and the output.
 
     `example_input` is one tensor named `input_name`, or a tuple of tensors (the module's positional
     arguments, e.g. token ids and attention mask) named by the sequence `input_name`, in order.
     The file is written to a temporary name beside `path`, checked with onnx.checker and renamed,
-    so `path` is either absent or a complete model.
+    so `path` is either absent or a complete model. `more_dynamic_axes` names further dynamic
+    axes per input, beyond the batch, e.g. {"ids": {1: "sequence"}} for a text model that takes
+    any number of tokens.
     """
     path = Path(path)
     examples, names = _as_tuple(example_input), _as_names(input_name)
@@ -63,7 +65,8 @@ def export_onnx(module: torch.nn.Module, example_input: Inputs, path: Path | str
         torch.onnx.export(
             module, examples, str(tmp), dynamo=False, opset_version=opset,
             input_names=names, output_names=[output_name],
-            dynamic_axes={**{name: {0: "batch"} for name in names}, output_name: {0: "batch"}},
+            dynamic_axes={**{name: {0: "batch", **(more_dynamic_axes or {}).get(name, {})} for name in names},
+                          output_name: {0: "batch"}},
         )
         onnx.checker.check_model(str(tmp))
     shapes = ", ".join(f"{n} {tuple(x.shape)}" for n, x in zip(names, examples))
