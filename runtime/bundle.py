@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 KINDS = ("image-encoder", "text-encoder", "image-text-encoder", "word-vectors")
-METHODS = ("simclr", "mae", "clip", "word2vec")
+METHODS = ("simclr", "mae", "clip", "word2vec", "sentence-transformers")  # sentence-transformers: imported, not trained here
 # The file role each kind's model plays when a caller names none; a CLIP bundle holds two models.
 DEFAULT_ROLES = {"image-encoder": "image_encoder", "text-encoder": "text_encoder", "image-text-encoder": "image_encoder"}
 REEXPORT_HINT = "re-export it: embedserve export --checkpoint <its checkpoint> --name <name>"
