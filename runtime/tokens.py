@@ -72,3 +72,12 @@ def text_encoder_batch(tokenizer: Tokenizer, texts: Sequence[str], names: Sequen
         raise InvalidText(f"{name} is longer than the {context_length(tokenizer)} tokens the model reads "
                           "(special tokens included); shorten it")
     return np.stack([ids, mask], axis=1)  # (n, 2, T)
+
+
+def used_length(attention_mask: np.ndarray) -> int:
+    """The tokens per row (B, T) that keep every real token of a right-padded batch: 1 + the last
+    column any row attends to. A model with a dynamic sequence axis run on the first `used_length`
+    columns computes what it does on all T (the mask already hides padding from attention and
+    pooling), in the time of the longest text rather than of the whole context."""
+    used = np.flatnonzero(attention_mask.any(axis=0))  # (≤T,) columns some row attends to
+    return int(used[-1]) + 1 if used.size else 1

@@ -16,6 +16,7 @@ import onnxruntime as ort
 from runtime.bundle import Bundle
 from runtime.config import SERVING_INTRA_OP_THREADS
 from runtime.encoders.base import Encoder, split_inputs
+from runtime.tokens import used_length
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,10 @@ class OnnxEncoder(Encoder):
         model_input = by_name[self.input_name]
         self.input_dtype = _NUMPY_DTYPES.get(model_input.type, np.float32)
         self.input_shape = model_input.shape  # e.g. ["batch", 3, 32, 32]: strings are dynamic axes
+        # A text model exported with a dynamic sequence axis (export.sentence_transformers) runs on the
+        # columns a batch uses, not on the whole padded context: a short text costs a short text's time.
+        self.mask_index = self.input_names.index("attention_mask") if "attention_mask" in self.input_names else None
+        self.trims_padding = self.mask_index is not None and len(self.input_shape) > 1 and not isinstance(self.input_shape[1], int)
         log.info("model %s %s: %s on %s", self.manifest.name, self.manifest.version, path.name, self.session.get_providers())
 
     @property
@@ -114,6 +119,9 @@ class OnnxEncoder(Encoder):
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)  # (B, C, H, W), or (B, k, T) for k inputs
         arrays = split_inputs(batch, self.input_names, self.manifest.name)
         self._check_shape(arrays[0].shape)
+        if self.trims_padding:
+            length = used_length(arrays[self.mask_index])  # the longest text's tokens: (B, T) -> (B, length)
+            arrays = [np.ascontiguousarray(a[:, :length]) for a in arrays]
         (embeddings,) = self.session.run([self.output_name], dict(zip(self.input_names, arrays)))  # (B, D)
         return np.asarray(embeddings, dtype=np.float32)
 
