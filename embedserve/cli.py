@@ -47,6 +47,14 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {bundle.path}")
 
 
+def _import_sentence_transformers(args: argparse.Namespace) -> None:
+    from export.sentence_transformers import import_sentence_transformer
+
+    bundle = import_sentence_transformer(args.folder, args.artifacts, args.name, version=args.version)
+    cosine = bundle.manifest.extra["parity_min_cosine"]["text_encoder"]
+    print(f"wrote {bundle.path}  (lowest cosine to sentence-transformers: {cosine:.6f})")
+
+
 def _index_build(args: argparse.Namespace) -> None:
     from index.build import build_image_index
 
@@ -174,6 +182,15 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     export.add_argument("--triton", action="store_true",
                         help="also write its models into the Triton repository <artifacts>/triton (image encoders, CLIP)")
     export.set_defaults(func=_export)
+
+    imports = commands.add_parser("import", help="turn a model another library saved into a bundle")
+    st = imports.add_subparsers(dest="library", required=True).add_parser(
+        "sentence-transformers", help="a local sentence-transformers folder -> a text-encoder bundle (ONNX, parity-checked)")
+    st.add_argument("folder", type=Path, help="the folder with modules.json, config.json, model.safetensors, tokenizer.json")
+    st.add_argument("--name", required=True, help="bundle (model) name, as clients will ask for it")
+    st.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
+    st.add_argument("--version", help="bundle version (default: the next vN)")
+    st.set_defaults(func=_import_sentence_transformers)
 
     index = commands.add_parser("index", help="build FAISS indexes").add_subparsers(dest="action", required=True)
     build = index.add_parser("build", help="embed a folder or data set with an image model into a named index")
