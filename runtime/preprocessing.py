@@ -10,6 +10,7 @@ and 422 in one place.
 from __future__ import annotations
 
 import io
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Inde
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow opens 16-bit greyscale as one of these
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 MODES = ("L", "RGB")  # what a model takes: 1 or 3 channels
+# A big image is decoded at about this multiple of the model's resize on its shorter side: enough
+# that the final bilinear resize still averages over several source pixels (what it does at full size)
+DECODE_MARGIN = 2
 
 
 class ImageError(ValueError):
@@ -143,22 +147,81 @@ def open_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     return img
 
 
-def load_pixels(img: Image.Image, limits: ImageLimits = ImageLimits()) -> Image.Image:
+def load_pixels(img: Image.Image, limits: ImageLimits = ImageLimits(), resize: int | None = None) -> Image.Image:
     """Decode an opened image's pixels; truncated or corrupt data is an InvalidImage now rather
-    than an error later."""
+    than an error later.
+
+    With `resize` (the shorter side the model's preprocessing resizes to), an image much larger
+    than that is decoded small: a JPEG at the smallest DCT scale (1/2, 1/4, 1/8: Pillow's draft
+    mode) whose shorter side is still at least DECODE_MARGIN × resize, any other format shrunk by
+    box averaging to about that size right after decoding. So memory per image is bounded
+    by the model's input rather than the file's pixels (a 6000×6000 JPEG decodes to 750×750), and
+    at most one full-size copy ever exists, briefly. Images under 2 × DECODE_MARGIN × resize on
+    their shorter side are left exactly as decoded, so preprocessing sees the same pixels as
+    training did."""
+    need = None if resize is None else DECODE_MARGIN * resize  # the shorter side worth keeping
+    if need is not None and img.format == "JPEG" and min(img.size) >= 2 * need:
+        width, height = img.size
+        short = min(width, height)
+        img.draft(None, (math.ceil(width * need / short), math.ceil(height * need / short)))
     try:
         img.load()
     except Image.DecompressionBombError as e:
         raise _bomb(e, limits.max_pixels) from e
     except _DECODE_ERRORS as e:
         raise InvalidImage(f"image is truncated or corrupt ({e}); re-encode or re-upload it") from e
+    if need is not None and min(img.size) // need >= 2:
+        img = _reduced(img, min(img.size) // need)
     return img
 
 
-def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Decode an encoded image fully: `load_pixels(open_image(data))`. The image keeps its own
-    mode and EXIF orientation; `preprocess_image` normalises both."""
-    return load_pixels(open_image(data, limits), limits)
+def _reduced(img: Image.Image, factor: int) -> Image.Image:
+    """`img` shrunk about `factor` times by box averaging (Pillow's BOX resampling with exact,
+    fractional geometry), a strip of _STRIP_SOURCE_ROWS source rows at a time, so that no second
+    full-size copy is made (Pillow would premultiply a whole RGBA image, or expand a whole palette
+    image, before resampling it). Each strip is first put in a mode normalize_image reads the same
+    way: palette and 1-bit expanded (resampling takes neither), 16-bit greyscale widened to
+    32-bit; Pillow averages transparent pixels premultiplied, so colours hidden under alpha 0 do
+    not bleed into their visible neighbours. The image's metadata (EXIF orientation) is kept."""
+    width, height = max(1, round(img.width / factor)), max(1, round(img.height / factor))
+    scale = img.height / height  # source rows per output row
+    rows = max(1, _STRIP_SOURCE_ROWS // factor)  # output rows per strip
+    out = None
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        y0, y1 = math.floor(top * scale), min(img.height, math.ceil(bottom * scale))
+        strip = _resamplable(img.crop((0, y0, img.width, y1)))
+        strip = strip.resize((width, bottom - top), Image.Resampling.BOX,
+                             box=(0, top * scale - y0, img.width, bottom * scale - y0))
+        if out is None:
+            out = Image.new(strip.mode, (width, height))
+        out.paste(strip, (0, top))
+    out.info = dict(img.info)
+    exif = img.getexif()
+    if exif and "exif" not in out.info:  # e.g. a TIFF's orientation tag, which lives outside info
+        out.info["exif"] = exif.tobytes()
+    return out
+
+
+_STRIP_SOURCE_ROWS = 256  # about how many full-width source rows _reduced holds in a working copy at once
+
+
+def _resamplable(img: Image.Image) -> Image.Image:
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode == "P":
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode == "PA":
+        return img.convert("RGBA")
+    if img.mode in _SIXTEEN_BIT_MODES and img.mode != "I":
+        return img.convert("I")
+    return img
+
+
+def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), resize: int | None = None) -> Image.Image:
+    """Decode an encoded image: `load_pixels(open_image(data), resize=resize)`. The image keeps
+    its own mode and EXIF orientation; `preprocess_image` normalises both."""
+    return load_pixels(open_image(data, limits), limits, resize)
 
 
 def normalize_image(img: Image.Image, mode: str = "RGB") -> Image.Image:

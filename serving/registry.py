@@ -5,7 +5,9 @@ object that serves it: word vectors get a FAISS index (index/word_vectors.py); i
 get an `Encoder` (runtime.encoders.factory) fed by a `MicroBatcher`; a CLIP bundle
 (image-text-encoder) gets two, an image side that /embed/image and /search use like any image
 encoder and a text side with the tokenizer it was trained with and, when exported with one, the
-query bank /zero-shot normalises with. It also loads the current version of every index under
+query bank /zero-shot normalises with; a text encoder (a sentence-transformers model imported by
+export.sentence_transformers) gets a text side only, which /embed/text and /v1/embeddings serve
+like a CLIP model's and /zero-shot refuses, having no image tower to classify with. It also loads the current version of every index under
 `artifacts/indexes/`, and the exact model version each index was built with when that is not
 the current one. Routers ask the registry for a model or index by name, or for the default of
 its kind.
@@ -41,6 +43,7 @@ from runtime.encoders.factory import load_encoder
 from runtime.files import names_under, version_folder
 from runtime.tokens import load_tokenizer, text_encoder_batch
 from serving.batching import MicroBatcher
+from serving.decoding import ImageDecoder
 from serving.errors import InvalidInput, NotReady, UnknownIndex, UnknownModel
 from serving.metrics import Metrics
 from serving.settings import Settings
@@ -52,7 +55,7 @@ ENCODER_KINDS = ("image-encoder", "image-text-encoder")  # kinds whose image sid
 
 @dataclass(frozen=True)
 class TextModel:
-    """The text side of a CLIP bundle: what /embed/text, /zero-shot and text search need."""
+    """The text side of a CLIP bundle or a text encoder: what /embed/text, /zero-shot and text search need."""
 
     manifest: Manifest
     batcher: MicroBatcher  # feeds the text encoder (B, 2, T) int64: token ids and attention mask stacked
@@ -72,13 +75,18 @@ class Registry:
     # image encoders' batchers by (name, version): current versions, plus older ones an index needs
     image_batchers: dict[tuple[str, str], MicroBatcher] = field(default_factory=dict)
     image_manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict)
-    # CLIP text sides by (name, version), loaded alongside their image side
+    # text sides by (name, version): CLIP models' (loaded alongside their image side) and text encoders'
     text_models: dict[tuple[str, str], TextModel] = field(default_factory=dict)
     class_matrices: ClassMatrixCache = field(default_factory=ClassMatrixCache)  # zero-shot class embeddings
     indexes: dict[str, VectorIndex] = field(default_factory=dict)  # current version of each index, by name
     metrics: Metrics | None = None  # where batchers record their batch sizes
     failed: dict[str, str] = field(default_factory=dict)  # models refused at load: name -> why
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one change of the tables at a time
+    images: ImageDecoder = field(init=False, repr=False)  # how every route decodes request images
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.images = ImageDecoder(s.image_limits(), s.max_request_pixels, s.decode_threads)
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics | None = None) -> Registry:
@@ -116,6 +124,8 @@ class Registry:
             self._add_image_encoder(bundle)
         elif manifest.kind == "image-text-encoder":
             self._add_image_text_encoder(bundle)
+        elif manifest.kind == "text-encoder":
+            self._add_text_encoder(bundle)
         else:
             log.warning("model %s: kind %r is not served yet; skipped", manifest.name, manifest.kind)
             return False
@@ -141,22 +151,31 @@ class Registry:
         self.image_manifests[key] = manifest
         self.image_batchers[key] = self._batcher(encoder, manifest.name)
 
-    def _add_image_text_encoder(self, bundle: Bundle) -> None:
-        """Both towers of a CLIP bundle, each with its own batcher, and its query bank if it has one;
-        the image side serves like any image encoder."""
+    def _text_model(self, bundle: Bundle, query_bank: QueryBank | None = None, metrics_label: str | None = None) -> TextModel:
+        """The text side of a bundle (its `text_encoder` model and tokenizer), probed, with its own batcher."""
         manifest = bundle.manifest
         if manifest.tokenizer is None:
             raise ValueError(f"model {manifest.name}: its manifest names no tokenizer file; re-export the bundle")
         tokenizer = load_tokenizer(bundle.path / manifest.tokenizer.file)
         text_encoder = load_encoder(bundle, self.settings.runtime_config(), "text_encoder")
         _probe(text_encoder, text_encoder_batch(tokenizer, ["a probe"]))
-        self._add_image_encoder(bundle, "image_encoder")
+        return TextModel(manifest, self._batcher(text_encoder, metrics_label or manifest.name), tokenizer, query_bank)
+
+    def _add_text_encoder(self, bundle: Bundle) -> None:
+        manifest = bundle.manifest
+        self.text_models[(manifest.name, manifest.version)] = self._text_model(bundle)
+
+    def _add_image_text_encoder(self, bundle: Bundle) -> None:
+        """Both towers of a CLIP bundle, each with its own batcher, and its query bank if it has one;
+        the image side serves like any image encoder."""
+        manifest = bundle.manifest
         query_bank = read_query_bank(bundle)
         if query_bank is None:
             log.info("model %s %s has no query bank: /zero-shot serves it without normalisation", manifest.name, manifest.version)
         # metrics label "<name>:text": image and text batches of one model are different workloads
-        self.text_models[(manifest.name, manifest.version)] = TextModel(
-            manifest, self._batcher(text_encoder, f"{manifest.name}:text"), tokenizer, query_bank)
+        text_model = self._text_model(bundle, query_bank, f"{manifest.name}:text")
+        self._add_image_encoder(bundle, "image_encoder")
+        self.text_models[(manifest.name, manifest.version)] = text_model
 
     def add_index(self, index: VectorIndex) -> None:
         """Serve `index` under its name: first load the model version it was built with, if that
@@ -226,21 +245,30 @@ class Registry:
         key, known = self._resolve(self.image_batchers, name, self.settings.default_image_model, version)
         if key not in self.image_batchers:
             self._raise_if_failed(key[0])
+            kind = self.manifests[key[0]].kind if key[0] in self.manifests else None
+            if kind == "text-encoder":  # loaded, so not a 404: it cannot do what was asked
+                raise InvalidInput(f"model {key[0]!r} is a text encoder: it embeds texts only and has no image tower, "
+                                   f"which embedding images and zero-shot need; name a model that has one: {known}")
             raise UnknownModel(f"no image encoder named {_wanted(key[0], version)}; available: {known}")
         return self.image_manifests[key], self.image_batchers[key]
 
     def text_model(self, name: str | None, version: str | None = None) -> TextModel:
-        """The CLIP model `name` (current version unless `version`), or the default one (the
-        setting, else the first by name). A loaded model without a text tower is a 422, not a 404."""
-        key, known = self._resolve(self.text_models, name, self.settings.default_text_model, version)
+        """The text model `name` (current version unless `version`): a CLIP model's text side or a
+        text encoder. Without a name, the default one: the setting, else the first CLIP model by
+        name (what /zero-shot needs), else the first text encoder. A loaded model without a text
+        tower is a 422, not a 404."""
+        manifests = dict(self.manifests)
+        clip = sorted(n for n, v in list(self.text_models) if n in manifests and manifests[n].kind == "image-text-encoder")
+        default = self.settings.default_text_model or next(iter(clip), None)
+        key, known = self._resolve(self.text_models, name, default, version)
         if key in self.text_models:
             return self.text_models[key]
         name = key[0]
         self._raise_if_failed(name)
-        if name in self.manifests and self.manifests[name].kind != "image-text-encoder":
-            raise InvalidInput(f"model {name!r} is a {self.manifests[name].kind} and has no text tower; "
-                               f"name a CLIP model (image-text-encoder): {known}")
-        raise UnknownModel(f"no CLIP (image-text) model named {_wanted(name, version)}; available: {known}")
+        if name in manifests and manifests[name].kind not in ("image-text-encoder", "text-encoder"):
+            raise InvalidInput(f"model {name!r} is a {manifests[name].kind} and has no text tower; "
+                               f"name a text model (a CLIP model or a text encoder): {known}")
+        raise UnknownModel(f"no text model named {_wanted(name, version)}; available: {known}")
 
     def index(self, name: str | None) -> VectorIndex:
         """The index `name`, or the default one (the setting, else the only one loaded)."""
@@ -285,6 +313,7 @@ class Registry:
     def close(self) -> None:
         for batcher in self.batchers:
             batcher.encoder.close()
+        self.images.close()
 
 
 _retiring: set[asyncio.Task] = set()  # the event loop keeps only weak references to its tasks

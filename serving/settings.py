@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(64, ge=1, description="most images one request may send")
     max_image_bytes: int = Field(10_000_000, ge=1, description="largest encoded image accepted")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest decoded image accepted (decompression bombs)")
+    max_request_pixels: int = Field(
+        100_000_000, ge=1, description="most pixels (by their headers) all the images of one request may hold"
+    )
+    decode_threads: int = Field(
+        2, ge=1, description="requests whose images decode at once; each image decodes at about the model's size"
+    )
     max_k: int = Field(1000, ge=1, description="most neighbours one request may ask for")
     max_texts_per_request: int = Field(256, ge=1, description="most texts one /embed/text request may send")
     max_classes: int = Field(1000, ge=1, description="most classes one /zero-shot request may name")

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from serving.dependencies import get_registry
+from serving.errors import error_responses
 from serving.embedding import embed_images
 from serving.registry import Registry
 from serving.requests import (FILES_FIELD, FILES_SCHEMA, check_image_count, content_type, decode_base64_images,
@@ -44,7 +45,7 @@ async def read_images(request: Request, settings: Settings) -> tuple[list[bytes]
     response_model=EmbedResponse,
     summary="Embed one or more images",
     openapi_extra=request_body_doc({FILES_FIELD: FILES_SCHEMA}, [FILES_FIELD], EmbedImagesRequest),
-    responses={413: {"description": "too many images, or an image too large"}, 415: {"description": "not an image"}},
+    responses=error_responses(404, 415, 429, 503),
 )
 async def embed_image(
     request: Request,
@@ -54,6 +55,6 @@ async def embed_image(
     settings = registry.settings
     blobs, body_model = await read_images(request, settings)
     manifest, batcher = registry.image_model(model or body_model)
-    embeddings = await embed_images(blobs, manifest, batcher, settings.image_limits())  # (n, D)
+    embeddings = await embed_images(blobs, manifest, batcher, registry.images)  # (n, D)
     return model_response(EmbedResponse(model=manifest.name, version=manifest.version, dim=embeddings.shape[1],
                                         embeddings=embeddings.tolist()))

@@ -21,11 +21,11 @@ from index.vector_index import VectorIndex, indexes_dir
 from runtime.files import prune_versions
 from serving.dependencies import get_registry
 from serving.embedding import embed_images
-from serving.errors import InvalidInput, PayloadTooLarge, UnknownId
+from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
 from serving.registry import Registry, retire_later
 from serving.requests import decode_base64
 
-router = APIRouter(tags=["indexes"])
+router = APIRouter(tags=["indexes"], responses=error_responses(503))
 MAX_ITEMS_PER_REQUEST = 1000
 _writers: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # one change at a time per index name
 
@@ -87,12 +87,12 @@ async def _vectors(registry: Registry, index: VectorIndex, name: str, items: lis
             raise InvalidInput(f"index {name!r} records no model, so images cannot be embedded for it; send vectors")
         manifest, batcher = registry.image_model(index.model, index.model_version)
         blobs = [decode_base64(text, i) for i, text in images]
-        vectors[[i for i, _ in images]] = await embed_images(blobs, manifest, batcher, registry.settings.image_limits())
+        vectors[[i for i, _ in images]] = await embed_images(blobs, manifest, batcher, registry.images)
     return vectors
 
 
 @router.post("/indexes/{name}/items", summary="Add items to an index (acknowledged once on disk)",
-             responses={404: {"description": "no such index"}, 422: {"description": "a bad or taken id, a wrong vector"}})
+             responses=error_responses(404, 415, 429))
 async def add_items(name: str, body: AddItemsRequest, registry: Annotated[Registry, Depends(get_registry)]) -> dict[str, Any]:
     if not body.items:
         raise InvalidInput('no items: send {"items": [{"id": 1, "vector": [...], "metadata": {...}}]}')
@@ -115,7 +115,8 @@ async def add_items(name: str, body: AddItemsRequest, registry: Annotated[Regist
     return {"index": name, "version": version, "added": len(ids), "count": len(index)}
 
 
-@router.delete("/indexes/{name}/items/{item_id}", summary="Remove an item from an index (acknowledged once on disk)")
+@router.delete("/indexes/{name}/items/{item_id}", summary="Remove an item from an index (acknowledged once on disk)",
+               responses=error_responses(404))
 async def remove_item(name: str, item_id: int, registry: Annotated[Registry, Depends(get_registry)]) -> dict[str, Any]:
     index = registry.index(name)
     if item_id not in index:

@@ -3,7 +3,8 @@ already use (the stock `openai` package among them) work unchanged with `base_ur
 
 `input` is a string or a list of strings. For a CLIP model the strings are texts, embedded by its
 text tower, or data URLs of images (`data:image/png;base64,...`), embedded by its image tower, in
-one request alike; an image encoder takes data URLs only. `encoding_format` "base64" (the stock
+one request alike; a text encoder (an imported sentence-transformers model) takes texts only, an
+image encoder data URLs only. `encoding_format` "base64" (the stock
 client's default) sends each vector as little-endian float32 bytes. `dimensions` keeps the
 first n components, re-normalised. Errors come in OpenAI's shape (serving.errors).
 """
@@ -21,18 +22,20 @@ from pydantic import BaseModel, Field
 from runtime.vectors import unit_rows
 from serving.dependencies import get_registry
 from serving.embedding import embed_images, tokenize
-from serving.errors import InvalidInput, PayloadTooLarge, UnknownModel
+from serving.errors import InvalidInput, PayloadTooLarge, UnknownModel, error_responses
 from serving.registry import Registry
 from serving.requests import decode_base64, read_json_body
 from serving.responses import model_response
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], responses=error_responses(503, openai=True))
 DATA_URL = "data:"
+EMBEDDING_KINDS = ("image-encoder", "image-text-encoder", "text-encoder")  # the bundle kinds /v1/embeddings serves
 MAX_INPUT_CHARS = 100_000  # a text longer than this cannot fit any context; refused before tokenising
 
 
 class EmbeddingsRequest(BaseModel):
-    model: str = Field(max_length=256, description="a CLIP model (texts and images) or an image encoder (images)")
+    model: str = Field(max_length=256, description="a CLIP model (texts and images), a text encoder (texts) or "
+                                                  "an image encoder (images)")
     input: str | list[str] = Field(description="a text or data URL, or a list of them")
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32 bytes")
     dimensions: int | None = Field(None, ge=1, description="keep the first n components, re-normalised")
@@ -78,10 +81,14 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
     if model not in registry.manifests:
         raise UnknownModel(f"no model named {model!r}; GET /v1/models lists them")
     manifest = registry.manifests[model]
-    if manifest.kind not in ("image-encoder", "image-text-encoder"):
-        raise InvalidInput(f"model {model!r} is a {manifest.kind}; /v1/embeddings serves CLIP models and image encoders")
-    if texts and manifest.kind != "image-text-encoder":
+    if manifest.kind not in EMBEDDING_KINDS:
+        raise InvalidInput(f"model {model!r} is a {manifest.kind}; /v1/embeddings serves CLIP models, text encoders "
+                           "and image encoders")
+    if texts and manifest.kind == "image-encoder":
         raise InvalidInput(f"model {model!r} embeds images only: send each input as a data URL (data:image/png;base64,...)")
+    if images and manifest.kind == "text-encoder":
+        raise InvalidInput(f"model {model!r} embeds texts only, and input {images[0]} is a data URL (an image): "
+                           "send texts, or name a model that embeds images")
     if len(images) > registry.settings.max_images_per_request:
         raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {registry.settings.max_images_per_request}")
     vectors = np.zeros((len(inputs), manifest.dim), np.float32)
@@ -89,7 +96,7 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
     if images:
         image_manifest, batcher = registry.image_model(model)
         blobs = [decode_base64(inputs[i], i) for i in images]
-        vectors[images] = await embed_images(blobs, image_manifest, batcher, registry.settings.image_limits())
+        vectors[images] = await embed_images(blobs, image_manifest, batcher, registry.images)
     if texts:
         text_model = registry.text_model(model)
         batch = await tokenize([inputs[i] for i in texts], text_model, [f"input {i}" for i in texts])  # (n, 2, T)
@@ -98,7 +105,8 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
     return vectors, tokens
 
 
-@router.post("/embeddings", response_model=EmbeddingsResponse, summary="Embeddings, as OpenAI's API answers them")
+@router.post("/embeddings", response_model=EmbeddingsResponse, summary="Embeddings, as OpenAI's API answers them",
+             responses=error_responses(404, 415, 429, openai=True))
 async def embeddings(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     body = await read_json_body(request, EmbeddingsRequest, '{"model": name, "input": text or [texts or data URLs]}')
     inputs = _inputs(body, registry)
@@ -120,7 +128,7 @@ async def models(registry: Annotated[Registry, Depends(get_registry)]) -> dict[s
     return {"object": "list", "data": [
         {"id": m.name, "object": "model", "created": _created(m.created_at), "owned_by": "embedserve"}
         for m in sorted(list(registry.manifests.values()), key=lambda m: m.name)
-        if m.kind in ("image-encoder", "image-text-encoder")
+        if m.kind in EMBEDDING_KINDS
     ]}
 
 

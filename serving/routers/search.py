@@ -13,13 +13,13 @@ from starlette.concurrency import run_in_threadpool
 
 from index.vector_index import VectorIndex
 from serving.dependencies import get_registry
-from serving.errors import InvalidInput, UnknownId
+from serving.errors import InvalidInput, UnknownId, error_responses
 from serving.registry import Registry
 from serving.responses import model_response
 from serving.embedding import embed_images, embed_texts
 from serving.requests import decode_base64
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], responses=error_responses(404, 415, 429, 503))
 
 
 class SearchRequest(BaseModel):
@@ -77,7 +77,7 @@ async def _query_from_image(registry: Registry, index: VectorIndex, name: str, d
     if index.model is None:
         raise InvalidInput(f"index {name!r} records no model, so an image cannot be embedded for it; search by vector or id")
     manifest, batcher = registry.image_model(index.model, index.model_version)
-    return (await embed_images([data], manifest, batcher, registry.settings.image_limits()))[0]  # (D,)
+    return (await embed_images([data], manifest, batcher, registry.images))[0]  # (D,)
 
 
 async def _query_from_text(registry: Registry, index: VectorIndex, name: str, text: str) -> np.ndarray:

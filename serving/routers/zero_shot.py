@@ -23,7 +23,7 @@ from index.zero_shot import NORMALIZATIONS, classify
 from runtime.templates import EVAL_TEMPLATES
 from serving.dependencies import get_registry
 from serving.embedding import embed_images, tokenize
-from serving.errors import InvalidInput, PayloadTooLarge
+from serving.errors import InvalidInput, PayloadTooLarge, error_responses
 from serving.registry import Registry, TextModel
 from serving.requests import (FILES_FIELD, FILES_SCHEMA, content_type, decode_base64_images, form_list, form_text,
                               read_form_images, read_json_body, request_body_doc)
@@ -172,8 +172,7 @@ _REQUEST_BODY_DOC = request_body_doc(
     response_model=ZeroShotResponse,
     summary="Rank classes named in words for each image",
     openapi_extra=_REQUEST_BODY_DOC,
-    responses={413: {"description": "too many images, classes or templates, or an image too large"},
-               415: {"description": "not an image"}},
+    responses=error_responses(404, 415, 429, 503),
 )
 async def zero_shot(
     request: Request,
@@ -189,7 +188,7 @@ async def zero_shot(
     manifest, image_batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
 
     matrix, offsets = await class_matrix(registry, model, classes, templates, normalization)  # (C, D), (C,)
-    images = await embed_images(blobs, manifest, image_batcher, settings.image_limits())  # (B, D), unit rows
+    images = await embed_images(blobs, manifest, image_batcher, registry.images)  # (B, D), unit rows
     cosines = images @ matrix.T  # (B, C)
     scores = cosines - offsets if offsets is not None else cosines  # (B, C): what the softmax ranks
     scale = manifest.logit_scale if manifest.logit_scale is not None else DEFAULT_LOGIT_SCALE

@@ -290,3 +290,73 @@ def test_arrays_at_the_model_size_preprocess_bit_for_bit_as_images_do(spec, shap
     np.testing.assert_array_equal(preprocess_arrays(arrays, spec), preprocess_batch([to_pil(a) for a in arrays], spec))
     assert preprocess_arrays(arrays[:, :6, :6], spec) is None  # would need a resize: the general path does it
     assert preprocess_arrays(arrays.astype(np.float32), spec) is None
+
+
+# Decoding at the model's size: memory per image bounded by the model's input, not the file's pixels.
+
+def smooth(mode: str, size: tuple[int, int]) -> Image.Image:
+    """A gradient: compresses to a small file at any size, and survives downscaling unchanged in look."""
+    x, y = np.meshgrid(np.linspace(0, 255, size[0]), np.linspace(0, 255, size[1]))
+    channels = [x, y, (x + y) / 2, 255 - x / 2][: {"L": 1, "RGB": 3, "RGBA": 4}[mode]]
+    pixels = np.stack(channels, axis=-1).astype(np.uint8)  # (H, W, C)
+    return Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode)
+
+
+@pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGBA"), ("PNG", "L"), ("GIF", "P")])
+def test_a_large_image_decodes_at_about_the_models_size_and_preprocesses_alike(fmt, mode):
+    spec = SPEC_RGB if mode != "L" else SPEC_L
+    img = smooth("RGB", (2400, 1800)).convert(mode) if mode == "P" else smooth(mode, (2400, 1800))
+    data = encode(img, fmt)
+    limits = ImageLimits(max_bytes=10_000_000, max_pixels=10_000_000)
+    small = decode_image(data, limits, resize=spec.resize)
+    need = 2 * spec.resize  # runtime.preprocessing.DECODE_MARGIN × resize
+    assert need <= min(small.size) < 2 * need, small.size
+    assert abs(small.width / small.height - 2400 / 1800) < 0.05  # the shape kept
+    full = preprocess_image(decode_image(data, limits), spec)
+    reduced = preprocess_image(small, spec)
+    assert np.abs(full - reduced).max() < 0.1  # in units of std: a few grey levels at most
+
+
+def test_a_small_image_is_decoded_exactly_as_without_a_size():
+    data = encode(noise("RGB", (31, 30)))  # under 2 × DECODE_MARGIN × resize on its shorter side
+    np.testing.assert_array_equal(np.asarray(decode_image(data, resize=8)), np.asarray(decode_image(data)))
+
+
+def test_rotation_survives_the_reduced_decode():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    data = encode(smooth("RGB", (1200, 600)), "JPEG", exif=exif.tobytes())
+    upright = normalize_image(decode_image(data, resize=8))
+    assert upright.height > upright.width  # 600 wide, 1200 high once upright, at any scale
+
+
+_PEAK_SCRIPT = """
+import sys
+from runtime.preprocessing import ImageLimits, decode_image, preprocess_image, PreprocessingSpec
+data = open(sys.argv[1], "rb").read()
+spec = PreprocessingSpec(mode="RGB", resize=64, crop=64, mean=(0.5,) * 3, std=(0.25,) * 3)
+preprocess_image(decode_image(b"P6 1 1 255 " + bytes(3)), spec)  # every code path warm before the baseline
+def peak():  # this process's peak RSS in bytes (VmHWM: its own, unlike ru_maxrss, which exec inherits from the parent)
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+before = peak()
+preprocess_image(decode_image(data, ImageLimits(max_bytes=10**7, max_pixels=40_000_000), resize=spec.resize), spec)
+print(peak() - before)
+"""
+
+
+@pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("PNG", "RGBA")])
+def test_the_peak_memory_of_a_large_in_limit_image_is_bounded(tmp_path, fmt, mode):
+    # 36 MP, in the default 40 MP limit: a full-size RGBA copy is 144 MB. A JPEG decodes at 1/8
+    # scale; a PNG is decoded once at full size and reduced at once, without the further full-size
+    # copies (orientation, mode conversion, alpha compositing) that used to come after it.
+    side = 6000
+    path = tmp_path / f"big.{fmt.lower()}"
+    smooth(mode, (side, side)).save(path, fmt)
+    assert path.stat().st_size < 10_000_000
+    run = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0, run.stderr
+    grown = int(run.stdout.strip().splitlines()[-1])
+    one_copy = side * side * len(mode)  # bytes of one decoded copy in the file's own mode
+    bound = 16 * 2**20 if fmt == "JPEG" else int(1.3 * one_copy)
+    assert grown < bound, f"peak grew {grown / 2**20:.0f} MiB decoding a {side}x{side} {fmt}; bound {bound / 2**20:.0f} MiB"

@@ -112,7 +112,7 @@ def test_small_and_large_images_embed_exactly_as_the_model_does(client: TestClie
 
     from runtime.bundle import open_bundle
     from runtime.preprocessing import decode_image, preprocess_batch
-    from serving.embedding import INLINE_DECODE_MAX_PIXELS
+    from serving.decoding import INLINE_DECODE_MAX_PIXELS
 
     assert (size[0] * size[1] <= INLINE_DECODE_MAX_PIXELS) == (size == (12, 10))
     x, y = np.meshgrid(np.linspace(0, 255, size[0]), np.linspace(0, 255, size[1]))
@@ -121,7 +121,8 @@ def test_small_and_large_images_embed_exactly_as_the_model_does(client: TestClie
     blob = out.getvalue()
     bundle = open_bundle(image_artifacts, "tiny")
     session = ort.InferenceSession(str(bundle.file("image_encoder")), providers=["CPUExecutionProvider"])
-    batch = preprocess_batch([decode_image(blob)], bundle.manifest.preprocessing)  # (1, C, H, W)
+    spec = bundle.manifest.preprocessing  # a large image decodes at about the model's size (runtime.preprocessing.load_pixels)
+    batch = preprocess_batch([decode_image(blob, resize=spec.resize)], spec)  # (1, C, H, W)
     expected = session.run(None, {session.get_inputs()[0].name: batch})[0][0]
     response = embed_files(client, blob)
     assert response.status_code == 200, response.text
@@ -134,3 +135,22 @@ def test_the_openapi_schema_still_documents_the_embed_response(client: TestClien
     ok = schema["paths"]["/embed/image"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/EmbedResponse"}
     assert set(schema["components"]["schemas"]["EmbedResponse"]["properties"]) == {"model", "version", "dim", "embeddings"}
+
+
+def test_a_request_over_its_pixel_budget_is_refused_before_decoding(image_artifacts: Path):
+    import io
+
+    from PIL import Image
+
+    settings = Settings(artifacts_dir=image_artifacts, max_request_pixels=3 * 100 * 100)
+    blobs = []
+    for _ in range(4):  # four 100×100 images: each in every per-image limit, together over the request's
+        out = io.BytesIO()
+        Image.new("L", (100, 100), 7).save(out, "PNG")
+        blobs.append(out.getvalue())
+    with TestClient(create_app(settings)) as client:
+        assert embed_files(client, *blobs[:3]).status_code == 200
+        response = embed_files(client, *blobs)
+    assert response.status_code == 413, response.text
+    assert "40,000 pixels" in response.json()["error"]["message"]
+    assert "EMBEDSERVE_MAX_REQUEST_PIXELS" in response.json()["error"]["message"]
