@@ -152,5 +152,5 @@ def test_a_request_over_its_pixel_budget_is_refused_before_decoding(image_artifa
         assert embed_files(client, *blobs[:3]).status_code == 200
         response = embed_files(client, *blobs)
     assert response.status_code == 413, response.text
-    assert "40,000 pixels" in response.json()["error"]["message"]
-    assert "EMBEDSERVE_MAX_REQUEST_PIXELS" in response.json()["error"]["message"]
+    assert "40,000 pixels" in response.json()["detail"]
+    assert "EMBEDSERVE_MAX_REQUEST_PIXELS" in response.json()["detail"]
