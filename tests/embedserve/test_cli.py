@@ -142,3 +142,18 @@ def test_demo_stops_at_once_when_its_port_is_taken(tmp_path, capsys):
         assert main(["demo", "--artifacts", str(tmp_path), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"port {port} on 127.0.0.1 is taken" in err and not (tmp_path / "models").exists()  # nothing trained
+
+
+def test_import_of_a_broken_sentence_transformers_folder_is_one_line_and_exit_2(tmp_path, capsys, minilm_folder):
+    assert main(["import", "sentence-transformers", str(tmp_path), "--name", "x", "--artifacts", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("embedserve: error: ") and "modules.json is missing" in err and err.count("\n") == 1
+    # every declaration in place, but weights that are not a safetensors file: sentence-transformers cannot load them
+    folder = tmp_path / "damaged"
+    for path in minilm_folder.rglob("*.json"):
+        (folder / path.relative_to(minilm_folder)).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path.relative_to(minilm_folder)).write_bytes(path.read_bytes())
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert main(["import", "sentence-transformers", str(folder), "--name", "x", "--artifacts", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load" in err and err.count("\n") == 1 and not (tmp_path / "models").exists()

@@ -75,3 +75,23 @@ def test_the_model_is_named_the_same_way_everywhere(client: TestClient, make_png
     assert response.status_code == 404 and "nope" in response.json()["detail"]
     assert client.post("/zero-shot?model=clip", files=files, data={"classes": ["a", "b"]}, headers=auth).status_code == 200
     assert client.post("/embed/image?model=tiny", files=files, headers=auth).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def minilm_client(minilm_artifacts: Path):
+    with TestClient(create_app(Settings(artifacts_dir=minilm_artifacts, api_keys="sk-test"))) as c:
+        yield c
+
+
+def test_the_stock_openai_client_embeds_with_an_imported_text_encoder(minilm_client: TestClient):
+    texts = ["How do I bake bread?", "A recipe for sourdough bread"]
+    result = stock_client(minilm_client).embeddings.create(model="minilm", input=texts)  # base64, the client's default
+    got = np.array([d.embedding for d in result.data])
+    np.testing.assert_allclose(got, native(minilm_client, "/embed/text", {"texts": texts, "model": "minilm"}), atol=1e-6)
+    assert got.shape == (2, 384) and result.model == "minilm"
+    # [CLS] how do i ba ##ke bread ? [SEP] and [CLS] a recipe for sour ##dou ##gh bread [SEP]: padding not counted
+    assert result.usage.prompt_tokens == 9 + 9
+    assert [m.id for m in stock_client(minilm_client).models.list().data] == ["minilm", "tiny"]
+    url = "data:image/png;base64," + base64.b64encode(b"\x89PNG").decode()
+    with pytest.raises(openai.UnprocessableEntityError, match="texts only"):
+        stock_client(minilm_client).embeddings.create(model="minilm", input=["a text", url])

@@ -103,3 +103,44 @@ def test_text_search_errors(search_client: TestClient, body, words):
     response = search_client.post("/search", json=body)
     assert response.status_code == 422, response.text
     assert words in str(response.json()["detail"])
+
+
+# A text encoder imported from sentence-transformers (all-MiniLM-L6-v2), served like a CLIP text tower.
+
+@pytest.fixture(scope="module")
+def minilm_client(minilm_artifacts: Path):
+    with TestClient(create_app(Settings(artifacts_dir=minilm_artifacts, max_wait_ms=1))) as client:
+        yield client
+
+
+def minilm_embed(client: TestClient, texts: list[str], **body) -> np.ndarray:
+    response = client.post("/embed/text", json={"texts": texts, **body})
+    assert response.status_code == 200, response.text
+    assert (response.json()["model"], response.json()["dim"]) == ("minilm", 384)
+    return np.array(response.json()["embeddings"])
+
+
+def test_an_imported_text_encoder_serves_embed_text_as_its_bundle_computes(minilm_client: TestClient, minilm_artifacts: Path):
+    from runtime.encoders.factory import load_encoder
+    from runtime.tokens import text_encoder_batch
+
+    texts = ["A man is playing a guitar.", "Someone plays an acoustic guitar on stage.", "Stock markets fell sharply today."]
+    got = minilm_embed(minilm_client, texts)  # no model named: the only text model is the default
+    bundle = open_bundle(minilm_artifacts, "minilm")
+    expected = load_encoder(bundle, role="text_encoder").encode(text_encoder_batch(load_tokenizer(bundle.file("tokenizer")), texts))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    similarity = got @ got.T  # (3, 3)
+    assert similarity[0, 1] > 0.5 > similarity[0, 2]  # a pretrained sentence encoder: paraphrases close, topics apart
+
+
+def test_a_short_text_embeds_the_same_beside_a_long_one(minilm_client: TestClient):
+    # the long text sets how many tokens the batch runs on; the short one's padding must not change it
+    long = "The committee reviewed the proposal in detail and asked for revisions before the vote. " * 5
+    alone = minilm_embed(minilm_client, ["a bag"], model="minilm")
+    beside = minilm_embed(minilm_client, [long, "a bag"], model="minilm")
+    np.testing.assert_allclose(beside[1], alone[0], atol=1e-5)
+
+
+def test_a_text_over_the_encoder_s_256_tokens_is_refused(minilm_client: TestClient):
+    response = minilm_client.post("/embed/text", json={"texts": ["ok", "word " * 300], "model": "minilm"})
+    assert response.status_code == 422 and "256 tokens" in response.json()["detail"] and "text 1" in response.json()["detail"]

@@ -226,3 +226,17 @@ def test_multipart_errors(client: TestClient, make_png):
     assert bad_normalization.status_code == 422 and "'querybank' or 'none'" in bad_normalization.json()["detail"]
     text = client.post("/zero-shot", content=b"hi", headers={"content-type": "text/plain"})
     assert text.status_code == 415
+
+
+@pytest.fixture(scope="module")
+def minilm_client(minilm_artifacts: Path):
+    with TestClient(create_app(Settings(artifacts_dir=minilm_artifacts, max_wait_ms=1))) as client:
+        yield client
+
+
+def test_a_text_encoder_is_refused_for_zero_shot_and_images(minilm_client: TestClient, make_png):
+    files = [("files", ("a.png", make_png(0), "image/png"))]
+    response = minilm_client.post("/zero-shot", params={"model": "minilm"}, files=files, data={"classes": ["a bag", "a shoe"]})
+    assert response.status_code == 422 and "no image tower" in response.json()["detail"]
+    response = minilm_client.post("/embed/image", params={"model": "minilm"}, files=files)
+    assert response.status_code == 422 and "texts only" in response.json()["detail"]
