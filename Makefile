@@ -6,13 +6,19 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA_PACKAGES := dict-gcide dataset-fashion-mnist openclipart-png
 
-.PHONY: demo test setup data serve clean
+.PHONY: demo test fuzz setup data serve clean
 
 demo: setup
 	$(BIN)/embedserve demo
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The schemathesis run over the live server's OpenAPI that `make test` makes short, made long:
+# FUZZ_EXAMPLES cases per operation and generation mode (same seed, so a failure reproduces).
+FUZZ_EXAMPLES ?= 500
+fuzz: setup
+	EMBEDSERVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/serving/test_openapi_fuzz.py
 
 serve: setup
 	$(BIN)/embedserve serve

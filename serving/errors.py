@@ -7,9 +7,15 @@ so clients can branch on `error` and show `detail`. The inference core raises it
 
 from __future__ import annotations
 
+import json
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.types import Scope, Send
 
 from runtime.bundle import BundleError
 from runtime.encoders.base import EncoderUnavailable
@@ -117,6 +123,67 @@ def error_body(path: str, status_code: int, error: str, message: str) -> dict:
     return {"detail": message, "error": error}
 
 
+async def send_error(scope: Scope, send: Send, status_code: int, error: str, message: str,
+                     headers: dict[str, str] | None = None, close: bool = False) -> None:
+    """Answer in the one error shape from an ASGI middleware (limits, deadlines), which runs
+    outside FastAPI's handlers; `close` asks the client to drop the connection."""
+    body = json.dumps(error_body(scope["path"], status_code, error, message)).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    if close:
+        raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status_code, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape, documented in the OpenAPI for every status a route can answer."""
+
+    detail: str = Field(description="what went wrong and what to fix")
+    error: str = Field(description="the kind of error, to branch on: invalid_input, unknown_model, overloaded, ...")
+
+
+class OpenAIError(BaseModel):
+    message: str = Field(description="what went wrong and what to fix")
+    type: str = Field(description="invalid_request_error, or server_error for a 5xx")
+    param: str | None = None
+    code: str = Field(description="the kind of error, as `error` names it on the other routes")
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The error shape under /v1/, OpenAI's."""
+
+    error: OpenAIError
+
+
+# What each error status means on this server, for the OpenAPI.
+_ERROR_DESCRIPTIONS = {
+    400: "a Host header the server does not answer to, or a body that cannot be parsed",
+    401: "no API key (when the server has keys): send Authorization: Bearer <key>",
+    403: "an API key that is not accepted, or a path outside the server's data roots",
+    404: "no such model, index, word, item, job or route",
+    408: "the request body did not arrive within EMBEDSERVE_BODY_TIMEOUT_S",
+    413: "more than a limit allows: body bytes, images, pixels, texts, tokens, classes × templates, items",
+    415: "a content type or image format the route does not take",
+    422: "a request that is not valid: the message says which field and why",
+    429: "the model's queue is full, or the server holds as many request bodies as it may: retry after Retry-After seconds",
+    503: "not ready: models still loading, a model that failed to load, or a request past its time limit",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
+# Every route may answer these: the Host and key checks and the body limit come before any route,
+# and request validation before its code.
+COMMON_ERRORS = (400, 401, 403, 413, 422)
+
+
+def error_responses(*statuses: int, openai: bool = False) -> dict[int | str, dict]:
+    """`responses=` for a route or router that can answer `statuses` (and COMMON_ERRORS), each in
+    the one error shape, or OpenAI's under /v1/."""
+    model = OpenAIErrorResponse if openai else ErrorResponse
+    return {status: {"model": model, "description": _ERROR_DESCRIPTIONS[status],
+                     **({"headers": _RETRY_AFTER} if status == 429 else {})}
+            for status in sorted({*COMMON_ERRORS, *statuses})}
+
+
 def _respond(request: Request, status_code: int, error: str, message: str,
              headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status_code, content=error_body(request.url.path, status_code, error, message),
@@ -138,8 +205,43 @@ async def _handle_validation_error(request: Request, exc: RequestValidationError
     return _respond(request, 422, "invalid_input", f"the request is not valid: {problems[:2000]}")
 
 
+# Errors that routing and body parsing raise before a route runs, in the one shape too.
+_HTTP_ERRORS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                415: "unsupported_media_type"}
+_UNPARSABLE_BODY = "There was an error parsing the body"  # FastAPI's words for a body that is not JSON or a form
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the OpenAPI lists for this path: starlette's 405 names only the first route's,
+    and GET /jobs and POST /jobs are two routes."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        parts = re.split(r"(\{[^/}]+\})", template)  # "/jobs/{job_id}" -> "/jobs/", "{job_id}", ""
+        pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")  # starlette answers HEAD wherever it answers GET
+    return ", ".join(sorted(methods))
+
+
+async def _handle_http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    message, headers = str(exc.detail), exc.headers
+    if exc.status_code == 400 and message == _UNPARSABLE_BODY:
+        message = "the request body cannot be parsed: send UTF-8 JSON, or a multipart form where the route takes files"
+    elif exc.status_code == 404 and message == "Not Found":
+        message = "no such route; GET /docs lists them"
+    elif exc.status_code == 405:
+        allowed = _allowed_methods(request) or (headers or {}).get("Allow", "")
+        headers = {**(headers or {}), "Allow": allowed}
+        message = f"{request.method} is not allowed here; this path takes {allowed}"
+    error = _HTTP_ERRORS.get(exc.status_code, "bad_request" if exc.status_code < 500 else "server_error")
+    return _respond(request, exc.status_code, error, message, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServingError, _handle_serving_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _handle_http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _handle_validation_error)  # type: ignore[arg-type]
     for error in RUNTIME_ERRORS:
         app.add_exception_handler(error, _handle_runtime_error)

@@ -98,6 +98,12 @@ async def read_json_body(request: Request, model: type[JsonBody], shape: str) ->
         raise InvalidInput(f"the JSON body must be {shape}: {problems}") from None
 
 
+def json_body_doc(json_model: type[BaseModel]) -> dict:
+    """`openapi_extra` for a route that reads a JSON body itself (read_json_body), so FastAPI
+    cannot describe it: JSON shaped as `json_model`."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": json_model.model_json_schema()}}}}
+
+
 def request_body_doc(form_properties: dict[str, Any], form_required: list[str], json_model: type[BaseModel]) -> dict:
     """`openapi_extra` for a route that reads its body itself, so FastAPI cannot describe it: a
     multipart form with `form_properties`, or JSON shaped as `json_model`."""

@@ -10,6 +10,8 @@ event loop is what limits a CPU server. Routes that return `model_response(...)`
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import Response
 from pydantic import BaseModel, Field
 
@@ -26,3 +28,31 @@ class EmbedResponse(BaseModel):
     version: str
     dim: int
     embeddings: list[list[float]] = Field(description="one L2-normalised row per input, in request order")
+
+
+class ModelState(BaseModel):
+    """One configured model as /readyz lists it: loaded (with what it is) or failed (with why)."""
+
+    name: str
+    state: Literal["loaded", "failed"]
+    version: str | None = None
+    kind: str | None = None
+    method: str | None = None
+    dim: int | None = None
+    precision: dict[str, str] | None = Field(None, description="loaded encoders: the variant each runs (fp32, fp16, int8), by role")
+    error: str | None = Field(None, description="why a failed model was refused")
+
+
+class IndexState(BaseModel):
+    name: str
+    version: str
+    model: str | None
+    model_version: str | None
+
+
+class ReadyResponse(BaseModel):
+    """What /readyz answers, 200 when ready and 503 when not."""
+
+    status: Literal["ready", "not ready"]
+    models: list[ModelState]
+    indexes: list[IndexState] = Field(default_factory=list)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-router = APIRouter(tags=["health"])
+from serving.errors import error_responses
+from serving.responses import ReadyResponse
+
+router = APIRouter(tags=["health"], responses=error_responses())
 
 
 @router.get("/healthz", summary="The process is up")
@@ -13,7 +16,8 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Models are loaded and requests can be served")
+@router.get("/readyz", summary="Models are loaded and requests can be served", response_model=ReadyResponse,
+            responses={503: {"model": ReadyResponse, "description": "not ready: models still loading, or some failed"}})
 def readyz(request: Request) -> JSONResponse:
     registry = getattr(request.app.state, "registry", None)
     if registry is None or not registry.ready:
@@ -30,6 +34,7 @@ def readyz(request: Request) -> JSONResponse:
                         content={"status": "ready" if ready else "not ready", "models": models, "indexes": indexes})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the text format"}})
 def metrics(request: Request) -> Response:
     return request.app.state.metrics.render()

@@ -11,10 +11,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from index.jobs import MAX_BATCH_SIZE, JobSpec
-from serving.errors import NotReady, UnknownJob
+from serving.errors import InvalidInput, NotReady, UnknownJob, error_responses
 from serving.jobs import JobRunner
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], responses=error_responses(503))
 
 
 class JobRequest(BaseModel):
@@ -43,10 +43,13 @@ def _status(runner: JobRunner, job_id: str) -> dict[str, Any]:
 
 
 @router.post("/jobs", status_code=202, summary="Queue a batch re-embedding job",
-             responses={403: {"description": "a path outside the server's data roots"},
-                        404: {"description": "no such model or index"}})
+             responses=error_responses(404))
 def create_job(body: JobRequest, runner: Annotated[JobRunner, Depends(get_jobs)]) -> JSONResponse:
-    status = runner.submit(JobSpec(**body.model_dump()))
+    try:
+        spec = JobSpec(**body.model_dump())
+    except ValueError as e:  # the spec's own checks: an empty name, an index name that is a path
+        raise InvalidInput(str(e)) from None
+    status = runner.submit(spec)
     return JSONResponse(status_code=202, content=status.to_dict(), headers={"Location": f"/jobs/{status.id}"})
 
 
@@ -55,12 +58,14 @@ def list_jobs(runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]
     return {"jobs": [s.to_dict() for s in runner.store.list()]}
 
 
-@router.get("/jobs/{job_id}", summary="A job's progress, and the first errors of items it could not embed")
+@router.get("/jobs/{job_id}", summary="A job's progress, and the first errors of items it could not embed",
+            responses=error_responses(404))
 def show_job(job_id: str, runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
     return _status(runner, job_id)
 
 
-@router.delete("/jobs/{job_id}", summary="Cancel a job: its partial work is discarded, the live index untouched")
+@router.delete("/jobs/{job_id}", summary="Cancel a job: its partial work is discarded, the live index untouched",
+               responses=error_responses(404))
 def cancel_job(job_id: str, runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
     _status(runner, job_id)  # 404 for an unknown id
     runner.cancel(job_id)

@@ -24,7 +24,7 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_images, tokenize
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownModel, error_responses
 from serving.registry import Registry
-from serving.requests import decode_base64, read_json_body
+from serving.requests import decode_base64, json_body_doc, read_json_body
 from serving.responses import model_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=error_responses(503, openai=True))
@@ -106,7 +106,7 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
 
 
 @router.post("/embeddings", response_model=EmbeddingsResponse, summary="Embeddings, as OpenAI's API answers them",
-             responses=error_responses(404, 415, 429, openai=True))
+             openapi_extra=json_body_doc(EmbeddingsRequest), responses=error_responses(404, 415, 429, openai=True))
 async def embeddings(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     body = await read_json_body(request, EmbeddingsRequest, '{"model": name, "input": text or [texts or data URLs]}')
     inputs = _inputs(body, registry)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from serving.dependencies import get_registry
 from serving.embedding import embed_texts
-from serving.errors import InvalidInput, PayloadTooLarge
+from serving.errors import InvalidInput, PayloadTooLarge, error_responses
 from serving.registry import Registry
 from serving.responses import EmbedResponse, model_response
 
@@ -29,7 +29,7 @@ class EmbedTextsRequest(BaseModel):
 
 
 @router.post("/embed/text", response_model=EmbedResponse, summary="Embed one or more texts with a text model",
-             responses={413: {"description": "too many texts"}})
+             responses=error_responses(404, 429, 503))
 async def embed_text(
     body: EmbedTextsRequest,
     registry: Annotated[Registry, Depends(get_registry)],

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from serving.dependencies import get_registry
-from serving.errors import InvalidInput, UnknownWord
+from serving.errors import InvalidInput, UnknownWord, error_responses
 from serving.registry import Registry
 
-router = APIRouter(tags=["words"])
+router = APIRouter(tags=["words"], responses=error_responses(404, 503))
 
 Word = Annotated[str, Query(min_length=1, max_length=100)]
 K = Annotated[int, Query(ge=1, description="how many results")]
