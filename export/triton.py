@@ -69,6 +69,7 @@ class TritonPythonModel:
         for request in requests:
             blobs = pb_utils.get_input_tensor_by_name(request, "{bytes_input}").as_numpy()  # (B, 1) bytes
             try:
+                # decoded at about the model's size (spec.resize), as the gateway decodes
                 batch = np.stack([preprocess_image(decode_image(bytes(blob), self.limits, self.spec.resize), self.spec)
                                   for blob in blobs.reshape(-1)])  # (B, C, H, W)
                 output = pb_utils.Tensor("{preprocessed}", batch.astype(np.float32))

@@ -1,33 +1,69 @@
-import io
+"""The Triton repository export writes: each config.pbtxt parsed with Triton's own schema (the
+ModelConfig protobuf that tritonclient ships), and the whole repository of a real bundle loaded and
+run by a real Triton server (tests/triton_server.py)."""
+
+import importlib.util
+import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import PIL
 import pytest
-from PIL import Image
+from google.protobuf import text_format
 
-from export.triton import write_triton_repository
-from runtime.bundle import BundleError, Manifest, OnnxIO, TokenizerSpec, write_bundle
+import runtime.preprocessing
+from export.triton import ONNX_BACKENDS, PREPROCESSING_MODULE, write_triton_repository
+from runtime.bundle import BundleError, Manifest, OnnxIO, TokenizerSpec, open_bundle, write_bundle
+from runtime.encoders.onnx_runtime import OnnxEncoder
 from runtime.preprocessing import PreprocessingSpec, decode_image, preprocess_batch
 
 SPEC = PreprocessingSpec(mode="RGB", resize=10, crop=8, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
 IMAGE_IO = {"image_encoder": OnnxIO(("images",), "embeddings")}
 
 
-@pytest.fixture
-def repository(tmp_path: Path) -> Path:
+def _model_config_pb2():
+    """Triton's model_config.proto as tritonclient ships it, loaded from its file: importing
+    tritonclient.grpc would want grpcio, which tritonclient[http] does not bring."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None:
+        pytest.skip("tritonclient is not installed (pip install 'embedserve[triton]')")
+    path = Path(spec.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+model_config_pb2 = _model_config_pb2()
+TYPES = model_config_pb2.DataType
+
+
+def parse_config(path: Path):
+    """config.pbtxt as Triton reads it: a ParseError for any field or value its schema lacks."""
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def tensors(specs) -> list[tuple[str, str, list[int]]]:
+    return [(t.name, TYPES.Name(t.data_type), list(t.dims)) for t in specs]
+
+
+def _vision_repository(tmp_path: Path, onnx_backend: str) -> Path:
     manifest = Manifest(name="vision", kind="image-encoder", method="simclr", dim=32, normalized=False,
                         files={"image_encoder": "image_encoder.onnx"}, preprocessing=SPEC, onnx=IMAGE_IO)
     bundle = write_bundle(tmp_path / "artifacts", manifest, lambda f: (f / "image_encoder.onnx").write_bytes(b"onnx bytes"))
-    write_triton_repository(bundle, tmp_path / "triton", max_batch_size=16)
+    write_triton_repository(bundle, tmp_path / "triton", max_batch_size=16, onnx_backend=onnx_backend, intra_op_threads=2)
     return tmp_path / "triton"
 
 
-def test_repository_layout(repository: Path):
+@pytest.fixture(params=ONNX_BACKENDS)
+def repository(tmp_path: Path, request) -> Path:
+    return _vision_repository(tmp_path, request.param)
+
+
+def test_repository_layout(tmp_path: Path):
+    repository = _vision_repository(tmp_path, "onnxruntime")
     files = sorted(str(p.relative_to(repository)) for p in repository.rglob("*") if p.is_file())
     assert files == [
         "vision/1/model.onnx", "vision/config.pbtxt",
@@ -38,80 +74,92 @@ def test_repository_layout(repository: Path):
     assert (repository / "vision/1/model.onnx").read_bytes() == b"onnx bytes"
 
 
+def test_every_config_parses_with_tritons_schema_and_is_named_for_its_folder(repository: Path):
+    configs = sorted(repository.glob("*/config.pbtxt"))
+    assert [c.parent.name for c in configs] == ["vision", "vision_ensemble", "vision_preprocess"]
+    for path in configs:
+        config = parse_config(path)
+        assert config.name == path.parent.name
+        assert config.max_batch_size == 16
+
+
 def test_onnx_config_names_the_bundles_inputs_outputs_and_dims(repository: Path):
-    config = (repository / "vision/config.pbtxt").read_text()
-    assert 'name: "vision"' in config and 'platform: "onnxruntime_onnx"' in config
-    assert "max_batch_size: 16" in config and "dynamic_batching" in config
-    assert '{ name: "images" data_type: TYPE_FP32 dims: [ 3, 8, 8 ] }' in config
-    assert '{ name: "embeddings" data_type: TYPE_FP32 dims: [ 32 ] }' in config
+    config = parse_config(repository / "vision/config.pbtxt")
+    assert tensors(config.input) == [("images", "TYPE_FP32", [3, 8, 8])]
+    assert tensors(config.output) == [("embeddings", "TYPE_FP32", [32])]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+    assert config.version_policy.latest.num_versions == 1  # a new export's version replaces the old
+
+
+def test_the_onnxruntime_backend_is_tritons_own(tmp_path: Path):
+    repository = _vision_repository(tmp_path, "onnxruntime")
+    config = parse_config(repository / "vision/config.pbtxt")
+    assert (config.platform, config.backend) == ("onnxruntime_onnx", "")
+    assert not (repository / "vision/1/model.py").exists()
+
+
+def test_the_python_backend_runs_the_same_file_with_onnxruntime(tmp_path: Path):
+    repository = _vision_repository(tmp_path, "python")
+    config = parse_config(repository / "vision/config.pbtxt")
+    assert (config.platform, config.backend) == ("", "python")
+    assert config.parameters["intra_op_threads"].string_value == "2"
+    assert [g.kind for g in config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+    assert (repository / "vision/1/model.onnx").read_bytes() == b"onnx bytes"
+    assert "import onnxruntime" in (repository / "vision/1/model.py").read_text()
+
+
+def test_an_unknown_onnx_backend_is_refused_before_anything_is_written(tmp_path: Path):
+    with pytest.raises(ValueError, match="onnxruntime, python"):
+        _vision_repository(tmp_path, "tensorrt")
+    assert not (tmp_path / "triton").exists()
+
+
+def test_preprocessing_config_carries_the_bundles_spec_and_limits(repository: Path):
+    config = parse_config(repository / "vision_preprocess/config.pbtxt")
+    assert config.backend == "python"
+    assert tensors(config.input) == [("image", "TYPE_STRING", [1])]
+    assert tensors(config.output) == [("images", "TYPE_FP32", [3, 8, 8])]
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert PreprocessingSpec.from_dict(json.loads(parameters["preprocessing"])) == SPEC
+    assert (parameters["max_bytes"], parameters["max_pixels"]) == ("10000000", "40000000")
 
 
 def test_ensemble_chains_preprocessing_into_the_onnx_model(repository: Path):
-    config = (repository / "vision_ensemble/config.pbtxt").read_text()
-    assert 'platform: "ensemble"' in config
-    assert '{ name: "image" data_type: TYPE_STRING dims: [ 1 ] }' in config
-    assert '{ name: "embeddings" data_type: TYPE_FP32 dims: [ 32 ] }' in config
-    steps = re.findall(r'model_name: "(\w+)"', config)
-    assert steps == ["vision_preprocess", "vision"]
-    assert config.count('value: "preprocessed"') == 2  # out of one step, into the next
+    config = parse_config(repository / "vision_ensemble/config.pbtxt")
+    assert config.platform == "ensemble"
+    assert tensors(config.input) == [("image", "TYPE_STRING", [1])]
+    assert tensors(config.output) == [("embeddings", "TYPE_FP32", [32])]
+    steps = config.ensemble_scheduling.step
+    assert [(s.model_name, s.model_version) for s in steps] == [("vision_preprocess", 1), ("vision", 1)]
+    assert dict(steps[0].input_map) == {"image": "image"} and dict(steps[0].output_map) == {"images": "preprocessed"}
+    assert dict(steps[1].input_map) == {"images": "preprocessed"}  # out of one step, into the next
+    assert dict(steps[1].output_map) == {"embeddings": "embeddings"}
 
 
-# What the generated model.py is run with, in a fresh `python -I -S` (no PYTHONPATH, no current folder,
-# no site-packages .pth files, so not this checkout's editable install either: no project package is
-# importable) with only its model folder and the folders numpy and Pillow come from on the path: a
-# stand-in for triton_python_backend_utils, which exists only inside Triton, then initialize()
-# with the config's parameters as Triton passes them, then execute() on real PNG bytes.
-RUN_MODEL = r"""
-import json, os, re, sys, types
-
-folder, config_path, blobs_path, out_path, third_party = sys.argv[1:6]
-sys.path[:0] = third_party.split(os.pathsep)  # numpy and Pillow, as Triton's Python environment has them
-class Tensor:
-    def __init__(self, name, array): self.name, self.array = name, array
-    def as_numpy(self): return self.array
-pb = types.ModuleType("triton_python_backend_utils")
-pb.Tensor, pb.TritonError = Tensor, lambda message: message
-pb.InferenceResponse = lambda output_tensors, error=None: types.SimpleNamespace(outputs=output_tensors, error=error)
-pb.get_input_tensor_by_name = lambda request, name: request[name]
-sys.modules["triton_python_backend_utils"] = pb
-import numpy as np
-sys.path.insert(0, folder)
-import model
-
-config = open(config_path).read()
-parameters = {k: {"string_value": v.encode().decode("unicode_escape")}
-              for k, v in re.findall(r'key: "(\w+)" value: \{ string_value: "((?:[^"\\]|\\.)*)" \}', config)}
-triton_model = model.TritonPythonModel()
-triton_model.initialize({"model_config": json.dumps({"parameters": parameters})})
-blobs = np.load(blobs_path, allow_pickle=True)
-good, bad = triton_model.execute([{"image": Tensor("image", blobs.reshape(-1, 1))},
-                                  {"image": Tensor("image", np.array([b"not an image"], dtype=object).reshape(-1, 1))}])
-assert good.error is None, good.error
-assert bad.outputs == [] and "cannot read image" in bad.error, bad.error
-np.save(out_path, good.outputs[0].array)
+# The preprocessing module the Python backend imports, in a fresh `python -I -S` (no PYTHONPATH, no
+# current folder, no site-packages .pth files, so not this checkout's editable install either) with
+# only its own folder and the folders numpy and Pillow come from on the path: Triton's Python
+# environment has no embedserve. (The real server below runs model.py itself.)
+IMPORT_ALONE = r"""
+import os, sys
+folder, third_party = sys.argv[1:3]
+sys.path[:0] = [folder, *third_party.split(os.pathsep)]
+import embedserve_preprocessing
 project = {"runtime", "training", "export", "serving", "index", "embedserve"}
-print(good.outputs[0].name, *sorted(m for m in sys.modules if m.split(".")[0] in project))
+print(*sorted(m for m in sys.modules if m.split(".")[0] in project))
 """
 
 
-def test_python_backend_runs_outside_this_checkout_and_computes_the_gateways_preprocessing(repository: Path, tmp_path: Path):
-    rng = np.random.default_rng(0)
-    blobs = []
-    for size in [(20, 12), (9, 30)]:
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "PNG")
-        blobs.append(buffer.getvalue())
-    np.save(tmp_path / "blobs.npy", np.array(blobs, dtype=object), allow_pickle=True)
-    folder = repository / "vision_preprocess/1"
+def test_the_copied_preprocessing_imports_nothing_of_the_project(repository: Path, tmp_path: Path):
+    import PIL
+
     third_party = os.pathsep.join(sorted({str(Path(m.__file__).parents[1]) for m in (np, PIL)}))
-    result = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", RUN_MODEL, str(folder), str(repository / "vision_preprocess/config.pbtxt"),
-         str(tmp_path / "blobs.npy"), str(tmp_path / "out.npy"), third_party],
-        cwd=tmp_path, capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", IMPORT_ALONE, str(repository / "vision_preprocess/1"), third_party],
+                            cwd=tmp_path, capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["images"]  # the output name, and no project module was imported
-    expected = preprocess_batch([decode_image(b) for b in blobs], SPEC)  # (B, C, H, W), as the gateway computes it
-    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+    assert result.stdout.split() == []
+    assert (repository / "vision_preprocess/1" / PREPROCESSING_MODULE).read_bytes() == \
+        Path(runtime.preprocessing.__file__).read_bytes()
 
 
 def test_files_are_readable_by_other_users(repository: Path):
@@ -139,10 +187,11 @@ def test_a_clip_bundle_gets_both_towers(tmp_path: Path):
     assert names == ["clip_image_encoder", "clip_image_encoder_ensemble", "clip_image_encoder_preprocess",
                      "clip_text_encoder"]
     assert (tmp_path / "triton/clip_text_encoder/1/model.onnx").read_bytes() == b"text tower"
-    config = (tmp_path / "triton/clip_text_encoder/config.pbtxt").read_text()
-    assert '{ name: "ids" data_type: TYPE_INT64 dims: [ 12 ] }' in config
-    assert '{ name: "attention_mask" data_type: TYPE_INT64 dims: [ 12 ] }' in config
-    assert '{ name: "embeddings" data_type: TYPE_FP32 dims: [ 16 ] }' in config
+    for path in (tmp_path / "triton").glob("*/config.pbtxt"):
+        assert parse_config(path).name == path.parent.name
+    config = parse_config(tmp_path / "triton/clip_text_encoder/config.pbtxt")
+    assert tensors(config.input) == [("ids", "TYPE_INT64", [12]), ("attention_mask", "TYPE_INT64", [12])]
+    assert tensors(config.output) == [("embeddings", "TYPE_FP32", [16])]
 
 
 def test_a_bundle_it_cannot_serve_is_refused_before_anything_is_written(tmp_path: Path):
@@ -158,4 +207,80 @@ def test_a_second_export_adds_the_next_version(tmp_path: Path):
         bundle = write_bundle(tmp_path / "artifacts", manifest, lambda f: (f / "image_encoder.onnx").write_bytes(b"x"))
         write_triton_repository(bundle, tmp_path / "triton")
     assert sorted(p.name for p in (tmp_path / "triton/vision").iterdir()) == ["1", "2", "config.pbtxt"]
-    assert "model_version: 2" in (tmp_path / "triton/vision_ensemble/config.pbtxt").read_text()
+    steps = parse_config(tmp_path / "triton/vision_ensemble/config.pbtxt").ensemble_scheduling.step
+    assert [s.model_version for s in steps] == [2, 2]
+
+
+# A real bundle's repository (the tiny CLIP bundle and the tiny image bundle beside it), its ONNX
+# models on the Python backend, loaded by a real Triton server: what `embedserve export --triton
+# --triton-backend python` writes is what Triton runs.
+
+@pytest.fixture(scope="module")
+def triton(clip_bundle_artifacts: Path, tmp_path_factory):
+    from tests.triton_server import TritonServer
+
+    repository = tmp_path_factory.mktemp("triton-repository")
+    for name in ("tiny", "clip"):
+        write_triton_repository(open_bundle(clip_bundle_artifacts, name), repository, onnx_backend="python")
+    server = TritonServer(repository, sorted(p.name for p in repository.iterdir()), tmp_path_factory.mktemp("triton"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(triton):
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(triton.url)
+    yield client
+    client.close()
+
+
+def infer_images(client, model: str, blobs: list[bytes], output: str) -> np.ndarray:
+    import tritonclient.http as httpclient
+
+    request = httpclient.InferInput("image", [len(blobs), 1], "BYTES")
+    request.set_data_from_numpy(np.array(blobs, dtype=object).reshape(-1, 1))  # (B, 1): one file per row
+    return client.infer(model, [request]).as_numpy(output)
+
+
+def gateway_batch(blobs: list[bytes], spec: PreprocessingSpec) -> np.ndarray:
+    """What the gateway feeds the model: each image decoded at about the model's size, then preprocessed."""
+    return preprocess_batch([decode_image(b, resize=spec.resize) for b in blobs], spec)  # (B, C, H, W)
+
+
+# small images, and one large enough for the reduced decode of big images
+IMAGE_SIZES = [(12, 10), (9, 30), (160, 120)]
+
+
+def test_triton_loads_every_model_export_wrote(triton, client):
+    index = {(m["name"], m.get("version")): m.get("state") for m in client.get_model_repository_index()}
+    assert index == {
+        ("tiny", "1"): "READY", ("tiny_preprocess", "1"): "READY", ("tiny_ensemble", "1"): "READY",
+        ("clip_image_encoder", "1"): "READY", ("clip_image_encoder_preprocess", "1"): "READY",
+        ("clip_image_encoder_ensemble", "1"): "READY", ("clip_text_encoder", "1"): "READY",
+    }, triton.log()
+
+
+def test_tritons_preprocessing_is_the_gateways_bit_for_bit(client, clip_bundle_artifacts: Path, make_png):
+    spec = open_bundle(clip_bundle_artifacts, "clip").manifest.preprocessing
+    blobs = [make_png(seed, size) for seed, size in enumerate(IMAGE_SIZES)]
+    got = infer_images(client, "clip_image_encoder_preprocess", blobs, "images")
+    np.testing.assert_array_equal(got, gateway_batch(blobs, spec))
+
+
+@pytest.mark.parametrize("name, model", [("tiny", "tiny_ensemble"), ("clip", "clip_image_encoder_ensemble")])
+def test_the_ensemble_embeds_image_files_as_the_gateway_does(client, clip_bundle_artifacts: Path, make_png, name, model):
+    bundle = open_bundle(clip_bundle_artifacts, name)
+    blobs = [make_png(seed, size) for seed, size in enumerate(IMAGE_SIZES)]
+    got = infer_images(client, model, blobs, bundle.manifest.onnx_io("image_encoder").output)
+    expected = OnnxEncoder(bundle, "image_encoder").encode(gateway_batch(blobs, bundle.manifest.preprocessing))
+    assert got.shape == (len(blobs), bundle.manifest.dim)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unreadable_image_fails_with_the_reason(client):
+    from tritonclient.utils import InferenceServerException
+
+    with pytest.raises(InferenceServerException, match="cannot read image"):
+        infer_images(client, "tiny_ensemble", [b"not an image"], "embeddings")
