@@ -114,7 +114,7 @@ class TritonServer:
             str(kit / "bin" / "tritonserver"), f"--model-repository={repository}", f"--backend-directory={kit / 'backends'}",
             "--model-control-mode=explicit", *(f"--load-model={m}" for m in models),
             f"--http-address={HOST}", f"--http-port={self.port}", "--allow-grpc=false", "--allow-metrics=false",
-            "--exit-timeout-secs=5",
+            "--exit-timeout-secs=2",  # an idle keep-alive connection would hold a stop this long
             # the stubs' shared-memory regions are named after this prefix: servers side by side must differ
             f"--backend-config=python,shm-region-prefix-name=embedserve{os.getpid()}p{self.port}_",
         ]

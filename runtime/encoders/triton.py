@@ -8,6 +8,7 @@ encoder is built.
 
 from __future__ import annotations
 
+import http.client
 import re
 import threading
 from typing import Any
@@ -18,6 +19,9 @@ from runtime.bundle import Bundle, Manifest
 from runtime.encoders.base import Encoder, EncoderUnavailable, split_inputs
 
 INSTALL_HINT = "pip install 'embedserve[triton]'"
+# What tritonclient.http lets through when the server is not there: refused or reset connections and
+# timeouts are OSErrors; a connection closed mid-answer is an http.client.HTTPException (geventhttpclient).
+CONNECTION_ERRORS = (OSError, http.client.HTTPException)
 
 
 def triton_model_name(manifest: Manifest, role: str) -> str:
@@ -94,6 +98,9 @@ class TritonEncoder(Encoder):
             result = self._client().infer(self.model_name, requests, model_version=self.model_version, outputs=[wanted])
         except self._utils.InferenceServerException as e:
             raise EncoderUnavailable(f"Triton could not run {self.model_name!r}: {e}; retry, or check the server's log") from e
+        except CONNECTION_ERRORS as e:  # the server stopped, restarts, or the network between dropped us
+            raise EncoderUnavailable(f"cannot reach Triton at {self.url} to run {self.model_name!r}: {e!r}; "
+                                     "check that the server runs, then retry") from e
         return np.asarray(result.as_numpy(self.output_name), dtype=np.float32)  # (B, D)
 
     def close(self) -> None:

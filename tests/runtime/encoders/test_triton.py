@@ -1,95 +1,38 @@
-"""TritonEncoder with the real `tritonclient` against a KServe-v2 server on loopback.
+"""TritonEncoder with the real `tritonclient` against a real Triton server on loopback: the
+tritonserver binary nvidia-pytriton carries (tests/triton_server.py), serving the repository that
+export/triton.py writes for the tiny image bundle and the tiny CLIP bundle (ONNX models on the
+Python backend, as that build has no onnxruntime backend)."""
 
-Triton itself cannot run here, so the server is a small stand-in that speaks the same HTTP
-protocol (ready, metadata, infer with binary tensors) and runs the bundle's ONNX model with
-onnxruntime, as Triton would run the repository that export/triton.py writes.
-"""
-
-import json
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
+from export.triton import write_triton_repository
 from runtime.bundle import open_bundle
+from runtime.config import RuntimeConfig
+from runtime.encoders.base import EncoderUnavailable
 from runtime.encoders.factory import load_encoder
 from runtime.encoders.onnx_runtime import OnnxEncoder
 from runtime.encoders.triton import TritonEncoder
-from runtime.config import RuntimeConfig
-from runtime.encoders.base import EncoderUnavailable
+from tests.triton_server import TritonServer
 
 pytest.importorskip("tritonclient.http")
 
-DTYPES = {"FP32": np.float32, "INT64": np.int64}
+
+def triton_repository(artifacts: Path, folder: Path) -> Path:
+    for name in ("tiny", "clip"):
+        write_triton_repository(open_bundle(artifacts, name), folder, onnx_backend="python")
+    return folder
 
 
-def kserve_server(models: dict[tuple[str, str], Path]) -> ThreadingHTTPServer:
-    """A KServe-v2 HTTP server on 127.0.0.1 serving ONNX files by (model name, version)."""
-    sessions = {key: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for key, path in models.items()}
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):  # keep pytest output clean
-            pass
-
-        def _reply(self, status: int, body: dict | None = None) -> None:
-            data = json.dumps(body or {}).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _model(self) -> tuple[tuple[str, str], list[str]]:
-            parts = self.path.split("/")  # /v2/models/<name>/versions/<version>[/ready|/infer]
-            return (parts[3], parts[5]), parts[6:]
-
-        def do_GET(self):
-            key, rest = self._model()
-            session = sessions.get(key)
-            if rest == ["ready"]:
-                return self._reply(200 if session else 400)
-            if session is None:
-                return self._reply(404, {"error": "unknown model"})
-            io = lambda args: [{"name": a.name, "datatype": "FP32", "shape": [-1, *a.shape[1:]]} for a in args]  # noqa: E731
-            self._reply(200, {"name": key[0], "versions": [key[1]], "inputs": io(session.get_inputs()),
-                              "outputs": io(session.get_outputs())})
-
-        def do_POST(self):
-            key, _ = self._model()
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            header_bytes = int(self.headers.get("Inference-Header-Content-Length", len(body)))
-            request, binary = json.loads(body[:header_bytes]), body[header_bytes:]
-            feeds, offset = {}, 0
-            for tensor in request["inputs"]:
-                size = tensor["parameters"]["binary_data_size"]
-                array = np.frombuffer(binary[offset : offset + size], dtype=DTYPES[tensor["datatype"]])
-                feeds[tensor["name"]] = array.reshape(tensor["shape"])
-                offset += size
-            names = [o["name"] for o in request["outputs"]]
-            results = sessions[key].run(names, feeds)
-            outputs = [{"name": n, "datatype": "FP32", "shape": list(r.shape), "data": r.ravel().tolist()}
-                       for n, r in zip(names, results)]
-            self._reply(200, {"model_name": key[0], "model_version": key[1], "outputs": outputs})
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    # a short poll: shutdown() waits for serve_forever to look, which by default is every 0.5 s
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-    return server
-
-
-@pytest.fixture
-def triton(image_artifacts: Path):
-    bundle = open_bundle(image_artifacts, "tiny")
-    server = kserve_server({("tiny", "1"): bundle.file("image_encoder")})
-    yield bundle, f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+@pytest.fixture(scope="module")
+def triton(clip_bundle_artifacts: Path, tmp_path_factory) -> TritonServer:
+    repository = triton_repository(clip_bundle_artifacts, tmp_path_factory.mktemp("triton-repository"))
+    server = TritonServer(repository, ["tiny", "clip_text_encoder"], tmp_path_factory.mktemp("triton"))
+    yield server
+    server.stop()
 
 
 def test_triton_url_without_tritonclient_says_what_to_install(image_artifacts, monkeypatch):
@@ -99,9 +42,9 @@ def test_triton_url_without_tritonclient_says_what_to_install(image_artifacts, m
         load_encoder(open_bundle(image_artifacts, "tiny"), RuntimeConfig(triton_url="127.0.0.1:9"))
 
 
-def test_triton_encoder_gives_what_onnxruntime_gives(triton):
-    bundle, url = triton
-    encoder = load_encoder(bundle, RuntimeConfig(triton_url=url))
+def test_triton_encoder_gives_what_onnxruntime_gives(triton, clip_bundle_artifacts: Path):
+    bundle = open_bundle(clip_bundle_artifacts, "tiny")
+    encoder = load_encoder(bundle, RuntimeConfig(triton_url=triton.url))
     assert isinstance(encoder, TritonEncoder)
     assert (encoder.model_name, encoder.model_version) == ("tiny", "1")  # bundle v1 is Triton version 1
     batch = np.random.default_rng(0).normal(size=(3, 1, 8, 8)).astype(np.float32)  # (B, C, H, W)
@@ -111,11 +54,22 @@ def test_triton_encoder_gives_what_onnxruntime_gives(triton):
     encoder.close()
 
 
-def test_a_model_triton_has_not_loaded_is_not_ready(triton, image_artifacts, write_image_bundle):
-    _, url = triton
-    write_image_bundle(image_artifacts, "tiny", seed=1)  # v2: the stand-in server only has version 1
+def test_a_clip_text_tower_on_triton_gives_what_onnxruntime_gives(triton, clip_bundle_artifacts: Path):
+    # two INT64 inputs, carried stacked (B, 2, T) as the micro-batcher hands them, sent as two tensors
+    from runtime.tokens import load_tokenizer, text_encoder_batch
+
+    bundle = open_bundle(clip_bundle_artifacts, "clip")
+    encoder = TritonEncoder(bundle, "text_encoder", triton.url)
+    tokens = text_encoder_batch(load_tokenizer(bundle.file("tokenizer")), ["a sneaker", "a bag", "une robe"])
+    np.testing.assert_allclose(encoder.encode(tokens), OnnxEncoder(bundle, "text_encoder").encode(tokens),
+                               rtol=1e-5, atol=1e-5)
+    encoder.close()
+
+
+def test_a_model_triton_has_not_loaded_is_not_ready(triton, clip_artifacts: Path, write_image_bundle):
+    write_image_bundle(clip_artifacts, "tiny", seed=1)  # v2: the server has version 1 only
     with pytest.raises(EncoderUnavailable, match="no ready model 'tiny' version 2"):
-        TritonEncoder(open_bundle(image_artifacts, "tiny"), "image_encoder", url)
+        TritonEncoder(open_bundle(clip_artifacts, "tiny"), "image_encoder", triton.url)
 
 
 def test_an_unreachable_server_is_not_ready_and_says_which_setting(image_artifacts):
@@ -123,18 +77,15 @@ def test_an_unreachable_server_is_not_ready_and_says_which_setting(image_artifac
         TritonEncoder(open_bundle(image_artifacts, "tiny"), "image_encoder", "127.0.0.1:9", timeout_s=2)
 
 
-def test_a_clip_text_tower_on_triton_gives_what_onnxruntime_gives(clip_bundle_artifacts):
-    # two INT64 inputs, carried stacked (B, 2, T) as the micro-batcher hands them, sent as two tensors
-    from runtime.tokens import load_tokenizer, text_encoder_batch
-
-    bundle = open_bundle(clip_bundle_artifacts, "clip")
-    server = kserve_server({("clip_text_encoder", "1"): bundle.file("text_encoder")})
+def test_a_server_that_stopped_makes_encode_unavailable_with_the_reason(clip_bundle_artifacts: Path, tmp_path: Path):
+    # a server of its own, to stop: the encoder was built (and ran) while it was up
+    server = TritonServer(triton_repository(clip_bundle_artifacts, tmp_path / "repository"), ["tiny"], tmp_path)
     try:
-        encoder = TritonEncoder(bundle, "text_encoder", f"127.0.0.1:{server.server_address[1]}")
-        tokens = text_encoder_batch(load_tokenizer(bundle.file("tokenizer")), ["a sneaker", "a bag", "une robe"])
-        np.testing.assert_allclose(encoder.encode(tokens), OnnxEncoder(bundle, "text_encoder").encode(tokens),
-                                   rtol=1e-5, atol=1e-5)
-        encoder.close()
+        encoder = TritonEncoder(open_bundle(clip_bundle_artifacts, "tiny"), "image_encoder", server.url)
+        batch = np.zeros((2, 1, 8, 8), dtype=np.float32)
+        assert encoder.encode(batch).shape == (2, 16)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
+    with pytest.raises(EncoderUnavailable, match=f"cannot reach Triton at {server.url} to run 'tiny'"):
+        encoder.encode(batch)
+    encoder.close()
