@@ -95,9 +95,8 @@ def _jobs_client(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from serving.security import check_exposure
+    from serving.server import serve
     from serving.settings import Settings
 
     # Options win over the environment; they go into it because every worker process builds
@@ -109,8 +108,7 @@ def _serve(args: argparse.Namespace) -> None:
             os.environ[f"EMBEDSERVE_{field.upper()}"] = str(value)
     settings = Settings()
     check_exposure(settings)  # here, so that the refusal is one line rather than each worker's traceback
-    uvicorn.run("serving.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_level=settings.log_level)
+    serve(settings)
 
 
 def _bench(args: argparse.Namespace) -> None:

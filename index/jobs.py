@@ -294,9 +294,10 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
                     status = written.result()  # one batch in writing at a time: its errors surface here
                     if status.cancel_requested:
                         return _cancel(store, job_id, shards)
-                    if should_stop():  # the process is stopping: the shards stay, the job resumes at the next start
-                        return status
                 written = writer.submit(finish, batch, vectors)
+                if should_stop() and i + 1 < len(todo):
+                    # the process is stopping: what is embedded is written, the job resumes at the next start
+                    return written.result()
             if written is not None:
                 status = written.result()
         if status.cancel_requested:

@@ -18,7 +18,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from serving.errors import install_error_handlers
 from serving.jobs import JobRunner
-from serving.limits import BodyLimitMiddleware
+from serving.lifetime import RequestLifetimeMiddleware
+from serving.limits import BodyLimitMiddleware, InflightBytes
 from serving.metrics import install_metrics
 from serving.registry import Registry, retire_later
 from serving.routers import embed, health, indexes, jobs, openai_compat, search, text, words, zero_shot
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 poller.cancel()
             app.state.jobs = None
             if runner is not None:
-                await runner.stop()
+                await runner.stop(settings.shutdown_timeout_s)
             app.state.registry = None
             await registry.stop()
             registry.close()
@@ -85,9 +86,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["authorization", "content-type"])
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    inflight = InflightBytes(settings.max_inflight_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, inflight=inflight)
     app.add_middleware(AccessMiddleware, settings=settings)  # inside the metrics: refusals are counted too
-    install_metrics(app)
+    app.add_middleware(RequestLifetimeMiddleware, request_timeout_s=settings.request_timeout_s,
+                       body_timeout_s=settings.body_timeout_s)  # disconnects and deadlines, counted too
+    install_metrics(app).inflight_bytes.set_function(lambda: inflight.held)
     app.include_router(health.router)
     app.include_router(words.router)
     app.include_router(embed.router)

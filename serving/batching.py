@@ -69,6 +69,11 @@ class MicroBatcher:
         self._wanted_rows = 0
         self._waiter: asyncio.Future | None = None
 
+    @property
+    def waiting_rows(self) -> int:
+        """Rows submitted and not yet answered: queued, or in the batch being computed."""
+        return self._waiting_rows
+
     async def start(self) -> None:
         """Start the worker task on the running event loop (idempotent)."""
         if self.enabled and self._worker is None:

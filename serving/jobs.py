@@ -45,6 +45,7 @@ class JobRunner:
         self.store = JobStore(settings.artifacts_dir)
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._worker: asyncio.Task | None = None
+        self._running: asyncio.Future | None = None  # the thread running the current job
         self._stopping = threading.Event()
 
     async def start(self) -> None:
@@ -54,9 +55,18 @@ class JobRunner:
             self._queue.put_nowait(status.id)
         self._worker = asyncio.create_task(self._run(), name="jobs")
 
-    async def stop(self) -> None:
-        """Stop after the running job's current batch; it stays 'running' and resumes next start."""
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the running job's current batch, written to its shards (waiting up to
+        `timeout_s` for that); the job stays 'running' and resumes at the next start."""
         self._stopping.set()
+        if self._running is not None and not self._running.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._running), timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("the running job did not reach the end of a batch within %.0f s; it resumes from its "
+                            "last shard at the next start", timeout_s)
+            except Exception:  # already logged and recorded by _run
+                pass
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -90,7 +100,8 @@ class JobRunner:
         while True:
             job_id = await self._queue.get()
             try:  # a job cancelled while it was queued comes back from run_job as it is
-                await asyncio.to_thread(self._run_job, job_id, loop)
+                self._running = asyncio.ensure_future(asyncio.to_thread(self._run_job, job_id, loop))
+                await asyncio.shield(self._running)  # a stop waits for the thread rather than abandoning it
             except Exception as e:  # a bug must fail one job, not the runner
                 log.exception("job %s", job_id)
                 self.store.update(job_id, state="failed", error=f"{type(e).__name__}: {e}")

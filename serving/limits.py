@@ -1,36 +1,66 @@
-"""The one limit every request has before any route sees it: its body's size.
+"""The limits every request has before any route sees it: its body's size, and the bytes of
+bodies the server holds at once.
 
-A body larger than `max_request_bytes` is refused with 413 from its Content-Length, before a
-byte of it is read, or, when it comes without one (chunked), as soon as the bytes read pass the
-limit; either way the server never holds more than the limit of it. The per-image, per-text and
-per-request counts are checked by the routes, which know what the body holds.
+- A body larger than `max_bytes` is refused with 413 from its Content-Length, before a byte of
+  it is read, or, when it comes without one (chunked), as soon as the bytes read pass the limit;
+  either way the server never holds more than the limit of it.
+- The bodies of all requests in progress together may hold at most `max_inflight_bytes`: a
+  request that would take the total past it is answered 429 with Retry-After before its body is
+  read (or, chunked, as soon as it would). However many clients send at once, the memory their
+  bodies take stays bounded; the models' queues (serving.batching) bound the work behind them.
+
+The per-image, per-text and per-request counts are checked by the routes, which know what the
+body holds.
 """
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import error_body
+from serving.errors import send_error
+
+RETRY_AFTER_S = "1"
 
 
-class _TooLarge(Exception):
+class _TooLarge(BaseException):  # not an Exception: no handler on the way out may turn it into a 400 or a 500
     pass
 
 
+class _OverBudget(BaseException):
+    pass
+
+
+class InflightBytes:
+    """The bytes of request bodies the requests in progress hold (one event loop: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, inflight: InflightBytes) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.inflight = inflight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(scope, send, int(length))
-        seen, started = 0, False
+        declared = int(length) if length is not None and length.isdigit() else None
+        if declared is not None and declared > self.max_bytes:
+            return await self._too_large(scope, send, declared)
+        held, seen, started = 0, 0, False  # held: this request's share of inflight_bytes
+
+        def take(size: int) -> None:
+            nonlocal held
+            if size > held:
+                lone = held == 0 and self.inflight.held == 0  # always gets in: the budget bounds concurrency, not size
+                if not lone and self.inflight.held + size - held > self.inflight.limit:
+                    raise _OverBudget()
+                self.inflight.held += size - held
+                held = size
 
         async def counted_receive() -> Message:
             nonlocal seen
@@ -39,6 +69,7 @@ class BodyLimitMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise _TooLarge()
+                take(seen)
             return message
 
         async def noting_send(message: Message) -> None:
@@ -47,16 +78,22 @@ class BodyLimitMiddleware:
             await send(message)
 
         try:
+            if declared:
+                take(declared)
             await self.app(scope, counted_receive, noting_send)
         except _TooLarge:
             if not started:
-                await self._refuse(scope, send, seen)
+                await self._too_large(scope, send, seen)
+        except _OverBudget:
+            if not started:
+                await send_error(scope, send, 429, "overloaded",
+                                 f"the server is holding {self.inflight.held:,} bytes of request bodies (the limit is "
+                                 f"{self.inflight.limit:,}, EMBEDSERVE_MAX_INFLIGHT_BYTES); retry after a moment",
+                                 headers={"Retry-After": RETRY_AFTER_S}, close=True)
+        finally:
+            self.inflight.held -= held
 
-    async def _refuse(self, scope: Scope, send: Send, size: int) -> None:
-        message = (f"the request body is {size:,}+ bytes; the limit is {self.max_bytes:,} "
-                   "(EMBEDSERVE_MAX_REQUEST_BYTES): send fewer or smaller items per request")
-        body = json.dumps(error_body(scope["path"], 413, "payload_too_large", message)).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+    async def _too_large(self, scope: Scope, send: Send, size: int) -> None:
+        await send_error(scope, send, 413, "payload_too_large",
+                         f"the request body is {size:,}+ bytes; the limit is {self.max_bytes:,} "
+                         "(EMBEDSERVE_MAX_REQUEST_BYTES): send fewer or smaller items per request", close=True)

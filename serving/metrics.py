@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -25,6 +25,14 @@ class Metrics:
             ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
+        )
+        self.inflight_bytes = Gauge(
+            "embedserve_inflight_body_bytes", "bytes of request bodies held by the requests in progress",
+            registry=self.registry,
+        )
+        self.queued = Gauge(
+            "embedserve_queued_rows", "rows (images, texts) waiting for or in a model call, per model",
+            ["model"], registry=self.registry,
         )
 
     def render(self) -> Response:

@@ -133,7 +133,7 @@ class Registry:
 
     def _batcher(self, encoder: Encoder, metrics_label: str) -> MicroBatcher:
         settings = self.settings
-        return MicroBatcher(
+        batcher = MicroBatcher(
             encoder,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
@@ -141,6 +141,9 @@ class Registry:
             on_batch=self.metrics.batch_size.labels(metrics_label).observe if self.metrics else None,
             max_queue_rows=settings.max_queue,
         )
+        if self.metrics:
+            self.metrics.queued.labels(metrics_label).set_function(lambda: batcher.waiting_rows)
+        return batcher
 
     def _add_image_encoder(self, bundle: Bundle, role: str | None = None) -> None:
         manifest = bundle.manifest

@@ -35,6 +35,19 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="largest request body; refused (413) from its Content-Length or as it streams"
     )
+    max_inflight_bytes: int = Field(
+        256 * 1024 * 1024, ge=1, description="bytes of request bodies held at once, all requests together; past it "
+                                             "requests answer 429 with Retry-After before their body is read"
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, description="a request unanswered after this long is stopped and answered 503 (writes exempt)"
+    )
+    body_timeout_s: float = Field(60.0, gt=0, description="a request body must have arrived this long after it began (else 408)")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must have arrived this long after it began (else 408)")
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle kept-alive connection is closed after this long")
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, how long requests in flight may take to finish before they are cut"
+    )
     max_queue: int = Field(
         512, ge=1, description="rows (images, texts) waiting per model; past it requests answer 429 with Retry-After"
     )
@@ -51,6 +64,9 @@ class Settings(BaseSettings):
     max_texts_per_request: int = Field(256, ge=1, description="most texts one /embed/text request may send")
     max_classes: int = Field(1000, ge=1, description="most classes one /zero-shot request may name")
     max_templates: int = Field(64, ge=1, description="most prompt templates one /zero-shot request may send")
+    max_prompts: int = Field(
+        4096, ge=1, description="most classes × templates one /zero-shot request may need embedded (each a text-tower row)"
+    )
     zero_shot_normalization: Literal["querybank", "none"] = Field(
         "querybank", description="/zero-shot default: querybank (subtract each class's query-bank offset, "
                                  "when the model has a bank) or none (plain CLIP cosines)"

@@ -147,7 +147,11 @@ async def class_matrix(registry: Registry, model: TextModel, classes: list[str],
         # the cache orders prompts class by class, template by template: name them the same way
         names = [f"the prompt for class {c!r} from template {t!r}" for c in classes for t in templates]
         tokens = await tokenize(prompts, model, names)  # (C * K, 2, T); 422 for a prompt over the context
-        return await model.batcher.submit(tokens)  # (C * K, D), as the tower gives them: the class matrix normalises
+        # One batch at a time, each queued behind whatever other requests queued meanwhile: a
+        # thousand-class matrix shares the text tower with them rather than holding it for seconds.
+        step = model.batcher.max_batch_size
+        parts = [await model.batcher.submit(tokens[i:i + step]) for i in range(0, len(tokens), step)]
+        return np.concatenate(parts)  # (C * K, D), as the tower gives them: the class matrix normalises
 
     manifest = model.manifest
     query_bank = model.query_bank if normalization == "querybank" else None
@@ -187,6 +191,9 @@ async def zero_shot(
     normalization = check_normalization(body.normalization, model, settings)
     manifest, image_batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
 
+    if len(classes) * len(templates) > settings.max_prompts:
+        raise PayloadTooLarge(f"{len(classes)} classes × {len(templates)} templates = {len(classes) * len(templates):,} "
+                              f"prompts; the limit is {settings.max_prompts:,} (EMBEDSERVE_MAX_PROMPTS): send fewer classes or templates")
     matrix, offsets = await class_matrix(registry, model, classes, templates, normalization)  # (C, D), (C,)
     images = await embed_images(blobs, manifest, image_batcher, registry.images)  # (B, D), unit rows
     cosines = images @ matrix.T  # (B, C)

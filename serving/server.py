@@ -1,0 +1,83 @@
+"""Running the app under uvicorn as a server that faces a network should run.
+
+`serve(settings)` is what `embedserve serve` calls. Beyond uvicorn's defaults it adds:
+- a deadline on each request's headers (`header_timeout_s`): uvicorn has none, so a client that
+  sends a byte every few seconds (slowloris) would hold a connection and its buffers forever.
+  Bodies have their own deadline, and requests theirs, in serving.lifetime;
+- idle keep-alive connections closed after `keep_alive_s`;
+- on SIGTERM (what `docker stop` and Kubernetes send): stop accepting, let the requests in
+  flight finish (for up to `shutdown_timeout_s`), run the app's shutdown, which lets a running
+  job finish its batch and checkpoint (serving.jobs), then exit with status 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from functools import partial
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from serving.settings import Settings
+
+_TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnection: close\r\n"
+              b"content-length: 38\r\n\r\nthe request's headers came too slowly\n")
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools), with a deadline on every request's headers: from
+    the connection's start, or from a request's first byte on a kept-alive connection, to the end
+    of its headers. Past it the client gets a 408 and the connection is closed."""
+
+    def __init__(self, *args, header_timeout_s: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s = header_timeout_s
+        self._header_deadline = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_deadline is None:  # a later request on a kept-alive connection
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            self.transport.write(_TIMED_OUT)
+            self.transport.close()
+
+
+def _exit_cleanly(signum: int, frame) -> None:
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again for the handler
+    # that was there before it: this one, so a graceful stop ends with status 0 (and a SIGTERM
+    # before uvicorn started, during start-up, ends the process at once).
+    sys.exit(0)
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run("serving.app:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level=settings.log_level,
+                http=partial(HeaderDeadlineProtocol, header_timeout_s=settings.header_timeout_s),
+                timeout_keep_alive=settings.keep_alive_s, timeout_graceful_shutdown=settings.shutdown_timeout_s)

@@ -1,0 +1,69 @@
+"""`embedserve serve` as a process: a deadline on headers, and SIGTERM with work in flight."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import socket
+import threading
+import urllib.request
+
+from PIL import Image
+
+from index.jobs import JobStore
+
+
+def test_headers_that_come_too_slowly_get_a_408_and_the_connection_closed(image_artifacts, start_server):
+    with start_server(image_artifacts, header_timeout_s=0.5) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the blank line that ends the headers never comes
+            answer = b"".join(iter(lambda: s.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert server.get("/healthz")[0] == 200  # a prompt client is served as ever
+
+
+def post_json(url: str, path: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_sigterm_finishes_the_requests_in_flight_checkpoints_the_job_and_exits_0(slow_artifacts, start_server, make_png, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(256):
+        Image.new("L", (8, 8), i % 256).save(folder / f"{i:03}.png")
+    images = [base64.b64encode(make_png(i, size=(8, 8))).decode() for i in range(64)]
+    with start_server(slow_artifacts, max_batch_size=64, data_roots=folder) as server:
+        status, job = post_json(server.url, "/jobs", {"source": str(folder), "model": "slow", "index": "pics", "batch_size": 32})
+        assert status == 202, job
+        job_done = lambda: json.loads(server.get(f"/jobs/{job['id']}")[1])["done"]  # noqa: E731
+        server.wait_for(lambda: job_done() >= 32, "the job's first batch")
+
+        answers: list[tuple[int, dict]] = []
+        clients = [threading.Thread(target=lambda: answers.append(post_json(server.url, "/embed/image",
+                                                                            {"images": images, "model": "slow"})))
+                   for _ in range(3)]
+        for client in clients:
+            client.start()
+        server.wait_for(lambda: server.metric("embedserve_queued_rows", model="slow") >= 3 * 64, "the requests to queue")
+        server.process.send_signal(signal.SIGTERM)
+        for client in clients:
+            client.join(timeout=120)
+        assert server.process.wait(timeout=120) == 0, server.log.read_text()[-3000:]
+
+    assert [status for status, _ in answers] == [200, 200, 200], answers
+    assert all(len(body["embeddings"]) == 64 for _, body in answers)
+    stopped = JobStore(slow_artifacts).get(job["id"])
+    assert stopped.state == "running" and 32 <= stopped.done < 256  # checkpointed part-way, to resume
+
+    with start_server(slow_artifacts, max_batch_size=64, data_roots=folder) as server:  # the next start resumes it
+        server.wait_for(lambda: json.loads(server.get(f"/jobs/{job['id']}")[1])["state"] == "succeeded", "the job to finish")
+        finished = json.loads(server.get(f"/jobs/{job['id']}")[1])
+        assert finished["done"] == 256 and finished["failed"] == 0
+        assert json.loads(server.get("/indexes")[1])  # its index is served
