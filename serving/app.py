@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from serving.docs import install_docs
 from serving.errors import install_error_handlers
 from serving.jobs import JobRunner
 from serving.lifetime import RequestLifetimeMiddleware
@@ -77,7 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Embeddings, zero-shot labels, nearest neighbours and word analogies.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from serving.docs, with their files served locally
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.settings = settings
     app.state.registry = None
     app.state.jobs = None
