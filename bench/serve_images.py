@@ -1,13 +1,17 @@
-"""Benchmark: `POST /embed/image` through the gateway, batching on and off, against raw onnxruntime.
+"""Benchmark: `POST /embed/image` through the gateway, batching on and off, on Triton, against raw onnxruntime.
 
-Starts servers on 127.0.0.1 — one process with EMBEDSERVE_BATCHING=true, one with false, and a
-batching one with --workers processes — drives each at concurrency 1, 8 and 32 (one image per
-request, from a light raw-socket client that shares the machine), runs the same model's
-onnxruntime session in-process on preprocessed batches of 1, 8 and 32, prints one table and
-writes it, with the machine and date, to bench/results/serve_images.json.
+Starts servers on 127.0.0.1 — one process with EMBEDSERVE_BATCHING=true, one with false, a
+batching one with --workers processes, and a batching one whose model runs on a real Triton
+server (EMBEDSERVE_TRITON_URL; the tritonserver that nvidia-pytriton carries, started as the
+tests start it, with the repository `embedserve export --triton --triton-backend python` writes)
+— drives each at concurrency 1, 8 and 32 (one image per request, from a light raw-socket client
+that shares the machine), runs the same model's onnxruntime session in-process on preprocessed
+batches of 1, 8 and 32, prints one table and writes it, with the machine and date, to
+bench/results/serve_images.json.
 
     python bench/serve_images.py                                  # an image encoder under artifacts/, else a small CNN bundle
     python bench/serve_images.py --artifacts artifacts --model simclr-fmnist --requests 512
+    python bench/serve_images.py --no-triton                      # without the Triton row
 """
 
 from __future__ import annotations
@@ -36,10 +40,13 @@ from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, Manifest, OnnxIO, iter_current_bundles, open_bundle, write_bundle  # noqa: E402
 from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
 from runtime.preprocessing import PreprocessingSpec, decode_image, preprocess_batch  # noqa: E402
+from export.triton import write_triton_repository  # noqa: E402
 from serving.settings import Settings  # noqa: E402
+from tests.triton_server import PYTRITON, TritonServer  # noqa: E402
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+TRITON_MODE = "batched, on Triton"
 HOST = "127.0.0.1"  # loopback only: the benchmark never listens on a public address
 STARTUP_TIMEOUT_S = 60.0
 
@@ -107,10 +114,13 @@ def free_port() -> int:
 
 
 def start_server(artifacts: Path, model: str, batching: bool, workers: int, port: int, max_batch_size: int,
-                 max_wait_ms: float) -> subprocess.Popen:
+                 max_wait_ms: float, triton_url: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_DEFAULT_IMAGE_MODEL": model,
            "EMBEDSERVE_BATCHING": str(batching).lower(), "EMBEDSERVE_MAX_BATCH_SIZE": str(max_batch_size),
-           "EMBEDSERVE_MAX_WAIT_MS": str(max_wait_ms)}
+           "EMBEDSERVE_MAX_WAIT_MS": str(max_wait_ms),
+           "EMBEDSERVE_PRECISION": "fp32"}  # the variant Triton's repository holds, and the raw session's
+    if triton_url:
+        env["EMBEDSERVE_TRITON_URL"] = triton_url
     command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST,
                "--port", str(port), "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
     return subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1])
@@ -162,23 +172,23 @@ async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
     return status, await reader.readexactly(length)
 
 
-def process_cpu_s(pid: int) -> float | None:
-    """CPU seconds (user + system, all threads) process `pid` and its children (uvicorn's
-    workers) have used so far; None off Linux."""
-    total, found = 0, False
+def process_cpu_s(*pids: int) -> float | None:
+    """CPU seconds (user + system, all threads) processes `pids` and their children (uvicorn's
+    workers, Triton's Python-backend stubs) have used so far; None off Linux."""
+    total, found, wanted = 0, False, {str(pid) for pid in pids}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ...
         except OSError:
             continue  # a process that ended meanwhile
-        if stat.parent.name == str(pid) or fields[1] == str(pid):
+        if stat.parent.name in wanted or fields[1] in wanted:
             total += int(fields[11]) + int(fields[12])  # utime, stime
             found = True
     return total / os.sysconf("SC_CLK_TCK") if found else None
 
 
 async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, client: httpx.AsyncClient,
-                server_pid: int, count_batches: bool = True) -> dict:
+                server_pids: tuple[int, ...], count_batches: bool = True) -> dict:
     """`requests` single-image POSTs, `concurrency` in flight at a time (one keep-alive connection
     each); every answer must be 200. The client is raw asyncio streams with prebuilt request bytes,
     so that it takes as little as it can of the CPU it shares with the server."""
@@ -198,18 +208,18 @@ async def drive(port: int, requests_bytes: list[bytes], concurrency: int, reques
         # warm-up: one request per connection at once pays for lazy initialisation
         await asyncio.gather(*(post(r, w, requests_bytes[0]) for r, w in connections))
         rows_before, calls_before = await batch_counts(client) if count_batches else (0.0, 0.0)
-        server_cpu_start, cpu_start, start = process_cpu_s(server_pid), time.process_time(), time.perf_counter()
+        server_cpu_start, cpu_start, start = process_cpu_s(*server_pids), time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker(r, w) for r, w in connections))
         wall_s = time.perf_counter() - start
         client_cpu_s = time.process_time() - cpu_start
-        server_cpu_end = process_cpu_s(server_pid)
+        server_cpu_end = process_cpu_s(*server_pids)
         rows_after, calls_after = await batch_counts(client) if count_batches else (0.0, 0.0)
     finally:
         for _, writer in connections:
             writer.close()
     # several workers: /metrics answers from one of them, so their batch sizes cannot be summed here
     mean_batch = round((rows_after - rows_before) / max(1.0, calls_after - calls_before), 1) if count_batches else None
-    # client_cpu, server_cpu: cores this (client) process and the server process used meanwhile
+    # client_cpu, server_cpu: cores this (client) process and the server's processes (the gateway, and Triton's) used meanwhile
     server_cpu = None if server_cpu_start is None else round((server_cpu_end - server_cpu_start) / wall_s, 2)
     return summary(latencies, requests, wall_s) | {"mean_batch": mean_batch, "client_cpu": round(client_cpu_s / wall_s, 2),
                                                    "server_cpu": server_cpu}
@@ -226,21 +236,39 @@ async def batch_counts(client: httpx.AsyncClient) -> tuple[float, float]:
     return total["sum"], total["count"]
 
 
-async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests: int, args) -> dict:
+def start_triton(bundle: Bundle, scratch: Path, max_batch_size: int) -> TritonServer:
+    """A real Triton server holding `bundle`'s ONNX model, run by onnxruntime in the Python backend
+    with the gateway's session threads; started as the tests start it (tests/triton_server.py,
+    which prepares the server and its numpy < 2 environment once)."""
+    repository = scratch / "triton"
+    # no queueing delay: the gateway's batcher already sends whole batches (its max_wait_ms is 0 too)
+    write_triton_repository(bundle, repository, max_batch_size=max_batch_size, max_queue_delay_us=0,
+                            onnx_backend="python", intra_op_threads=Settings().onnx_intra_op_threads)
+    workdir = scratch / "triton-run"
+    workdir.mkdir()
+    return TritonServer(repository, [bundle.manifest.name], workdir)
+
+
+async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests: int, args,
+                        triton: TritonServer | None = None) -> dict:
     results = {}
-    servers = [("batched", True, 1), ("unbatched", False, 1)]
+    servers = [("batched", True, 1, None), ("unbatched", False, 1, None)]
     if args.workers > 1:
-        servers.append((f"batched, {args.workers} workers", True, args.workers))
-    for mode, batching, workers in servers:
+        servers.append((f"batched, {args.workers} workers", True, args.workers, None))
+    if triton is not None:
+        servers.append((TRITON_MODE, True, 1, triton))
+    for mode, batching, workers, triton_server in servers:
         port = free_port()
-        server = start_server(artifacts, model, batching, workers, port, args.max_batch_size, args.max_wait_ms)
+        server = start_server(artifacts, model, batching, workers, port, args.max_batch_size, args.max_wait_ms,
+                              triton_server.url if triton_server else None)
+        server_pids = (server.pid, triton_server.process.pid) if triton_server else (server.pid,)
         try:
             limits = httpx.Limits(max_connections=max(CONCURRENCY), max_keepalive_connections=max(CONCURRENCY))
             async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60.0, limits=limits) as client:
                 await wait_ready(client, server, workers)
                 requests_bytes = [multipart_request(png, port) for png in pngs]
                 for c in CONCURRENCY:
-                    results[(mode, c)] = await drive(port, requests_bytes, c, requests, client, server.pid, count_batches=workers == 1)
+                    results[(mode, c)] = await drive(port, requests_bytes, c, requests, client, server_pids, count_batches=workers == 1)
                     print(f"  gateway {mode} c={c}: {results[(mode, c)]}", flush=True)
         finally:
             server.terminate()
@@ -281,7 +309,8 @@ def print_table(results: dict, model_line: str) -> None:
         batch = "-" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}"
         print(f"{mode:<22}{c:>4}{r['images_per_s']:>11.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{batch:>12}{cpu[0]:>12}{cpu[1]:>12}")
     print("c: concurrent requests of one image each (raw onnxruntime: batches of c preprocessed images)")
-    print("client cpu, server cpu: cores the bench's own client and the server process used meanwhile (they share the machine)")
+    print("client cpu, server cpu: cores the bench's own client and the server process used meanwhile (they share the machine);")
+    print(f"  for '{TRITON_MODE}' the server is the gateway and the Triton server with its Python-backend stub together")
 
 
 def main() -> None:
@@ -293,6 +322,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=Settings().max_wait_ms)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="server processes of the extra batched server (default: one per core; 1: no extra server)")
+    parser.add_argument("--no-triton", action="store_true", help="leave out the row whose model runs on a Triton server")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "serve_images.json")
     args = parser.parse_args()
 
@@ -307,7 +337,12 @@ def main() -> None:
         model_line = f"model {m.name} {m.version} ({m.method}, dim {m.dim}, input {m.preprocessing.crop}px) from {artifacts}"
         print(model_line, flush=True)
         pngs = sample_pngs(64, m.preprocessing.crop)
-        results = asyncio.run(bench_gateway(artifacts, m.name, pngs, args.requests, args))
+        triton = None if args.no_triton else start_triton(bundle, Path(scratch), args.max_batch_size)
+        try:
+            results = asyncio.run(bench_gateway(artifacts, m.name, pngs, args.requests, args, triton))
+        finally:
+            if triton is not None:
+                triton.stop()
         results |= bench_raw(bundle, pngs, args.requests)
 
     top = max(CONCURRENCY)
@@ -320,6 +355,12 @@ def main() -> None:
         workers_mode = f"batched, {args.workers} workers"
         ratios[f"gateway ({workers_mode})/raw onnxruntime images/s at c={top}"] = \
             results[(workers_mode, top)]["images_per_s"] / results[("raw onnxruntime", top)]["images_per_s"]
+    if not args.no_triton:
+        for c in (1, top):
+            ratios[f"gateway on Triton/in process (batched) images/s at c={c}"] = \
+                results[(TRITON_MODE, c)]["images_per_s"] / results[("batched", c)]["images_per_s"]
+        ratios["gateway on Triton/in process (batched) p50 at c=1"] = \
+            results[(TRITON_MODE, 1)]["p50_ms"] / results[("batched", 1)]["p50_ms"]
     print_table(results, model_line)
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
@@ -328,11 +369,16 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "benchmark": "serve_images",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx"),
+        "machine": machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx", "tritonclient"),
         "model": {"name": m.name, "version": m.version, "method": m.method, "dim": m.dim, "stand_in": stand_in},
         "settings": {"requests_per_cell": args.requests, "max_batch_size": args.max_batch_size,
                      "max_wait_ms": args.max_wait_ms, "images_per_request": 1, "workers": args.workers,
-                     "onnx_intra_op_threads": Settings().onnx_intra_op_threads,  # the server's and the raw session's
+                     "precision": "fp32",
+                     "onnx_intra_op_threads": Settings().onnx_intra_op_threads,  # the server's, Triton's and the raw session's
+                     "triton": None if args.no_triton else {
+                         "server": f"the tritonserver of {PYTRITON} (a CPU build without the onnxruntime backend)",
+                         "model": "the bundle's ONNX file run by onnxruntime in Triton's Python backend (export --triton-backend python)",
+                         "max_queue_delay_us": 0, "gateway_to_triton": "HTTP/KServe v2 on loopback, binary tensors"},
                      "client": "raw asyncio streams in the bench process, prebuilt multipart requests, one keep-alive connection per concurrent request; client_cpu and server_cpu are the cores each process used"},
         "results": [{"mode": mode, "concurrency": c, **r} for (mode, c), r in results.items()],
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
