@@ -100,10 +100,11 @@ def train_and_export(method: str, config, artifacts: Path, name: str, resume: bo
 
 
 def export_checkpoint(
-    checkpoint: Path, artifacts: Path, name: str, fp16: bool = False, triton: bool = False, metrics: dict | None = None
+    checkpoint: Path, artifacts: Path, name: str, fp16: bool = True, triton: bool = False, metrics: dict | None = None
 ) -> Bundle:
     """Export any checkpoint this project trains, dispatching on the method it records; with
-    `triton`, also add the model to the Triton repository `artifacts/triton`."""
+    `triton`, also add the model to the Triton repository `artifacts/triton`. Encoders get an int8
+    copy for CPUs and, with `fp16`, a half-precision one for GPUs (export.quantize)."""
     from training.checkpoint import load_checkpoint
 
     method = load_checkpoint(checkpoint).get("method")
@@ -118,7 +119,7 @@ def export_checkpoint(
     elif method == "clip":
         from export.clip import export_clip
 
-        bundle = export_clip(checkpoint, artifacts, name, metrics=metrics)
+        bundle = export_clip(checkpoint, artifacts, name, metrics=metrics, fp16=fp16)
     else:
         raise ValueError(f"{checkpoint}: cannot export a checkpoint of method {method!r}")
     if triton:

@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from runtime.bundle import QUERY_BANK_K, QUERY_BANK_ROLE, Bundle, Manifest, OnnxIO, QueryBankSpec, TokenizerSpec, sha256_file, write_bundle
-from export.onnx import DEFAULT_OPSET, check_parity, export_onnx
+from export.onnx import DEFAULT_OPSET, FP16_MIN_COSINE, ParityError, check_parity, export_onnx
+from export.quantize import (WrittenVariant, ZeroShotData, calibration_images, image_encoder_variants, labelled_images,
+                             run_batched, text_encoder_variants)
 from runtime.templates import EVAL_TEMPLATES
 from runtime.tokens import encode_batch, load_tokenizer
 from training.methods.clip import ClipInfo, load_clip_towers, query_bank_embeddings
@@ -58,6 +60,33 @@ def _write_query_bank(image_tower: torch.nn.Module, info: ClipInfo, images: int,
                          source=f"random training images of {info.config['data']}")
 
 
+def _write_variants(info: ClipInfo, folder: Path, precisions: list[str], tokenizer, probe: np.ndarray,
+                    seed: int) -> list[WrittenVariant]:
+    """The int8 and fp16 copies of both towers beside their fp32 files in `folder`, each scored
+    against fp32: the image tower by kNN top-1 (int8: static QDQ, calibrated on training images),
+    the text tower by zero-shot top-1 of the same labelled images (int8: dynamic) and, both, by
+    the cosine of their outputs to fp32's."""
+    if not precisions:
+        return []
+    data = labelled_images(info.config, info.preprocessing, seed=seed)
+    calibration = calibration_images(info.config, info.preprocessing, seed=seed) if "int8" in precisions else None
+    written = image_encoder_variants(folder / IMAGE_ONNX_FILE, "image_encoder", IMAGE_INPUTS[0], precisions,
+                                     calibration, data, probe)
+    zero_shot = None
+    if data is not None and info.class_names:
+        images = run_batched(folder / IMAGE_ONNX_FILE, [data.queries])  # (N, dim), unit rows
+        zero_shot = ZeroShotData(images, data.query_labels, [[t.format(c) for t in EVAL_TEMPLATES] for c in info.class_names],
+                                 f"{len(images)} {data.source} images")
+    texts = list(PARITY_TEXTS) + [t.format(c) for c in (info.class_names or ["thing", "object"]) for t in EVAL_TEMPLATES]
+    written += text_encoder_variants(folder / TEXT_ONNX_FILE, "text_encoder", precisions, encode_batch(tokenizer, texts),
+                                     lambda batch: encode_batch(tokenizer, batch), zero_shot)
+    for w in written:
+        if w.variant.precision == "fp16" and not w.variant.min_cosine >= FP16_MIN_COSINE:
+            raise ParityError(f"the fp16 copy of the {w.variant.role} disagrees with fp32: lowest row cosine "
+                              f"{w.variant.min_cosine} < {FP16_MIN_COSINE}")
+    return written
+
+
 def export_clip(
     checkpoint_path: Path | str,
     artifacts_dir: Path | str,
@@ -67,11 +96,15 @@ def export_clip(
     parity_batch: int = 8,
     seed: int = 0,
     query_bank_images: int = QUERY_BANK_IMAGES,
+    fp16: bool = True,
+    int8: bool = True,
 ) -> Bundle:
     """Export both towers of the CLIP model in `checkpoint_path` as bundle
     `artifacts_dir/models/<name>/<version>` (next vN by default) and make it current, with a query
     bank of `query_bank_images` training images (0: none). Raises export.onnx.ParityError, writing
-    nothing, if either ONNX model does not reproduce its torch tower at batch 1 and at a larger batch."""
+    nothing, if either ONNX model does not reproduce its torch tower at batch 1 and at a larger batch.
+    `int8` and `fp16` add those copies of both towers, scored against fp32 and recorded in the
+    manifest's `variants` (see _write_variants)."""
     image_tower, text_tower, info = load_clip_towers(str(checkpoint_path))
     generator = torch.Generator().manual_seed(seed)
     # Normal noise in the normalised input space: the range real preprocessed images occupy.
@@ -98,6 +131,9 @@ def export_clip(
         query_bank = _write_query_bank(image_tower, info, query_bank_images, seed, folder / QUERY_BANK_FILE)
         if query_bank:
             files[QUERY_BANK_ROLE] = QUERY_BANK_FILE  # the role runtime.bundle.Manifest.query_bank describes
+        precisions = [p for p, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
+        written = _write_variants(info, folder, precisions, tokenizer, images.numpy(), seed)
+        files.update({w.variant.file_role: w.file for w in written})
 
         manifest = Manifest(
             name=name,
@@ -116,6 +152,7 @@ def export_clip(
             metrics=metrics or {},
             extra={"opset": DEFAULT_OPSET, "parity_min_cosine": parity},
             source_checkpoint_sha256=sha256_file(Path(checkpoint_path)),
+            variants=tuple(w.variant for w in written),
         )
 
         def write_files(target: Path) -> None:

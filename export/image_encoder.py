@@ -25,13 +25,13 @@ from torch.nn import functional as F
 
 from runtime.bundle import (CENTERING_MEAN_ROLE, CENTERING_WHITENING_ROLE, Bundle, CenteringSpec, Manifest, OnnxIO,
                             sha256_file, write_bundle)
-from export.onnx import DEFAULT_OPSET, FP16_MIN_COSINE, check_parity, export_onnx, write_fp16_copy
+from export.onnx import DEFAULT_OPSET, FP16_MIN_COSINE, ParityError, check_parity, export_onnx
+from export.quantize import calibration_images, image_encoder_variants, labelled_images
 from training.methods.encoders import ImageEncoderInfo, load_image_encoder, training_image_embeddings
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "image_encoder.onnx"
-FP16_FILE = "image_encoder.fp16.onnx"
 MEAN_FILE = "embedding_mean.npy"  # (dim,) float32
 WHITENING_FILE = "whitening.npy"  # (dim, dim) float32
 INPUT_NAME = "images"  # (batch, C, H, W) float32, already preprocessed as the manifest says
@@ -95,17 +95,20 @@ def export_image_encoder(
     name: str,
     version: str | None = None,
     metrics: dict[str, Any] | None = None,
-    fp16: bool = False,
+    fp16: bool = True,
     parity_batch: int = 8,
     seed: int = 0,
     centering_images: int = CENTERING_IMAGES,
+    int8: bool = True,
 ) -> Bundle:
     """Export the encoder in `checkpoint_path` as bundle `artifacts_dir/models/<name>/<version>`
     (next vN by default) and make it current, centred and whitened with `centering_images`
     random training images (0: raw outputs, as before). Raises export.onnx.ParityError, writing
     nothing, if the ONNX model does not reproduce the (centred) torch encoder at batch 1 and at
-    `parity_batch`. `fp16` adds a half-precision copy for GPUs; the fp32 file stays the one served
-    by default."""
+    `parity_batch`. `int8` adds a static-QDQ int8 copy for CPUs (calibrated on a few hundred
+    training images), `fp16` a half-precision copy for GPUs; each is scored against fp32 (kNN
+    top-1 and output cosine, export.quantize) and recorded in the manifest's `variants`, from which
+    the precision setting picks at load."""
     module, info = load_image_encoder(checkpoint_path)
     centring = _centring(module, info, centering_images, seed)
     if centring is not None:
@@ -124,9 +127,17 @@ def export_image_encoder(
         if centring is not None:
             np.save(Path(scratch) / MEAN_FILE, centring[0])
             np.save(Path(scratch) / WHITENING_FILE, centring[1])
-        if fp16 and write_fp16_copy(onnx_path, Path(scratch) / FP16_FILE) is not None:
-            files["image_encoder_fp16"] = FP16_FILE
-            extra["fp16_parity_min_cosine"] = check_parity(module, Path(scratch) / FP16_FILE, inputs, FP16_MIN_COSINE)
+        precisions = [p for p, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
+        written = image_encoder_variants(
+            onnx_path, "image_encoder", INPUT_NAME, precisions,
+            calibration_images(info.config, info.preprocessing, seed=seed) if int8 else None,
+            labelled_images(info.config, info.preprocessing, seed=seed) if precisions else None,
+            inputs.numpy()) if precisions else []
+        for w in written:
+            if w.variant.precision == "fp16" and not w.variant.min_cosine >= FP16_MIN_COSINE:
+                raise ParityError(f"the fp16 copy of {ONNX_FILE} disagrees with fp32: lowest row cosine "
+                                  f"{w.variant.min_cosine} < {FP16_MIN_COSINE}")
+            files[w.variant.file_role] = w.file
 
         manifest = Manifest(
             name=name,
@@ -136,7 +147,8 @@ def export_image_encoder(
             normalized=centring is not None,
             files={**files, **({CENTERING_MEAN_ROLE: MEAN_FILE, CENTERING_WHITENING_ROLE: WHITENING_FILE} if centring else {})},
             preprocessing=info.preprocessing,
-            onnx={role: OnnxIO((INPUT_NAME,), OUTPUT_NAME) for role in files},  # the fp32 model and its fp16 copy alike
+            onnx={"image_encoder": OnnxIO((INPUT_NAME,), OUTPUT_NAME)},  # its variants take and give the same
+            variants=tuple(w.variant for w in written),
             centering=centring[2] if centring else None,
             training_config=info.config,
             metrics=metrics or {},

@@ -103,6 +103,28 @@ class CenteringSpec:
     source: str = ""  # where they came from, for humans
 
 
+PRECISIONS = ("fp32", "fp16", "int8")  # fp32 is each ONNX model itself; the others are PrecisionVariants of it
+
+
+@dataclass(frozen=True)
+class PrecisionVariant:
+    """A lower-precision copy of one of the bundle's fp32 ONNX models (export.quantize), with the
+    accuracy it gave up against fp32 as measured at export. runtime.encoders.factory picks one by
+    the precision setting; the file is in `files`, so it is hashed and verified like the others."""
+
+    role: str  # the fp32 model's file role, e.g. "image_encoder"; inputs and outputs are its (Manifest.onnx)
+    precision: str  # "int8" (for CPUs) or "fp16" (for GPUs)
+    file_role: str  # the variant file's role in Manifest.files, e.g. "image_encoder_int8"
+    technique: str  # how it was made: "dynamic" or "static-qdq" int8, "float16"
+    calibration_images: int = 0  # static int8: training images its activation ranges were calibrated on
+    evaluation: str = ""  # what the figures below were measured on, for humans
+    top1_pct: float | None = None  # the method's top-1 with this variant (kNN for image encoders, zero-shot for text towers)
+    fp32_top1_pct: float | None = None  # the same evaluation with the fp32 model
+    top1_change_pct: float | None = None  # top1_pct - fp32_top1_pct, in points; None when no labelled data was at hand
+    min_cosine: float | None = None  # lowest row cosine of its outputs to the fp32 model's
+    mean_cosine: float | None = None  # mean row cosine of its outputs to the fp32 model's
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What `manifest.json` holds. Field meanings are the contract; keep them stable."""
@@ -128,6 +150,7 @@ class Manifest:
     source_checkpoint_sha256: str | None = None  # hash of the checkpoint it was exported from
     file_sha256: dict[str, str] = field(default_factory=dict)  # file name -> sha256, by write_bundle
     schema_version: int = SCHEMA_VERSION
+    variants: tuple[PrecisionVariant, ...] = ()  # int8/fp16 copies of the ONNX models; () before 2026-12: fp32 only
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -141,6 +164,10 @@ class Manifest:
             raise BundleError(f"model {self.name} {self.version} records no ONNX names for {role!r} "
                               f"(it has {sorted(self.onnx)}); {REEXPORT_HINT}")
         return self.onnx[role]
+
+    def variant(self, role: str, precision: str) -> PrecisionVariant | None:
+        """The `precision` copy of the model that plays `role`, or None (fp32 is the model itself)."""
+        return next((v for v in self.variants if v.role == role and v.precision == precision), None)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -164,7 +191,17 @@ class Manifest:
         if data.get("centering") is not None:
             data["centering"] = dataclass_from_dict(CenteringSpec, data["centering"])
         data["onnx"] = {role: dataclass_from_dict(OnnxIO, io) for role, io in (data.get("onnx") or {}).items()}
+        data["variants"] = tuple(dataclass_from_dict(PrecisionVariant, v) for v in data.get("variants") or ()) \
+            or _legacy_fp16_variants(data)
         return dataclass_from_dict(cls, data)
+
+
+def _legacy_fp16_variants(data: dict[str, Any]) -> tuple[PrecisionVariant, ...]:
+    """Bundles exported with --fp16 before variants were recorded name their copy "<role>_fp16"."""
+    files, extra = data.get("files") or {}, data.get("extra") or {}
+    return tuple(PrecisionVariant(role=role[: -len("_fp16")], precision="fp16", file_role=role, technique="float16",
+                                  min_cosine=extra.get("fp16_parity_min_cosine"))
+                 for role in sorted(files) if role.endswith("_fp16") and role[: -len("_fp16")] in files)
 
 
 def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:

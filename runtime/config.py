@@ -10,6 +10,9 @@ from pathlib import Path
 # runs model calls in a worker thread, off the event loop; a single intra-op thread keeps one core
 # busy with the model and leaves the rest to HTTP parsing, decoding and the other sessions.
 SERVING_INTRA_OP_THREADS = 1
+PRECISION_SETTINGS = ("auto", "fp32", "fp16", "int8")  # what `precision` may say
+# auto runs a bundle's int8 variant on CPU only when export measured its top-1 this close to fp32's.
+INT8_MAX_TOP1_DROP_PCT = 1.0
 
 
 @dataclass(frozen=True)
@@ -19,3 +22,9 @@ class RuntimeConfig:
     triton_url: str | None = None  # host:port of a Triton server; when set, encoders run there
     triton_timeout_s: float = 60.0  # connection and network timeout of each Triton call
     cache_dir: Path | None = None  # where TensorRT engines are kept between runs (outside the read-only bundles)
+    precision: str = "auto"  # auto|fp32|fp16|int8: which variant of each model runs (runtime.encoders.factory.choose_precision)
+    int8_max_top1_drop_pct: float = INT8_MAX_TOP1_DROP_PCT  # auto takes int8 only within this many top-1 points of fp32
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISION_SETTINGS:
+            raise ValueError(f"precision {self.precision!r} is not one of {PRECISION_SETTINGS}")

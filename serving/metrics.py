@@ -34,6 +34,17 @@ class Metrics:
             "embedserve_queued_rows", "rows (images, texts) waiting for or in a model call, per model",
             ["model"], registry=self.registry,
         )
+        self.precision = Gauge(
+            "embedserve_model_precision", "1 for the precision variant each loaded model's encoder runs",
+            ["model", "version", "role", "precision"], registry=self.registry,
+        )
+
+    def set_precisions(self, precisions: dict[tuple[str, str], dict[str, str]]) -> None:
+        """Show {(model, version): {role: precision}} as the precision gauge, dropping models no longer loaded."""
+        self.precision.clear()
+        for (model, version), roles in precisions.items():
+            for role, precision in roles.items():
+                self.precision.labels(model, version, role, precision).set(1)
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

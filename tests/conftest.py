@@ -176,11 +176,13 @@ def write_clip_checkpoint():
 
 @pytest.fixture(scope="session")
 def clip_bundle_artifacts(tmp_path_factory, clip_checkpoint: Path) -> Path:
-    """Exported once: an artifacts folder with the CLIP bundle 'clip' (v1) and the image bundle 'tiny'."""
+    """Exported once: an artifacts folder with the CLIP bundle 'clip' (v1) and the image bundle 'tiny'.
+    fp32 only, so what the server answers equals the fp32 towers' outputs (tests/export/test_clip.py
+    covers the int8 and fp16 variants)."""
     from export.clip import export_clip
 
     artifacts = tmp_path_factory.mktemp("clip-artifacts")
-    export_clip(clip_checkpoint, artifacts, "clip")
+    export_clip(clip_checkpoint, artifacts, "clip", int8=False, fp16=False)
     write_tiny_image_bundle(artifacts)
     return artifacts
 
@@ -214,3 +216,49 @@ def minilm_artifacts(tmp_path_factory, minilm_folder: Path) -> Path:
     import_sentence_transformer(minilm_folder, artifacts, "minilm")
     write_tiny_image_bundle(artifacts)
     return artifacts
+
+
+# The tiny image bundle with int8 and fp16 copies of its model, as export.quantize writes them,
+# and the accuracy change export would have recorded for int8 (given, so a test picks it).
+
+def write_tiny_variant_bundle(artifacts: Path, name: str = "tiny", int8_top1_change_pct: float | None = -0.2) -> Path:
+    """write_tiny_image_bundle's model plus image_encoder.int8.onnx (dynamic int8) and
+    image_encoder.fp16.onnx, recorded as variants; returns the bundle's folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        return _write_variants_beside(artifacts, Path(folder), name, int8_top1_change_pct)
+
+
+def _write_variants_beside(artifacts: Path, scratch: Path, name: str, int8_top1_change_pct: float | None) -> Path:
+    import shutil
+
+    from export.onnx import write_fp16_copy
+    from export.quantize import quantize_dynamic_int8
+    from runtime.bundle import PrecisionVariant, read_bundle
+
+    write_tiny_image_bundle(scratch, name)
+    fp32 = read_bundle(scratch / "models" / name / "v1")
+    quantize_dynamic_int8(fp32.file("image_encoder"), scratch / "image_encoder.int8.onnx")
+    write_fp16_copy(fp32.file("image_encoder"), scratch / "image_encoder.fp16.onnx")
+    variants = (
+        PrecisionVariant("image_encoder", "int8", "image_encoder_int8", "dynamic", top1_pct=50.0, fp32_top1_pct=50.0,
+                         top1_change_pct=int8_top1_change_pct, min_cosine=0.99, mean_cosine=0.995),
+        PrecisionVariant("image_encoder", "fp16", "image_encoder_fp16", "float16", min_cosine=0.9999, mean_cosine=0.9999),
+    )
+    manifest = Manifest(**{**fp32.manifest.__dict__, "version": "", "variants": variants,
+                           "files": {**fp32.manifest.files, "image_encoder_int8": "image_encoder.int8.onnx",
+                                     "image_encoder_fp16": "image_encoder.fp16.onnx"}})
+
+    def write_files(folder: Path) -> None:
+        shutil.copyfile(fp32.file("image_encoder"), folder / "image_encoder.onnx")
+        for precision in ("int8", "fp16"):
+            shutil.copyfile(scratch / f"image_encoder.{precision}.onnx", folder / f"image_encoder.{precision}.onnx")
+
+    return write_bundle(artifacts, manifest, write_files).path
+
+
+@pytest.fixture
+def write_variant_bundle():
+    """write_tiny_variant_bundle(artifacts, name, int8_top1_change_pct): a tiny bundle with int8 and fp16 variants."""
+    return write_tiny_variant_bundle

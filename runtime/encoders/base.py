@@ -29,6 +29,7 @@ class Encoder(ABC):
 
     manifest: Manifest
     role: str  # the bundle file role of the model it runs, e.g. "image_encoder"
+    precision: str = "fp32"  # which variant runs: fp32, fp16 or int8 (runtime.encoders.factory.choose_precision)
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ so one encoder serves every request thread and the micro-batcher alike.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,18 +81,21 @@ class OnnxEncoder(Encoder):
     """A bundle's ONNX model (the file that plays `role`) in an onnxruntime session.
 
     `role` is the manifest's file role, e.g. "image_encoder" (runtime.encoders.factory picks it
-    from the bundle's kind). `trt_cache_dir`, when given, keeps TensorRT engines between restarts
-    (building one takes minutes) outside the bundle, which stays read-only so its hashes hold.
-    `intra_op_threads` is the threads per model call (see `session_options`).
+    from the bundle's kind); `file_role` the file that runs it, the fp32 model by default or one of
+    its variants (e.g. "image_encoder_int8"), whose `precision` the encoder reports. `providers` is
+    the setting string, or a list already resolved. `trt_cache_dir`, when given, keeps TensorRT
+    engines between restarts (building one takes minutes) outside the bundle, which stays read-only
+    so its hashes hold. `intra_op_threads` is the threads per model call (see `session_options`).
     """
 
-    def __init__(self, bundle: Bundle, role: str, providers: str = "auto", trt_cache_dir: Path | None = None,
-                 intra_op_threads: int = SERVING_INTRA_OP_THREADS):
+    def __init__(self, bundle: Bundle, role: str, providers: str | Sequence[str] = "auto", trt_cache_dir: Path | None = None,
+                 intra_op_threads: int = SERVING_INTRA_OP_THREADS, file_role: str | None = None, precision: str = "fp32"):
         self.manifest = bundle.manifest
         self.role = role
-        path = bundle.file(self.role)
-        provider_names = resolve_providers(providers)
-        provider_options = [_options_for(p, trt_cache_dir) for p in provider_names]
+        self.precision = precision
+        self.path = path = bundle.file(file_role or role)  # the fp32 model's file, or its variant's
+        provider_names = resolve_providers(providers) if isinstance(providers, str) else list(providers)
+        provider_options = [_options_for(p, trt_cache_dir, precision) for p in provider_names]
         self.session = ort.InferenceSession(str(path), sess_options=session_options(intra_op_threads),
                                             providers=provider_names, provider_options=provider_options)
         io = self.manifest.onnx_io(role)
@@ -108,7 +112,8 @@ class OnnxEncoder(Encoder):
         # columns a batch uses, not on the whole padded context: a short text costs a short text's time.
         self.mask_index = self.input_names.index("attention_mask") if "attention_mask" in self.input_names else None
         self.trims_padding = self.mask_index is not None and len(self.input_shape) > 1 and not isinstance(self.input_shape[1], int)
-        log.info("model %s %s: %s on %s", self.manifest.name, self.manifest.version, path.name, self.session.get_providers())
+        log.info("model %s %s: %s (%s) on %s", self.manifest.name, self.manifest.version, path.name, precision,
+                 self.session.get_providers())
 
     @property
     def providers(self) -> list[str]:
@@ -136,8 +141,14 @@ class OnnxEncoder(Encoder):
         self.session = None  # onnxruntime frees the session (and GPU memory) when it is collected
 
 
-def _options_for(provider: str, trt_cache_dir: Path | None) -> dict[str, str]:
-    if provider == "TensorrtExecutionProvider" and trt_cache_dir is not None:
+def _options_for(provider: str, trt_cache_dir: Path | None, precision: str = "fp32") -> dict[str, str]:
+    """TensorRT's options: its engine cache (when a folder is given) and, for fp16, half-precision
+    kernels in the engine it builds; the other providers take their defaults."""
+    if provider != "TensorrtExecutionProvider":
+        return {}
+    options = {"trt_fp16_enable": "True"} if precision == "fp16" else {}
+    if trt_cache_dir is not None:
         trt_cache_dir.mkdir(parents=True, exist_ok=True)
-        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache_dir)}
-    return {}
+        options |= {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache_dir),
+                    "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(trt_cache_dir)}
+    return options

@@ -16,6 +16,14 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def model_precisions(registry, name: str, version: str) -> dict[str, str]:
+    """The precision (fp32, fp16, int8) each encoder of a loaded model version runs, by its role."""
+    key = (name, version)
+    batchers = [registry.image_batchers.get(key), getattr(registry.text_models.get(key), "batcher", None)]
+    encoders = [b.encoder for b in batchers if b is not None]
+    return {e.role: getattr(e, "precision", "fp32") for e in encoders}
+
+
 @router.get("/readyz", summary="Models are loaded and requests can be served", response_model=ReadyResponse,
             responses={503: {"model": ReadyResponse, "description": "not ready: models still loading, or some failed"}})
 def readyz(request: Request) -> JSONResponse:
@@ -24,7 +32,8 @@ def readyz(request: Request) -> JSONResponse:
         failed = [{"name": n, "state": "failed", "error": e} for n, e in sorted(registry.failed.items())] if registry else []
         return JSONResponse(status_code=503, content={"status": "not ready", "models": failed})
     models = [
-        {"name": m.name, "version": m.version, "kind": m.kind, "method": m.method, "dim": m.dim, "state": "loaded"}
+        {"name": m.name, "version": m.version, "kind": m.kind, "method": m.method, "dim": m.dim, "state": "loaded",
+         **({"precision": p} if (p := model_precisions(registry, m.name, m.version)) else {})}
         for m in sorted(list(registry.manifests.values()), key=lambda m: m.name)
     ] + [{"name": n, "state": "failed", "error": e} for n, e in sorted(registry.failed.items())]
     indexes = [{"name": name, "version": index.manifest.version, "model": index.model, "model_version": index.model_version}
@@ -37,4 +46,8 @@ def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "the text format"}})
 def metrics(request: Request) -> Response:
+    registry = getattr(request.app.state, "registry", None)
+    if registry is not None:
+        request.app.state.metrics.set_precisions(
+            {(m.name, m.version): model_precisions(registry, m.name, m.version) for m in list(registry.manifests.values())})
     return request.app.state.metrics.render()

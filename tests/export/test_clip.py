@@ -31,7 +31,9 @@ def test_bundle_round_trip_has_both_towers_tokenizer_and_clip_facts(exported):
     _, _, info = load_clip_towers(str(checkpoint))
     assert (manifest.kind, manifest.method, manifest.dim, manifest.normalized) == ("image-text-encoder", "clip", info.dim, True)
     assert manifest.files == {"image_encoder": "image_encoder.onnx", "text_encoder": "text_encoder.onnx",
-                              "tokenizer": "tokenizer.json", "query_bank": "query_bank.npy"}
+                              "tokenizer": "tokenizer.json", "query_bank": "query_bank.npy",
+                              **{f"{tower}_{p}": f"{tower}.{p}.onnx" for tower in ("image_encoder", "text_encoder")
+                                 for p in ("int8", "fp16")}}
     assert manifest.preprocessing == info.preprocessing
     assert manifest.tokenizer == TokenizerSpec(file="tokenizer.json", context_length=info.context_length)
     assert manifest.logit_scale == pytest.approx(info.logit_scale)
@@ -41,6 +43,25 @@ def test_bundle_round_trip_has_both_towers_tokenizer_and_clip_facts(exported):
     assert min(manifest.extra["parity_min_cosine"].values()) >= 0.9999
     assert manifest.metrics == {"zero_shot_top1": 0.5} and manifest.source_checkpoint_sha256
     assert open_bundle(bundle.path.parents[2], "clip").path == bundle.path  # made current
+
+
+def test_both_towers_have_int8_and_fp16_variants_scored_against_fp32(exported):
+    bundle, _ = exported
+    manifest = read_bundle(bundle.path, verify=True).manifest  # the variant files are hashed and verified too
+    techniques = {(v.role, v.precision): v.technique for v in manifest.variants}
+    assert techniques == {("image_encoder", "int8"): "static-qdq", ("image_encoder", "fp16"): "float16",
+                          ("text_encoder", "int8"): "dynamic", ("text_encoder", "fp16"): "float16"}
+    text_int8 = manifest.variant("text_encoder", "int8")
+    # the tiny training split has no test split: held-out training images, classified zero-shot by the class prompts
+    assert "zero-shot top-1" in text_int8.evaluation and "held-out fashion-mnist training" in text_int8.evaluation
+    assert text_int8.top1_change_pct == pytest.approx(text_int8.top1_pct - text_int8.fp32_top1_pct, abs=1e-3)
+    assert "kNN top-1" in manifest.variant("image_encoder", "int8").evaluation
+    assert all(0.9 < v.mean_cosine <= 1.0 for v in manifest.variants)
+    ids, mask = encode_batch(load_tokenizer(bundle.path / "tokenizer.json"), TEXTS)
+    tokens = np.stack([ids, mask], axis=1)  # (N, 2, T)
+    fp32 = OnnxEncoder(bundle, "text_encoder", "cpu").encode(tokens)
+    int8 = OnnxEncoder(bundle, "text_encoder", "cpu", file_role=text_int8.file_role, precision="int8").encode(tokens)
+    assert int8.shape == fp32.shape and float((int8 * fp32).sum(1).min()) > 0.9  # unit rows, close to fp32's
 
 
 def test_the_query_bank_holds_the_training_images_embeddings(exported):

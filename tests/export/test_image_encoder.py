@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -72,11 +73,26 @@ def test_bundle_round_trip_serves_the_centred_torch_encoder(tmp_path: Path, make
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
 
 
+    # int8 (static QDQ, calibrated on training images) and fp16 copies, scored on the digits test split
+    int8, fp16 = manifest.variant("image_encoder", "int8"), manifest.variant("image_encoder", "fp16")
+    assert (int8.technique, int8.calibration_images, fp16.technique) == ("static-qdq", 256, "float16")
+    for variant in (int8, fp16):
+        assert manifest.files[variant.file_role] in manifest.file_sha256  # verified at load like the fp32 file
+        assert variant.top1_change_pct == pytest.approx(variant.top1_pct - variant.fp32_top1_pct, abs=1e-3)
+        assert 0 < variant.fp32_top1_pct <= 100 and "digits test" in variant.evaluation
+        assert variant.min_cosine <= variant.mean_cosine <= 1.0
+    assert fp16.min_cosine > 0.999 and int8.mean_cosine > 0.9
+    nodes = {n.op_type for n in onnx.load(str(again.file(int8.file_role))).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= nodes
+    int8_rows = OnnxEncoder(again, "image_encoder", "cpu", file_role=int8.file_role).encode(batch.numpy())
+    assert int8_rows.shape == got.shape and not np.allclose(int8_rows, got, atol=1e-6)  # its own file runs
+
+
 def test_without_centering_the_bundle_serves_raw_embeddings_as_before(tmp_path: Path):
     checkpoint = _simclr(tmp_path)
-    bundle = export_image_encoder(checkpoint, tmp_path / "artifacts", "vision", centering_images=0)
+    bundle = export_image_encoder(checkpoint, tmp_path / "artifacts", "vision", centering_images=0, int8=False, fp16=False)
     manifest = bundle.manifest
-    assert (manifest.normalized, manifest.centering) == (False, None)
+    assert (manifest.normalized, manifest.centering, manifest.variants) == (False, None, ())
     assert sorted(manifest.files) == ["image_encoder"]
     module, info = load_image_encoder(checkpoint)
     batch = torch.randn(3, *info.preprocessing.input_shape)  # (B, C, H, W)
@@ -92,6 +108,10 @@ def test_training_data_not_on_this_machine_exports_without_centering(tmp_path: P
     bundle = export_image_encoder(checkpoint, tmp_path / "artifacts", "vision")
     assert bundle.manifest.centering is None and not bundle.manifest.normalized
     assert "without centring" in caplog.text
+    # no training images: no int8 (nothing to calibrate on); fp16 is scored by cosine alone
+    fp16 = bundle.manifest.variant("image_encoder", "fp16")
+    assert bundle.manifest.variant("image_encoder", "int8") is None and "no int8 variant" in caplog.text
+    assert fp16.top1_change_pct is None and fp16.min_cosine > 0.999 and "no labelled data" in fp16.evaluation
 
 
 def test_centering_spreads_cosines_of_a_narrow_cone():
@@ -116,7 +136,7 @@ def test_centering_spreads_cosines_of_a_narrow_cone():
 
 def test_a_second_export_is_the_next_version(tmp_path: Path):
     checkpoint = _simclr(tmp_path)
-    first = export_image_encoder(checkpoint, tmp_path / "artifacts", "vision")
-    second = export_image_encoder(checkpoint, tmp_path / "artifacts", "vision")
+    first = export_image_encoder(checkpoint, tmp_path / "artifacts", "vision", int8=False, fp16=False)
+    second = export_image_encoder(checkpoint, tmp_path / "artifacts", "vision", int8=False, fp16=False)
     assert (first.manifest.version, second.manifest.version) == ("v1", "v2")
     assert open_bundle(tmp_path / "artifacts", "vision").manifest.version == "v2"

@@ -164,3 +164,20 @@ def test_what_is_written_is_readable_by_other_users(tmp_path: Path):
     for path in [bundle.path, *bundle.path.iterdir(), bundle.path.parent / "current"]:
         mode = path.stat().st_mode & 0o777
         assert mode == (0o755 if path.is_dir() else 0o644), f"{path}: {oct(mode)}"
+
+
+def test_precision_variants_round_trip_and_older_manifests_have_none(tmp_path: Path):
+    from runtime.bundle import PrecisionVariant
+
+    variant = PrecisionVariant("image_encoder", "int8", "image_encoder_int8", "static-qdq", calibration_images=256,
+                               evaluation="kNN top-1", top1_pct=74.8, fp32_top1_pct=75.0, top1_change_pct=-0.2,
+                               min_cosine=0.97, mean_cosine=0.99)
+    manifest = Manifest(name="m", kind="image-encoder", method="simclr", dim=2, normalized=True,
+                        files={"image_encoder": "e.onnx", "image_encoder_int8": "e.int8.onnx"}, variants=(variant,))
+    bundle = write_bundle(tmp_path, manifest, lambda d: [(d / f).write_bytes(b"x") for f in ("e.onnx", "e.int8.onnx")])
+    again = read_bundle(bundle.path, verify=True).manifest
+    assert again.variants == (variant,) and again.variant("image_encoder", "int8") == variant
+    assert again.variant("image_encoder", "fp16") is None and "e.int8.onnx" in again.file_sha256
+    older = json.loads(again.to_json())
+    del older["variants"]
+    assert Manifest.from_dict(older).variants == ()

@@ -1,0 +1,330 @@
+"""Precision variants of an exported fp32 ONNX model, and what each gives up against fp32.
+
+int8 is for CPUs (onnxruntime's quantisation: dynamic for transformer text towers, whose
+activation ranges vary per input; static QDQ calibrated on a few hundred training images for the
+CNN and ViT image encoders); fp16 is for GPUs (onnxruntime's float16 converter, inputs and outputs
+kept float32). Each variant is scored on its method's evaluation, beside the fp32 model on the
+same inputs: kNN top-1 for image encoders, zero-shot top-1 for a CLIP text tower, and the cosine
+of its outputs to fp32's for both. The result is a runtime.bundle.PrecisionVariant for the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from export.onnx import write_fp16_copy
+from runtime.bundle import PrecisionVariant
+from runtime.files import atomic_path
+from runtime.preprocessing import PreprocessingSpec
+from runtime.vectors import rowwise_cosine
+
+log = logging.getLogger(__name__)
+
+INT8_CALIBRATION_IMAGES = 256  # static int8: activation ranges from this many training images (seconds on 2 cores)
+EVAL_REFERENCE_IMAGES = 2000  # kNN top-1: labelled reference images ...
+EVAL_QUERY_IMAGES = 1000  # ... and the images classified by them (the test split where the data has one)
+KNN_K = 20  # neighbours voting in the kNN top-1 (training.evaluation.knn)
+RUN_BATCH = 256  # rows per onnxruntime call while evaluating
+# Static int8 quantises the ops that carry the compute; LayerNorm, Softmax and the final
+# normalisation stay float (quantising them costs accuracy and saves nothing measurable). So does
+# the last of these ops before the output (the centring's whitening, a projection head): its
+# rounding lands on the embedding unaveraged, and on the demo's MAE it cost a point of top-1 alone.
+STATIC_OP_TYPES = ("Conv", "MatMul", "Gemm")
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm")  # a transformer's weights: QKV, projections, MLP
+FILE_SUFFIX = {"int8": "int8", "fp16": "fp16"}  # image_encoder.onnx -> image_encoder.int8.onnx
+
+
+def variant_file_role(role: str, precision: str) -> str:
+    """The manifest file role of `role`'s `precision` copy, e.g. image_encoder_int8."""
+    return f"{role}_{precision}"
+
+
+def variant_file_name(fp32_file: str, precision: str) -> str:
+    """image_encoder.onnx -> image_encoder.int8.onnx."""
+    stem = fp32_file[: -len(".onnx")] if fp32_file.endswith(".onnx") else fp32_file
+    return f"{stem}.{FILE_SUFFIX[precision]}.onnx"
+
+
+# ---- writing the variants ----
+
+class _QuantizerNotices(logging.Filter):
+    """onnxruntime's quantiser warns through the root logger about every tensor it leaves float, as
+    it is told to (dozens of lines per model); keep its errors, drop the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime/quantization" not in record.pathname.replace("\\", "/")
+
+
+@contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    notices = _QuantizerNotices()
+    logging.getLogger().addFilter(notices)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(notices)
+
+
+def quantize_dynamic_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
+    """int8 weights, activations quantised per call from their own range: for transformer towers,
+    whose activation ranges differ from text to text, so calibration ranges would clip."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8_path = Path(int8_path)
+    with atomic_path(int8_path) as tmp, _quiet_quantizer():
+        quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=list(DYNAMIC_OP_TYPES))
+    return int8_path
+
+
+def quantize_static_int8(fp32_path: Path | str, int8_path: Path | str, input_name: str, calibration: np.ndarray,
+                         batch_size: int = 32) -> Path:
+    """QDQ int8 (uint8 activations, per-channel int8 weights) with activation ranges calibrated on
+    `calibration` (N, C, H, W) float32 preprocessed training images: for the CNN and ViT image
+    encoders. onnxruntime's CPU provider fuses the QDQ pairs into QLinearConv / QLinearMatMul,
+    which use the VNNI instructions where the CPU has them."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: np.ascontiguousarray(batch, np.float32)}
+
+    int8_path = Path(int8_path)
+    with tempfile.TemporaryDirectory(prefix="embedserve-quantize-") as scratch, atomic_path(int8_path) as tmp, _quiet_quantizer():
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))  # shape inference and folding, as quantize_static advises
+        nodes = onnx.load(str(prepared), load_external_data=False).graph.node  # in topological order
+        last = [n.name for n in nodes if n.op_type in STATIC_OP_TYPES][-1:]
+        quantize_static(str(prepared), str(tmp), Batches(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(STATIC_OP_TYPES),
+                        nodes_to_exclude=last)
+    return int8_path
+
+
+# ---- the data the variants are scored on ----
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Preprocessed labelled images to score an image encoder by kNN top-1: queries classified by
+    their nearest references."""
+
+    references: np.ndarray  # (N, C, H, W) float32
+    reference_labels: np.ndarray  # (N,) int64
+    queries: np.ndarray  # (M, C, H, W) float32
+    query_labels: np.ndarray  # (M,) int64
+    source: str  # where they came from, for humans
+
+    def describe(self) -> str:
+        return f"{len(self.queries)} {self.source} images against {len(self.references)} references"
+
+
+def _stack(dataset, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    items = [dataset[int(i)] for i in indices]
+    return np.stack([x.numpy() for x, _ in items]).astype(np.float32), np.array([y for _, y in items], np.int64)
+
+
+def _open(config: dict[str, Any], preprocessing: PreprocessingSpec, split: str):
+    from training.data.images import open_image_dataset
+    from training.data.transforms import EvalTransform
+
+    return open_image_dataset(config["data"], split, preprocessing.mode, EvalTransform.from_spec(preprocessing),
+                              config.get("data_root"))
+
+
+def calibration_images(config: dict[str, Any], preprocessing: PreprocessingSpec, count: int = INT8_CALIBRATION_IMAGES,
+                       seed: int = 0) -> np.ndarray | None:
+    """`count` random training images (N, C, H, W) of the data `config` trained on, preprocessed as
+    the bundle says; None when that data cannot be read here."""
+    try:
+        dataset = _open(config, preprocessing, "train")
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("no int8 calibration images: cannot read the training data (%s)", e)
+        return None
+    chosen = np.random.default_rng(seed).choice(len(dataset), min(count, len(dataset)), replace=False)
+    return _stack(dataset, np.sort(chosen))[0]
+
+
+def labelled_images(config: dict[str, Any], preprocessing: PreprocessingSpec, references: int = EVAL_REFERENCE_IMAGES,
+                    queries: int = EVAL_QUERY_IMAGES, seed: int = 0) -> LabelledImages | None:
+    """References from the training split and queries from the test split where the data has one
+    (Fashion-MNIST, digits); otherwise two disjoint random parts of the training images. None when
+    the data cannot be read here or has no labels."""
+    try:
+        train = _open(config, preprocessing, "train")
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("variants scored by cosine only: cannot read the training data (%s)", e)
+        return None
+    rng = np.random.default_rng(seed)
+    try:
+        test = _open(config, preprocessing, "test") if config["data"] in ("fashion-mnist", "digits") else None
+    except OSError:  # a training-only copy of the data (as tests write)
+        test = None
+    if test is not None:
+        ref = rng.choice(len(train), min(references, len(train)), replace=False)
+        query = rng.choice(len(test), min(queries, len(test)), replace=False)
+        (rx, ry), (qx, qy), source = _stack(train, np.sort(ref)), _stack(test, np.sort(query)), f"{config['data']} test"
+    else:
+        order = rng.permutation(len(train))
+        cut = max(1, len(order) - min(queries, len(order) // 2))
+        (rx, ry), (qx, qy) = _stack(train, np.sort(order[:cut][:references])), _stack(train, np.sort(order[cut:]))
+        source = f"held-out {config['data']} training"
+    if len(qx) == 0 or (ry < 0).any() or (qy < 0).any():
+        log.warning("variants scored by cosine only: the data has no labels")
+        return None
+    return LabelledImages(rx, ry, qx, qy, source)
+
+
+# ---- running and scoring ----
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run_batched(path: Path | str, inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """The model's first output for `inputs` (one array per model input, rows aligned), RUN_BATCH rows a call."""
+    session = _session(Path(path))
+    names = [i.name for i in session.get_inputs()]
+    rows = len(inputs[0])
+    return np.concatenate([session.run(None, {n: x[i:i + RUN_BATCH] for n, x in zip(names, inputs)})[0]
+                           for i in range(0, rows, RUN_BATCH)])  # (N, D)
+
+
+def knn_top1(data: LabelledImages, embed) -> float:
+    """kNN top-1 (percent) of the queries by the references, both embedded by `embed`."""
+    from training.evaluation.knn import knn_accuracy
+
+    return knn_accuracy(embed(data.references), data.reference_labels, embed(data.queries), data.query_labels, k=KNN_K)
+
+
+def zero_shot_top1(image_embeddings: np.ndarray, labels: np.ndarray, class_prompts: list[list[str]], embed_texts) -> float:
+    """Zero-shot top-1 (percent): each image takes the class whose prompts' mean unit embedding
+    (class_prompts[c], embedded by `embed_texts`) is nearest. The classifier of index.zero_shot,
+    without its query-bank offsets (export cannot import index/; the offsets move every class of a
+    model alike between variants)."""
+    classes = []
+    for prompts in class_prompts:
+        e = embed_texts(prompts)  # (T, D)
+        mean = (e / np.linalg.norm(e, axis=1, keepdims=True)).mean(axis=0)
+        classes.append(mean / np.linalg.norm(mean))
+    scores = image_embeddings @ np.stack(classes).T  # (N, classes)
+    return 100.0 * float((scores.argmax(axis=1) == labels).mean())
+
+
+def _agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    cos = rowwise_cosine(reference, candidate)
+    return round(float(cos.min()), 6), round(float(cos.mean()), 6)
+
+
+@dataclass(frozen=True)
+class WrittenVariant:
+    variant: PrecisionVariant  # what the manifest records
+    file: str  # the file written, inside the scratch folder
+
+
+def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisions: Sequence[str],
+                           calibration: np.ndarray | None, data: LabelledImages | None,
+                           probe: np.ndarray) -> list[WrittenVariant]:
+    """Write the `precisions` ("int8", "fp16") copies of an image encoder beside `fp32_path` and
+    score each against it: kNN top-1 on `data` (when given) and the cosine of its outputs to fp32's
+    on the queries (or on `probe` (B, C, H, W) without data). int8 needs `calibration` images and is
+    skipped, with a warning, without them."""
+    inputs = data.queries if data is not None else probe
+    reference = run_batched(fp32_path, [inputs])
+    fp32_top1 = knn_top1(data, lambda x: run_batched(fp32_path, [x])) if data is not None else None
+    written = []
+    for precision in precisions:
+        path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
+        if precision == "int8":
+            if calibration is None:
+                log.warning("%s: no int8 variant without calibration images", fp32_path.name)
+                continue
+            quantize_static_int8(fp32_path, path, input_name, calibration)
+            technique, calibrated = "static-qdq", len(calibration)
+        elif precision == "fp16":
+            if write_fp16_copy(fp32_path, path) is None:
+                continue
+            technique, calibrated = "float16", 0
+        else:
+            raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
+        low, mean = _agreement(reference, run_batched(path, [inputs]))
+        top1 = knn_top1(data, lambda x: run_batched(path, [x])) if data is not None else None
+        variant = PrecisionVariant(
+            role=role, precision=precision, file_role=variant_file_role(role, precision), technique=technique,
+            calibration_images=calibrated,
+            evaluation=(f"kNN top-1 (k={KNN_K}) of {data.describe()}; cosine to fp32 on the queries" if data is not None
+                        else f"cosine to fp32 on {len(inputs)} random inputs (no labelled data here)") + "; run on CPU",
+            top1_pct=_round(top1), fp32_top1_pct=_round(fp32_top1),
+            top1_change_pct=_round(top1 - fp32_top1) if top1 is not None else None, min_cosine=low, mean_cosine=mean)
+        log.info("%s %s: top-1 change %s points, min cosine %.4f", fp32_path.name, precision, variant.top1_change_pct, low)
+        written.append(WrittenVariant(variant, path.name))
+    return written
+
+
+@dataclass(frozen=True)
+class ZeroShotData:
+    """What scores a CLIP text tower by zero-shot top-1: image embeddings from the fp32 image tower
+    with their labels, and each class's prompts."""
+
+    image_embeddings: np.ndarray  # (N, D) unit rows
+    labels: np.ndarray  # (N,) int64, indices into class_prompts
+    class_prompts: list[list[str]]  # per class: its name in each template
+    source: str  # for humans
+
+
+def text_encoder_variants(fp32_path: Path, role: str, precisions: Sequence[str], tokens: tuple[np.ndarray, np.ndarray],
+                          tokenize, zero_shot: ZeroShotData | None) -> list[WrittenVariant]:
+    """Write the `precisions` copies of a text tower (int8 dynamic, fp16) beside `fp32_path` and
+    score each against it: the cosine of its outputs to fp32's on `tokens` (ids, mask) (N, T) each,
+    and zero-shot top-1 on `zero_shot` when given (`tokenize(texts)` -> (ids, mask))."""
+    reference = run_batched(fp32_path, list(tokens))
+
+    def embed_with(path: Path):
+        return lambda texts: run_batched(path, list(tokenize(texts)))
+
+    top1_of = (lambda path: zero_shot_top1(zero_shot.image_embeddings, zero_shot.labels, zero_shot.class_prompts,
+                                           embed_with(path))) if zero_shot is not None else None
+    fp32_top1 = top1_of(fp32_path) if top1_of else None
+    written = []
+    for precision in precisions:
+        path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
+        if precision == "int8":
+            quantize_dynamic_int8(fp32_path, path)
+            technique = "dynamic"
+        elif precision == "fp16":
+            if write_fp16_copy(fp32_path, path) is None:
+                continue
+            technique = "float16"
+        else:
+            raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
+        low, mean = _agreement(reference, run_batched(path, list(tokens)))
+        top1 = top1_of(path) if top1_of else None
+        evaluation = f"cosine to fp32 on {len(tokens[0])} texts"
+        if zero_shot is not None:
+            evaluation = f"zero-shot top-1 of {zero_shot.source} ({len(zero_shot.class_prompts)} classes); " + evaluation
+        variant = PrecisionVariant(
+            role=role, precision=precision, file_role=variant_file_role(role, precision), technique=technique,
+            evaluation=evaluation + "; run on CPU", top1_pct=_round(top1), fp32_top1_pct=_round(fp32_top1),
+            top1_change_pct=_round(top1 - fp32_top1) if top1 is not None else None, min_cosine=low, mean_cosine=mean)
+        log.info("%s %s: top-1 change %s points, min cosine %.4f", fp32_path.name, precision, variant.top1_change_pct, low)
+        written.append(WrittenVariant(variant, path.name))
+    return written
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)

@@ -1,0 +1,100 @@
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from runtime.bundle import Manifest, PrecisionVariant, read_bundle
+from runtime.config import RuntimeConfig
+from runtime.encoders.factory import choose_precision, load_encoder
+
+CPU = ["CPUExecutionProvider"]
+CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+TENSORRT = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def _manifest(int8_change: float | None = -0.4, int8_mean_cosine: float | None = 0.999, fp16: bool = True) -> Manifest:
+    variants = [PrecisionVariant("image_encoder", "int8", "image_encoder_int8", "static-qdq",
+                                 top1_change_pct=int8_change, mean_cosine=int8_mean_cosine)]
+    if fp16:
+        variants.append(PrecisionVariant("image_encoder", "fp16", "image_encoder_fp16", "float16", mean_cosine=1.0))
+    files = {"image_encoder": "e.onnx", **{v.file_role: f"e.{v.precision}.onnx" for v in variants}}
+    return Manifest(name="m", kind="image-encoder", method="simclr", dim=4, normalized=True, files=files,
+                    variants=tuple(variants))
+
+
+@pytest.mark.parametrize("providers, expected", [(CPU, "int8"), (CUDA, "fp16"), (TENSORRT, "fp16")])
+def test_auto_takes_int8_on_cpu_and_fp16_on_a_gpu(providers, expected):
+    choice = choose_precision(_manifest(), "image_encoder", "auto", providers)
+    assert (choice.precision, choice.file_role) == (expected, f"image_encoder_{expected}")
+
+
+@pytest.mark.parametrize("change, mean_cosine", [(-1.5, 0.999), (None, 0.95), (None, None)])
+def test_auto_keeps_fp32_when_int8_lost_too_much_or_was_not_measured(change, mean_cosine):
+    choice = choose_precision(_manifest(change, mean_cosine), "image_encoder", "auto", CPU)
+    assert (choice.precision, choice.file_role) == ("fp32", "image_encoder")
+
+
+def test_auto_takes_int8_without_top1_when_its_outputs_match_fp32():
+    assert choose_precision(_manifest(None, 0.995), "image_encoder", "auto", CPU).precision == "int8"
+
+
+def test_the_int8_bound_is_a_setting():
+    assert choose_precision(_manifest(-1.5), "image_encoder", "auto", CPU, max_top1_drop_pct=2.0).precision == "int8"
+
+
+def test_an_explicit_precision_is_taken_even_where_auto_would_not():
+    assert choose_precision(_manifest(-5.0), "image_encoder", "int8", CUDA).precision == "int8"
+    assert choose_precision(_manifest(), "image_encoder", "fp16", CPU).precision == "fp16"
+    assert choose_precision(_manifest(), "image_encoder", "fp32", CUDA).precision == "fp32"
+
+
+def test_a_bundle_without_the_variant_asked_runs_fp32():
+    assert choose_precision(_manifest(fp16=False), "image_encoder", "fp16", CUDA).file_role == "image_encoder"
+    assert choose_precision(_manifest(fp16=False), "image_encoder", "auto", CUDA).precision == "fp32"
+    assert choose_precision(_manifest(), "text_encoder", "int8", CPU).file_role == "text_encoder"  # variants are per role
+
+
+def test_a_bundle_from_before_variants_runs_fp32_everywhere():
+    old = Manifest(name="m", kind="image-encoder", method="simclr", dim=4, normalized=True, files={"image_encoder": "e.onnx"})
+    for asked in ("auto", "int8", "fp16"):
+        assert choose_precision(old, "image_encoder", asked, CUDA).precision == "fp32"
+
+
+def test_an_older_fp16_copy_counts_as_the_fp16_variant():
+    data = {"schema_version": 2, "name": "m", "kind": "image-encoder", "method": "simclr", "dim": 4, "normalized": False,
+            "files": {"image_encoder": "e.onnx", "image_encoder_fp16": "e.fp16.onnx"}, "extra": {"fp16_parity_min_cosine": 0.999}}
+    manifest = Manifest.from_dict(data)
+    assert manifest.variant("image_encoder", "fp16") == PrecisionVariant(
+        "image_encoder", "fp16", "image_encoder_fp16", "float16", min_cosine=0.999)
+    assert choose_precision(manifest, "image_encoder", "auto", CUDA).file_role == "image_encoder_fp16"
+
+
+@pytest.mark.parametrize("precision, expected", [("int8", "int8"), ("fp16", "fp16"), ("fp32", "fp32"), ("auto", "int8")])
+def test_load_encoder_runs_the_file_of_the_precision_chosen(tmp_path: Path, write_variant_bundle, precision, expected):
+    bundle = read_bundle(write_variant_bundle(tmp_path), verify=True)  # variant files are hashed like the others
+    encoder = load_encoder(bundle, RuntimeConfig(execution_providers="cpu", precision=precision))
+    assert encoder.precision == expected
+    model = onnx.load(str(encoder.path))
+    quantized = any(n.op_type in ("DynamicQuantizeLinear", "MatMulInteger") for n in model.graph.node)
+    assert quantized == (expected == "int8")
+    batch = np.random.default_rng(0).normal(size=(3, 1, 8, 8)).astype(np.float32)
+    fp32 = load_encoder(bundle, RuntimeConfig(execution_providers="cpu", precision="fp32")).encode(batch)
+    got = encoder.encode(batch)
+    assert got.dtype == np.float32 and got.shape == fp32.shape
+    cosine = (got * fp32).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(fp32, axis=1)
+    assert cosine.min() > 0.99
+
+
+def test_a_missing_variant_falls_back_to_fp32_with_a_log_line(image_artifacts: Path, caplog):
+    bundle = read_bundle(image_artifacts / "models" / "tiny" / "v1")
+    with caplog.at_level(logging.WARNING, logger="runtime.encoders.factory"):
+        encoder = load_encoder(bundle, RuntimeConfig(execution_providers="cpu", precision="int8"))
+    assert encoder.precision == "fp32"
+    assert "no int8 variant" in caplog.text and "falling back to fp32" in caplog.text
+
+
+def test_an_unknown_precision_setting_is_refused():
+    with pytest.raises(ValueError, match="auto"):
+        RuntimeConfig(precision="bf16")
