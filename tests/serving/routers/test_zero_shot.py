@@ -240,3 +240,39 @@ def test_a_text_encoder_is_refused_for_zero_shot_and_images(minilm_client: TestC
     assert response.status_code == 422 and "no image tower" in response.json()["detail"]
     response = minilm_client.post("/embed/image", params={"model": "minilm"}, files=files)
     assert response.status_code == 422 and "texts only" in response.json()["detail"]
+
+
+def test_a_large_class_matrix_shares_the_text_tower_with_other_requests(clip_artifacts: Path, make_png):
+    # 200 prompts go to the tower a batch at a time: a text request that arrives meanwhile is
+    # computed after at most a batch or two of them, not after all 25
+    settings = Settings(artifacts_dir=clip_artifacts, max_batch_size=8, max_classes=200)
+    with TestClient(create_app(settings)) as client:
+        encoder = client.app.state.registry.text_model("clip").batcher.encoder
+        encode, batches, first_batch = encoder.encode, [], threading.Event()
+
+        def recording_encode(rows):
+            batches.append(len(rows))
+            first_batch.set()
+            threading.Event().wait(0.01)  # a tower slow enough for the other request to arrive mid-way
+            return encode(rows)
+
+        encoder.encode = recording_encode
+        classes = [f"class number {i}" for i in range(200)]
+        big = threading.Thread(target=lambda: answers.append(client.post(
+            "/zero-shot", json={"images": [b64(make_png(1))], "classes": classes, "templates": ["a photo of {}."]})))
+        answers = []
+        big.start()
+        assert first_batch.wait(timeout=60)
+        small = client.post("/embed/text", json={"texts": ["a bag"], "model": "clip"})
+        big.join(timeout=120)
+    assert small.status_code == 200 and answers[0].status_code == 200, (small.text, answers[0].text)
+    assert sorted(batches) == [1] + [8] * 25  # each prompt once, the text request on its own
+    assert batches.index(1) < len(batches) - 1, batches  # ...before the matrix's last batch
+
+
+def test_classes_times_templates_over_the_limit_is_a_413(clip_artifacts: Path, make_png):
+    with TestClient(create_app(Settings(artifacts_dir=clip_artifacts, max_prompts=10))) as client:
+        body = {"images": [b64(make_png(1))], "classes": CLASSES, "templates": ["a {}.", "the {}.", "one {}."]}
+        response = client.post("/zero-shot", json=body)
+        assert response.status_code == 413 and "EMBEDSERVE_MAX_PROMPTS" in response.json()["detail"]
+        assert client.post("/zero-shot", json={**body, "templates": ["a {}.", "the {}."]}).status_code == 200
