@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     execution_providers: str = Field(
         "auto", description="onnxruntime providers, comma-separated, or auto (TensorRT, CUDA, CPU as available)"
     )
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        "auto", description="which variant of each model runs: auto = fp16 on a GPU, int8 on CPU when the bundle has it "
+                            "within 1 point top-1 of fp32, else fp32; a bundle without the one asked runs fp32"
+    )
     onnx_intra_op_threads: int = Field(
         1, ge=0, description="onnxruntime threads per model call; 0: one per physical core (see runtime.encoders.onnx_runtime)"
     )
@@ -106,7 +110,8 @@ class Settings(BaseSettings):
     def runtime_config(self) -> RuntimeConfig:
         """How the encoders run: the inference core's own config, from these settings."""
         return RuntimeConfig(execution_providers=self.execution_providers, intra_op_threads=self.onnx_intra_op_threads,
-                             triton_url=self.triton_url, cache_dir=Path(self.artifacts_dir) / "cache")
+                             triton_url=self.triton_url, cache_dir=Path(self.artifacts_dir) / "cache",
+                             precision=self.precision)
 
     def data_root_paths(self) -> tuple[Path, ...]:
         return tuple(Path(p.strip()) for p in self.data_roots.split(",") if p.strip())
