@@ -58,6 +58,8 @@ class RequestLifetimeMiddleware:
                 raise _BodyTooSlow()
             if message["type"] == "http.request" and not message.get("more_body", False):
                 body_read.set()
+                # from now on the server's next message can only be the disconnect: watch for it
+                watcher.append(asyncio.create_task(watch_for_disconnect()))
             elif message["type"] == "http.disconnect":
                 client_gone.set()
             return message
@@ -69,8 +71,7 @@ class RequestLifetimeMiddleware:
                 response["finished"] = True
             await send(message)
 
-        async def watch_for_disconnect(handler: anyio.CancelScope) -> None:
-            await body_read.wait()
+        async def watch_for_disconnect() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
             client_gone.set()
@@ -78,10 +79,11 @@ class RequestLifetimeMiddleware:
                 handler.cancel()
 
         untimed = scope["path"].startswith(UNTIMED_PREFIXES)
-        with anyio.CancelScope() as handler:
-            # A plain task rather than a task group: a task group would wrap the handler's own
-            # errors in an ExceptionGroup on their way out.
-            watcher = asyncio.create_task(watch_for_disconnect(handler))
+        # The watcher is a plain task, started once the body is read (a GET never needs one),
+        # rather than a task group, which would wrap the handler's own errors in an ExceptionGroup.
+        watcher: list[asyncio.Task] = []
+        handler = anyio.CancelScope()
+        with handler:
             try:
                 with anyio.move_on_after(None if untimed else self.request_timeout_s) as deadline:
                     try:
@@ -93,7 +95,8 @@ class RequestLifetimeMiddleware:
                                              "(EMBEDSERVE_BODY_TIMEOUT_S); send it faster or in smaller requests",
                                              close=True)
             finally:
-                watcher.cancel()
+                for task in watcher:
+                    task.cancel()
 
         if response["started"]:
             return
