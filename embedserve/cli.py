@@ -43,7 +43,8 @@ def _train_torch_method(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from embedserve.pipelines import export_checkpoint
 
-    bundle = export_checkpoint(args.checkpoint, args.artifacts, args.name, fp16=args.fp16, triton=args.triton)
+    bundle = export_checkpoint(args.checkpoint, args.artifacts, args.name, fp16=args.fp16, triton=args.triton,
+                               triton_backend=args.triton_backend)
     print(f"wrote {bundle.path}")
 
 
@@ -179,6 +180,9 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     export.add_argument("--fp16", action="store_true", help="also write an fp16 copy of ONNX models")
     export.add_argument("--triton", action="store_true",
                         help="also write its models into the Triton repository <artifacts>/triton (image encoders, CLIP)")
+    export.add_argument("--triton-backend", choices=("onnxruntime", "python"), default="onnxruntime",
+                        help="what runs the ONNX models in Triton: its onnxruntime backend (full Triton images; the "
+                             "default), or onnxruntime inside its Python backend (builds without it, e.g. nvidia-pytriton's)")
     export.set_defaults(func=_export)
 
     imports = commands.add_parser("import", help="turn a model another library saved into a bundle")

@@ -100,10 +100,12 @@ def train_and_export(method: str, config, artifacts: Path, name: str, resume: bo
 
 
 def export_checkpoint(
-    checkpoint: Path, artifacts: Path, name: str, fp16: bool = True, triton: bool = False, metrics: dict | None = None
+    checkpoint: Path, artifacts: Path, name: str, fp16: bool = True, triton: bool = False, metrics: dict | None = None,
+    triton_backend: str = "onnxruntime",
 ) -> Bundle:
     """Export any checkpoint this project trains, dispatching on the method it records; with
-    `triton`, also add the model to the Triton repository `artifacts/triton`. Encoders get an int8
+    `triton`, also add the model to the Triton repository `artifacts/triton`, its ONNX models on
+    `triton_backend` (export.triton.ONNX_BACKENDS). Encoders get an int8
     copy for CPUs and, with `fp16`, a half-precision one for GPUs (export.quantize)."""
     from training.checkpoint import load_checkpoint
 
@@ -125,5 +127,5 @@ def export_checkpoint(
     if triton:
         from export.triton import write_triton_repository
 
-        write_triton_repository(bundle, Path(artifacts) / "triton")
+        write_triton_repository(bundle, Path(artifacts) / "triton", onnx_backend=triton_backend)
     return bundle

@@ -31,6 +31,7 @@ KIT_DIR = Path(sys.prefix) / "triton-kit"  # beside this venv's packages: `make 
 PREPARE_TIMEOUT_S = 900.0  # pip downloading about 75 MB on a first run
 STARTUP_TIMEOUT_S = 180.0  # every Python-backend model starts a stub process; two shared cores are slow
 STOP_TIMEOUT_S = 30.0
+STUBS_GONE_TIMEOUT_S = 3.0
 HOST = "127.0.0.1"
 LOG_TAIL_CHARS = 6000
 
@@ -110,13 +111,14 @@ class TritonServer:
         kit = triton_kit()
         self.port = _free_port()
         self.log_path = Path(workdir) / f"tritonserver-{self.port}.log"
+        # the stubs' shared-memory regions are named after this prefix: servers side by side must differ
+        self.shm_prefix = f"embedserve{os.getpid()}p{self.port}_"
         command = [
             str(kit / "bin" / "tritonserver"), f"--model-repository={repository}", f"--backend-directory={kit / 'backends'}",
             "--model-control-mode=explicit", *(f"--load-model={m}" for m in models),
             f"--http-address={HOST}", f"--http-port={self.port}", "--allow-grpc=false", "--allow-metrics=false",
             "--exit-timeout-secs=2",  # an idle keep-alive connection would hold a stop this long
-            # the stubs' shared-memory regions are named after this prefix: servers side by side must differ
-            f"--backend-config=python,shm-region-prefix-name=embedserve{os.getpid()}p{self.port}_",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=_environment(kit),
@@ -152,7 +154,8 @@ class TritonServer:
         raise AssertionError(f"tritonserver was not ready within {STARTUP_TIMEOUT_S:.0f} s; its log:\n{self.log()}")
 
     def stop(self) -> None:
-        """Stop the server and its Python-backend stubs (its whole process group)."""
+        """Stop the server and its Python-backend stubs (its whole process group), and remove the
+        shared memory of stubs that were killed before they could."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -160,7 +163,13 @@ class TritonServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        deadline = time.monotonic() + STUBS_GONE_TIMEOUT_S
         try:
             os.killpg(self.process.pid, signal.SIGKILL)  # stubs that outlived their server
+            while time.monotonic() < deadline:  # until they are gone, so none writes a region after the sweep
+                os.killpg(self.process.pid, 0)
+                time.sleep(0.05)
         except ProcessLookupError:
             pass
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            region.unlink(missing_ok=True)
