@@ -269,14 +269,16 @@ def _models(bundle: Bundle, max_batch_size: int, max_queue_delay_us: int, max_by
 
 
 def write_triton_repository(bundle: Bundle, triton_dir: Path | str, max_batch_size: int = 64,
-                            max_queue_delay_us: int = 5000, max_bytes: int = 10_000_000,
+                            max_queue_delay_us: int = 0, max_bytes: int = 10_000_000,
                             max_pixels: int = 40_000_000, onnx_backend: str = "onnxruntime",
                             intra_op_threads: int = 0) -> list[Path]:
     """Add `bundle`'s models to the Triton repository `triton_dir`; returns their folders. Each
     version folder is written atomically; Triton versions are the bundle's (v3 -> 3), so
     TritonEncoder asks for exactly the exported model. `onnx_backend` is "onnxruntime" (Triton's
     onnxruntime backend) or "python" (onnxruntime in the Python backend, `intra_op_threads`
-    threads per model instance, 0 for onnxruntime's choice)."""
+    threads per model instance, 0 for onnxruntime's choice). `max_queue_delay_us` is how long
+    Triton holds a request for later ones to join its batch; 0, as the gateway's max_wait_ms: a
+    batch is what queued while the model was busy, and the gateway already sends whole batches."""
     triton_dir = Path(triton_dir)
     version = triton_model_version(bundle.manifest) or "1"
     folders = []

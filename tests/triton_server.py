@@ -87,10 +87,23 @@ def triton_kit() -> Path:
     return KIT_DIR
 
 
+def _libpython_found(libdir: str | None) -> bool:
+    name = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
+    if libdir and (Path(libdir) / name).exists():
+        return True
+    ldconfig = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True) if shutil.which("ldconfig") else None
+    return ldconfig is not None and name in ldconfig.stdout
+
+
 def _environment(kit: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{kit / 'env' / 'bin'}{os.pathsep}{env.get('PATH', '')}"  # the stub's `python3`
     libdir = sysconfig.get_config_var("LIBDIR")  # the libpython the stub links, this interpreter's own
+    if not _libpython_found(libdir):
+        raise AssertionError(
+            f"the Triton Python backend's stub links libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0, "
+            f"which neither {libdir} nor the system has: install it (Debian: apt-get install "
+            f"libpython{sys.version_info.major}.{sys.version_info.minor}) or use a Python built with --enable-shared")
     env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
     env.pop("PYTHONPATH", None)
     env.pop("PYTHONHOME", None)

@@ -53,7 +53,8 @@ def _vision_repository(tmp_path: Path, onnx_backend: str) -> Path:
     manifest = Manifest(name="vision", kind="image-encoder", method="simclr", dim=32, normalized=False,
                         files={"image_encoder": "image_encoder.onnx"}, preprocessing=SPEC, onnx=IMAGE_IO)
     bundle = write_bundle(tmp_path / "artifacts", manifest, lambda f: (f / "image_encoder.onnx").write_bytes(b"onnx bytes"))
-    write_triton_repository(bundle, tmp_path / "triton", max_batch_size=16, onnx_backend=onnx_backend, intra_op_threads=2)
+    write_triton_repository(bundle, tmp_path / "triton", max_batch_size=16, max_queue_delay_us=2000,
+                            onnx_backend=onnx_backend, intra_op_threads=2)
     return tmp_path / "triton"
 
 
@@ -87,7 +88,7 @@ def test_onnx_config_names_the_bundles_inputs_outputs_and_dims(repository: Path)
     config = parse_config(repository / "vision/config.pbtxt")
     assert tensors(config.input) == [("images", "TYPE_FP32", [3, 8, 8])]
     assert tensors(config.output) == [("embeddings", "TYPE_FP32", [32])]
-    assert config.dynamic_batching.max_queue_delay_microseconds == 5000
+    assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 2000
     assert config.version_policy.latest.num_versions == 1  # a new export's version replaces the old
 
 

@@ -95,3 +95,12 @@ def test_a_stopped_triton_answers_503_with_the_reason(image_artifacts: Path, tmp
             assert f"cannot reach Triton at {server.url}" in response.json()["detail"]
     finally:
         server.stop()
+
+
+def test_a_triton_unreachable_at_startup_answers_503_with_the_reason(image_artifacts: Path, make_png):
+    settings = Settings(artifacts_dir=image_artifacts, triton_url="127.0.0.1:9")  # nothing listens there
+    with TestClient(create_app(settings)) as client:
+        response = embed_images(client, [make_png(0)], "tiny")
+        assert response.status_code == 503, response.text
+        assert "cannot reach Triton at 127.0.0.1:9" in response.json()["detail"]
+        assert client.get("/readyz").status_code == 503
