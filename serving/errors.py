@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -194,9 +195,24 @@ async def _handle_serving_error(request: Request, exc: ServingError) -> JSONResp
     return _respond(request, exc.status_code, exc.error, exc.message, exc.headers or None)
 
 
+def _without_server_folders(message: str, request: Request) -> str:
+    """`message` with the server's own folders named, not shown: the inference core words its
+    errors for the command line, where the artifacts folder's path helps; a client it would tell
+    only how the server's disk is laid out."""
+    settings = getattr(request.app.state, "settings", None)
+    if settings is None:
+        return message
+    folders = {str(Path(settings.artifacts_dir).resolve()): "artifacts"}
+    folders |= {str(Path(root).resolve()): "a data root" for root in settings.data_root_paths()}
+    folders |= {str(settings.artifacts_dir): "artifacts"} if Path(settings.artifacts_dir).is_absolute() else {}
+    for folder in sorted(folders, key=len, reverse=True):  # a root inside another is replaced first
+        message = message.replace(folder, folders[folder])
+    return message
+
+
 async def _handle_runtime_error(request: Request, exc: Exception) -> JSONResponse:
     kind = next(RUNTIME_ERRORS[cls] for cls in type(exc).__mro__ if cls in RUNTIME_ERRORS)
-    return _respond(request, kind.status_code, kind.error, str(exc))
+    return _respond(request, kind.status_code, kind.error, _without_server_folders(str(exc), request))
 
 
 async def _handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -11,16 +11,30 @@ import binascii
 import json
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from serving.errors import InvalidInput, PayloadTooLarge, unsupported_content_type
 from serving.settings import Settings
 
 FILES_FIELD = "files"  # the multipart field that carries the images
-FILES_SCHEMA = {"type": "array", "items": {"type": "string", "format": "binary"}}  # the `files` field, for the docs
+FILES_SCHEMA = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}  # the `files` field, for the docs
 JsonBody = TypeVar("JsonBody", bound=BaseModel)
+
+
+class JsonRequest(BaseModel):
+    """A JSON request body, read strictly: `true` is not 1 and "3" is not 3, so what the OpenAPI
+    says a field holds is all it accepts."""
+
+    model_config = ConfigDict(strict=True)
+
+
+def exactly_one_of(*fields: str) -> dict:
+    """A model's `json_schema_extra` saying what its validator checks: exactly one of `fields` is
+    sent and not null."""
+    return {"oneOf": [{"required": [field], "properties": {field: {"not": {"type": "null"}}}} for field in fields]}
 
 
 def content_type(request: Request) -> str:
@@ -36,6 +50,20 @@ def decode_base64(text: str, position: int) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
         raise InvalidInput(f"image {position} is not valid base64 ({e}); send the file's bytes base64-encoded") from e
+
+
+def unit_vector(values: list[float], dim: int, what: str, index: str) -> np.ndarray:
+    """A vector a request sent, as the (dim,) float32 unit vector that `index` compares, or
+    InvalidInput naming `what`. Scaled by its largest component first: 1e300s and 1e-300s are
+    directions too, whose squares would overflow to inf or vanish to zero."""
+    vector = np.asarray(values, np.float64)  # (D,)
+    if vector.shape != (dim,):
+        raise InvalidInput(f"{what} has {len(values)} values; index {index!r} holds {dim}-dimensional vectors")
+    scale = np.abs(vector).max() if np.isfinite(vector).all() else 0.0
+    if not scale > 0:
+        raise InvalidInput(f"{what} must be finite and not all zeros: it is a direction, compared by cosine")
+    scaled = vector / scale  # (D,) within [-1, 1], one component ±1
+    return (scaled / np.linalg.norm(scaled)).astype(np.float32)
 
 
 def check_image_count(count: int, settings: Settings) -> None:

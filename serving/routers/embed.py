@@ -10,22 +10,23 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from serving.dependencies import get_registry
 from serving.errors import error_responses
 from serving.embedding import embed_images
 from serving.registry import Registry
-from serving.requests import (FILES_FIELD, FILES_SCHEMA, check_image_count, content_type, decode_base64_images,
-                              form_text, read_form_images, read_json_body, request_body_doc)
+from serving.requests import (FILES_FIELD, FILES_SCHEMA, JsonRequest, check_image_count, content_type,
+                              decode_base64_images, form_text, read_form_images, read_json_body, request_body_doc)
 from serving.responses import EmbedResponse, model_response
 from serving.settings import Settings
 
 router = APIRouter(tags=["embed"])
 
 
-class EmbedImagesRequest(BaseModel):
-    images: list[str] = Field(description="image files, each base64-encoded (a data: URL prefix is allowed)")
+class EmbedImagesRequest(JsonRequest):
+    images: list[str] = Field(description="image files, each base64-encoded (a data: URL prefix is allowed)",
+                              json_schema_extra={"minItems": 1})
     model: str | None = Field(None, description="image encoder; the default when omitted")
 
 

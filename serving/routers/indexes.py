@@ -14,8 +14,8 @@ from collections import defaultdict
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field, model_validator
+from fastapi import APIRouter, Depends, Path
+from pydantic import ConfigDict, Field, model_validator
 
 from index.vector_index import VectorIndex, indexes_dir
 from runtime.files import prune_versions
@@ -23,14 +23,16 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_images
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
 from serving.registry import Registry, retire_later
-from serving.requests import decode_base64
+from serving.requests import JsonRequest, decode_base64, exactly_one_of, unit_vector
 
 router = APIRouter(tags=["indexes"], responses=error_responses(503))
 MAX_ITEMS_PER_REQUEST = 1000
 _writers: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # one change at a time per index name
 
 
-class Item(BaseModel):
+class Item(JsonRequest):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "image"))
+
     id: int = Field(ge=-(2**63), lt=2**63, description="the item's id (int64), new to the index")
     vector: list[float] | None = Field(None, max_length=65_536, description="its embedding, of the index's dimension")
     image: str | None = Field(None, description="or a base64 image, embedded with the index's model version")
@@ -43,8 +45,8 @@ class Item(BaseModel):
         return self
 
 
-class AddItemsRequest(BaseModel):
-    items: list[Item] = Field(max_length=MAX_ITEMS_PER_REQUEST, description=f"at most {MAX_ITEMS_PER_REQUEST} items (images count against the image limit)")
+class AddItemsRequest(JsonRequest):
+    items: list[Item] = Field(max_length=MAX_ITEMS_PER_REQUEST, json_schema_extra={"minItems": 1}, description=f"at most {MAX_ITEMS_PER_REQUEST} items (images count against the image limit)")
 
 
 @router.get("/indexes", summary="Each index served: its version, model and model version, count and kind")
@@ -77,9 +79,7 @@ async def _vectors(registry: Registry, index: VectorIndex, name: str, items: lis
     images = [(i, item.image) for i, item in enumerate(items) if item.image is not None]
     for i, item in enumerate(items):
         if item.vector is not None:
-            if len(item.vector) != index.dim or not np.isfinite(item.vector).all():
-                raise InvalidInput(f"item {i}: the vector must be {index.dim} finite numbers for index {name!r}")
-            vectors[i] = item.vector
+            vectors[i] = unit_vector(item.vector, index.dim, f"item {i}'s vector", name)
     if images:
         if len(images) > registry.settings.max_images_per_request:
             raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {registry.settings.max_images_per_request}")
@@ -117,7 +117,11 @@ async def add_items(name: str, body: AddItemsRequest, registry: Annotated[Regist
 
 @router.delete("/indexes/{name}/items/{item_id}", summary="Remove an item from an index (acknowledged once on disk)",
                responses=error_responses(404))
-async def remove_item(name: str, item_id: int, registry: Annotated[Registry, Depends(get_registry)]) -> dict[str, Any]:
+async def remove_item(
+    name: str,
+    item_id: Annotated[int, Path(ge=-(2**63), lt=2**63, description="the item's id (int64)")],
+    registry: Annotated[Registry, Depends(get_registry)],
+) -> dict[str, Any]:
     index = registry.index(name)
     if item_id not in index:
         raise UnknownId(f"id {item_id} is not in index {name!r}")

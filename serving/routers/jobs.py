@@ -6,18 +6,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from index.jobs import MAX_BATCH_SIZE, JobSpec
 from serving.errors import InvalidInput, NotReady, UnknownJob, error_responses
 from serving.jobs import JobRunner
+from serving.requests import JsonRequest
 
 router = APIRouter(tags=["jobs"], responses=error_responses(503))
+JobId = Annotated[str, Path(max_length=64, description="the id POST /jobs answered")]
 
 
-class JobRequest(BaseModel):
+class JobRequest(JsonRequest):
     source: str = Field(max_length=4096, description="fashion-mnist:train|test, a folder or a .csv/.jsonl manifest under the server's "
                                     "data roots, or index:<name> (the items of an index, read again)")
     model: str = Field(max_length=256, description="the image model to embed with")
@@ -60,13 +62,13 @@ def list_jobs(runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]
 
 @router.get("/jobs/{job_id}", summary="A job's progress, and the first errors of items it could not embed",
             responses=error_responses(404))
-def show_job(job_id: str, runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
+def show_job(job_id: JobId, runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
     return _status(runner, job_id)
 
 
 @router.delete("/jobs/{job_id}", summary="Cancel a job: its partial work is discarded, the live index untouched",
                responses=error_responses(404))
-def cancel_job(job_id: str, runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
+def cancel_job(job_id: JobId, runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
     _status(runner, job_id)  # 404 for an unknown id
     runner.cancel(job_id)
     return _status(runner, job_id)

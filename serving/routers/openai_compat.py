@@ -24,7 +24,7 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_images, tokenize
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownModel, error_responses
 from serving.registry import Registry
-from serving.requests import decode_base64, json_body_doc, read_json_body
+from serving.requests import JsonRequest, decode_base64, json_body_doc, read_json_body
 from serving.responses import model_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=error_responses(503, openai=True))
@@ -33,7 +33,7 @@ EMBEDDING_KINDS = ("image-encoder", "image-text-encoder", "text-encoder")  # the
 MAX_INPUT_CHARS = 100_000  # a text longer than this cannot fit any context; refused before tokenising
 
 
-class EmbeddingsRequest(BaseModel):
+class EmbeddingsRequest(JsonRequest):
     model: str = Field(max_length=256, description="a CLIP model (texts and images), a text encoder (texts) or "
                                                   "an image encoder (images)")
     input: str | list[str] = Field(description="a text or data URL, or a list of them")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from index.vector_index import VectorIndex
@@ -17,12 +17,14 @@ from serving.errors import InvalidInput, UnknownId, error_responses
 from serving.registry import Registry
 from serving.responses import model_response
 from serving.embedding import embed_images, embed_texts
-from serving.requests import decode_base64
+from serving.requests import JsonRequest, decode_base64, exactly_one_of, unit_vector
 
 router = APIRouter(tags=["search"], responses=error_responses(404, 415, 429, 503))
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(JsonRequest):
+    model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "id", "image", "text"))
+
     index: str | None = Field(None, description="index to search; the default when omitted")
     k: int = Field(10, ge=1, description="how many neighbours")
     vector: list[float] | None = Field(None, description="a query embedding of the index's dimension")
@@ -55,15 +57,6 @@ class SearchResponse(BaseModel):
 def _check_k(registry: Registry, k: int) -> None:
     if k > registry.settings.max_k:
         raise InvalidInput(f"k={k} is more than the server allows ({registry.settings.max_k}); ask for fewer")
-
-
-def _query_from_vector(index: VectorIndex, name: str, vector: list[float]) -> np.ndarray:
-    query = np.asarray(vector, dtype=np.float32)  # (D,)
-    if query.shape != (index.dim,):
-        raise InvalidInput(f"vector has {len(vector)} values; index {name!r} holds {index.dim}-dimensional vectors")
-    if not np.isfinite(query).all() or not np.any(query):
-        raise InvalidInput("vector must be finite and not all zeros")
-    return query
 
 
 def _query_from_id(index: VectorIndex, name: str, id: int) -> np.ndarray:
@@ -111,7 +104,7 @@ async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_
     index = registry.index(body.index)
     name = index.manifest.name
     if body.vector is not None:
-        query = _query_from_vector(index, name, body.vector)
+        query = unit_vector(body.vector, index.dim, "vector", name)  # (D,)
     elif body.id is not None:
         query = _query_from_id(index, name, body.id)
     elif body.image is not None:

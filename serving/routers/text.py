@@ -12,19 +12,21 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from serving.dependencies import get_registry
 from serving.embedding import embed_texts
 from serving.errors import InvalidInput, PayloadTooLarge, error_responses
 from serving.registry import Registry
+from serving.requests import JsonRequest
 from serving.responses import EmbedResponse, model_response
 
 router = APIRouter(tags=["embed"])
 
 
-class EmbedTextsRequest(BaseModel):
-    texts: list[str] = Field(description="texts to embed, each one within the model's context length in tokens")
+class EmbedTextsRequest(JsonRequest):
+    texts: list[str] = Field(description="texts to embed, each one within the model's context length in tokens",
+                             json_schema_extra={"minItems": 1})
     model: str | None = Field(None, description="text model (CLIP or text encoder); the default when omitted")
 
 

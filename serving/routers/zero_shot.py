@@ -25,8 +25,8 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_images, tokenize
 from serving.errors import InvalidInput, PayloadTooLarge, error_responses
 from serving.registry import Registry, TextModel
-from serving.requests import (FILES_FIELD, FILES_SCHEMA, content_type, decode_base64_images, form_list, form_text,
-                              read_form_images, read_json_body, request_body_doc)
+from serving.requests import (FILES_FIELD, FILES_SCHEMA, JsonRequest, content_type, decode_base64_images, form_list,
+                              form_text, read_form_images, read_json_body, request_body_doc)
 from serving.responses import model_response
 from serving.settings import Settings
 
@@ -35,15 +35,19 @@ router = APIRouter(tags=["zero-shot"])
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's cap, for a bundle that records none
 
 
-class ZeroShotRequest(BaseModel):
-    images: list[str] = Field(description="image files, each base64-encoded (a data: URL prefix is allowed)")
-    classes: list[str] = Field(description="two or more class names, e.g. [\"a sneaker\", \"a bag\"]")
+class ZeroShotRequest(JsonRequest):
+    images: list[str] = Field(description="image files, each base64-encoded (a data: URL prefix is allowed)",
+                              json_schema_extra={"minItems": 1})
+    classes: list[str] = Field(description="two or more class names, e.g. [\"a sneaker\", \"a bag\"]",
+                               json_schema_extra={"minItems": 2})
     templates: list[str] | None = Field(None, description="prompt templates, each with one '{}' for the class; "
-                                                          "runtime.templates.EVAL_TEMPLATES when omitted")
+                                                          "runtime.templates.EVAL_TEMPLATES when omitted",
+                                     json_schema_extra={"minItems": 1})
     model: str | None = Field(None, description="CLIP model; the default when omitted")
     normalization: str | None = Field(None, description="\"querybank\": subtract each class's query-bank offset "
                                                         "from its cosine; \"none\": plain cosines; the server's "
-                                                        "default (EMBEDSERVE_ZERO_SHOT_NORMALIZATION) when omitted")
+                                                        "default (EMBEDSERVE_ZERO_SHOT_NORMALIZATION) when omitted",
+                                        json_schema_extra={"enum": [*NORMALIZATIONS, None]})
 
 
 class Label(BaseModel):
