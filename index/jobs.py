@@ -147,8 +147,11 @@ class JobStore:
         return [_status_from_json(r[0]) for r in rows]
 
     def update(self, job_id: str, **changes: Any) -> JobStatus:
-        """Change fields of a job's status; a cancel asked for meanwhile is kept."""
+        """Change fields of a job's status; a cancel asked for meanwhile is kept: the read and the
+        write are one transaction that holds the write lock from the start (BEGIN IMMEDIATE), so
+        two threads' updates (the job's progress, a cancel from a request) never overwrite each other."""
         with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
             row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise KeyError(job_id)

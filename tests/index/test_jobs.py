@@ -105,7 +105,7 @@ def test_cancel_discards_the_partial_work_and_leaves_the_live_index(image_artifa
         return False
 
     status = run_job(job.id, store, image_artifacts, should_stop=cancel_after_two_batches)
-    assert status.state == "cancelled" and status.done == 10  # asked after batch 2, seen at the batch after it
+    assert status.state == "cancelled" and status.done in (10, 15)  # asked while batch 2 was written: seen by it or the next
     assert not (image_artifacts / "jobs" / job.id).exists()
     assert open_index(image_artifacts, "pics").manifest.version == first.index_version == "v1"
     queued = store.create(JobSpec(source=str(folder), model="tiny", index="pics"))
