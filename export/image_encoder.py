@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from runtime.bundle import (CENTERING_MEAN_ROLE, CENTERING_WHITENING_ROLE, Bundle, CenteringSpec, Manifest, OnnxIO,
                             sha256_file, write_bundle)
 from export.onnx import DEFAULT_OPSET, FP16_MIN_COSINE, ParityError, check_parity, export_onnx
-from export.quantize import calibration_images, image_encoder_variants, labelled_images
+from export.quantize import calibration_images, image_encoder_variants, int8_technique, labelled_images
 from training.methods.encoders import ImageEncoderInfo, load_image_encoder, training_image_embeddings
 
 log = logging.getLogger(__name__)
@@ -105,8 +105,9 @@ def export_image_encoder(
     (next vN by default) and make it current, centred and whitened with `centering_images`
     random training images (0: raw outputs, as before). Raises export.onnx.ParityError, writing
     nothing, if the ONNX model does not reproduce the (centred) torch encoder at batch 1 and at
-    `parity_batch`. `int8` adds a static-QDQ int8 copy for CPUs (calibrated on a few hundred
-    training images), `fp16` a half-precision copy for GPUs; each is scored against fp32 (kNN
+    `parity_batch`. `int8` adds an int8 copy for CPUs (a CNN's static QDQ, calibrated on a few
+    hundred training images; a ViT's dynamic, export.quantize.int8_technique), `fp16` a
+    half-precision copy for GPUs; each is scored against fp32 (kNN
     top-1 and output cosine, export.quantize) and recorded in the manifest's `variants`, from which
     the precision setting picks at load."""
     module, info = load_image_encoder(checkpoint_path)
@@ -128,11 +129,12 @@ def export_image_encoder(
             np.save(Path(scratch) / MEAN_FILE, centring[0])
             np.save(Path(scratch) / WHITENING_FILE, centring[1])
         precisions = [p for p, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
+        technique = int8_technique(info.arch)
         written = image_encoder_variants(
             onnx_path, "image_encoder", INPUT_NAME, precisions,
-            calibration_images(info.config, info.preprocessing, seed=seed) if int8 else None,
+            calibration_images(info.config, info.preprocessing, seed=seed) if int8 and technique == "static-qdq" else None,
             labelled_images(info.config, info.preprocessing, seed=seed) if precisions else None,
-            inputs.numpy()) if precisions else []
+            inputs.numpy(), technique) if precisions else []
         for w in written:
             if w.variant.precision == "fp16" and not w.variant.min_cosine >= FP16_MIN_COSINE:
                 raise ParityError(f"the fp16 copy of {ONNX_FILE} disagrees with fp32: lowest row cosine "
