@@ -74,3 +74,13 @@ def test_serving_sessions_use_the_configured_threads_and_never_spin():
     # spinning pool threads would keep cores busy between calls, away from the HTTP side
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert session_options().intra_op_num_threads == RuntimeConfig().intra_op_threads  # the config and the module agree
+
+
+def test_tensorrt_caches_its_engines_per_precision_and_builds_fp16_kernels_for_fp16(tmp_path: Path):
+    from runtime.encoders.onnx_runtime import _options_for
+
+    fp16 = _options_for("TensorrtExecutionProvider", tmp_path / "fp16", "fp16")
+    assert fp16["trt_fp16_enable"] == "True" and fp16["trt_engine_cache_enable"] == "True"
+    assert fp16["trt_engine_cache_path"] == str(tmp_path / "fp16") and (tmp_path / "fp16").is_dir()
+    assert "trt_fp16_enable" not in _options_for("TensorrtExecutionProvider", None, "fp32")
+    assert _options_for("CUDAExecutionProvider", tmp_path, "fp16") == {}  # CUDA runs the fp16 file itself
