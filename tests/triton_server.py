@@ -110,6 +110,21 @@ def _environment(kit: Path) -> dict[str, str]:
     return env
 
 
+SHM_PREFIX = "embedserve-tests-"  # then <pid>p<port>_: the stubs' shared-memory regions of one server
+
+
+def _sweep_regions_of_dead_runs() -> None:
+    """Shared memory left by test runs that were killed before they could stop their servers."""
+    for region in Path("/dev/shm").glob(f"{SHM_PREFIX}*p*_*"):
+        pid = region.name.removeprefix(SHM_PREFIX).split("p", 1)[0]
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            region.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass  # not ours to judge
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -125,7 +140,8 @@ class TritonServer:
         self.port = _free_port()
         self.log_path = Path(workdir) / f"tritonserver-{self.port}.log"
         # the stubs' shared-memory regions are named after this prefix: servers side by side must differ
-        self.shm_prefix = f"embedserve{os.getpid()}p{self.port}_"
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}p{self.port}_"
+        _sweep_regions_of_dead_runs()
         command = [
             str(kit / "bin" / "tritonserver"), f"--model-repository={repository}", f"--backend-directory={kit / 'backends'}",
             "--model-control-mode=explicit", *(f"--load-model={m}" for m in models),
