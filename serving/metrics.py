@@ -26,6 +26,9 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=self.registry,
         )
+        self.inflight_requests = Gauge(
+            "embedserve_inflight_requests", "requests in progress (the probes not counted)", registry=self.registry,
+        )
         self.inflight_bytes = Gauge(
             "embedserve_inflight_body_bytes", "bytes of request bodies held by the requests in progress",
             registry=self.registry,

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="largest request body; refused (413) from its Content-Length or as it streams"
     )
+    max_inflight_requests: int = Field(
+        64, ge=1, description="requests in progress at once (per process); past it requests answer 429 with "
+                              "Retry-After at once, so an overloaded server still answers in bounded time"
+    )
     max_inflight_bytes: int = Field(
         256 * 1024 * 1024, ge=1, description="bytes of request bodies held at once, all requests together; past it "
                                              "requests answer 429 with Retry-After before their body is read"

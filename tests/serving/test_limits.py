@@ -22,3 +22,36 @@ def test_bodies_past_the_inflight_budget_are_answered_429_before_they_are_read(i
             holding.close()
         # the first request's share is given back when it ends
         server.wait_for(lambda: server.metric("embedserve_inflight_body_bytes") == 0, "the budget to be given back")
+
+
+def test_requests_past_the_inflight_limit_are_answered_429_at_once_and_probes_still_answer(slow_artifacts, start_server,
+                                                                                          make_png):
+    import base64
+    import json
+    import threading
+    import urllib.request
+
+    body = json.dumps({"images": [base64.b64encode(make_png(i, size=(8, 8))).decode() for i in range(64)],
+                       "model": "slow"}).encode()
+
+    def post() -> int:
+        request = urllib.request.Request(server.url + "/embed/image", data=body, headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            answers.append(e.headers.get("retry-after"))
+            return e.code
+
+    with start_server(slow_artifacts, max_inflight_requests=2, max_batch_size=64) as server:
+        answers: list = []
+        busy = [threading.Thread(target=lambda: answers.append(post())) for _ in range(2)]
+        for thread in busy:
+            thread.start()
+        server.wait_for(lambda: server.metric("embedserve_inflight_requests") == 2, "two requests in progress")
+        assert post() == 429 and answers[-1] == "1"  # the third, refused at once with Retry-After
+        assert server.get("/healthz")[0] == 200 and server.get("/metrics")[0] == 200  # probes are never refused
+        for thread in busy:
+            thread.join(timeout=120)
+        assert sorted(a for a in answers if isinstance(a, int)) == [200, 200]
+        assert post() == 200  # room again once they are done
