@@ -250,8 +250,12 @@ async def drive(port: int, requests_bytes: list[bytes], concurrency: int, reques
     finally:
         for _, writer in connections:
             writer.close()
-    server_cpu = None if server_cpu_start is None else round((server_cpu_end - server_cpu_start) / wall_s, 2)
-    return summary(latencies, requests, wall_s) | {"client_cpu": round(client_cpu_s / wall_s, 2), "server_cpu": server_cpu}
+    used_s = None if server_cpu_start is None else server_cpu_end - server_cpu_start
+    # server_cpu: the cores it used meanwhile; cpu_ms_per_request: its CPU time per answer, which depends
+    # far less than requests/s on how much of the machine other work left it
+    return summary(latencies, requests, wall_s) | {
+        "client_cpu": round(client_cpu_s / wall_s, 2), "server_cpu": None if used_s is None else round(used_s / wall_s, 2),
+        "cpu_ms_per_request": None if used_s is None else round(used_s * 1000 / requests, 2)}
 
 
 async def bench_server(name: str, start, ready_path: str, embed_path: str, inputs: dict[str, list[str]],
@@ -316,16 +320,17 @@ def raw_embeddings(bundle: Bundle, texts: list[str]) -> np.ndarray:
 
 
 def print_table(results: dict[str, dict], raw: dict[str, dict]) -> None:
-    print(f"\n{'server':<28}{'input':<10}{'c':>4}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'server cpu':>12}{'load 1m':>9}")
+    print(f"\n{'server':<28}{'input':<10}{'c':>4}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'server cpu':>12}{'cpu ms/req':>12}"
+          f"{'load 1m':>9}")
     for name, r in results.items():
         for (kind, c), cell in r["cells"].items():
-            cpu = f"{cell['server_cpu']:.2f}" if cell.get("server_cpu") is not None else "-"
+            cpu, per = ("-", "-") if cell.get("server_cpu") is None else (f"{cell['server_cpu']:.2f}", f"{cell['cpu_ms_per_request']:.1f}")
             print(f"{name:<28}{kind:<10}{c:>4}{cell['requests_per_s']:>9.1f}{cell['p50_ms']:>9.2f}{cell['p99_ms']:>9.2f}"
-                  f"{cpu:>12}{cell['load_average_1min']:>9.2f}")
+                  f"{cpu:>12}{per:>12}{cell['load_average_1min']:>9.2f}")
     for name, r in raw.items():
         for (kind, c), cell in r["cells"].items():
             print(f"{name:<28}{kind:<10}{c:>4}{cell['requests_per_s']:>9.1f}{cell['p50_ms']:>9.2f}{cell['p99_ms']:>9.2f}"
-                  f"{'-':>12}{'-':>9}")
+                  f"{'-':>12}{'-':>12}{'-':>9}")
     print("c: concurrent requests of one text each; raw onnxruntime: batches of c pre-tokenised texts (req/s = texts/s)")
 
 
@@ -344,6 +349,8 @@ def ratios(results: dict[str, dict], raw: dict[str, dict], threads: dict[str, in
                 entry |= {"best_infinity_engine": best,
                           "requests_per_s_ours_over_infinity": round(cell["requests_per_s"] / theirs["requests_per_s"], 3),
                           "p99_ours_over_infinity": round(cell["p99_ms"] / theirs["p99_ms"], 3)}
+                if cell.get("cpu_ms_per_request") and theirs.get("cpu_ms_per_request"):
+                    entry["cpu_per_request_ours_over_infinity"] = round(cell["cpu_ms_per_request"] / theirs["cpu_ms_per_request"], 3)
             out[f"{ours}: {kind} c={c}"] = entry
     return out
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib import metadata
 import os
 import shutil
 import tempfile
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -211,10 +211,10 @@ def parity(reference: Any, onnx_path: Path, tokenizer: Tokenizer, texts: tuple[s
     ParityError below `min_cosine`."""
     expected = reference.encode(list(texts), batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)  # (N, D)
     ids, mask = encode_batch(tokenizer, texts)  # (N, T) int64 each, T = the context length
-    length = used_length(mask)
+    length, first = used_length(mask), used_length(mask[:1])
     runs = [run_onnx(onnx_path, [ids, mask]),  # (N, D)
             run_onnx(onnx_path, [ids[:, :length], mask[:, :length]]),  # (N, D)
-            run_onnx(onnx_path, [ids[:1, : used_length(mask[:1])], mask[:1, : used_length(mask[:1])]])]  # (1, D)
+            run_onnx(onnx_path, [ids[:1, :first], mask[:1, :first]])]  # (1, D)
     if runs[0].shape != expected.shape:
         raise ParityError(f"{onnx_path} returns shape {runs[0].shape}, sentence-transformers {expected.shape}")
     worst = min(float(rowwise_cosine(expected[: len(got)], got).min()) for got in runs)
@@ -260,8 +260,6 @@ def import_sentence_transformer(
         worst = parity(reference, onnx_path, tokenizer, texts, min_cosine)
         log.info("imported %s: lowest cosine to sentence-transformers %.7f over %d texts", spec.path, worst, len(texts))
         tokenizer.save(str(work / TOKENIZER_FILE))
-        import sentence_transformers
-
         transformer_config = _read_json(spec.transformer_path / "config.json", "")
         manifest = Manifest(
             name=name,
@@ -278,7 +276,7 @@ def import_sentence_transformer(
                              "architectures": transformer_config.get("architectures", []),
                              "model_type": transformer_config.get("model_type")},
             extra={"opset": DEFAULT_OPSET, "parity_min_cosine": {"text_encoder": worst}, "parity_texts": len(texts),
-                   "parity_reference": f"sentence-transformers {sentence_transformers.__version__}, torch "
+                   "parity_reference": f"sentence-transformers {metadata.version('sentence-transformers')}, torch "
                                        f"{torch.__version__}, CPU", "sequence_axis": "dynamic"},
             source_checkpoint_sha256=sha256_file(spec.transformer_path / WEIGHTS_FILE),
         )
