@@ -68,7 +68,7 @@ PARITY_TEXTS = (
     "Photosynthesis converts light energy into chemical energy stored in glucose, releasing oxygen as a "
     "by-product; it happens in the chloroplasts of plant cells and some bacteria.",
     " ".join(["The committee reviewed the proposal in detail, weighing its costs against the expected benefits "
-              "for the community, and asked for revisions before the final vote next month."] * 4),
+              "for the community, and asked for revisions before the final vote next month."] * 5),
 )
 
 
