@@ -171,22 +171,25 @@ _ERROR_DESCRIPTIONS = {
     503: "not ready: models still loading, a model that failed to load, or a request past its time limit",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
-# Every route may answer these: the Host and key checks and the body limit come before any route,
-# and request validation before its code.
-COMMON_ERRORS = (400, 401, 403, 413, 422)
+# Every route may answer these: the Host and key checks, the body's size and pace, the server's
+# load and the request's deadline are checked around every route, and request validation before
+# its code. The probes (/healthz, /readyz, /metrics) are never refused for load nor timed out.
+COMMON_ERRORS = (400, 401, 403, 408, 413, 422, 429, 503)
+PROBE_ERRORS = (400, 401, 403, 408, 413, 422)
 
 
-def error_responses(*statuses: int, openai: bool = False) -> dict[int | str, dict]:
-    """`responses=` for a route or router that can answer `statuses` (and COMMON_ERRORS), each in
-    the one error shape, or OpenAI's under /v1/."""
+def error_responses(*statuses: int, openai: bool = False, common: tuple[int, ...] = COMMON_ERRORS) -> dict[int | str, dict]:
+    """`responses=` for a route or router that can answer `statuses` (and `common`), each in the
+    one error shape, or OpenAI's under /v1/."""
     model = OpenAIErrorResponse if openai else ErrorResponse
     return {status: {"model": model, "description": _ERROR_DESCRIPTIONS[status],
                      **({"headers": _RETRY_AFTER} if status == 429 else {})}
-            for status in sorted({*COMMON_ERRORS, *statuses})}
+            for status in sorted({*common, *statuses})}
 
 
 def _respond(request: Request, status_code: int, error: str, message: str,
              headers: dict[str, str] | None = None) -> JSONResponse:
+    message = _without_server_folders(message, request)
     return JSONResponse(status_code=status_code, content=error_body(request.url.path, status_code, error, message),
                         headers=headers)
 
@@ -212,7 +215,7 @@ def _without_server_folders(message: str, request: Request) -> str:
 
 async def _handle_runtime_error(request: Request, exc: Exception) -> JSONResponse:
     kind = next(RUNTIME_ERRORS[cls] for cls in type(exc).__mro__ if cls in RUNTIME_ERRORS)
-    return _respond(request, kind.status_code, kind.error, _without_server_folders(str(exc), request))
+    return _respond(request, kind.status_code, kind.error, str(exc))
 
 
 async def _handle_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any, TypeVar
+import re
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from serving.errors import InvalidInput, PayloadTooLarge, unsupported_content_type
@@ -22,6 +23,25 @@ from serving.settings import Settings
 FILES_FIELD = "files"  # the multipart field that carries the images
 FILES_SCHEMA = {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}  # the `files` field, for the docs
 JsonBody = TypeVar("JsonBody", bound=BaseModel)
+
+
+# A model, version or index name: one folder under the artifacts folder, never a path out of it,
+# and short enough to be one (a file name is at most 255 bytes, a character at most 4).
+NAME_MAX_CHARS = 63
+NAME_PATTERN = r"^[^./\\\x00-\x1f][^/\\\x00-\x1f]*$"
+
+
+def plain_name(name: str) -> str:
+    """`name` if it names one folder (NAME_PATTERN, NAME_MAX_CHARS), else ValueError saying what to fix."""
+    if len(name) > NAME_MAX_CHARS:
+        raise ValueError(f"a name has at most {NAME_MAX_CHARS} characters")
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError("must be a name, not a path: no '/', '\\', control characters or leading '.'")
+    return name
+
+
+Name = Annotated[str, Field(max_length=NAME_MAX_CHARS, json_schema_extra={"pattern": NAME_PATTERN}),
+                 AfterValidator(plain_name)]
 
 
 class JsonRequest(BaseModel):

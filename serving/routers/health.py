@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from serving.errors import error_responses
+from serving.errors import PROBE_ERRORS, error_responses
 from serving.responses import ReadyResponse
 
-router = APIRouter(tags=["health"], responses=error_responses())
+router = APIRouter(tags=["health"], responses=error_responses(common=PROBE_ERRORS))
 
 
 @router.get("/healthz", summary="The process is up")

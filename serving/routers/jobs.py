@@ -8,12 +8,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from index.jobs import MAX_BATCH_SIZE, JobSpec
+from index.jobs import INDEX_PREFIX, MAX_BATCH_SIZE, JobSpec
 from serving.errors import InvalidInput, NotReady, UnknownJob, error_responses
 from serving.jobs import JobRunner
-from serving.requests import JsonRequest
+from serving.requests import JsonRequest, Name, plain_name
 
 router = APIRouter(tags=["jobs"], responses=error_responses(503))
 JobId = Annotated[str, Path(max_length=64, description="the id POST /jobs answered")]
@@ -22,10 +22,17 @@ JobId = Annotated[str, Path(max_length=64, description="the id POST /jobs answer
 class JobRequest(JsonRequest):
     source: str = Field(max_length=4096, description="fashion-mnist:train|test, a folder or a .csv/.jsonl manifest under the server's "
                                     "data roots, or index:<name> (the items of an index, read again)")
-    model: str = Field(max_length=256, description="the image model to embed with")
-    index: str = Field(max_length=256, description="the index to write a new version of; it is served as soon as the job succeeds")
-    model_version: str | None = Field(None, max_length=64, description="the model's bundle version; its current one when omitted")
+    model: Name = Field(description="the image model to embed with")
+    index: Name = Field(description="the index to write a new version of; it is served as soon as the job succeeds")
+    model_version: Name | None = Field(None, description="the model's bundle version; its current one when omitted")
     batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE, description="items per model call")
+
+    @field_validator("source")
+    @classmethod
+    def index_source_names_an_index(cls, source: str) -> str:
+        if source.startswith(INDEX_PREFIX):
+            plain_name(source.removeprefix(INDEX_PREFIX))
+        return source
 
 
 def get_jobs(request: Request) -> JobRunner:
