@@ -25,6 +25,7 @@ from serving.metrics import install_metrics
 from serving.registry import Registry, retire_later
 from serving.routers import embed, health, indexes, jobs, openai_compat, search, text, words, zero_shot
 from serving.security import AccessMiddleware, check_exposure
+from serving.server import release_memory_promptly
 from serving.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        release_memory_promptly()  # before the models load and the worker threads start
         registry = Registry.load(settings, metrics=app.state.metrics)
         await registry.start()  # the micro-batchers' worker tasks, on this event loop
         app.state.registry = registry
