@@ -20,7 +20,7 @@ from serving.docs import install_docs
 from serving.errors import install_error_handlers
 from serving.jobs import JobRunner
 from serving.lifetime import RequestLifetimeMiddleware
-from serving.limits import BodyLimitMiddleware, Inflight
+from serving.limits import RequestLimitsMiddleware, Inflight
 from serving.metrics import install_metrics
 from serving.registry import Registry, retire_later
 from serving.routers import embed, health, indexes, jobs, openai_compat, search, text, words, zero_shot
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["authorization", "content-type"])
     inflight = Inflight(settings.max_inflight_requests, settings.max_inflight_bytes)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes, inflight=inflight)
+    app.add_middleware(RequestLimitsMiddleware, max_bytes=settings.max_request_bytes, inflight=inflight)
     app.add_middleware(AccessMiddleware, settings=settings)  # inside the metrics: refusals are counted too
     app.add_middleware(RequestLifetimeMiddleware, request_timeout_s=settings.request_timeout_s,
                        body_timeout_s=settings.body_timeout_s)  # disconnects and deadlines, counted too

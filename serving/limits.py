@@ -48,7 +48,7 @@ class Inflight:
         self.bytes = 0
 
 
-class BodyLimitMiddleware:
+class RequestLimitsMiddleware:
     def __init__(self, app: ASGIApp, max_bytes: int, inflight: Inflight) -> None:
         self.app = app
         self.max_bytes = max_bytes
