@@ -20,7 +20,7 @@ from serving.docs import install_docs
 from serving.errors import install_error_handlers
 from serving.jobs import JobRunner
 from serving.lifetime import RequestLifetimeMiddleware
-from serving.limits import RequestLimitsMiddleware, Inflight
+from serving.limits import Inflight, RequestLimitsMiddleware
 from serving.metrics import install_metrics
 from serving.registry import Registry, retire_later
 from serving.routers import embed, health, indexes, jobs, openai_compat, search, text, words, zero_shot
