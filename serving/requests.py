@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.datastructures import FormData, UploadFile
 
 from serving.errors import InvalidInput, PayloadTooLarge, unsupported_content_type
@@ -44,11 +44,38 @@ Name = Annotated[str, Field(max_length=NAME_MAX_CHARS, json_schema_extra={"patte
                  AfterValidator(plain_name)]
 
 
+def check_unicode(value: Any) -> None:
+    """ValueError if a string anywhere in `value` (parsed JSON) holds a lone surrogate: JSON may
+    escape one ("\\ud800") and Python's parser takes it, but it is no character, and the tokenizer
+    and SQLite refuse it deep inside a request."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():  # isascii is O(1): base64 and plain English cost nothing here
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ValueError("a string holds a lone surrogate escape (\\ud800-\\udfff without its pair), "
+                                     "which is no character: send valid Unicode") from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 class JsonRequest(BaseModel):
     """A JSON request body, read strictly: `true` is not 1 and "3" is not 3, so what the OpenAPI
-    says a field holds is all it accepts."""
+    says a field holds is all it accepts; and its strings are Unicode (check_unicode)."""
 
     model_config = ConfigDict(strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def strings_are_unicode(cls, data: Any) -> Any:
+        check_unicode(data)
+        return data
 
 
 def exactly_one_of(*fields: str) -> dict:

@@ -83,8 +83,11 @@ _image_bytes = st.one_of(
 )
 _image = st.tuples(_image_bytes, st.sampled_from(["", "data:image/png;base64,"])).map(
     lambda t: t[1] + base64.b64encode(t[0]).decode())
-_text = st.one_of(st.sampled_from(["a sneaker", "a photo of a bag", "an ankle boot, worn", "T-shirt/top"]),
-                  st.text(max_size=80), st.text(alphabet=st.characters(codec="utf-8"), min_size=200, max_size=400))
+_form_text = st.one_of(st.sampled_from(["a sneaker", "a photo of a bag", "an ankle boot, worn", "T-shirt/top"]),
+                       st.text(max_size=80), st.text(alphabet=st.characters(codec="utf-8"), min_size=200, max_size=400))
+# JSON texts may also hold a lone surrogate, which JSON can escape ("\ud800") but no tokenizer read
+_text = st.one_of(_form_text, st.just("a \ud800 b"),
+                  st.tuples(st.text(max_size=8), st.characters(categories=["Cs"])).map("".join))
 FORMATS = {
     "embedserve-model": st.one_of(st.sampled_from(MODELS), st.text(max_size=20)),
     "embedserve-index": st.one_of(st.sampled_from(INDEXES), st.text(max_size=20)),
@@ -92,6 +95,7 @@ FORMATS = {
     "embedserve-source": st.one_of(st.sampled_from([f"index:{name}" for name in INDEXES]), st.text(max_size=40)),
     "embedserve-image": _image,
     "embedserve-text": _text,
+    "embedserve-form-text": _form_text,  # a multipart form cannot carry a lone surrogate
     "embedserve-input": st.one_of(_text, _image.map(lambda s: s if s.startswith("data:") else "data:image/png;base64," + s)),
 }
 # Which fields (properties, query, path and form parameters) draw from which of FORMATS.
@@ -112,8 +116,9 @@ def _with_format(schema: dict, fmt: str) -> None:
         _with_format(branch, fmt)
 
 
-def _steer(node, components: dict, seen: set[str]) -> None:
-    """FORMATS on the fields of the request schemas under `node`, following $refs into `components`."""
+def _steer(node, components: dict, seen: set[str], form: bool = False) -> None:
+    """FORMATS on the fields of the request schemas under `node`, following $refs into `components`
+    (`form`: under a multipart body)."""
     if isinstance(node, dict):
         ref = node.get("$ref", "")
         if ref.startswith("#/components/schemas/") and ref not in seen:
@@ -121,7 +126,8 @@ def _steer(node, components: dict, seen: set[str]) -> None:
             _steer(components[ref.rpartition("/")[2]], components, seen)
         for name, prop in (node.get("properties") or {}).items():
             if name in FIELD_FORMATS and isinstance(prop, dict):
-                _with_format(prop, FIELD_FORMATS[name])
+                fmt = FIELD_FORMATS[name]
+                _with_format(prop, "embedserve-form-text" if form and fmt == "embedserve-text" else fmt)
             if name == "vector" and isinstance(prop, dict):  # of the indexes' dimension, mostly
                 for branch in [prop, *prop.get("anyOf", [])]:
                     if branch.get("type") == "array":
@@ -130,10 +136,10 @@ def _steer(node, components: dict, seen: set[str]) -> None:
             _with_format(node["schema"], FIELD_FORMATS[node["name"]])
         for key, value in node.items():
             if key != "responses":
-                _steer(value, components, seen)
+                _steer(value, components, seen, form or key == "multipart/form-data")
     elif isinstance(node, list):
         for value in node:
-            _steer(value, components, seen)
+            _steer(value, components, seen, form)
 
 
 def steered(openapi: dict) -> dict:
