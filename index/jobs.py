@@ -28,19 +28,21 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from index.shards import concatenate, read_shard, shard_path, write_shard
-from index.vector_index import VectorIndex, indexes_dir, open_index
-from runtime.bundle import BundleError, open_bundle
+from index.store import FaissStore, IndexStore, SearchIndex
+from runtime.bundle import Bundle, BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
-from runtime.files import prune_versions
-from runtime.preprocessing import ImageLimits, preprocess_arrays, preprocess_image
+from runtime.preprocessing import ImageLimits, PreprocessingSpec, preprocess_arrays, preprocess_image
 from runtime.sources import ImageSource, Roots, SourceError, open_source, read_item
+
+if TYPE_CHECKING:  # Ray and its config only for the jobs that run on it
+    from index.jobs_ray import RayConfig
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +187,15 @@ def _status_from_json(text: str) -> JobStatus:
     return JobStatus(**{**data, "spec": JobSpec(**data["spec"])})
 
 
-def open_job_source(source: str, artifacts: Path, limits: ImageLimits = ImageLimits(), roots: Roots = None) -> ImageSource:
-    """A runtime source, or `index:<name>`: the items of an index (its ids kept), each read again
-    from the source its metadata records."""
+def open_job_source(source: str, artifacts: Path, limits: ImageLimits = ImageLimits(), roots: Roots = None,
+                    indexes: IndexStore | None = None) -> ImageSource:
+    """A runtime source, or `index:<name>`: the items of an index (its ids kept, from `indexes`:
+    FAISS folders under `artifacts` by default), each read again from the source its metadata records."""
     if not source.startswith(INDEX_PREFIX):
         return open_source(source, limits, roots)
     name = source[len(INDEX_PREFIX):]
     try:
-        index = open_index(artifacts, name)
+        index = (indexes or FaissStore(artifacts)).open(name)
     except BundleError as e:
         raise SourceError(f"source {source!r}: {e}") from e
     ids = index.ids()  # (N,) int64, ascending
@@ -217,17 +220,55 @@ class _Batch:
     errors: dict[int, str]  # position -> why it could not be read
 
 
+def prepare_batch(source: ImageSource, preprocessing: PreprocessingSpec, number: int, size: int) -> _Batch:
+    """Shard `number` of `source` (its positions number*size onwards), read and preprocessed: what
+    a job embeds, here or on a Ray worker (index/jobs_ray.py), so an item embeds the same in both."""
+    count = source.count
+    positions = range(number * size, min((number + 1) * size, count))
+    fast = preprocess_arrays(source.arrays(positions), preprocessing) if source.arrays else None
+    if fast is not None:  # pixels in memory at the model's size: one vectorised pass, the same numbers
+        ids = source.ids[positions.start:positions.stop] if source.ids is not None else np.arange(
+            positions.start, positions.stop, dtype=np.int64)
+        return _Batch(number, ids, [source.metadata(p) for p in positions], fast, {})
+    good, inputs, errors = [], [], {}
+    for p in positions:
+        try:
+            inputs.append(preprocess_image(source.read(p), preprocessing))  # (C, H, W)
+            good.append(p)
+        except (ValueError, OSError) as e:  # unreadable, corrupt, forbidden: recorded, the job goes on
+            errors[p] = f"{type(e).__name__}: {e}"
+    ids = source.ids[good] if source.ids is not None else np.asarray(good, dtype=np.int64)
+    batch = np.stack(inputs) if inputs else np.empty((0, *preprocessing.input_shape), np.float32)
+    return _Batch(number, ids, [source.metadata(p) for p in good], batch, errors)  # inputs (n, C, H, W)
+
+
+def _embed_here(job_id: str, todo: list[int], prepare: Callable[[int], _Batch], bundle: Bundle,
+                runtime: RuntimeConfig) -> Iterator[tuple[_Batch, np.ndarray]]:
+    """(batch, vectors (n, D)) of each shard number in `todo`, embedded in this process: the next
+    batch is read and preprocessed in a thread while this one is embedded."""
+    encoder = load_encoder(bundle, runtime, role="image_encoder")
+    with closing(encoder), ThreadPoolExecutor(1, thread_name_prefix=f"job-{job_id}-read") as reader:
+        pending = reader.submit(prepare, todo[0]) if todo else None
+        for i in range(len(todo)):
+            batch = pending.result()
+            pending = reader.submit(prepare, todo[i + 1]) if i + 1 < len(todo) else None
+            yield batch, (encoder.encode(batch.inputs) if len(batch.ids) else np.empty((0, bundle.manifest.dim), np.float32))
+
+
 def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfig = RuntimeConfig(),
             limits: ImageLimits = ImageLimits(), roots: Roots = None, progress: bool = False,
             should_stop: Callable[[], bool] = lambda: False, keep_previous: int = 2,
-            publish: Callable[[Path], None] | None = None) -> JobStatus:
+            publish: Callable[[SearchIndex], None] | None = None, ray: RayConfig | None = None,
+            indexes: IndexStore | None = None) -> JobStatus:
     """Run (or resume) job `job_id` to the end: embed what its shards lack, write the new index
     version and make it current. Returns the final status: succeeded, failed (with the error) or
     cancelled (when a cancel request in the store says so between batches). When `should_stop()`
     says so between batches, it returns the job still running, its shards kept for a resume.
     Expected errors (a missing model, a source that cannot be read) fail the job, not the caller.
-    `publish(folder)`, when given, is called with the new index version before the job is marked
-    succeeded, so whoever sees it succeeded already finds the index served (the server's runner)."""
+    `publish(index)`, when given, is called with the new index version before the job is marked
+    succeeded, so whoever sees it succeeded already finds the index served (the server's runner).
+    `indexes` is where the version is written (FAISS folders under `artifacts` by default, or Milvus).
+    With `ray`, the shards are embedded by a Ray Data pipeline (index/jobs_ray.py); the rest is the same."""
     status = store.get(job_id)
     if status.state in FINISHED:  # e.g. cancelled while it waited in the queue
         return status
@@ -240,7 +281,7 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
         manifest = bundle.manifest
         if manifest.kind not in ("image-encoder", "image-text-encoder") or manifest.preprocessing is None:
             raise BundleError(f"model {spec.model!r} is a {manifest.kind}; a job embeds images with an image encoder")
-        source = open_job_source(spec.source, artifacts, limits, roots)
+        source = open_job_source(spec.source, artifacts, limits, roots, indexes)
         count, size = source.count, spec.batch_size
         numbers = range((count + size - 1) // size)
         todo = [n for n in numbers if not shard_path(shards, n).is_file()]
@@ -248,24 +289,6 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
         failed = store.error_count(job_id)
         status = store.update(job_id, total=count, done=done, failed=failed, model_version=manifest.version)
         resumed_at = done
-
-        def prepare(number: int) -> _Batch:
-            positions = range(number * size, min((number + 1) * size, count))
-            fast = preprocess_arrays(source.arrays(positions), manifest.preprocessing) if source.arrays else None
-            if fast is not None:  # pixels in memory at the model's size: one vectorised pass, the same numbers
-                ids = source.ids[positions.start:positions.stop] if source.ids is not None else np.arange(
-                    positions.start, positions.stop, dtype=np.int64)
-                return _Batch(number, ids, [source.metadata(p) for p in positions], fast, {})
-            good, inputs, errors = [], [], {}
-            for p in positions:
-                try:
-                    inputs.append(preprocess_image(source.read(p), manifest.preprocessing))  # (C, H, W)
-                    good.append(p)
-                except (ValueError, OSError) as e:  # unreadable, corrupt, forbidden: recorded, the job goes on
-                    errors[p] = f"{type(e).__name__}: {e}"
-            ids = source.ids[good] if source.ids is not None else np.asarray(good, dtype=np.int64)
-            batch = np.stack(inputs) if inputs else np.empty((0, *manifest.preprocessing.input_shape), np.float32)
-            return _Batch(number, ids, [source.metadata(p) for p in good], batch, errors)  # inputs (n, C, H, W)
 
         embedded: dict[int, tuple] = {}  # this run's shards, kept in memory for the index: no reading them back
 
@@ -281,18 +304,20 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
             return store.update(job_id, done=done, failed=failed, items_per_second=round(rate, 1),
                                 eta_s=round((count - done) / rate, 1) if rate > 0 else None)
 
-        # Three stages overlap: the next batch is read and preprocessed, this one embedded, the last
-        # one written (its shard, then its progress) in its own thread; the model call runs here.
-        encoder = load_encoder(bundle, runtime, role="image_encoder")
-        with closing(encoder), ThreadPoolExecutor(1, thread_name_prefix=f"job-{job_id}-read") as reader, \
-                ThreadPoolExecutor(1, thread_name_prefix=f"job-{job_id}-write") as writer, \
+        # Three stages overlap: the next batch is read and preprocessed, this one embedded (here, or by
+        # the model replicas of a Ray Data pipeline), the last one written (its shard, then its
+        # progress) in its own thread.
+        if ray is not None:
+            from index.jobs_ray import embed_on_ray  # Ray is imported only by the jobs that run on it
+
+            batches = embed_on_ray(ray, spec, todo, bundle, artifacts, runtime, limits, roots)
+        else:
+            batches = _embed_here(job_id, todo, lambda n: prepare_batch(source, manifest.preprocessing, n, size),
+                                  bundle, runtime)
+        with closing(batches), ThreadPoolExecutor(1, thread_name_prefix=f"job-{job_id}-write") as writer, \
                 tqdm(total=count, initial=done, desc=f"job {job_id} {spec.source}", unit="img", disable=not progress) as bar:
-            pending = reader.submit(prepare, todo[0]) if todo else None
             written = None
-            for i, number in enumerate(todo):
-                batch = pending.result()
-                pending = reader.submit(prepare, todo[i + 1]) if i + 1 < len(todo) else None
-                vectors = encoder.encode(batch.inputs) if len(batch.ids) else np.empty((0, manifest.dim), np.float32)
+            for i, (batch, vectors) in enumerate(batches):
                 if written is not None:
                     status = written.result()  # one batch in writing at a time: its errors surface here
                     if status.cancel_requested:
@@ -309,14 +334,15 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
         ids, metadata, vectors = concatenate([embedded.get(n) or read_shard(shard_path(shards, n)) for n in numbers])
         if len(ids) == 0:
             raise SourceError(f"no item of {spec.source!r} could be embedded ({failed} failed); see the job's errors")
-        index = VectorIndex.build(ids, vectors, metadata, model=manifest.name, model_version=manifest.version)
-        path = index.save(artifacts, spec.index, extra={"source": source.description, "job": job_id})
+        indexes = indexes or FaissStore(artifacts)
+        index = indexes.build(spec.index, ids, vectors, metadata, model=manifest.name, model_version=manifest.version)
+        version = indexes.save(index, spec.index, extra={"source": source.description, "job": job_id})
         if publish is not None:
-            publish(path)
-        prune_versions(indexes_dir(artifacts) / spec.index, keep_previous)
+            publish(index)
+        indexes.prune(spec.index, keep_previous)
         shutil.rmtree(shards, ignore_errors=True)
-        log.info("job %s: index %s %s, %d items (%d failed)", job_id, spec.index, path.name, len(ids), failed)
-        return store.update(job_id, state="succeeded", index_version=path.name, finished_at=_now(), eta_s=0.0)
+        log.info("job %s: index %s %s, %d items (%d failed)", job_id, spec.index, version, len(ids), failed)
+        return store.update(job_id, state="succeeded", index_version=version, finished_at=_now(), eta_s=0.0)
     except (BundleError, SourceError, ValueError, OSError, RuntimeError) as e:
         log.warning("job %s failed: %s", job_id, e)
         return store.update(job_id, state="failed", error=str(e), finished_at=_now())

@@ -1,0 +1,142 @@
+"""Batch re-embedding jobs on Ray Data: the shards a job lacks are read, preprocessed and embedded
+by an actor pool of model replicas on a Ray cluster (or an in-process Ray), and handed back to
+index.jobs.run_job, which writes the same Parquet shards, keeps the same status and promotes the
+index version the same way as for a job that runs here.
+
+Ray is imported in this module only, and this module only by a job that runs on Ray. Every worker
+opens the job's source itself (its paths must be readable there: shared storage, or the Debian
+data package for fashion-mnist:*), and reads the model bundle at the same path, or, with
+`ship_bundle`, from a copy of its files sent with the job through Ray's object store.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from index.jobs import JobSpec, _Batch, open_job_source, prepare_batch
+from runtime.bundle import Bundle, read_bundle
+from runtime.config import RuntimeConfig
+from runtime.encoders.factory import load_encoder
+from runtime.preprocessing import ImageLimits
+from runtime.sources import Roots
+
+LOCAL = "local"  # the address that starts an in-process Ray rather than joining a cluster
+# What a replica sends back for one shard: its vectors and ids as raw bytes (no tensor types to
+# agree on across Ray versions), its metadata and per-item errors as JSON, as the shards keep them.
+SHARD_ROW = pa.schema([("number", pa.int64()), ("ids", pa.binary()), ("metadata", pa.string()),
+                       ("vectors", pa.binary()), ("errors", pa.string())])
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where and how wide a job runs on Ray; the server fills it from EMBEDSERVE_RAY_*, the CLI from --ray*."""
+
+    address: str  # "local": start an in-process Ray; "auto": the cluster this node belongs to; "ray://host:10001": Ray Client
+    replicas: int = 1  # model replicas: the size of the actor pool that embeds (Ray Data's concurrency)
+    cpus_per_replica: float = 1.0  # CPUs each replica reserves (its onnxruntime threads come from RuntimeConfig)
+    gpus_per_replica: float = 0.0  # GPUs each replica reserves (Ray's num_gpus); 0: CPU only
+    ship_bundle: bool = False  # send the bundle's files with the job instead of reading it at the same path on every worker
+
+    def __post_init__(self) -> None:
+        if not self.address.strip():
+            raise ValueError("a Ray address is 'local', 'auto' or ray://host:port")
+        if self.replicas < 1 or self.cpus_per_replica < 0 or self.gpus_per_replica < 0:
+            raise ValueError(f"{self.replicas} replicas, {self.cpus_per_replica} CPUs and {self.gpus_per_replica} GPUs "
+                             "each: at least one replica, no negative resources")
+
+
+def connect(address: str) -> None:
+    """Join Ray at `address` unless this process already has: a server (or a test) keeps one Ray
+    for all its jobs, since starting one costs seconds."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address == LOCAL:
+        ray.init(include_dashboard=False)
+    else:
+        ray.init(address=address)
+
+
+def _bundle_files(bundle: Bundle) -> dict[str, bytes]:
+    """Every file of the bundle's folder by relative path: what `ship_bundle` sends to the workers."""
+    return {p.relative_to(bundle.path).as_posix(): p.read_bytes() for p in sorted(bundle.path.rglob("*")) if p.is_file()}
+
+
+class _Replica:
+    """One model replica, an actor of the pool: the job's encoder, and its source opened on this worker."""
+
+    def __init__(self, spec: JobSpec, bundle_path: str, shipped: Any, artifacts: str, runtime: RuntimeConfig,
+                 limits: ImageLimits, roots: Roots):
+        if shipped is not None:  # the files sent with the job, written out and checked against the manifest's hashes
+            import ray
+
+            self._copy = tempfile.TemporaryDirectory(prefix="embedserve-bundle-")  # removed with the actor
+            folder = Path(self._copy.name) / Path(bundle_path).name
+            for name, data in ray.get(shipped).items():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(data)
+            bundle = read_bundle(folder, verify=True)
+        else:
+            bundle = read_bundle(Path(bundle_path))
+        self.preprocessing, self.dim, self.size = bundle.manifest.preprocessing, bundle.manifest.dim, spec.batch_size
+        self.encoder = load_encoder(bundle, runtime, role="image_encoder")
+        self.source = open_job_source(spec.source, Path(artifacts), limits, roots)
+
+    def __call__(self, shards: pa.Table) -> pa.Table:
+        rows = []
+        for number in shards.column("number").to_pylist():
+            batch = prepare_batch(self.source, self.preprocessing, number, self.size)
+            vectors = self.encoder.encode(batch.inputs) if len(batch.ids) else np.empty((0, self.dim), np.float32)
+            rows.append({"number": number, "ids": np.ascontiguousarray(batch.ids, np.int64).tobytes(),
+                         "metadata": json.dumps(batch.metadata, ensure_ascii=False),
+                         "vectors": np.ascontiguousarray(vectors, np.float32).tobytes(),  # (n, D)
+                         "errors": json.dumps({str(p): e for p, e in batch.errors.items()}, ensure_ascii=False)})
+        return pa.Table.from_pylist(rows, schema=SHARD_ROW)
+
+
+def _batch_from_row(row: dict[str, Any], dim: int) -> tuple[_Batch, np.ndarray]:
+    ids = np.frombuffer(row["ids"], np.int64)
+    vectors = np.frombuffer(row["vectors"], np.float32).reshape(len(ids), dim)  # (n, D)
+    errors = {int(p): e for p, e in json.loads(row["errors"]).items()}
+    return _Batch(int(row["number"]), ids, json.loads(row["metadata"]), np.empty(0, np.float32), errors), vectors
+
+
+def embed_on_ray(config: RayConfig, spec: JobSpec, todo: list[int], bundle: Bundle, artifacts: Path,
+                 runtime: RuntimeConfig, limits: ImageLimits, roots: Roots) -> Iterator[tuple[_Batch, np.ndarray]]:
+    """(batch, vectors (n, D)) of each shard number in `todo`, in the order the replicas finish
+    them: a Ray Data pipeline of the shard numbers, one block each, through `map_batches` with an
+    actor pool of `config.replicas` replicas. Closing the iterator (a cancel, a stop) ends the
+    pipeline: the shards not yet handed back are dropped, the ones written are kept for a resume."""
+    if not todo:
+        return
+    import ray
+    import ray.data
+
+    connect(config.address)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the job's status (and the CLI's bar) says how far it is
+    shipped = ray.put(_bundle_files(bundle)) if config.ship_bundle else None
+    shards = ray.data.from_items([{"number": n} for n in todo], override_num_blocks=len(todo))
+    embedded = shards.map_batches(
+        _Replica, batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.replicas),
+        num_cpus=config.cpus_per_replica, **({"num_gpus": config.gpus_per_replica} if config.gpus_per_replica else {}),
+        fn_constructor_kwargs={"spec": spec, "bundle_path": str(bundle.path), "shipped": shipped,
+                               "artifacts": str(artifacts), "runtime": runtime, "limits": limits, "roots": roots})
+    rows = embedded.iter_rows()
+    try:
+        for row in rows:
+            yield _batch_from_row(row, bundle.manifest.dim)
+    except ray.exceptions.RayError as e:  # a replica that could not start or embed: the job fails with the reason
+        raise RuntimeError(f"the job's Ray Data pipeline failed: {e}") from e
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,124 @@
+"""Jobs on a local Ray (2 CPUs, started once for the module): the same shards and index as the
+local runner, and cancel and resume between shards as for a local job."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+from PIL import Image
+
+from index.jobs import JobSpec, JobStore, request_cancel, run_job
+from index.jobs_ray import RayConfig
+from index.shards import read_shard, write_shard
+from index.vector_index import open_index
+
+RAY = RayConfig(address="local", replicas=2, cpus_per_replica=1)
+IMAGES, CORRUPT = 300, (7, 151)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray reading its own old settings
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One in-process Ray for the module; the jobs' `local` address joins it rather than starting another."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """300 tiny noise PNGs (two of them truncated), sizes varying, so each goes through decode and resize."""
+    folder = tmp_path_factory.mktemp("ray-images") / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(IMAGES):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (9 + i % 5, 12), dtype=np.uint8), "L").save(buffer, "PNG")
+        data = buffer.getvalue()
+        (folder / f"{i:03d}.png").write_bytes(data[:30] if i in CORRUPT else data)
+    return folder
+
+
+def contents(artifacts: Path, name: str) -> tuple[np.ndarray, list, np.ndarray]:
+    index = open_index(artifacts, name)
+    ids = index.ids()
+    return ids, index.metadata(ids), np.stack([index.vector(int(i)) for i in ids])
+
+
+def test_a_job_on_ray_writes_the_same_index_as_the_local_runner(image_artifacts: Path, images: Path, write_image_bundle):
+    store = JobStore(image_artifacts)
+    here = run_job(store.create(JobSpec(source=str(images), model="tiny", index="here", batch_size=32)).id, store,
+                   image_artifacts)
+    on_ray = run_job(store.create(JobSpec(source=str(images), model="tiny", index="on-ray", batch_size=32)).id, store,
+                     image_artifacts, ray=RAY)
+    assert on_ray.state == "succeeded", on_ray.error
+    assert (on_ray.done, on_ray.failed, on_ray.total, on_ray.index_version) == (IMAGES, 2, IMAGES, "v1")
+    assert [e["position"] for e in store.errors(on_ray.id)] == list(CORRUPT)
+    assert [e["error"] for e in store.errors(on_ray.id)] == [e["error"] for e in store.errors(here.id)]
+    ids, metadata, vectors = contents(image_artifacts, "on-ray")
+    local_ids, local_metadata, local_vectors = contents(image_artifacts, "here")
+    assert np.array_equal(ids, local_ids) and len(ids) == IMAGES - 2 and metadata == local_metadata
+    assert np.array_equal(vectors, local_vectors)  # the same bytes: same preprocessing, same model, same batches
+    assert not (image_artifacts / "jobs" / on_ray.id).exists()  # the shards go once the index is written
+
+    # an index: source re-read on the workers, with the model's next version shipped to them
+    write_image_bundle(image_artifacts, "tiny", seed=5)  # tiny v2
+    again = run_job(store.create(JobSpec(source="index:on-ray", model="tiny", index="on-ray", batch_size=64)).id, store,
+                    image_artifacts, ray=RayConfig(address="local", replicas=1, ship_bundle=True))
+    assert again.state == "succeeded" and (again.index_version, again.model_version) == ("v2", "v2"), again.error
+    local = run_job(store.create(JobSpec(source="index:here", model="tiny", index="here", batch_size=64)).id, store,
+                    image_artifacts)
+    assert local.index_version == "v2"
+    new_ids, _, new_vectors = contents(image_artifacts, "on-ray")
+    _, _, local_new = contents(image_artifacts, "here")
+    assert np.array_equal(new_ids, ids) and not np.allclose(new_vectors, vectors)
+    assert np.array_equal(new_vectors, local_new)
+
+
+def test_cancel_on_ray_discards_the_partial_work_and_leaves_the_live_index(image_artifacts: Path, images: Path):
+    store = JobStore(image_artifacts)
+    first = run_job(store.create(JobSpec(source=str(images), model="tiny", index="pics")).id, store, image_artifacts)
+    job = store.create(JobSpec(source=str(images), model="tiny", index="pics", batch_size=10))
+    calls = []
+
+    def cancel_after_two_shards():
+        calls.append(1)
+        if len(calls) == 2:
+            request_cancel(store, job.id)
+        return False
+
+    status = run_job(job.id, store, image_artifacts, ray=RAY, should_stop=cancel_after_two_shards)
+    assert status.state == "cancelled" and status.done in (20, 30), status  # seen by shard 2's progress or the next
+    assert not (image_artifacts / "jobs" / job.id).exists()
+    assert open_index(image_artifacts, "pics").manifest.version == first.index_version == "v1"
+
+
+def test_a_job_stopped_on_ray_resumes_from_its_shards(image_artifacts: Path, images: Path):
+    store = JobStore(image_artifacts)
+    job = store.create(JobSpec(source=str(images), model="tiny", index="pics", batch_size=20))
+    calls = []
+
+    def stop_after_three_shards():
+        calls.append(1)
+        return len(calls) == 3
+
+    stopped = run_job(job.id, store, image_artifacts, ray=RAY, should_stop=stop_after_three_shards)
+    kept = sorted((image_artifacts / "jobs" / job.id).glob("shard-*.parquet"))
+    assert stopped.state == "running" and len(kept) == 3  # replicas finish in any order: which three, Ray says
+    assert stopped.done == sum(len(read_shard(p)[0]) for p in kept) + sum(
+        1 for p in CORRUPT if int(p) // 20 in {int(k.stem.split("-")[1]) for k in kept})
+    # mark one kept shard (zero vectors): a resume that embedded it again would not keep them
+    ids, metadata, vectors = read_shard(kept[0])
+    write_shard(kept[0], ids, metadata, "v1", np.zeros_like(vectors))
+
+    resumed = run_job(job.id, store, image_artifacts, ray=RAY)
+    assert resumed.state == "succeeded" and (resumed.done, resumed.failed) == (IMAGES, 2), resumed
+    index = open_index(image_artifacts, "pics")
+    assert len(index) == IMAGES - 2 and np.array_equal(index.ids(), np.setdiff1d(np.arange(IMAGES), CORRUPT))
+    assert all(not index.vector(int(i)).any() for i in ids)  # the kept shard was not embedded again
+    other = int(np.setdiff1d(index.ids(), ids)[0])
+    assert index.vector(other).any()
