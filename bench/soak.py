@@ -138,23 +138,28 @@ class Tally:
     def __init__(self):
         self.statuses: Counter[str] = Counter()
         self.by_kind: dict[str, Counter[str]] = {}
-        self.latencies_s: list[float] = []  # answered (2xx) requests, from their scheduled send time
+        self.latencies_s: dict[str, list[float]] = {}  # answered (2xx) requests by kind, from their scheduled send time
 
     def add(self, kind: str, status: str, latency_s: float | None) -> None:
         self.statuses[status] += 1
         self.by_kind.setdefault(kind, Counter())[status] += 1
         if latency_s is not None and status.startswith("2"):
-            self.latencies_s.append(latency_s)
+            self.latencies_s.setdefault(kind, []).append(latency_s)
 
     def summary(self, offered_s: float, elapsed_s: float) -> dict:
         """Rates over the time requests were offered and the time until the last was answered."""
-        lat = np.asarray(self.latencies_s) * 1000 if self.latencies_s else np.zeros(1)
+        every = [s for kind in self.latencies_s.values() for s in kind]
+        lat = np.asarray(every) * 1000 if every else np.zeros(1)
+        by_kind_ms = {kind: {"p50_ms": round(float(np.percentile(np.asarray(s) * 1000, 50)), 1),
+                             "p99_ms": round(float(np.percentile(np.asarray(s) * 1000, 99)), 1)}
+                      for kind, s in sorted(self.latencies_s.items())}
         total = sum(self.statuses.values())
         return {"requests": total, "offered_per_s": round(total / offered_s, 1),
                 "served_per_s": round(sum(v for k, v in self.statuses.items() if k.startswith("2")) / elapsed_s, 1),
                 "statuses": dict(sorted(self.statuses.items())),
                 "by_kind": {k: dict(sorted(v.items())) for k, v in sorted(self.by_kind.items())},
-                "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1)}
+                "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
+                "latency_by_kind": by_kind_ms}
 
 
 class RawClient:
