@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from typing import Annotated, Any, TypeVar
 
@@ -44,13 +45,22 @@ Name = Annotated[str, Field(max_length=NAME_MAX_CHARS, json_schema_extra={"patte
                  AfterValidator(plain_name)]
 
 
-def check_unicode(value: Any) -> None:
-    """ValueError if a string anywhere in `value` (parsed JSON) holds a lone surrogate: JSON may
-    escape one ("\\ud800") and Python's parser takes it, but it is no character, and the tokenizer
-    and SQLite refuse it deep inside a request."""
-    stack = [value]
+MAX_JSON_DEPTH = 32  # nesting a request body may have; metadata deeper than this cannot be served back
+
+
+def check_json(value: Any) -> None:
+    """ValueError if `value` (parsed JSON) nests deeper than MAX_JSON_DEPTH, holds NaN or an
+    infinity, or a string in it holds a lone surrogate. Python's JSON parser takes all three,
+    none is JSON: NaN would be stored and served back as null, a body too deep to serialise
+    would be stored and fail every search that finds it, and a surrogate ("\\ud800") is no
+    character for the tokenizer or SQLite."""
+    stack = [(value, 0)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"the body nests more than {MAX_JSON_DEPTH} levels deep; flatten it")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("NaN and Infinity (or a number too large for a double) are not JSON numbers; send finite ones")
         if isinstance(item, str):
             if not item.isascii():  # isascii is O(1): base64 and plain English cost nothing here
                 try:
@@ -59,22 +69,21 @@ def check_unicode(value: Any) -> None:
                     raise ValueError("a string holds a lone surrogate escape (\\ud800-\\udfff without its pair), "
                                      "which is no character: send valid Unicode") from None
         elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            stack.extend((child, depth + 1) for child in (*item.keys(), *item.values()))
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((child, depth + 1) for child in item)
 
 
 class JsonRequest(BaseModel):
     """A JSON request body, read strictly: `true` is not 1 and "3" is not 3, so what the OpenAPI
-    says a field holds is all it accepts; and its strings are Unicode (check_unicode)."""
+    says a field holds is all it accepts; and it is plain JSON (check_json)."""
 
     model_config = ConfigDict(strict=True)
 
     @model_validator(mode="before")
     @classmethod
     def strings_are_unicode(cls, data: Any) -> Any:
-        check_unicode(data)
+        check_json(data)
         return data
 
 
