@@ -1,7 +1,11 @@
-# The GPU server image: CUDA runtime, the project with its `gpu` extra, `embedserve serve`.
+# Two images from one file:
+#   docker build -t embedserve .                        the server (default target): CUDA runtime,
+#                                                       the project with its `gpu` extra, no torch
+#   docker build --target train -t embedserve-train .   the same plus `train` (torch, torchvision,
+#                                                       onnx, ...) for training and export
 # Mount trained artifacts at /srv/artifacts (bundles and indexes written by `embedserve export`
 # and `embedserve index build`); the server loads every model's current version at start-up.
-FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 AS base
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -17,15 +21,25 @@ COPY export export
 COPY index index
 COPY serving serving
 COPY embedserve embedserve
+# The GPU runtimes only: onnxruntime-gpu without onnxruntime (the two are one module, and with
+# both installed CUDA is not used), faiss-gpu without faiss-cpu.
 RUN pip install '.[gpu]'
 # The server runs as an unprivileged user; what export writes is world-readable (0644/0755), so
 # artifacts mounted from the trainer's machine are readable here.
 RUN useradd --system --uid 10001 --no-create-home embedserve
-USER embedserve
+ENV EMBEDSERVE_ARTIFACTS_DIR=/srv/artifacts
 
+FROM base AS train
+RUN pip install '.[gpu,train]'
+USER embedserve
+CMD ["embedserve", "--help"]
+
+FROM base AS server
+USER embedserve
 # On 0.0.0.0 the server refuses to start without keys: pass EMBEDSERVE_API_KEYS (or mount a file
 # of their sha256 digests as EMBEDSERVE_API_KEYS_FILE), and the Host names clients use.
-ENV EMBEDSERVE_ARTIFACTS_DIR=/srv/artifacts EMBEDSERVE_HOST=0.0.0.0 EMBEDSERVE_PORT=8000
+ENV EMBEDSERVE_HOST=0.0.0.0 EMBEDSERVE_PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s CMD python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
+# exec form: SIGTERM reaches the server, which finishes the requests in flight and exits 0
 CMD ["embedserve", "serve"]

@@ -27,7 +27,7 @@ setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --progress-bar on -e '.[dev]'
+	$(BIN)/pip install --progress-bar on -e '.[cpu,train,dev]'
 	touch $(STAMP)
 
 # Install the offline data sets when missing: as root directly, otherwise say what to run.
