@@ -65,8 +65,10 @@ def test_serving_path_matches_training_eval_path(tmp_path: Path, mode: str):
     checkpoint = tmp_path / "simclr.pt"
     save_checkpoint(checkpoint, {"method": method.name, "model": method.model.state_dict(),
                                  **method.checkpoint_extra(), "preprocessing": spec.to_dict()})
-    # centering_images=0: the raw encoder, so the served vectors compare with the torch module's own
-    bundle = read_bundle(export_image_encoder(checkpoint, tmp_path / "artifacts", "vision", centering_images=0).path)
+    # centering_images=0: the raw encoder, so the served vectors compare with the torch module's own;
+    # fp32 only, as an int8 copy would be served on CPU by default
+    bundle = read_bundle(export_image_encoder(checkpoint, tmp_path / "artifacts", "vision", centering_images=0,
+                                              int8=False, fp16=False).path)
     paths = _write_images(tmp_path)
 
     # serving: bytes -> PIL -> numpy -> onnxruntime, configured only by the manifest

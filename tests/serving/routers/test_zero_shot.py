@@ -105,7 +105,7 @@ def test_querybank_is_the_default_and_none_gives_plain_clip(client: TestClient, 
 
 def test_a_model_without_a_query_bank_serves_plain_and_refuses_querybank(clip_artifacts: Path, clip_checkpoint: Path,
                                                                          make_png):
-    export_clip(clip_checkpoint, clip_artifacts, "clip-plain", query_bank_images=0)
+    export_clip(clip_checkpoint, clip_artifacts, "clip-plain", query_bank_images=0, int8=False, fp16=False)  # fp32 served
     images = [make_png(7)]
     request = {"images": [b64(b) for b in images], "classes": CLASSES, "model": "clip-plain"}
     with TestClient(create_app(Settings(artifacts_dir=clip_artifacts))) as client:
