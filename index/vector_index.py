@@ -24,6 +24,7 @@ import numpy as np
 from runtime.bundle import MANIFEST_FILE, BundleError, dataclass_from_dict, iter_current, read_manifest
 from runtime.files import VersionError, atomic_write_text, version_folder, write_versioned_dir
 from runtime.vectors import unit_rows
+from index.config import FLAT_MAX_COUNT, HNSW_MAX_COUNT, IndexConfig  # noqa: F401 (the thresholds' home)
 from index.gpu import gpu_count, maybe_to_gpu
 
 log = logging.getLogger(__name__)
@@ -33,23 +34,55 @@ INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.sqlite"
 KINDS = ("flat", "hnsw", "ivfpq")
 
-# The FAISS type by size, when no kind is asked for. Below FLAT_MAX_COUNT an exact scan is fast
-# enough (100k x 512 floats is ~10 ms per query on one core) and needs no tuning; up to
-# HNSW_MAX_COUNT an HNSW graph keeps recall high at ~1 ms per query for ~1.2x the memory of the
-# vectors; beyond that IVF-PQ compresses each vector to PQ codes so millions fit in RAM.
-FLAT_MAX_COUNT = 100_000
-HNSW_MAX_COUNT = 2_000_000
 HNSW_M = 32  # graph neighbours per node: FAISS's usual recall/memory balance
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 64
 IVF_NPROBE = 16  # inverted lists scanned per query
 
 
-def choose_kind(count: int) -> str:
-    """The index kind for `count` vectors: exact "flat", then "hnsw", then "ivfpq" for millions."""
-    if count < FLAT_MAX_COUNT:
+def choose_kind(count: int, config: IndexConfig = IndexConfig()) -> str:
+    """The index kind for `count` vectors: exact "flat", then "hnsw", then "ivfpq" for millions
+    (the thresholds are the config's, EMBEDSERVE_INDEX_FLAT_MAX_COUNT and _HNSW_MAX_COUNT)."""
+    if count < config.flat_max_count:
         return "flat"
-    return "hnsw" if count < HNSW_MAX_COUNT else "ivfpq"
+    return "hnsw" if count < config.hnsw_max_count else "ivfpq"
+
+
+def check_items(dim: int, ids: np.ndarray, vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """`ids` (N,) int64 and `vectors` (N, D) float32 as an index takes them; ValueError saying what
+    is wrong otherwise (shapes, NaN, repeated ids). Every backend adds through it."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64)  # (N,)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != dim or len(ids) != len(vectors) or ids.ndim != 1:
+        raise ValueError(f"expected ids (N,) and vectors (N, {dim}); got {ids.shape} and {vectors.shape}")
+    if metadata is not None and len(metadata) != len(ids):
+        raise ValueError(f"{len(metadata)} metadata dicts for {len(ids)} ids")
+    if not np.isfinite(vectors).all():
+        raise ValueError("vectors contain NaN or infinity")
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("ids must be distinct")
+    return ids, vectors
+
+
+def check_query(dim: int, queries: np.ndarray, k: int) -> np.ndarray:
+    """`queries` (Q, D) as unit float32 rows; ValueError for a wrong shape or k < 1."""
+    queries = np.asarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries must be (Q, {dim}), got {queries.shape}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    return unit_rows(queries)  # (Q, D)
+
+
+def check_where(where: dict[str, Any] | None) -> dict[str, Any]:
+    """A metadata filter: field name -> the value it must equal (a string, number or boolean)."""
+    for key, value in (where or {}).items():
+        if not isinstance(key, str) or not key.replace("_", "").isalnum():
+            raise ValueError(f"filter field {key!r}: a metadata field name is letters, digits and underscores")
+        if not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"filter on {key!r}: the value must be a string, number or boolean, not {type(value).__name__}")
+    return dict(where or {})
 
 
 def indexes_dir(artifacts: Path) -> Path:
@@ -71,6 +104,7 @@ class IndexManifest:
     version: str = ""  # filled in by save
     created_at: str = ""  # ISO-8601 UTC, filled in by save
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. the source it was built from
+    backend: str = "faiss"  # where the vectors are: faiss (index.faiss beside the manifest) or milvus (a collection)
     schema_version: int = INDEX_SCHEMA_VERSION
 
     @classmethod
@@ -141,9 +175,11 @@ class VectorIndex:
         kind: str | None = None,
         model: str | None = None,
         model_version: str | None = None,
+        config: IndexConfig = IndexConfig(),
     ) -> VectorIndex:
-        """A new index holding `vectors` (N, D) under `ids` (N,); kind chosen by N unless given."""
-        index = cls(np.asarray(vectors).shape[1], kind or choose_kind(len(vectors)), model, model_version)
+        """A new index holding `vectors` (N, D) under `ids` (N,); kind chosen by N (and the config's
+        thresholds) unless given."""
+        index = cls(np.asarray(vectors).shape[1], kind or choose_kind(len(vectors), config), model, model_version)
         index.add(ids, vectors, metadata)
         return index
 
@@ -153,16 +189,7 @@ class VectorIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None) -> None:
         """Add `vectors` (N, D), normalised here, under new, distinct `ids` (N,) with `metadata` (N dicts)."""
-        ids = np.ascontiguousarray(ids, dtype=np.int64)  # (N,)
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(ids) != len(vectors) or ids.ndim != 1:
-            raise ValueError(f"expected ids (N,) and vectors (N, {self.dim}); got {ids.shape} and {vectors.shape}")
-        if metadata is not None and len(metadata) != len(ids):
-            raise ValueError(f"{len(metadata)} metadata dicts for {len(ids)} ids")
-        if not np.isfinite(vectors).all():
-            raise ValueError("vectors contain NaN or infinity")
-        if len(np.unique(ids)) != len(ids):
-            raise ValueError("ids must be distinct")
+        ids, vectors = check_items(self.dim, ids, vectors, metadata)  # (N,), (N, D)
         if len(ids) == 0:
             return
         unit = unit_rows(vectors)  # (N, D)
@@ -200,25 +227,27 @@ class VectorIndex:
             self._search_index = None
         return len(present)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k nearest ids by cosine to each query (Q, D): scores (Q, k) float32, ids (Q, k) int64.
+    def search(self, queries: np.ndarray, k: int, where: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest ids by cosine to each query (Q, D): scores (Q, k) float32, ids (Q, k) int64;
+        with `where`, only among items whose metadata has each of its fields equal to its value.
 
-        Rows are padded with score -inf and id -1 when fewer than k vectors exist."""
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must be (Q, {self.dim}), got {queries.shape}")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
-        unit = unit_rows(queries)  # (Q, D)
+        Rows are padded with score -inf and id -1 when fewer than k vectors exist (or match)."""
+        unit = check_query(self.dim, queries, k)  # (Q, D)
+        where = check_where(where)
         with self._lock:
             if self.index is None or self.index.ntotal == 0:
                 return np.full((len(unit), k), -np.inf, np.float32), np.full((len(unit), k), -1, np.int64)
+            selector = self._where_selector(where) if where else None  # only live ids match: no removed ones
             params = None
             if self.kind == "hnsw":
                 params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))  # ef below k caps the hits
-                if self._removed:
-                    params.sel = self._removed_selector()
-            scores, ids = self._searcher().search(unit, k, params=params)  # (Q, k), (Q, k)
+                if selector is not None or self._removed:
+                    params.sel = selector if selector is not None else self._removed_selector()
+            elif selector is not None:
+                params = (faiss.SearchParametersIVF(sel=selector, nprobe=self.index.nprobe) if self.kind == "ivfpq"
+                          else faiss.SearchParameters(sel=selector))
+            searcher = self._searcher() if selector is None else self.index  # GPU indexes take no selector
+            scores, ids = searcher.search(unit, k, params=params)  # (Q, k), (Q, k)
         scores[ids < 0] = -np.inf
         return scores, ids
 
@@ -255,6 +284,15 @@ class VectorIndex:
                 marks = ",".join("?" * len(chunk))
                 out += [r[0] for r in self._db.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)]
         return out
+
+    def _where_selector(self, where: dict[str, Any]) -> faiss.IDSelector:
+        """The live ids whose metadata matches `where`, as a FAISS selector (SQLite's JSON functions)."""
+        clauses = " AND ".join("json_extract(metadata, ?) = ?" for _ in where)
+        args = [a for key, value in where.items() for a in (f'$."{key}"', value)]
+        matching = np.fromiter((r[0] for r in self._db.execute(f"SELECT id FROM items WHERE {clauses}", args)), np.int64)
+        selector = faiss.IDSelectorBatch(matching)
+        selector.referenced_ids = matching  # the batch copies them, but keep the array with it anyway
+        return selector
 
     def _removed_selector(self) -> faiss.IDSelector:
         if self._selector is None:

@@ -14,12 +14,10 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 from index.jobs import INDEX_PREFIX, JobSpec, JobStatus, JobStore, request_cancel, run_job
-from index.vector_index import VectorIndex, indexes_dir
-from runtime.bundle import open_bundle
-from runtime.files import VersionError, version_folder
+from index.store import IndexStore, SearchIndex, open_index_store
+from runtime.bundle import BundleError, open_bundle
 from runtime.sources import check_source
 from serving.errors import UnknownIndex
 from serving.registry import Registry, retire_later
@@ -79,9 +77,9 @@ class JobRunner:
         source this server may not read (SourceForbidden: 403); reading the source is the job's work."""
         open_bundle(self.settings.artifacts_dir, spec.model, spec.model_version)
         if spec.source.startswith(INDEX_PREFIX):
-            try:  # the folder only: the job itself reads the index
-                version_folder(indexes_dir(self.settings.artifacts_dir), spec.source[len(INDEX_PREFIX):], what="index")
-            except VersionError as e:
+            try:  # its current version only: the job itself reads the index
+                self._indexes().current_version(spec.source[len(INDEX_PREFIX):])
+            except BundleError as e:
                 raise UnknownIndex(str(e)) from None
         else:
             check_source(spec.source, self.settings.data_root_paths())
@@ -111,15 +109,21 @@ class JobRunner:
         s = self.settings
         return run_job(job_id, self.store, s.artifacts_dir, s.runtime_config(), s.image_limits(), s.data_root_paths(),
                        should_stop=self._stopping.is_set, keep_previous=s.index_keep_previous,
-                       publish=lambda folder: self._publish(folder, loop))
+                       publish=lambda index: self._publish(index, loop), indexes=self._indexes())
 
-    def _publish(self, folder: Path, loop: asyncio.AbstractEventLoop) -> None:
+    def _indexes(self) -> IndexStore:
+        """Where jobs read and write indexes: the registry's store, FAISS folders or Milvus."""
+        registry = self.registry()
+        return registry.index_store if registry is not None else open_index_store(self.settings.artifacts_dir,
+                                                                                  self.settings.index_config())
+
+    def _publish(self, index: SearchIndex, loop: asyncio.AbstractEventLoop) -> None:
         """Serve the index version a job wrote (in the job's thread, before the job counts as
         succeeded): its model version is loaded first, then the index is published."""
         registry = self.registry()
         if registry is None:
             return
-        registry.add_index(VectorIndex.load(folder))
+        registry.add_index(index)
         unused = registry.unused_batchers()  # a model version the old index alone used
         loop.call_soon_threadsafe(retire_later, unused)
-        log.info("now serving index %s %s", folder.parent.name, folder.name)
+        log.info("now serving index %s %s", index.manifest.name, index.manifest.version)

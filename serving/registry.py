@@ -8,7 +8,7 @@ encoder and a text side with the tokenizer it was trained with and, when exporte
 query bank /zero-shot normalises with; a text encoder (a sentence-transformers model imported by
 export.sentence_transformers) gets a text side only, which /embed/text and /v1/embeddings serve
 like a CLIP model's and /zero-shot refuses, having no image tower to classify with. It also loads the current version of every index under
-`artifacts/indexes/`, and the exact model version each index was built with when that is not
+`artifacts/indexes/` (or in Milvus: `registry.index_store`, index/store.py), and the exact model version each index was built with when that is not
 the current one. Routers ask the registry for a model or index by name, or for the default of
 its kind.
 
@@ -34,7 +34,8 @@ import numpy as np
 
 from tokenizers import Tokenizer
 
-from index.vector_index import VectorIndex, indexes_dir, iter_current_indexes
+from index.store import IndexStore, open_index_store
+from index.vector_index import VectorIndex
 from index.word_vectors import WordVectors
 from index.zero_shot import ClassMatrixCache, QueryBank, read_query_bank
 from runtime.bundle import Bundle, Manifest, iter_current_bundles, models_dir, open_bundle, read_bundle
@@ -83,10 +84,12 @@ class Registry:
     failed: dict[str, str] = field(default_factory=dict)  # models refused at load: name -> why
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one change of the tables at a time
     images: ImageDecoder = field(init=False, repr=False)  # how every route decodes request images
+    index_store: IndexStore = field(init=False, repr=False)  # where index versions are kept: FAISS folders or Milvus
 
     def __post_init__(self) -> None:
         s = self.settings
         self.images = ImageDecoder(s.image_limits(), s.max_request_pixels, s.decode_threads)
+        self.index_store = open_index_store(s.artifacts_dir, s.index_config())
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics | None = None) -> Registry:
@@ -102,7 +105,7 @@ class Registry:
             except Exception as e:  # one broken model must not keep the others from serving
                 log.error("model %s is not served: %s", name, e)
                 registry.failed[name] = f"{type(e).__name__}: {e}"
-        for index in iter_current_indexes(settings.artifacts_dir):
+        for index in registry.index_store.iter_current():
             registry.add_index(index)
         log.info("loaded models: %s", ", ".join(sorted(registry.manifests)) or "none")
         log.info("loaded indexes: %s", ", ".join(sorted(registry.indexes)) or "none")
@@ -209,13 +212,12 @@ class Registry:
                     log.exception("reload: could not load model %s from %s", bundle.manifest.name, bundle.path)
                     if loaded is None:  # a model served before keeps serving its old version
                         self.failed[bundle.manifest.name] = f"{type(e).__name__}: {e}"
-        root = indexes_dir(artifacts)
-        for name in names_under(root):
+        for name in self.index_store.names():
             try:
-                folder = version_folder(root, name, what="index")
-                if name not in self.indexes or self.indexes[name].manifest.version != folder.name:
-                    self.add_index(VectorIndex.load(folder))
-                    changed.append(f"index {name} {folder.name}")
+                version = self.index_store.current_version(name)
+                if name not in self.indexes or self.indexes[name].manifest.version != version:
+                    self.add_index(self.index_store.open(name, version))
+                    changed.append(f"index {name} {version}")
             except Exception as e:
                 log.warning("reload: skipping index %s: %s", name, e)
         return changed, self.unused_batchers()
@@ -317,6 +319,7 @@ class Registry:
         for batcher in self.batchers:
             batcher.encoder.close()
         self.images.close()
+        self.index_store.close()
 
 
 _retiring: set[asyncio.Task] = set()  # the event loop keeps only weak references to its tasks

@@ -10,9 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index.config import FLAT_MAX_COUNT, HNSW_MAX_COUNT, IndexConfig
 from runtime.config import RuntimeConfig
 from runtime.preprocessing import ImageLimits
 
@@ -111,11 +112,30 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(False, description="serve /metrics without a key")
     job_nice: int = Field(10, ge=0, le=19, description="how much lower than requests a job's threads run (Linux nice)")
 
+    index_backend: Literal["faiss", "milvus"] = Field(
+        "faiss", description="where indexes live: faiss (in process, artifacts/indexes) or milvus (a collection per "
+                             "version, an alias per name; see milvus_uri)"
+    )
+    milvus_uri: str = Field("", description="Milvus for index_backend=milvus: a file path runs Milvus Lite embedded; "
+                                             "http://host:19530 a Milvus server or cluster; empty: <artifacts_dir>/milvus.db")
+    milvus_token: SecretStr | None = Field(None, description="Milvus credentials (user:password or an API key), if it asks for them")
+    index_flat_max_count: int = Field(
+        FLAT_MAX_COUNT, ge=0, description="a new index with fewer vectors than this is exact (FAISS Flat)"
+    )
+    index_hnsw_max_count: int = Field(
+        HNSW_MAX_COUNT, ge=0, description="below this many vectors (and from index_flat_max_count) HNSW; from here IVF-PQ"
+    )
+
     def runtime_config(self) -> RuntimeConfig:
         """How the encoders run: the inference core's own config, from these settings."""
         return RuntimeConfig(execution_providers=self.execution_providers, intra_op_threads=self.onnx_intra_op_threads,
                              triton_url=self.triton_url, cache_dir=Path(self.artifacts_dir) / "cache",
                              precision=self.precision)
+
+    def index_config(self) -> IndexConfig:
+        """Where indexes live and which FAISS kind each gets: index/'s own config, from these settings."""
+        return IndexConfig(backend=self.index_backend, milvus_uri=self.milvus_uri, milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else None,
+                           flat_max_count=self.index_flat_max_count, hnsw_max_count=self.index_hnsw_max_count)
 
     def data_root_paths(self) -> tuple[Path, ...]:
         return tuple(Path(p.strip()) for p in self.data_roots.split(",") if p.strip())

@@ -3,7 +3,8 @@
 
 An item change is acknowledged only once it is on disk: it is applied to the served index and
 written as the index's next version (atomically, made current), so it survives a crash or a
-restart and shows in the next search. Changes to one index are applied one at a time; many
+restart and shows in the next search; in Milvus the change is written to the collection of the
+current version in place, which keeps its version. Changes to one index are applied one at a time; many
 items at once are cheaper sent together (or through a job) than one by one.
 """
 
@@ -17,8 +18,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Path
 from pydantic import ConfigDict, Field, model_validator
 
-from index.vector_index import VectorIndex, indexes_dir
-from runtime.files import prune_versions
+from index.vector_index import VectorIndex
 from serving.dependencies import get_registry
 from serving.embedding import embed_images
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
@@ -61,13 +61,12 @@ async def list_indexes(registry: Annotated[Registry, Depends(get_registry)]) -> 
 async def _write(registry: Registry, name: str, change) -> str:
     """Apply `change(index)` to the served index `name` and write it as its next version; returns it."""
     index = registry.index(name)
-    artifacts = registry.settings.artifacts_dir
 
     def apply_and_save() -> str:
         change(index)
-        path = index.save(artifacts, name, extra=index.manifest.extra if index.manifest else None)
-        prune_versions(indexes_dir(artifacts) / name, registry.settings.index_keep_previous)
-        return path.name
+        version = registry.index_store.save(index, name, extra=index.manifest.extra if index.manifest else None)
+        registry.index_store.prune(name, registry.settings.index_keep_previous)
+        return version
 
     async with _writers[name]:
         return await asyncio.to_thread(apply_and_save)

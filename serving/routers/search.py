@@ -31,6 +31,9 @@ class SearchRequest(JsonRequest):
     id: int | None = Field(None, ge=-(2**63), lt=2**63, description="the id of an item in the index (int64): its neighbours")
     image: str | None = Field(None, description="a base64-encoded image, embedded with the index's model")
     text: str | None = Field(None, description="a text, embedded with the index's model if it is a CLIP model")
+    where: dict[str, str | int | float | bool] | None = Field(
+        None, max_length=16, description='only items whose metadata has each of these fields equal to its value, e.g. {"label": "bag"}'
+    )
 
     @model_validator(mode="after")
     def exactly_one_query(self) -> SearchRequest:
@@ -84,9 +87,12 @@ async def _query_from_text(registry: Registry, index: VectorIndex, name: str, te
     return (await embed_texts([text], model, ["the query text"]))[0]  # (D,)
 
 
-async def _search(index: VectorIndex, query: np.ndarray, k: int) -> Response:
+async def _search(index: VectorIndex, query: np.ndarray, k: int, where: dict[str, Any] | None = None) -> Response:
     def run() -> list[Hit]:
-        scores, ids = index.search(query[None, :], k)  # (1, k), (1, k)
+        try:
+            scores, ids = index.search(query[None, :], k, where=where)  # (1, k), (1, k)
+        except ValueError as e:  # a filter field name that is not a plain name
+            raise InvalidInput(str(e)) from None
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         metadata = index.metadata([i for i, _ in found])
         return [Hit(id=i, score=s, metadata=m) for (i, s), m in zip(found, metadata)]
@@ -111,7 +117,7 @@ async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_
         query = await _query_from_image(registry, index, name, decode_base64(body.image, 0))
     else:
         query = await _query_from_text(registry, index, name, body.text)
-    return await _search(index, query, body.k)
+    return await _search(index, query, body.k, body.where)
 
 
 @router.post("/search/image", response_model=SearchResponse, summary="Nearest neighbours of an uploaded image")
