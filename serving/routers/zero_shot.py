@@ -165,8 +165,9 @@ async def class_matrix(registry: Registry, model: TextModel, classes: list[str],
 _REQUEST_BODY_DOC = request_body_doc(
     {
         FILES_FIELD: FILES_SCHEMA,
-        "classes": {"type": "array", "items": {"type": "string"}, "description": "repeat the field, or send one JSON list"},
-        "templates": {"type": "array", "items": {"type": "string"}},
+        "classes": {"type": "array", "items": {"type": "string"}, "minItems": 2,
+                    "description": "repeat the field, or send one JSON list"},
+        "templates": {"type": "array", "items": {"type": "string"}, "minItems": 1},
         "model": {"type": "string"},
         "normalization": {"type": "string", "enum": list(NORMALIZATIONS)},
     },
