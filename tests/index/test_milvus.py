@@ -49,7 +49,10 @@ def test_flat_search_equals_faiss_flat_on_the_same_vectors(store):
 
     # the filter on a metadata field, and a k beyond what matches
     where = {"parity": "odd"}
-    np.testing.assert_array_equal(milvus.search(queries, 10, where)[1], faiss.search(queries, 10, where)[1])
+    filtered = milvus.search(queries, 10, where)[1]
+    np.testing.assert_array_equal(filtered, faiss.search(queries, 10, where)[1])
+    odd = {int(i) for i, m in zip(ids, metadata) if m["parity"] == "odd"}
+    assert set(filtered.ravel().tolist()) <= odd
     scores, found = milvus.search(queries[:1], 5, {"row": 4})
     assert found[0].tolist() == [ids[4], -1, -1, -1, -1] and np.isinf(scores[0, 1:]).all()
 
