@@ -73,7 +73,13 @@ def _jobs_run(args: argparse.Namespace) -> None:
     store = JobStore(args.artifacts)
     status = store.create(spec) if args.resume is None else store.get(args.resume)
     print(f"job {status.id}: {spec.source} with {spec.model} into index {spec.index}", flush=True)
-    status = run_job(status.id, store, args.artifacts, progress=True)
+    ray = None
+    if args.ray:
+        from index.jobs_ray import RayConfig
+
+        ray = RayConfig(address=args.ray, replicas=args.ray_replicas, gpus_per_replica=args.ray_gpus_per_replica,
+                        ship_bundle=args.ray_ship_bundle)
+    status = run_job(status.id, store, args.artifacts, progress=True, ray=ray)
     print(json.dumps(status.to_dict(), indent=2))
     if status.state != "succeeded":
         raise ValueError(f"job {status.id} {status.state}: {status.error}")
@@ -215,6 +221,13 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--model-version", help="the bundle version (default: the model's current one)")
     run.add_argument("--batch-size", type=_positive, default=256, help="items per model call (default: 256)")
     run.add_argument("--resume", metavar="JOB_ID", help="resume this job where it stopped instead of starting one")
+    run.add_argument("--ray", metavar="ADDRESS", default=os.environ.get("EMBEDSERVE_RAY_ADDRESS") or None,
+                     help="run it on Ray Data: local (an in-process Ray), auto, or ray://host:10001 "
+                          "(default: $EMBEDSERVE_RAY_ADDRESS; unset: in this process)")
+    run.add_argument("--ray-replicas", type=_positive, default=1, help="model replicas (Ray actors) embedding (default: 1)")
+    run.add_argument("--ray-gpus-per-replica", type=float, default=0.0, help="GPUs each replica reserves (default: 0)")
+    run.add_argument("--ray-ship-bundle", action="store_true",
+                     help="send the model bundle with the job instead of reading it at the same path on every worker")
     run.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
     run.set_defaults(func=_jobs_run)
     for action, about in (("list", "every job of a server"), ("show", "one job's progress"), ("cancel", "cancel a job")):

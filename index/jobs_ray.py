@@ -12,6 +12,8 @@ data package for fashion-mnist:*), and reads the model bundle at the same path, 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
 from runtime.preprocessing import ImageLimits
 from runtime.sources import Roots
+
+log = logging.getLogger(__name__)
 
 LOCAL = "local"  # the address that starts an in-process Ray rather than joining a cluster
 # What a replica sends back for one shard: its vectors and ids as raw bytes (no tensor types to
@@ -110,6 +114,12 @@ def _batch_from_row(row: dict[str, Any], dim: int) -> tuple[_Batch, np.ndarray]:
     return _Batch(int(row["number"]), ids, json.loads(row["metadata"]), np.empty(0, np.float32), errors), vectors
 
 
+def _last_line(text: str) -> str:
+    """What a worker's traceback ends with (the exception and its message), without its colours."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines() if line.strip()]
+    return lines[-1] if lines else "no reason given"
+
+
 def embed_on_ray(config: RayConfig, spec: JobSpec, todo: list[int], bundle: Bundle, artifacts: Path,
                  runtime: RuntimeConfig, limits: ImageLimits, roots: Roots) -> Iterator[tuple[_Batch, np.ndarray]]:
     """(batch, vectors (n, D)) of each shard number in `todo`, in the order the replicas finish
@@ -135,7 +145,8 @@ def embed_on_ray(config: RayConfig, spec: JobSpec, todo: list[int], bundle: Bund
         for row in rows:
             yield _batch_from_row(row, bundle.manifest.dim)
     except ray.exceptions.RayError as e:  # a replica that could not start or embed: the job fails with the reason
-        raise RuntimeError(f"the job's Ray Data pipeline failed: {e}") from e
+        log.warning("the Ray Data pipeline of a job failed: %s", e)  # the workers' traceback, for whoever runs the cluster
+        raise RuntimeError(f"the job's Ray Data pipeline failed: {_last_line(str(e))}") from e
     finally:
         close = getattr(rows, "close", None)
         if close is not None:

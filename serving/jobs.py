@@ -109,7 +109,7 @@ class JobRunner:
         s = self.settings
         return run_job(job_id, self.store, s.artifacts_dir, s.runtime_config(), s.image_limits(), s.data_root_paths(),
                        should_stop=self._stopping.is_set, keep_previous=s.index_keep_previous,
-                       publish=lambda index: self._publish(index, loop), indexes=self._indexes())
+                       publish=lambda index: self._publish(index, loop), indexes=self._indexes(), ray=s.ray_config())
 
     def _indexes(self) -> IndexStore:
         """Where jobs read and write indexes: the registry's store, FAISS folders or Milvus."""

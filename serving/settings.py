@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from index.config import FLAT_MAX_COUNT, HNSW_MAX_COUNT, IndexConfig
 from runtime.config import RuntimeConfig
 from runtime.preprocessing import ImageLimits
+
+if TYPE_CHECKING:
+    from index.jobs_ray import RayConfig
 
 
 class Settings(BaseSettings):
@@ -96,6 +99,15 @@ class Settings(BaseSettings):
                         "fashion-mnist:* and index:<name> sources. Anything else, `..` and symlinks out included, is a 403"
     )
     index_keep_previous: int = Field(2, ge=0, description="index versions kept before the current one when a job writes a new one")
+    ray_address: str | None = Field(
+        None, description="run jobs on Ray Data: local (an in-process Ray), auto (the cluster of this node) or "
+                          "ray://host:10001 (Ray Client); unset: jobs run in this process"
+    )
+    ray_replicas: int = Field(1, ge=1, description="model replicas (Ray actors) a job on Ray embeds with")
+    ray_cpus_per_replica: float = Field(1.0, ge=0, description="CPUs each replica reserves on Ray")
+    ray_gpus_per_replica: float = Field(0.0, ge=0, description="GPUs each replica reserves on Ray (0: CPU only)")
+    ray_ship_bundle: bool = Field(False, description="send the model bundle with each job on Ray instead of reading it "
+                                                     "on every worker at the same artifacts path")
     reload_interval_s: float = Field(
         0.0, ge=0, description="look for new `current` model and index versions this often (0: only on POST /admin/reload)"
     )
@@ -142,6 +154,15 @@ class Settings(BaseSettings):
 
     def image_limits(self) -> ImageLimits:
         return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels)
+
+    def ray_config(self) -> RayConfig | None:
+        """Where jobs run on Ray, or None: in this process."""
+        if not self.ray_address:
+            return None
+        from index.jobs_ray import RayConfig  # its module only where a job may run on Ray
+
+        return RayConfig(address=self.ray_address, replicas=self.ray_replicas, cpus_per_replica=self.ray_cpus_per_replica,
+                         gpus_per_replica=self.ray_gpus_per_replica, ship_bundle=self.ray_ship_bundle)
 
 
 @lru_cache

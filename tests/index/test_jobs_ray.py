@@ -11,6 +11,7 @@ import pytest
 import ray
 from PIL import Image
 
+import index.jobs_ray
 from index.jobs import JobSpec, JobStore, request_cancel, run_job
 from index.jobs_ray import RayConfig
 from index.shards import read_shard, write_shard
@@ -49,7 +50,8 @@ def contents(artifacts: Path, name: str) -> tuple[np.ndarray, list, np.ndarray]:
     return ids, index.metadata(ids), np.stack([index.vector(int(i)) for i in ids])
 
 
-def test_a_job_on_ray_writes_the_same_index_as_the_local_runner(image_artifacts: Path, images: Path, write_image_bundle):
+def test_a_job_on_ray_writes_the_same_index_as_the_local_runner(image_artifacts: Path, images: Path, write_image_bundle,
+                                                               monkeypatch):
     store = JobStore(image_artifacts)
     here = run_job(store.create(JobSpec(source=str(images), model="tiny", index="here", batch_size=32)).id, store,
                    image_artifacts)
@@ -65,11 +67,21 @@ def test_a_job_on_ray_writes_the_same_index_as_the_local_runner(image_artifacts:
     assert np.array_equal(vectors, local_vectors)  # the same bytes: same preprocessing, same model, same batches
     assert not (image_artifacts / "jobs" / on_ray.id).exists()  # the shards go once the index is written
 
-    # an index: source re-read on the workers, with the model's next version shipped to them
+    # an index: source re-read on the workers, with the model's next version shipped to them: once
+    # its files are read for sending, the bundle leaves its folder, so only the copy sent can serve
     write_image_bundle(image_artifacts, "tiny", seed=5)  # tiny v2
+    bundle_files, hidden = index.jobs_ray._bundle_files, image_artifacts / "elsewhere"
+
+    def send_then_hide(bundle):
+        files = bundle_files(bundle)
+        bundle.path.rename(hidden)
+        return files
+
+    monkeypatch.setattr(index.jobs_ray, "_bundle_files", send_then_hide)
     again = run_job(store.create(JobSpec(source="index:on-ray", model="tiny", index="on-ray", batch_size=64)).id, store,
                     image_artifacts, ray=RayConfig(address="local", replicas=1, ship_bundle=True))
     assert again.state == "succeeded" and (again.index_version, again.model_version) == ("v2", "v2"), again.error
+    hidden.rename(image_artifacts / "models" / "tiny" / "v2")
     local = run_job(store.create(JobSpec(source="index:here", model="tiny", index="here", batch_size=64)).id, store,
                     image_artifacts)
     assert local.index_version == "v2"
@@ -122,3 +134,45 @@ def test_a_job_stopped_on_ray_resumes_from_its_shards(image_artifacts: Path, ima
     assert all(not index.vector(int(i)).any() for i in ids)  # the kept shard was not embedded again
     other = int(np.setdiff1d(index.ids(), ids)[0])
     assert index.vector(other).any()
+
+
+def test_ray_address_in_the_environment_sends_the_cli_s_jobs_to_ray(image_artifacts: Path, images: Path, monkeypatch,
+                                                                   capsys):
+    from embedserve.cli import main
+
+    runs = []
+    real = index.jobs_ray.embed_on_ray
+    monkeypatch.setattr(index.jobs_ray, "embed_on_ray", lambda config, *rest: runs.append(config) or real(config, *rest))
+    monkeypatch.setenv("EMBEDSERVE_RAY_ADDRESS", "local")
+    assert main(["jobs", "run", "--source", str(images), "--model", "tiny", "--index", "cli", "--batch-size", "100",
+                 "--artifacts", str(image_artifacts), "--ray-replicas", "2"]) == 0
+    assert runs == [RayConfig(address="local", replicas=2)] and len(open_index(image_artifacts, "cli")) == IMAGES - 2
+    assert '"state": "succeeded"' in capsys.readouterr().out
+
+
+def test_the_server_s_settings_say_where_its_jobs_run(monkeypatch):
+    from serving.settings import Settings
+
+    monkeypatch.setenv("EMBEDSERVE_RAY_ADDRESS", "local")
+    monkeypatch.setenv("EMBEDSERVE_RAY_GPUS_PER_REPLICA", "0.5")
+    assert Settings().ray_config() == RayConfig(address="local", gpus_per_replica=0.5)
+    monkeypatch.delenv("EMBEDSERVE_RAY_ADDRESS")
+    assert Settings().ray_config() is None  # unset: jobs run in the server's process
+
+
+def test_a_job_whose_workers_cannot_read_the_bundle_fails_with_the_reason(image_artifacts: Path, images: Path,
+                                                                         monkeypatch):
+    store = JobStore(image_artifacts)
+    bundle, hidden = image_artifacts / "models" / "tiny" / "v1", image_artifacts / "elsewhere"
+    connect = index.jobs_ray.connect
+
+    def connect_then_hide(address):  # the driver has read the bundle; the workers do not find it at its path
+        connect(address)
+        bundle.rename(hidden)
+
+    monkeypatch.setattr(index.jobs_ray, "connect", connect_then_hide)
+    status = run_job(store.create(JobSpec(source=str(images), model="tiny", index="pics")).id, store, image_artifacts, ray=RAY)
+    hidden.rename(bundle)
+    assert status.state == "failed" and "Ray Data pipeline failed" in status.error and "no manifest.json" in status.error
+    assert "Traceback" not in status.error and "\n" not in status.error  # the reason, not the workers' traceback
+    assert not (image_artifacts / "indexes" / "pics").exists()
