@@ -310,7 +310,7 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
         if ray is not None:
             from index.jobs_ray import embed_on_ray  # Ray is imported only by the jobs that run on it
 
-            batches = embed_on_ray(ray, spec, todo, bundle, artifacts, runtime, limits, roots)
+            batches = embed_on_ray(ray, spec, todo, bundle, source, runtime)
         else:
             batches = _embed_here(job_id, todo, lambda n: prepare_batch(source, manifest.preprocessing, n, size),
                                   bundle, runtime)

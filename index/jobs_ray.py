@@ -3,10 +3,12 @@ by an actor pool of model replicas on a Ray cluster (or an in-process Ray), and 
 index.jobs.run_job, which writes the same Parquet shards, keeps the same status and promotes the
 index version the same way as for a job that runs here.
 
-Ray is imported in this module only, and this module only by a job that runs on Ray. Every worker
-opens the job's source itself (its paths must be readable there: shared storage, or the Debian
-data package for fashion-mnist:*), and reads the model bundle at the same path, or, with
-`ship_bundle`, from a copy of its files sent with the job through Ray's object store.
+Ray is imported in this module only, and this module only by a job that runs on Ray. The source
+as the driver opened it is sent with the job (its listing, so positions agree everywhere; the
+pixels of a data set held in memory; an index's item records, whichever backend holds the index),
+and each replica reads the items' files itself, so they must be readable at the same paths there
+(shared storage). The model bundle is read at the same path too, or, with `ship_bundle`, from a
+copy of its files sent with the job through Ray's object store.
 """
 
 from __future__ import annotations
@@ -23,12 +25,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from index.jobs import JobSpec, _Batch, open_job_source, prepare_batch
+from index.jobs import JobSpec, _Batch, prepare_batch
 from runtime.bundle import Bundle, read_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
-from runtime.preprocessing import ImageLimits
-from runtime.sources import Roots
+from runtime.sources import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,12 @@ def _bundle_files(bundle: Bundle) -> dict[str, bytes]:
 
 
 class _Replica:
-    """One model replica, an actor of the pool: the job's encoder, and its source opened on this worker."""
+    """One model replica, an actor of the pool: the job's encoder, and the source the driver sent."""
 
-    def __init__(self, spec: JobSpec, bundle_path: str, shipped: Any, artifacts: str, runtime: RuntimeConfig,
-                 limits: ImageLimits, roots: Roots):
+    def __init__(self, spec: JobSpec, bundle_path: str, shipped: Any, source: Any, runtime: RuntimeConfig):
+        import ray
+
         if shipped is not None:  # the files sent with the job, written out and checked against the manifest's hashes
-            import ray
-
             self._copy = tempfile.TemporaryDirectory(prefix="embedserve-bundle-")  # removed with the actor
             folder = Path(self._copy.name) / Path(bundle_path).name
             for name, data in ray.get(shipped).items():
@@ -93,7 +93,7 @@ class _Replica:
             bundle = read_bundle(Path(bundle_path))
         self.preprocessing, self.dim, self.size = bundle.manifest.preprocessing, bundle.manifest.dim, spec.batch_size
         self.encoder = load_encoder(bundle, runtime, role="image_encoder")
-        self.source = open_job_source(spec.source, Path(artifacts), limits, roots)
+        self.source: ImageSource = ray.get(source)
 
     def __call__(self, shards: pa.Table) -> pa.Table:
         rows = []
@@ -120,8 +120,8 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no reason given"
 
 
-def embed_on_ray(config: RayConfig, spec: JobSpec, todo: list[int], bundle: Bundle, artifacts: Path,
-                 runtime: RuntimeConfig, limits: ImageLimits, roots: Roots) -> Iterator[tuple[_Batch, np.ndarray]]:
+def embed_on_ray(config: RayConfig, spec: JobSpec, todo: list[int], bundle: Bundle, source: ImageSource,
+                 runtime: RuntimeConfig) -> Iterator[tuple[_Batch, np.ndarray]]:
     """(batch, vectors (n, D)) of each shard number in `todo`, in the order the replicas finish
     them: a Ray Data pipeline of the shard numbers, one block each, through `map_batches` with an
     actor pool of `config.replicas` replicas. Closing the iterator (a cancel, a stop) ends the
@@ -134,12 +134,13 @@ def embed_on_ray(config: RayConfig, spec: JobSpec, todo: list[int], bundle: Bund
     connect(config.address)
     ray.data.DataContext.get_current().enable_progress_bars = False  # the job's status (and the CLI's bar) says how far it is
     shipped = ray.put(_bundle_files(bundle)) if config.ship_bundle else None
+    sent = ray.put(source)  # once, for every replica: its read functions pickled with what they hold
     shards = ray.data.from_items([{"number": n} for n in todo], override_num_blocks=len(todo))
     embedded = shards.map_batches(
         _Replica, batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.replicas),
         num_cpus=config.cpus_per_replica, **({"num_gpus": config.gpus_per_replica} if config.gpus_per_replica else {}),
-        fn_constructor_kwargs={"spec": spec, "bundle_path": str(bundle.path), "shipped": shipped,
-                               "artifacts": str(artifacts), "runtime": runtime, "limits": limits, "roots": roots})
+        fn_constructor_kwargs={"spec": spec, "bundle_path": str(bundle.path), "shipped": shipped, "source": sent,
+                               "runtime": runtime})
     rows = embedded.iter_rows()
     try:
         for row in rows:

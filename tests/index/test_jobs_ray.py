@@ -176,3 +176,30 @@ def test_a_job_whose_workers_cannot_read_the_bundle_fails_with_the_reason(image_
     assert status.state == "failed" and "Ray Data pipeline failed" in status.error and "no manifest.json" in status.error
     assert "Traceback" not in status.error and "\n" not in status.error  # the reason, not the workers' traceback
     assert not (image_artifacts / "indexes" / "pics").exists()
+
+
+def test_a_job_on_ray_reads_and_writes_a_milvus_index(image_artifacts: Path, images: Path, tmp_path: Path,
+                                                      write_image_bundle):
+    from index.config import IndexConfig
+    from index.store import open_index_store
+
+    milvus = open_index_store(image_artifacts, IndexConfig(backend="milvus", milvus_uri=str(tmp_path / "milvus.db")))
+    try:
+        store = JobStore(image_artifacts)
+        first = run_job(store.create(JobSpec(source=str(images), model="tiny", index="m", batch_size=50)).id, store,
+                        image_artifacts, ray=RAY, indexes=milvus)
+        assert first.state == "succeeded", first.error
+        written = milvus.open("m")
+        assert len(written) == IMAGES - 2 and np.array_equal(np.sort(written.ids()), np.setdiff1d(np.arange(IMAGES), CORRUPT))
+        # index:m re-read on the workers from the item records the driver took from Milvus
+        write_image_bundle(image_artifacts, "tiny", seed=5)  # tiny v2
+        again = run_job(store.create(JobSpec(source="index:m", model="tiny", index="m", batch_size=50)).id, store,
+                        image_artifacts, ray=RAY, indexes=milvus)
+        assert again.state == "succeeded" and again.model_version == "v2" and again.failed == 0, again.error
+        current = milvus.open("m")
+        assert current.model_version == "v2" and np.array_equal(np.sort(current.ids()), np.sort(written.ids()))
+        local = run_job(store.create(JobSpec(source=str(images), model="tiny", index="faiss")).id, store, image_artifacts)
+        assert local.state == "succeeded"
+        assert np.allclose(current.vector(3), open_index(image_artifacts, "faiss").vector(3), atol=1e-5)
+    finally:
+        milvus.close()
