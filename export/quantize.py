@@ -205,11 +205,16 @@ def run_batched(path: Path | str, inputs: Sequence[np.ndarray]) -> np.ndarray:
                            for i in range(0, rows, RUN_BATCH)])  # (N, D)
 
 
-def knn_top1(data: LabelledImages, embed) -> float:
-    """kNN top-1 (percent) of the queries by the references, both embedded by `embed`."""
+def _scored(path: Path, data: LabelledImages | None, probe: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """(the model's outputs on the queries (or on `probe` without data), its kNN top-1 in percent
+    of the queries by the references, or None without data): each image embedded once."""
+    if data is None:
+        return run_batched(path, [probe]), None
     from training.evaluation.knn import knn_accuracy
 
-    return knn_accuracy(embed(data.references), data.reference_labels, embed(data.queries), data.query_labels, k=KNN_K)
+    queries = run_batched(path, [data.queries])  # (M, D)
+    top1 = knn_accuracy(run_batched(path, [data.references]), data.reference_labels, queries, data.query_labels, k=KNN_K)
+    return queries, top1
 
 
 def zero_shot_top1(image_embeddings: np.ndarray, labels: np.ndarray, class_prompts: list[list[str]], embed_texts) -> float:
@@ -255,8 +260,7 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
     on the queries (or on `probe` (B, C, H, W) without data). `int8` is the technique (int8_technique);
     static QDQ needs `calibration` images and is skipped, with a warning, without them."""
     inputs = data.queries if data is not None else probe
-    reference = run_batched(fp32_path, [inputs])
-    fp32_top1 = knn_top1(data, lambda x: run_batched(fp32_path, [x])) if data is not None else None
+    reference, fp32_top1 = _scored(fp32_path, data, probe)
     written = []
     for precision in precisions:
         path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
@@ -275,8 +279,8 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
             technique, calibrated = "float16", 0
         else:
             raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
-        low, mean = _agreement(reference, run_batched(path, [inputs]))
-        top1 = knn_top1(data, lambda x: run_batched(path, [x])) if data is not None else None
+        outputs, top1 = _scored(path, data, probe)
+        low, mean = _agreement(reference, outputs)
         variant = PrecisionVariant(
             role=role, precision=precision, file_role=variant_file_role(role, precision), technique=technique,
             calibration_images=calibrated,
