@@ -228,7 +228,11 @@ class MilvusStore:
         index = MilvusIndex(self.client, collection, manifest, self.remote)
         try:
             index.add(ids, vectors, metadata)
-            self.client.flush(collection)  # sealed and indexed before anyone searches it
+            self.client.flush(collection)  # sealed segments...
+            # ...indexed before it is promoted: a load builds the index of every segment (Milvus Lite
+            # would otherwise build it in the background while searches scan the vectors one by one)
+            self.client.release_collection(collection)
+            self.client.load_collection(collection)
         except BaseException:
             self.client.drop_collection(collection)
             raise

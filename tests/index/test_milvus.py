@@ -62,7 +62,9 @@ def test_flat_search_equals_faiss_flat_on_the_same_vectors(store):
 
 
 def test_hnsw_and_ivf_find_the_exact_neighbours(store):
-    ids, vectors, metadata = data(2000, seed=2)
+    ids, _, metadata = data(2000, seed=2)
+    rng = np.random.default_rng(2)  # clustered, as embeddings are: pure noise has no neighbourhoods for IVF to find
+    vectors = (rng.standard_normal((40, DIM))[rng.integers(0, 40, 2000)] + 0.3 * rng.standard_normal((2000, DIM))).astype(np.float32)
     queries = vectors[:50] + 0.1 * np.random.default_rng(3).standard_normal((50, DIM)).astype(np.float32)
     _, exact = VectorIndex.build(ids, vectors, metadata, kind="flat").search(queries, 10)
     for kind in ("hnsw", "ivfpq"):
