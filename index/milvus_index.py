@@ -220,18 +220,19 @@ class MilvusStore:
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=manifest.dim)
         schema.add_field("metadata", DataType.JSON)
-        index_params = self.client.prepare_index_params()
-        index_params.add_index(field_name="vector", index_type=MILVUS_INDEX_TYPES[kind], metric_type="IP",
-                               params=_build_params(kind, len(vectors)))
-        self.client.create_collection(collection, schema=schema, index_params=index_params, consistency_level="Strong",
+        # Milvus's bulk-load order: insert into an unindexed, unloaded collection, flush, build the
+        # index, then load, so the version is indexed before it is promoted (Milvus Lite indexes a
+        # loaded collection in the background, while searches scan every vector).
+        self.client.create_collection(collection, schema=schema, consistency_level="Strong",
                                       properties={MANIFEST_PROPERTY: _manifest_json(manifest)})
         index = MilvusIndex(self.client, collection, manifest, self.remote)
         try:
             index.add(ids, vectors, metadata)
-            self.client.flush(collection)  # sealed segments...
-            # ...indexed before it is promoted: a load builds the index of every segment (Milvus Lite
-            # would otherwise build it in the background while searches scan the vectors one by one)
-            self.client.release_collection(collection)
+            self.client.flush(collection)
+            index_params = self.client.prepare_index_params()
+            index_params.add_index(field_name="vector", index_type=MILVUS_INDEX_TYPES[kind], metric_type="IP",
+                                   params=_build_params(kind, len(vectors)))
+            self.client.create_index(collection, index_params)
             self.client.load_collection(collection)
         except BaseException:
             self.client.drop_collection(collection)
