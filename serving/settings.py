@@ -146,7 +146,8 @@ class Settings(BaseSettings):
 
     def index_config(self) -> IndexConfig:
         """Where indexes live and which FAISS kind each gets: index/'s own config, from these settings."""
-        return IndexConfig(backend=self.index_backend, milvus_uri=self.milvus_uri, milvus_token=self.milvus_token.get_secret_value() if self.milvus_token else None,
+        token = self.milvus_token.get_secret_value() if self.milvus_token else None
+        return IndexConfig(backend=self.index_backend, milvus_uri=self.milvus_uri, milvus_token=token,
                            flat_max_count=self.index_flat_max_count, hnsw_max_count=self.index_hnsw_max_count)
 
     def data_root_paths(self) -> tuple[Path, ...]:
