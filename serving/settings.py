@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="port `embedserve serve` binds")
     default_word_model: str | None = Field(None, description="word-vectors model used when a request names none")
     default_image_model: str | None = Field(None, description="image encoder used when a request names none")
-    default_text_model: str | None = Field(None, description="CLIP model for /embed/text and /zero-shot when a request names none")
+    default_text_model: str | None = Field(None, description="text model for /embed/text, /v1/embeddings and (a CLIP model) /zero-shot when a request names none; unset: the first CLIP model, else the first text encoder")
     default_index: str | None = Field(None, description="index used by /search when a request names none")
     batching: bool = Field(True, description="group concurrent requests into one model call")
     max_batch_size: int = Field(32, ge=1, description="most images in one model call")
@@ -123,7 +123,6 @@ class Settings(BaseSettings):
     )
     metrics_public: bool = Field(False, description="serve /metrics without a key")
     job_nice: int = Field(10, ge=0, le=19, description="how much lower than requests a job's threads run (Linux nice)")
-
     index_backend: Literal["faiss", "milvus"] = Field(
         "faiss", description="where indexes live: faiss (in process, artifacts/indexes) or milvus (a collection per "
                              "version, an alias per name; see milvus_uri)"

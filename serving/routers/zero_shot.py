@@ -192,13 +192,13 @@ async def zero_shot(
     blobs, body = await read_request(request, settings)
     classes = check_classes(body.classes, settings)
     templates = check_templates(body.templates, settings)
+    if len(classes) * len(templates) > settings.max_prompts:
+        raise PayloadTooLarge(f"{len(classes)} classes × {len(templates)} templates = {len(classes) * len(templates):,} "
+                              f"prompts; the limit is {settings.max_prompts:,} (EMBEDSERVE_MAX_PROMPTS): send fewer classes or templates")
     model = registry.text_model(model_query or body.model)
     normalization = check_normalization(body.normalization, model, settings)
     manifest, image_batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
 
-    if len(classes) * len(templates) > settings.max_prompts:
-        raise PayloadTooLarge(f"{len(classes)} classes × {len(templates)} templates = {len(classes) * len(templates):,} "
-                              f"prompts; the limit is {settings.max_prompts:,} (EMBEDSERVE_MAX_PROMPTS): send fewer classes or templates")
     matrix, offsets = await class_matrix(registry, model, classes, templates, normalization)  # (C, D), (C,)
     images = await embed_images(blobs, manifest, image_batcher, registry.images)  # (B, D), unit rows
     cosines = images @ matrix.T  # (B, C)
