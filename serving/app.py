@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from serving.docs import install_docs
+from serving.docs import describe_limits, install_docs
 from serving.errors import install_error_handlers
 from serving.jobs import JobRunner
 from serving.lifetime import RequestLifetimeMiddleware
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="embedserve",
         summary="Embeddings, zero-shot labels, nearest neighbours and word analogies.",
+        description=describe_limits(settings),
         version="0.1.0",
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc come from serving.docs, with their files served locally
