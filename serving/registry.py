@@ -306,6 +306,9 @@ class Registry:
         name = name or self.settings.default_word_model or next(iter(sorted(self.words)), None)
         if name is None or name not in self.words:
             self._raise_if_failed(name)
+            if name is None:
+                raise UnknownModel("this server has no word-vectors model: export one (`embedserve train word2vec`) "
+                                   "into its artifacts folder, then POST /admin/reload")
             known = ", ".join(sorted(self.words)) or "none loaded"
             raise UnknownModel(f"no word-vectors model named {name!r}; available: {known}")
         return self.manifests[name], self.words[name]

@@ -78,3 +78,15 @@ def test_not_ready_without_models(tmp_path: Path):
 def test_openapi_documents_the_word_endpoints(client: TestClient):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/analogy", "/similar", "/healthz", "/readyz"} <= set(paths)
+
+
+def test_a_server_without_word_vectors_says_so(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    with TestClient(create_app(Settings(artifacts_dir=tmp_path))) as client:
+        response = client.get("/analogy?a=king&b=man&c=woman")
+    assert response.status_code == 404
+    assert "no word-vectors model" in response.json()["detail"] and "None" not in response.json()["detail"]
