@@ -67,6 +67,8 @@ def _index_build(args: argparse.Namespace) -> None:
 
 def _jobs_run(args: argparse.Namespace) -> None:
     from index.jobs import JobSpec, JobStore, run_job
+    from index.store import open_index_store
+    from serving.settings import Settings
 
     spec = JobSpec(source=args.source, model=args.model, index=args.index, model_version=args.model_version,
                    batch_size=args.batch_size)
@@ -79,7 +81,14 @@ def _jobs_run(args: argparse.Namespace) -> None:
 
         ray = RayConfig(address=args.ray, replicas=args.ray_replicas, gpus_per_replica=args.ray_gpus_per_replica,
                         ship_bundle=args.ray_ship_bundle)
-    status = run_job(status.id, store, args.artifacts, progress=True, ray=ray)
+    # The same settings as the server's jobs: where indexes live (FAISS or Milvus), which precision runs
+    settings = Settings(artifacts_dir=args.artifacts)
+    indexes = open_index_store(args.artifacts, settings.index_config())
+    try:
+        status = run_job(status.id, store, args.artifacts, settings.runtime_config(), settings.image_limits(),
+                         progress=True, ray=ray, indexes=indexes)
+    finally:
+        indexes.close()
     print(json.dumps(status.to_dict(), indent=2))
     if status.state != "succeeded":
         raise ValueError(f"job {status.id} {status.state}: {status.error}")
