@@ -1,5 +1,4 @@
 import json
-import io
 import os
 import signal
 import subprocess
@@ -9,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import index.jobs
 from index.jobs import JobSpec, JobStore, request_cancel, run_job
@@ -17,22 +15,12 @@ from index.shards import read_shards
 from index.vector_index import open_index
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
 from runtime.sources import SourceForbidden, confine
+from tests.images import write_pngs
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_fashion_mnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_ROOT / "t10k-images-idx3-ubyte.gz").is_file()
                                          and not (DEFAULT_FASHION_MNIST_ROOT / "t10k-images-idx3-ubyte").is_file(),
                                          reason="the Debian package dataset-fashion-mnist is not installed")
-
-
-def write_pngs(folder: Path, count: int, corrupt: tuple[int, ...] = ()) -> Path:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (10, 12), dtype=np.uint8), "L").save(buffer, "PNG")
-        data = buffer.getvalue()
-        (folder / f"{i:03d}.png").write_bytes(data[:30] if i in corrupt else data)
-    return folder
 
 
 class CountingEncoders:

@@ -1,4 +1,3 @@
-import io
 import threading
 import time
 from pathlib import Path
@@ -6,25 +5,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from index.build import build_image_index
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
 from serving.app import create_app
 from serving.settings import Settings
+from tests import images
 
 needs_fashion_mnist = pytest.mark.skipif(not any(DEFAULT_FASHION_MNIST_ROOT.glob("t10k-images-idx3-ubyte*")),
                                          reason="the Debian package dataset-fashion-mnist is not installed")
 
 
 def write_pngs(folder: Path, count: int) -> Path:
-    rng = np.random.default_rng(1)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8), "L").save(buffer, "PNG")
-        (folder / f"{i:03d}.png").write_bytes(buffer.getvalue())
-    return folder
+    return images.write_pngs(folder, count, seed=1, size=(9, 9))
 
 
 def wait_for(client: TestClient, job_id: str, timeout_s: float = 120) -> dict:

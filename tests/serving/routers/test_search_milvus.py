@@ -4,27 +4,20 @@ moves the alias and the server swaps to it; items added and removed over HTTP; a
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
 import numpy as np
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from index.milvus_index import alias_for
 from serving.app import create_app
 from serving.settings import Settings
+from tests import images
 
 
 def write_pngs(folder: Path, count: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (9, 9), dtype=np.uint8), "L").save(buffer, "PNG")
-        (folder / f"{i:03d}.png").write_bytes(buffer.getvalue())
-    return folder
+    return images.write_pngs(folder, count, seed=seed, size=(9, 9))
 
 
 def run(client: TestClient, spec: dict) -> dict:
