@@ -118,28 +118,29 @@ class MicroBatcher:
             return await self._encode_unbatched(items)
         if self._worker is None:  # not started by a lifespan (e.g. a script): start on this loop
             await self.start()
+        # A request larger than a batch is split, and its pieces are queued one at a time, each once
+        # the one before it is answered: whatever other requests queued meanwhile goes first, so a
+        # large request (a thousand-prompt class matrix, 256 texts) shares the model with them
+        # rather than holding it for all its batches. One batch runs at a time anyway, so a lone
+        # large request loses nothing but a hop of the event loop between its batches.
+        parts = [await self._submit_piece(items[start : start + self.max_batch_size])
+                 for start in range(0, len(items), self.max_batch_size)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)  # (n, D)
+
+    async def _submit_piece(self, rows: np.ndarray) -> np.ndarray:
+        """Queue one piece (at most max_batch_size rows) and await its embeddings."""
         loop = asyncio.get_running_loop()
-        # A request larger than a batch is split; its pieces may travel in different batches.
-        now = loop.time()
-        pieces = [
-            _Pending(items[start : start + self.max_batch_size], loop.create_future(), now)
-            for start in range(0, len(items), self.max_batch_size)
-        ]
-        for piece in pieces:
-            self._queue.put_nowait(piece)
-            self._queued_rows += len(piece.items)
+        piece = _Pending(rows, loop.create_future(), loop.time())
+        self._queue.put_nowait(piece)
+        self._queued_rows += len(rows)
         waiter = self._waiter
         if waiter is not None and not waiter.done() and self._queued_rows >= self._wanted_rows:
             waiter.set_result(None)  # the batch being collected can now be filled: wake the worker
         try:
-            if len(pieces) == 1:  # the common case, without gather's extra future and callbacks
-                return await pieces[0].future
-            parts = await asyncio.gather(*(p.future for p in pieces))
+            return await piece.future
         except BaseException:
-            for piece in pieces:  # the caller is gone (or failed): its other pieces need not run
-                piece.future.cancel()
+            piece.future.cancel()  # the caller is gone (or failed): the worker skips a cancelled piece
             raise
-        return np.concatenate(parts)  # (n, D)
 
     async def _encode_unbatched(self, items: np.ndarray) -> np.ndarray:
         parts = []

@@ -151,11 +151,8 @@ async def class_matrix(registry: Registry, model: TextModel, classes: list[str],
         # the cache orders prompts class by class, template by template: name them the same way
         names = [f"the prompt for class {c!r} from template {t!r}" for c in classes for t in templates]
         tokens = await tokenize(prompts, model, names)  # (C * K, 2, T); 422 for a prompt over the context
-        # One batch at a time, each queued behind whatever other requests queued meanwhile: a
-        # thousand-class matrix shares the text tower with them rather than holding it for seconds.
-        step = model.batcher.max_batch_size
-        parts = [await model.batcher.submit(tokens[i:i + step]) for i in range(0, len(tokens), step)]
-        return np.concatenate(parts)  # (C * K, D), as the tower gives them: the class matrix normalises
+        # the batcher sends a large matrix a batch at a time, sharing the tower with other requests
+        return await model.batcher.submit(tokens)  # (C * K, D), as the tower gives them: the class matrix normalises
 
     manifest = model.manifest
     query_bank = model.query_bank if normalization == "querybank" else None
