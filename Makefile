@@ -5,13 +5,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA_PACKAGES := dict-gcide dataset-fashion-mnist openclipart-png
+TEST_PACKAGES := chromium  # the playground's browser test drives Debian's Chromium (no browser download)
 
-.PHONY: demo test fuzz setup data serve clean
+.PHONY: demo test fuzz setup data browser serve clean
 
 demo: setup
 	$(BIN)/embedserve demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 # The schemathesis run over the live server's OpenAPI that `make test` makes short, made long:
@@ -27,20 +28,27 @@ setup: $(STAMP) data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --progress-bar on -e '.[cpu,train,dev]'
+	$(BIN)/pip install --progress-bar on --no-cache-dir -e '.[cpu,train,plot,dev]'
 	touch $(STAMP)
 
-# Install the offline data sets when missing: as root directly, otherwise say what to run.
-data:
+# Install Debian packages when missing: as root directly, otherwise say what to run.
+define apt_install
 	@missing=""; \
-	for p in $(DATA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
-		echo "Missing Debian data packages:$$missing"; \
+		echo "Missing Debian packages:$$missing"; \
 		echo "Install them once with: sudo apt-get update && sudo apt-get install -y$$missing"; exit 1; \
 	fi; \
-	echo "Installing Debian data packages:$$missing"; \
+	echo "Installing Debian packages:$$missing"; \
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
+endef
+
+data:
+	$(call apt_install,$(DATA_PACKAGES))
+
+browser:
+	$(call apt_install,$(TEST_PACKAGES))
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache
