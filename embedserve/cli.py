@@ -58,11 +58,20 @@ def _import_sentence_transformers(args: argparse.Namespace) -> None:
 
 def _index_build(args: argparse.Namespace) -> None:
     from index.build import build_image_index
+    from index.store import open_index_store
+    from serving.settings import Settings
 
-    path = build_image_index(
-        args.artifacts, args.name, args.model, args.source, batch_size=args.batch_size, limit=args.limit, kind=args.kind
-    )
-    print(f"wrote {path}")
+    # The server's settings: the index lands where it will be served (FAISS files or Milvus), and its
+    # images embed at the precision and within the limits the server's queries use
+    settings = Settings(artifacts_dir=args.artifacts)
+    indexes = open_index_store(args.artifacts, settings.index_config())
+    try:
+        version = build_image_index(args.artifacts, args.name, args.model, args.source, batch_size=args.batch_size,
+                                    limit=args.limit, kind=args.kind, runtime=settings.runtime_config(),
+                                    limits=settings.image_limits(), indexes=indexes)
+    finally:
+        indexes.close()
+    print(f"wrote index {args.name} version {version} ({settings.index_backend}), now its current version")
 
 
 def _jobs_run(args: argparse.Namespace) -> None:

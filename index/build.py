@@ -1,5 +1,5 @@
-"""Build an image index: embed every image of a source with a model's current bundle and save a
-VectorIndex. Images go through the inference core the server uses (runtime.sources,
+"""Build an image index: embed every image of a source with a model's current bundle and save it
+as the index's next version, in whichever store the settings name (FAISS files or Milvus). Images go through the inference core the server uses (runtime.sources,
 runtime.preprocessing, runtime.encoders), so an indexed image and the same file sent to /search
 embed identically. Torch-free.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from index.vector_index import VectorIndex
+from index.store import FaissStore, IndexStore
 from runtime.bundle import BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
@@ -39,9 +39,11 @@ def build_image_index(
     kind: str | None = None,
     runtime: RuntimeConfig = RuntimeConfig(),
     limits: ImageLimits = ImageLimits(),
-) -> Path:
+    indexes: IndexStore | None = None,
+) -> str:
     """Embed the first `limit` (default all) images of `source` with `model_name`'s current bundle
-    and save them as index `index_name`; ids are positions in the source. Returns the index folder."""
+    and save them as index `index_name` in `indexes` (FAISS files under `artifacts_dir` when None);
+    ids are positions in the source. Returns the version written, now the current one."""
     if batch_size < 1 or (limit is not None and limit < 1):
         raise ValueError(f"batch_size ({batch_size}) and limit ({limit}) must be at least 1")
     bundle = open_bundle(artifacts_dir, model_name)
@@ -63,14 +65,18 @@ def build_image_index(
                 bar.update(len(positions))
     finally:
         encoder.close()
-    index = VectorIndex.build(
+    indexes = indexes or FaissStore(artifacts_dir)
+    index = indexes.build(
+        index_name,
         np.arange(count, dtype=np.int64),
-        vectors,  # normalised by VectorIndex
+        vectors,  # normalised by the index
         [images.metadata(p) for p in range(count)],
         kind=kind,
         model=manifest.name,
         model_version=manifest.version,
     )
-    path = index.save(artifacts_dir, index_name, extra={"source": images.description, "limit": limit})
-    log.info("index %s: %d vectors of model %s %s in %s", index_name, count, manifest.name, manifest.version, path)
-    return path
+    # the precision the vectors were embedded at, so a server querying at another one can say so
+    version = indexes.save(index, index_name,
+                           extra={"source": images.description, "limit": limit, "precision": encoder.precision})
+    log.info("index %s %s: %d vectors of model %s %s", index_name, version, count, manifest.name, manifest.version)
+    return version

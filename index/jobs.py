@@ -37,7 +37,7 @@ from index.shards import concatenate, read_shard, shard_path, write_shard
 from index.store import FaissStore, IndexStore, SearchIndex
 from runtime.bundle import Bundle, BundleError, open_bundle
 from runtime.config import RuntimeConfig
-from runtime.encoders.factory import load_encoder
+from runtime.encoders.factory import load_encoder, planned_precision
 from runtime.preprocessing import ImageLimits, PreprocessingSpec, preprocess_arrays, preprocess_image
 from runtime.sources import ImageSource, Roots, SourceError, open_source, read_item
 
@@ -336,7 +336,8 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
             raise SourceError(f"no item of {spec.source!r} could be embedded ({failed} failed); see the job's errors")
         indexes = indexes or FaissStore(artifacts)
         index = indexes.build(spec.index, ids, vectors, metadata, model=manifest.name, model_version=manifest.version)
-        version = indexes.save(index, spec.index, extra={"source": source.description, "job": job_id})
+        precision = planned_precision(manifest, runtime, "image_encoder")  # so a server can tell its queries differ
+        version = indexes.save(index, spec.index, extra={"source": source.description, "job": job_id, "precision": precision})
         if publish is not None:
             publish(index)
         indexes.prune(spec.index, keep_previous)

@@ -194,6 +194,11 @@ class Registry:
                     self._load(open_bundle(self.settings.artifacts_dir, index.model, index.model_version))
                 except Exception as e:  # the index still serves vector and id queries
                     log.warning("index %s: cannot load its model %s %s (%s); image and text queries will fail", name, *key, e)
+            batcher = self.image_batchers.get(key)
+            built_at, queried_at = index_precision(index), batcher.encoder.precision if batcher else None
+            if built_at and queried_at and built_at != queried_at:
+                log.warning("index %s was embedded at %s but its image queries run at %s (EMBEDSERVE_PRECISION): "
+                            "cosines shift slightly; rebuild it, or serve at %s", name, built_at, queried_at, built_at)
             self.indexes[name] = index
 
     def reload(self) -> tuple[list[str], list[MicroBatcher]]:
@@ -326,6 +331,12 @@ class Registry:
 
 
 _retiring: set[asyncio.Task] = set()  # the event loop keeps only weak references to its tasks
+
+
+def index_precision(index: VectorIndex) -> str | None:
+    """The precision an index's vectors were embedded at (index builds and jobs record it), or None
+    for an index of vectors sent by clients or built before precisions were recorded."""
+    return (index.manifest.extra or {}).get("precision") if index.manifest else None
 
 
 def retire_later(batchers: list[MicroBatcher], grace_s: float = 10.0) -> None:

@@ -61,6 +61,18 @@ def choose_precision(manifest: Manifest, role: str, asked: str, providers: Seque
     return PrecisionChoice(wanted, variant.file_role, f"precision {asked}" + (" on a GPU" if asked == "auto" else ""))
 
 
+def planned_precision(manifest: Manifest, config: RuntimeConfig, role: str) -> str:
+    """The precision `load_encoder` would run `role` of `manifest` at in this process, without
+    loading it: what an index built by a job records, so a server can tell an index embedded at
+    another precision than its queries (a remote Triton runs the repository's fp32 models)."""
+    if config.triton_url:
+        return "fp32"
+    from runtime.encoders.onnx_runtime import resolve_providers
+
+    providers = resolve_providers(config.execution_providers)
+    return choose_precision(manifest, role, config.precision, providers, config.int8_max_top1_drop_pct).precision
+
+
 def load_encoder(bundle: Bundle, config: RuntimeConfig = RuntimeConfig(), role: str | None = None) -> Encoder:
     """The encoder for `bundle`'s model (`role`, default by kind), on the runtime and precision `config` chooses."""
     manifest = bundle.manifest

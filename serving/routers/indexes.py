@@ -22,7 +22,7 @@ from index.vector_index import VectorIndex
 from serving.dependencies import get_registry
 from serving.embedding import embed_images
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
-from serving.registry import Registry, retire_later
+from serving.registry import Registry, index_precision, retire_later
 from serving.requests import JsonRequest, decode_base64, exactly_one_of, unit_vector
 
 router = APIRouter(tags=["indexes"], responses=error_responses(503))
@@ -53,7 +53,8 @@ class AddItemsRequest(JsonRequest):
 async def list_indexes(registry: Annotated[Registry, Depends(get_registry)]) -> dict[str, Any]:
     return {"indexes": [
         {"name": name, "version": index.manifest.version, "model": index.model, "model_version": index.model_version,
-         "count": len(index), "dim": index.dim, "kind": index.kind, "created_at": index.manifest.created_at}
+         "count": len(index), "dim": index.dim, "kind": index.kind, "created_at": index.manifest.created_at,
+         "precision": index_precision(index)}  # what its vectors were embedded at (fp32, fp16, int8), when recorded
         for name, index in sorted(list(registry.indexes.items()))
     ]}
 

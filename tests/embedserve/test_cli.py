@@ -157,3 +157,25 @@ def test_import_of_a_broken_sentence_transformers_folder_is_one_line_and_exit_2(
     assert main(["import", "sentence-transformers", str(folder), "--name", "x", "--artifacts", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "cannot load" in err and err.count("\n") == 1 and not (tmp_path / "models").exists()
+
+
+def test_index_build_writes_where_the_server_settings_say(image_artifacts, tmp_path, make_png, monkeypatch, capsys):
+    from index.config import IndexConfig
+    from index.store import open_index_store
+
+    (tmp_path / "pics").mkdir()
+    for i in range(3):
+        (tmp_path / "pics" / f"{i}.png").write_bytes(make_png(i))
+    uri = str(tmp_path / "milvus.db")
+    monkeypatch.setenv("EMBEDSERVE_INDEX_BACKEND", "milvus")
+    monkeypatch.setenv("EMBEDSERVE_MILVUS_URI", uri)
+    assert main(["index", "build", "--name", "pics", "--model", "tiny", "--source", str(tmp_path / "pics"),
+                 "--artifacts", str(image_artifacts)]) == 0
+    assert "wrote index pics version v1 (milvus)" in capsys.readouterr().out
+    assert not (image_artifacts / "indexes" / "pics").exists()  # not a FAISS folder
+    store = open_index_store(image_artifacts, IndexConfig(backend="milvus", milvus_uri=uri))
+    try:
+        index = store.open("pics")
+        assert len(index) == 3 and index.model == "tiny" and index.manifest.extra["precision"] == "fp32"
+    finally:
+        store.close()

@@ -35,8 +35,8 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 def test_folder_index_finds_each_image_by_its_own_id(artifacts: Path, image_folder: Path):
-    path = build_image_index(artifacts, "pets", "tiny", image_folder, batch_size=3, progress=False)
-    assert path == artifacts / "indexes" / "pets" / "v1"
+    version = build_image_index(artifacts, "pets", "tiny", image_folder, batch_size=3, progress=False)
+    assert version == "v1" and (artifacts / "indexes" / "pets" / "v1").is_dir()
     index = open_index(artifacts, "pets")
     assert len(index) == 7 and index.model == "tiny" and index.model_version == "v1"
     assert index.manifest.extra["source"] == str(image_folder.resolve())
@@ -91,3 +91,19 @@ def test_a_clip_model_indexes_with_its_image_tower_and_answers_text_queries(clip
     position = next(i for i in range(7) if index.metadata([i])[0]["path"].endswith("d.png"))
     np.testing.assert_allclose(index.vector(position), served.json()["embeddings"][0], atol=1e-5)
     assert len(text.json()["hits"]) == 3
+
+
+def test_an_index_records_its_precision_and_a_server_querying_at_another_says_so(tmp_path: Path, image_folder: Path,
+                                                                                 write_variant_bundle, caplog):
+    from runtime.config import RuntimeConfig
+
+    artifacts = tmp_path / "artifacts"
+    write_variant_bundle(artifacts, "tiny")
+    build_image_index(artifacts, "int8", "tiny", image_folder, progress=False, runtime=RuntimeConfig(precision="int8"))
+    build_image_index(artifacts, "fp32", "tiny", image_folder, progress=False, runtime=RuntimeConfig(precision="fp32"))
+    assert open_index(artifacts, "int8").manifest.extra["precision"] == "int8"
+    with caplog.at_level("WARNING"), TestClient(create_app(Settings(artifacts_dir=artifacts, precision="fp32"))) as client:
+        listed = {i["name"]: i["precision"] for i in client.get("/indexes").json()["indexes"]}
+    assert listed == {"int8": "int8", "fp32": "fp32"}
+    warnings = [r.getMessage() for r in caplog.records if "was embedded at" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("index int8 was embedded at int8 but its image queries run at fp32")
