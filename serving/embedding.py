@@ -19,12 +19,17 @@ from serving.errors import InvalidInput
 from serving.registry import TextModel
 
 
-async def embed_images(blobs: list[bytes], manifest: Manifest, batcher: MicroBatcher, decoder: ImageDecoder) -> np.ndarray:
-    """Encoded images → L2-normalised embeddings (n, D)."""
+async def model_input(blobs: list[bytes], manifest: Manifest, decoder: ImageDecoder) -> np.ndarray:
+    """Encoded images → the image model's batch (n, C, H, W), decoded within the server's limits."""
     spec = manifest.preprocessing
     if spec is None:
         raise InvalidInput(f"model {manifest.name} has no preprocessing spec in its bundle; it cannot embed images")
-    return unit_rows(await batcher.submit(await decoder.prepare(blobs, spec)))  # (n, D)
+    return await decoder.prepare(blobs, spec)  # (n, C, H, W)
+
+
+async def embed_images(blobs: list[bytes], manifest: Manifest, batcher: MicroBatcher, decoder: ImageDecoder) -> np.ndarray:
+    """Encoded images → L2-normalised embeddings (n, D)."""
+    return unit_rows(await batcher.submit(await model_input(blobs, manifest, decoder)))  # (n, D)
 
 
 async def tokenize(texts: Sequence[str], model: TextModel, names: Sequence[str] | None = None) -> np.ndarray:

@@ -8,7 +8,8 @@ class's cosine first loses its query-bank offset, so classes that training pulle
 images stop out-scoring the ones it never named (index.zero_shot). Class matrices and offsets
 are cached per (model, version, classes, templates): a repeated class list costs only the image
 pass. Images arrive as multipart `files` with a form field `classes` (a JSON list, or the field
-repeated), or as JSON {"images": [base64], "classes": [...]}.
+repeated), or as JSON {"images": [base64], "classes": [...]}. The checks of classes, templates
+and normalization and the cached class matrices are serving.zero_shot's, which /explain shares.
 """
 
 from __future__ import annotations
@@ -20,20 +21,18 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from index.zero_shot import NORMALIZATIONS, classify
-from runtime.templates import EVAL_TEMPLATES
 from serving.dependencies import get_registry
-from serving.embedding import embed_images, tokenize
-from serving.errors import InvalidInput, PayloadTooLarge, error_responses
-from serving.registry import Registry, TextModel
+from serving.embedding import embed_images
+from serving.errors import error_responses
+from serving.registry import Registry
 from serving.requests import (FILES_FIELD, FILES_SCHEMA, JsonRequest, content_type, decode_base64_images, form_list,
                               form_text, read_form_images, read_json_body, request_body_doc)
 from serving.responses import model_response
 from serving.settings import Settings
+from serving.zero_shot import (check_classes, check_normalization, check_prompts, check_templates, class_matrix,
+                               logit_scale)
 
 router = APIRouter(tags=["zero-shot"])
-
-DEFAULT_LOGIT_SCALE = 100.0  # CLIP's cap, for a bundle that records none
-
 
 class ZeroShotRequest(JsonRequest):
     images: list[str] = Field(description="image files, each base64-encoded (a data: URL prefix is allowed)",
@@ -71,58 +70,6 @@ class ZeroShotResponse(BaseModel):
     results: list[ZeroShotResult] = Field(description="one per image, in request order")
 
 
-def check_classes(classes: list[str], settings: Settings) -> list[str]:
-    """The class names, stripped, or InvalidInput/PayloadTooLarge saying what to fix."""
-    if len(classes) < 2:
-        got = "no classes" if not classes else f"one class ({classes[0]!r})"
-        raise InvalidInput(f"{got}: name two or more classes to choose between, e.g. \"classes\": [\"a sneaker\", \"a bag\"]")
-    if len(classes) > settings.max_classes:
-        raise PayloadTooLarge(f"{len(classes)} classes in one request; the limit is {settings.max_classes}: send fewer")
-    names = [c.strip() for c in classes]
-    empty = [i for i, c in enumerate(names) if not c]
-    if empty:
-        raise InvalidInput(f"class {empty[0]} is empty; every class needs a name")
-    seen: dict[str, str] = {}
-    for name in names:
-        key = name.casefold()
-        if key in seen:
-            raise InvalidInput(f"classes {seen[key]!r} and {name!r} are the same class (case and spaces aside); send each once")
-        seen[key] = name
-    return names
-
-
-def check_templates(templates: list[str] | None, settings: Settings) -> list[str]:
-    """The templates (EVAL_TEMPLATES when None), or InvalidInput/PayloadTooLarge saying what to fix."""
-    if templates is None:
-        return list(EVAL_TEMPLATES)
-    if not templates:
-        raise InvalidInput("templates is empty: send at least one, such as \"a photo of a {}.\", or leave it out for the defaults")
-    if len(templates) > settings.max_templates:
-        raise PayloadTooLarge(f"{len(templates)} templates in one request; the limit is {settings.max_templates}: send fewer")
-    for i, template in enumerate(templates):
-        if template.count("{}") != 1 or template.replace("{}", "").count("{") or template.replace("{}", "").count("}"):
-            raise InvalidInput(f"template {i} ({template!r}) must hold exactly one '{{}}' where the class name goes, "
-                               "and no other braces")
-    if len(set(templates)) != len(templates):
-        raise InvalidInput("templates repeat; send each once")
-    return list(templates)
-
-
-def check_normalization(normalization: str | None, model: TextModel, settings: Settings) -> str:
-    """The normalization to apply: the request's, else the server default ("none" when that is
-    querybank and the model has no bank); InvalidInput for an unknown one or a bank it lacks."""
-    if normalization is None:
-        return settings.zero_shot_normalization if model.query_bank is not None else "none"
-    if normalization not in NORMALIZATIONS:
-        raise InvalidInput(f"normalization {normalization!r} is not one of {' or '.join(map(repr, NORMALIZATIONS))}: "
-                           "send one of those, or leave it out for the server's default")
-    if normalization == "querybank" and model.query_bank is None:
-        manifest = model.manifest
-        raise InvalidInput(f"model {manifest.name!r} version {manifest.version!r} has no query bank (it was exported "
-                           "without its training data): send \"normalization\": \"none\", or re-export it")
-    return normalization
-
-
 async def read_request(request: Request, settings: Settings) -> tuple[list[bytes], ZeroShotRequest]:
     """The encoded images (in order) and the rest of a multipart or JSON zero-shot request."""
     if content_type(request) == "multipart/form-data":
@@ -140,23 +87,6 @@ async def read_request(request: Request, settings: Settings) -> tuple[list[bytes
                                   '"templates": optional [template, ...], "model": optional name, '
                                   '"normalization": optional "querybank" or "none"}')
     return decode_base64_images(parsed.images, settings), parsed
-
-
-async def class_matrix(registry: Registry, model: TextModel, classes: list[str], templates: list[str],
-                       normalization: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(C, D) unit rows for `classes` and, for querybank, their (C,) query-bank offsets (else None),
-    from the registry's cache or computed now through the text tower's micro-batcher."""
-
-    async def encode_prompts(prompts: list[str]) -> np.ndarray:
-        # the cache orders prompts class by class, template by template: name them the same way
-        names = [f"the prompt for class {c!r} from template {t!r}" for c in classes for t in templates]
-        tokens = await tokenize(prompts, model, names)  # (C * K, 2, T); 422 for a prompt over the context
-        # the batcher sends a large matrix a batch at a time, sharing the tower with other requests
-        return await model.batcher.submit(tokens)  # (C * K, D), as the tower gives them: the class matrix normalises
-
-    manifest = model.manifest
-    query_bank = model.query_bank if normalization == "querybank" else None
-    return await registry.class_matrices.get(manifest.name, manifest.version, classes, templates, encode_prompts, query_bank)
 
 
 _REQUEST_BODY_DOC = request_body_doc(
@@ -189,9 +119,7 @@ async def zero_shot(
     blobs, body = await read_request(request, settings)
     classes = check_classes(body.classes, settings)
     templates = check_templates(body.templates, settings)
-    if len(classes) * len(templates) > settings.max_prompts:
-        raise PayloadTooLarge(f"{len(classes)} classes × {len(templates)} templates = {len(classes) * len(templates):,} "
-                              f"prompts; the limit is {settings.max_prompts:,} (EMBEDSERVE_MAX_PROMPTS): send fewer classes or templates")
+    check_prompts(classes, templates, settings)
     model = registry.text_model(model_query or body.model)
     normalization = check_normalization(body.normalization, model, settings)
     manifest, image_batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
@@ -200,8 +128,7 @@ async def zero_shot(
     images = await embed_images(blobs, manifest, image_batcher, registry.images)  # (B, D), unit rows
     cosines = images @ matrix.T  # (B, C)
     scores = cosines - offsets if offsets is not None else cosines  # (B, C): what the softmax ranks
-    scale = manifest.logit_scale if manifest.logit_scale is not None else DEFAULT_LOGIT_SCALE
-    probabilities = classify(images, matrix, scale, offsets)  # (B, C)
+    probabilities = classify(images, matrix, logit_scale(manifest), offsets)  # (B, C)
     results = []
     for row_cosines, row_scores, row_probabilities in zip(cosines, scores, probabilities):
         order = np.argsort(-row_probabilities, kind="stable")  # (C,) most probable first, highest score first
