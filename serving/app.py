@@ -23,7 +23,7 @@ from serving.lifetime import RequestLifetimeMiddleware
 from serving.limits import Inflight, RequestLimitsMiddleware
 from serving.metrics import install_metrics
 from serving.registry import Registry, retire_later
-from serving.routers import embed, health, indexes, jobs, openai_compat, search, text, words, zero_shot
+from serving.routers import embed, explain, health, indexes, jobs, openai_compat, search, text, words, zero_shot
 from serving.security import AccessMiddleware, check_exposure
 from serving.server import release_memory_promptly
 from serving.settings import Settings, get_settings
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(embed.router)
     app.include_router(text.router)
     app.include_router(zero_shot.router)
+    app.include_router(explain.router)
     app.include_router(search.router)
     app.include_router(indexes.router)
     app.include_router(jobs.router)

@@ -53,6 +53,7 @@ LIMITS = (
     ("max_templates", "prompt templates in one /zero-shot request"),
     ("max_prompts", "classes × templates in one /zero-shot request"),
     ("max_k", "neighbours one search may ask for"),
+    ("max_explain_grid", "patches per side of one /explain map (grid² + 1 model rows)"),
     ("max_queue", "rows waiting per model (past it: 429)"),
     ("max_inflight_requests", "requests in progress at once (past it: 429)"),
     ("max_inflight_bytes", "bytes of request bodies held at once (past it: 429)"),

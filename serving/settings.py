@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     max_prompts: int = Field(
         4096, ge=1, description="most classes × templates one /zero-shot request may need embedded (each a text-tower row)"
     )
+    max_explain_grid: int = Field(
+        16, ge=1, description="most patches per side of one /explain occlusion map: a map of grid × grid patches runs "
+                              "grid² + 1 images through the model"
+    )
     zero_shot_normalization: Literal["querybank", "none"] = Field(
         "querybank", description="/zero-shot default: querybank (subtract each class's query-bank offset, "
                                  "when the model has a bank) or none (plain CLIP cosines)"
