@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DATA_PACKAGES := dict-gcide dataset-fashion-mnist openclipart-png
 TEST_PACKAGES := chromium  # the playground's browser test drives Debian's Chromium (no browser download)
 
-.PHONY: demo test fuzz setup data browser serve clean
+.PHONY: demo test fuzz screenshots setup data browser serve clean
 
 demo: setup
 	$(BIN)/embedserve demo
@@ -20,6 +20,15 @@ test: setup browser
 FUZZ_EXAMPLES ?= 500
 fuzz: setup
 	EMBEDSERVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/serving/test_openapi_fuzz.py
+
+# The README's pictures of the playground (docs/screenshots/*.png): its browser test, one screenshot
+# per tab, on the demo's models when `make demo` has made them (else on the test's tiny ones).
+DEMO_CLIP_INDEX := artifacts/indexes/fashion-mnist-test-clip/current
+screenshots: setup browser
+	@if [ -f $(DEMO_CLIP_INDEX) ]; then artifacts=$(CURDIR)/artifacts; else artifacts=""; \
+		echo "no demo artifacts (make demo makes them): the screenshots show the test's tiny untrained models"; fi; \
+	EMBEDSERVE_PLAYGROUND_ARTIFACTS=$$artifacts EMBEDSERVE_SCREENSHOTS=docs/screenshots \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/serving/test_playground_browser.py -k classifies
 
 serve: setup
 	$(BIN)/embedserve serve

@@ -23,7 +23,7 @@ from serving.lifetime import RequestLifetimeMiddleware
 from serving.limits import Inflight, RequestLimitsMiddleware
 from serving.metrics import install_metrics
 from serving.registry import Registry, retire_later
-from serving.routers import embed, explain, health, indexes, jobs, openai_compat, search, text, words, zero_shot
+from serving.routers import embed, explain, health, indexes, jobs, openai_compat, playground, search, text, words, zero_shot
 from serving.security import AccessMiddleware, check_exposure
 from serving.server import release_memory_promptly
 from serving.settings import Settings, get_settings
@@ -111,4 +111,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(indexes.router)
     app.include_router(jobs.router)
     app.include_router(openai_compat.router)
+    app.include_router(playground.router)
     return app

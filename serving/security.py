@@ -1,12 +1,13 @@
 """Who may talk to the server: API keys, the Host names it answers to, and the refusal to serve a
 network without keys.
 
-With `api_keys` or `api_keys_file` set, every route but liveness and readiness (and `/metrics`
-when `metrics_public`) needs `Authorization: Bearer <key>`: 401 without one, 403 with a wrong
-one. Keys are kept and compared as sha256 digests (a keys file holds only digests, one per line,
-so the server's disk never holds a key), each comparison in constant time. The Host check refuses
-names not in `allowed_hosts`, which stops DNS rebinding from reaching a server on loopback
-through a browser. Pure ASGI middleware: no per-request thread hop or body buffering.
+With `api_keys` or `api_keys_file` set, every route but liveness and readiness, the playground's
+page and files (which hold no data) and `/metrics` when `metrics_public` needs `Authorization:
+Bearer <key>`: 401 without one, 403 with a wrong one. Keys are kept and compared as sha256
+digests (a keys file holds only digests, one per line, so the server's disk never holds a key),
+each comparison in constant time. The Host check refuses names not in `allowed_hosts`, which
+stops DNS rebinding from reaching a server on loopback through a browser. Pure ASGI middleware:
+no per-request thread hop or body buffering.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.errors import error_body
+from serving.playground import OPEN_PATHS as PLAYGROUND_PATHS
 from serving.settings import Settings
 
 OPEN_PATHS = ("/healthz", "/readyz")  # load balancers and orchestrators probe these without a key
@@ -80,7 +82,7 @@ class AccessMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.digests = [d.encode() for d in configured_digests(settings)]
-        self.open_paths = OPEN_PATHS + (("/metrics",) if settings.metrics_public else ())
+        self.open_paths = OPEN_PATHS + PLAYGROUND_PATHS + (("/metrics",) if settings.metrics_public else ())
         hosts = {h.strip().lower().strip("[]") for h in settings.allowed_hosts.split(",") if h.strip()}
         self.any_host = "*" in hosts
         self.hosts = hosts  # bare names and addresses: "localhost", "::1"

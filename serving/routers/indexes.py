@@ -1,5 +1,6 @@
 """The indexes being served (`GET /indexes`), changing their items (`POST /indexes/{name}/items`,
-`DELETE /indexes/{name}/items/{id}`), and reloading what changed on disk (`POST /admin/reload`).
+`DELETE /indexes/{name}/items/{id}`), an item's image as a thumbnail (`GET
+/indexes/{name}/items/{id}/image`), and reloading what changed on disk (`POST /admin/reload`).
 
 An item change is acknowledged only once it is on disk: it is applied to the served index and
 written as the index's next version (atomically, made current), so it survives a crash or a
@@ -11,14 +12,19 @@ items at once are cheaper sent together (or through a job) than one by one.
 from __future__ import annotations
 
 import asyncio
+import io
+import threading
 from collections import defaultdict
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from index.vector_index import VectorIndex
+from runtime.preprocessing import ImageError, normalize_image
+from runtime.sources import SourceError, read_item
 from serving.dependencies import get_registry
 from serving.embedding import embed_images
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
@@ -27,6 +33,10 @@ from serving.requests import JsonRequest, decode_base64, exactly_one_of, unit_ve
 
 router = APIRouter(tags=["indexes"], responses=error_responses(503))
 MAX_ITEMS_PER_REQUEST = 1000
+MAX_THUMBNAIL_PX = 256  # the longest side an item's image is served at
+# Thumbnails decoding at once (per process): each may hold an image of up to EMBEDSERVE_MAX_IMAGE_PIXELS,
+# so a page of search hits, or many clients, cannot hold more memory than a few decodes take.
+_thumbnail_decodes = threading.BoundedSemaphore(2)
 _writers: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # one change at a time per index name
 
 
@@ -127,6 +137,51 @@ async def remove_item(
         raise UnknownId(f"id {item_id} is not in index {name!r}")
     version = await _write(registry, name, lambda index: index.remove([item_id]))
     return {"index": name, "version": version, "removed": 1, "count": len(index)}
+
+
+def _thumbnail(index: VectorIndex, name: str, item_id: int, size: int, registry: Registry) -> bytes:
+    """The PNG of item `item_id`'s image, read again from the source its metadata records (under the
+    server's data roots and image limits, as a job reads it), shrunk to fit `size` × `size`."""
+    record = index.metadata([item_id])[0] or {}
+    # indexes built before items recorded their source: the index's own source stands in, as for jobs
+    fallback = index.manifest.extra.get("source") if index.manifest else None
+    record = {**({"source": fallback} if fallback else {}), **record}
+    if not record.get("source") or not ("path" in record or "position" in record):
+        raise InvalidInput(f"item {item_id} of index {name!r} records no image source (it was added as a vector or an "
+                           "upload, not read from a data set, folder or manifest), so there is no image to show")
+    settings = registry.settings
+    with _thumbnail_decodes:
+        try:
+            image = read_item(record, settings.image_limits(), settings.data_root_paths())
+        except (SourceError, ImageError):
+            raise  # mapped in serving/errors.py: outside the data roots 403; a bad file 413, 415 or 422
+        except (OSError, LookupError, TypeError, ValueError) as e:  # gone from disk, or a record that is not one
+            raise InvalidInput(f"the image of item {item_id} of index {name!r} cannot be read again from what its "
+                               f"metadata records (source {str(record['source'])[:200]!r}): {type(e).__name__}") from None
+        image = normalize_image(image, "L" if image.mode in ("1", "L") else "RGB")
+        image.thumbnail((size, size))  # never enlarged: a 28-pixel image stays 28 pixels, the page scales it
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@router.get("/indexes/{name}/items/{item_id}/image", response_class=Response,
+            summary="An item's image as a PNG thumbnail, for an index whose items were read from images",
+            responses={200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "the image, its longest side at most `size` pixels"},
+                       **error_responses(404, 415)})
+async def item_image(
+    name: str,
+    item_id: Annotated[int, Path(ge=-(2**63), lt=2**63, description="the item's id (int64)")],
+    registry: Annotated[Registry, Depends(get_registry)],
+    size: Annotated[int, Query(ge=8, le=MAX_THUMBNAIL_PX, description="the longest side, in pixels")] = 128,
+) -> Response:
+    index = registry.index(name)
+    if item_id not in index:
+        raise UnknownId(f"id {item_id} is not in index {name!r}")
+    png = await run_in_threadpool(_thumbnail, index, name, item_id, size, registry)
+    # private: with keys on, only the caller may keep it; an id removed and added again shows anew after this
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=600"})
 
 
 @router.post("/admin/reload", summary="Serve the model and index versions whose `current` pointers changed")
