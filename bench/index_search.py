@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from bench.charts import write_chart  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from index.config import IndexConfig  # noqa: E402
 from index.vector_index import VectorIndex, iter_current_indexes  # noqa: E402
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+    write_chart(args.out)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.charts import write_chart  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from index.jobs import JobSpec, JobStore, run_job  # noqa: E402
 from index.vector_index import open_index  # noqa: E402
@@ -233,6 +234,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+    write_chart(args.out)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.charts import write_chart  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, open_bundle  # noqa: E402
 from runtime.encoders.onnx_runtime import OnnxEncoder  # noqa: E402
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
 
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+    write_chart(args.out)
 
 
 if __name__ == "__main__":

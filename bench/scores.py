@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.charts import write_chart  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from export.image_encoder import CENTERING_IMAGES, export_image_encoder  # noqa: E402
 from index.build import build_image_index  # noqa: E402
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n".join(lines))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_chart(args.out)
     return results
 
 

@@ -36,6 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.charts import write_chart  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, Manifest, OnnxIO, iter_current_bundles, open_bundle, write_bundle  # noqa: E402
 from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
@@ -384,6 +385,7 @@ def main() -> None:
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
     }, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+    write_chart(args.out)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from embedserve.demo import CLIP_INDEX, CLIP_MODEL, IMAGE_INDEX, SIMCLR_MODEL, WORDS_MODEL  # noqa: E402
+from bench.charts import write_chart  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import BundleError, open_bundle  # noqa: E402
 from runtime.idx import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
@@ -347,6 +348,7 @@ def main() -> None:
               "rss_growth_pct": round(growth, 1), "server_exit_code_on_sigterm": exit_code}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_chart(RESULTS)
 
     s = result
     print(f"\n| soak, {args.duration_s:.0f} s at {args.overload:g}× capacity | value |\n|---|---|")

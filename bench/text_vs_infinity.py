@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 sys.path.insert(0, str(ROOT / "bench"))
 
+from bench.charts import write_chart  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, BundleError, open_bundle  # noqa: E402
 from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
@@ -470,6 +471,7 @@ def main() -> None:
         "not_measured": failures,
     }, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+    write_chart(args.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.charts import write_chart  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from training.data.images import load_image_arrays, random_subset  # noqa: E402
 from training.evaluation.encoder_eval import encoder_embed_fn, evaluate_encoder, raw_pixels  # noqa: E402
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+    write_chart(out)
     return result
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from bench.charts import write_chart  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from training.data.text import iter_sentences  # noqa: E402
 from embedserve.pipelines import evaluate_word_vectors  # noqa: E402
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
+    write_chart(args.out)
 
 
 if __name__ == "__main__":

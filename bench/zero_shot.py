@@ -30,6 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from bench.charts import write_chart  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from export.clip import QUERY_BANK_IMAGES  # noqa: E402
 from index.zero_shot import QUERY_BANK_K, build_class_matrix, classify, query_bank_offsets  # noqa: E402
@@ -211,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_chart(out)
     return result
 
 

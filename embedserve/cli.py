@@ -1,4 +1,4 @@
-"""`embedserve`: train, export, index, serve, bench and demo from one command.
+"""`embedserve`: train, export, index, plot, serve, bench and demo from one command.
 
 The CLI parses, builds a config and calls a library function (embedserve/pipelines.py and the
 layers' own modules). Only the subcommands that need torch import it.
@@ -31,21 +31,24 @@ def _train_word2vec(args: argparse.Namespace) -> None:
 
 
 def _train_torch_method(args: argparse.Namespace) -> None:
-    from embedserve.pipelines import config_class, train_and_export
+    from embedserve.pipelines import config_class, curves_note, train_and_export
 
     cls = config_class(args.method)
     config = config_from_args(cls, args, cls.quick() if args.quick else None)
     bundle = train_and_export(args.method, config, args.artifacts, args.name or args.method, args.resume)
     print(f"wrote {bundle.path}  metrics: {bundle.manifest.metrics}")
-
+    if note := curves_note(bundle):
+        print(note)
 
 
 def _export(args: argparse.Namespace) -> None:
-    from embedserve.pipelines import export_checkpoint
+    from embedserve.pipelines import curves_note, export_checkpoint
 
     bundle = export_checkpoint(args.checkpoint, args.artifacts, args.name, fp16=args.fp16, triton=args.triton,
                                triton_backend=args.triton_backend)
     print(f"wrote {bundle.path}")
+    if note := curves_note(bundle):
+        print(note)
 
 
 def _import_sentence_transformers(args: argparse.Namespace) -> None:
@@ -101,6 +104,28 @@ def _jobs_run(args: argparse.Namespace) -> None:
     print(json.dumps(status.to_dict(), indent=2))
     if status.state != "succeeded":
         raise ValueError(f"job {status.id} {status.state}: {status.error}")
+
+
+def _plot_index(args: argparse.Namespace) -> None:
+    from index.plot import IndexMapConfig, plot_index_map
+    from index.store import open_index_store
+    from serving.settings import Settings
+
+    config = IndexMapConfig(method=args.method, color_by=args.color_by, max_points=args.max_points, seed=args.seed)
+    # the server's settings say where indexes live (FAISS folders or Milvus), as for `jobs run`
+    indexes = open_index_store(args.artifacts, Settings(artifacts_dir=args.artifacts).index_config())
+    try:
+        path = plot_index_map(indexes.open(args.name, args.version),
+                              args.out or args.artifacts / "plots" / f"{args.name}-{args.method}.png", config)
+    finally:
+        indexes.close()
+    print(f"wrote {path}")
+
+
+def _plot_curves(args: argparse.Namespace) -> None:
+    from training.curves import plot_curves
+
+    print(f"wrote {plot_curves(args.log, args.out)}")
 
 
 def _jobs_client(args: argparse.Namespace) -> None:
@@ -229,6 +254,26 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     build.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], help="FAISS index type (default: by size)")
     build.set_defaults(func=_index_build)
 
+    plot = commands.add_parser("plot", help="pictures as PNGs: a 2-D map of an index, or a training log's curves")
+    plots = plot.add_subparsers(dest="what", required=True)
+    index_map = plots.add_parser("index", help="a t-SNE or UMAP map of an index's vectors, coloured by class")
+    index_map.add_argument("name", help="the index to draw (its current version unless --version)")
+    index_map.add_argument("--version", help="an index version (default: the current one)")
+    index_map.add_argument("--out", type=Path, help="the PNG to write (default: <artifacts>/plots/<name>-<method>.png)")
+    index_map.add_argument("--method", choices=("tsne", "umap"), default="tsne",
+                           help="the layout: t-SNE (scikit-learn) or UMAP (umap-learn) (default: tsne)")
+    index_map.add_argument("--color-by", metavar="FIELD",
+                           help="metadata field to colour by (default: class, label or category, whichever the items have)")
+    index_map.add_argument("--max-points", type=_positive, default=5000,
+                           help="draw a seeded random sample of at most N vectors, which bounds the time (default: 5000)")
+    index_map.add_argument("--seed", type=int, default=0, help="which sample, and the layout's start (default: 0)")
+    index_map.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
+    index_map.set_defaults(func=_plot_index)
+    curves = plots.add_parser("curves", help="redraw the training curves of a JSON-lines training log")
+    curves.add_argument("log", type=Path, help="the log `embedserve train` wrote, e.g. artifacts/logs/simclr.jsonl")
+    curves.add_argument("--out", type=Path, help="the PNG to write (default: beside the log, <log name>.png)")
+    curves.set_defaults(func=_plot_curves)
+
     jobs = commands.add_parser("jobs", help="batch re-embedding jobs: run one here, or list/show/cancel a server's")
     jobs_actions = jobs.add_subparsers(dest="action", required=True)
     run = jobs_actions.add_parser("run", help="re-embed a source into a new version of an index, in the foreground")
@@ -279,11 +324,12 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
 def _expected_errors() -> tuple[type[Exception], ...]:
     """What a user's input or machine can cause, each answered with one line and exit code 2: a
     file or folder that is not there or not readable, a port that is taken, a bad value (ValueError covers bad images, texts,
-    sources and configs), a bundle, index or version that is missing or unreadable."""
+    sources and configs), a bundle, index or version that is missing or unreadable, and matplotlib missing for a picture."""
     from runtime.bundle import BundleError
     from runtime.files import VersionError
+    from runtime.plotting import PlotDependencyError
 
-    return OSError, ValueError, BundleError, VersionError
+    return OSError, ValueError, BundleError, VersionError, PlotDependencyError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,9 +68,11 @@ def _train_words(artifacts: Path) -> None:
 
 def _train_quick(method: str, name: str) -> Callable[[Path], None]:
     def run(artifacts: Path) -> None:
-        from embedserve.pipelines import config_class, train_and_export
+        from embedserve.pipelines import config_class, curves_note, train_and_export
 
-        train_and_export(method, config_class(method).quick(), artifacts, name)
+        note = curves_note(train_and_export(method, config_class(method).quick(), artifacts, name))
+        if note:
+            print(f"  {note}", flush=True)
 
     return run
 

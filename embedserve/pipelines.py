@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from runtime.bundle import Bundle
+from runtime.bundle import TRAINING_CURVES_ROLE, Bundle
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,20 @@ def train_and_export(method: str, config, artifacts: Path, name: str, resume: bo
     metrics = {"final_loss": round(float(summary["loss"]), 4), "train_steps": summary["step"],
                "train_seconds": round(float(summary["train_time_s"]), 1)}
     return export_checkpoint(checkpoint, artifacts, name, metrics=metrics)
+
+
+def curves_note(bundle: Bundle) -> str | None:
+    """Where the training curves of `bundle` are, as the CLI and the demo print it: the PNG the
+    loop drew beside its log and the bundle's copy; None for a bundle without them."""
+    copy = bundle.optional_file(TRAINING_CURVES_ROLE)
+    if copy is None:
+        return None
+    from training.curves import curves_path
+
+    log_path = bundle.manifest.training_config.get("log_path")
+    drawn = curves_path(log_path) if log_path else None
+    beside_log = f"{drawn} (beside its log), " if drawn is not None and drawn.is_file() else ""
+    return f"training curves: {beside_log}{copy} (in the bundle)"
 
 
 def export_checkpoint(

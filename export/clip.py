@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from runtime.bundle import QUERY_BANK_K, QUERY_BANK_ROLE, Bundle, Manifest, OnnxIO, QueryBankSpec, TokenizerSpec, sha256_file, write_bundle
+from export.curves import copy_training_curves
 from export.onnx import DEFAULT_OPSET, FP16_MIN_COSINE, ParityError, check_parity, export_onnx
 from export.quantize import (WrittenVariant, ZeroShotData, calibration_images, image_encoder_variants, labelled_images,
                              run_batched, text_encoder_variants)
@@ -134,6 +135,7 @@ def export_clip(
         precisions = [p for p, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
         written = _write_variants(info, folder, precisions, tokenizer, images.numpy(), seed)
         files.update({w.variant.file_role: w.file for w in written})
+        files.update(copy_training_curves(info.config, folder))
 
         manifest = Manifest(
             name=name,

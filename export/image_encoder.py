@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from runtime.bundle import (CENTERING_MEAN_ROLE, CENTERING_WHITENING_ROLE, Bundle, CenteringSpec, Manifest, OnnxIO,
                             sha256_file, write_bundle)
+from export.curves import copy_training_curves
 from export.onnx import DEFAULT_OPSET, FP16_MIN_COSINE, ParityError, check_parity, export_onnx
 from export.quantize import calibration_images, image_encoder_variants, int8_technique, labelled_images
 from training.methods.encoders import ImageEncoderInfo, load_image_encoder, training_image_embeddings
@@ -140,6 +141,7 @@ def export_image_encoder(
                 raise ParityError(f"the fp16 copy of {ONNX_FILE} disagrees with fp32: lowest row cosine "
                                   f"{w.variant.min_cosine} < {FP16_MIN_COSINE}")
             files[w.variant.file_role] = w.file
+        files.update(copy_training_curves(info.config, Path(scratch)))
 
         manifest = Manifest(
             name=name,

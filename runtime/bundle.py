@@ -103,6 +103,12 @@ class CenteringSpec:
     source: str = ""  # where they came from, for humans
 
 
+# File role of the training curves (training.curves: loss and per-epoch evaluation, a PNG), copied in
+# by export when training drew them. For humans: optional, nothing reads it, and a bundle without it
+# (older, word2vec, imported, or trained without matplotlib) is as complete; hashed like every file.
+TRAINING_CURVES_ROLE = "training_curves"
+
+
 PRECISIONS = ("fp32", "fp16", "int8")  # fp32 is each ONNX model itself; the others are PrecisionVariants of it
 
 
@@ -229,6 +235,10 @@ class Bundle:
 
     path: Path
     manifest: Manifest
+
+    def optional_file(self, role: str) -> Path | None:
+        """The path of the file that plays `role`, or None when the bundle has none (training curves)."""
+        return self.path / self.manifest.files[role] if role in self.manifest.files else None
 
     def file(self, role: str) -> Path:
         """The path of the file that plays `role` (e.g. "vectors", "image_encoder")."""

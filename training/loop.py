@@ -1,8 +1,9 @@
 """The one training loop for every torch method (SimCLR, MAE, CLIP, ...).
 
-A method brings its model, its optimiser parameter groups and `training_step(batch) -> (loss,
-metrics)`; the loop brings seeding, device, AMP (CUDA only), AdamW with a per-step linear-warmup
-cosine schedule, checkpoints with exact resume, a tqdm bar and a JSON-lines metrics log.
+A method brings its model, its optimiser parameter groups, `training_step(batch) -> (loss,
+metrics)` and, if it has one, `evaluate() -> metrics`; the loop brings seeding, device, AMP (CUDA
+only), AdamW with a per-step linear-warmup cosine schedule, checkpoints with exact resume, a tqdm
+bar, a JSON-lines metrics log and its curves as a PNG beside it (training.curves).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, save_checkpoint
+from training.curves import write_curves
 from training.device import choose_device, seed_everything
 
 
@@ -45,6 +47,7 @@ class LoopConfig:
     checkpoint_every_epochs: int = 1  # also saved after the last epoch
     log_path: str | None = None  # JSON-lines metrics log, appended to; None = no log
     log_every_steps: int = 10  # step records in the log and refreshes of the progress bar
+    eval_every_epochs: int = 1  # the method's evaluate() (vision: kNN top-1) after every this many epochs and the last; 0 = never
     max_steps_per_epoch: int | None = None  # cut epochs short for quick runs; None = whole data set
     progress: bool = True  # show a tqdm bar on stderr
 
@@ -62,6 +65,8 @@ class Method(Protocol):
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]: ...
     def training_step(self, batch: Any) -> tuple[Tensor, dict[str, Any]]: ...
     def checkpoint_extra(self) -> dict[str, Any]: ...  # saved beside the weights (config, encoder description)
+    # Optional: `evaluate() -> dict[str, float]`, called after an epoch with the model on its device;
+    # its numbers go into that epoch's log record ("eval") and onto the training curves.
 
 
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -120,7 +125,8 @@ def fit(method: Method, data: Dataset | DataLoader, config: LoopConfig, resume: 
 
     With resume=True and a checkpoint at config.checkpoint_path, training continues after the
     last saved epoch with the saved weights, optimiser, schedule, scaler and RNG states, so the
-    result equals an uninterrupted run. Returns {"epoch", "step", "loss", "train_time_s"}.
+    result equals an uninterrupted run. Returns {"epoch", "step", "loss", "train_time_s",
+    "curves_path"}, the last the training curves' PNG (None without a log or without matplotlib).
     """
     seed_everything(config.seed)
     device = choose_device(config.device)
@@ -170,9 +176,12 @@ def fit(method: Method, data: Dataset | DataLoader, config: LoopConfig, resume: 
             log_file.write(json.dumps({"method": method.name, **record}) + "\n")
             log_file.flush()
 
+    evaluate = getattr(method, "evaluate", None)
     train_start = time.perf_counter()
-    epoch_loss = float("nan")
+    epoch_loss, curves = float("nan"), None
     try:
+        # marks where this run starts in a log that earlier runs appended to (training.curves.read_run)
+        log({"kind": "start", "epoch": start_epoch, "step": step, "epochs": config.epochs, "steps_per_epoch": steps_per_epoch})
         for epoch in range(start_epoch, config.epochs):
             model.train()
             if own_loader:
@@ -204,13 +213,20 @@ def fit(method: Method, data: Dataset | DataLoader, config: LoopConfig, resume: 
                     window_start, window_images = time.perf_counter(), 0
             epoch_loss = loss_sum / steps_per_epoch
             epoch_time_s = time.perf_counter() - epoch_start
-            log({"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": epoch_loss, "epoch_time_s": epoch_time_s})
+            due = config.eval_every_epochs > 0 and ((epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.epochs)
+            scores = {k: float(v) for k, v in evaluate().items()} if evaluate is not None and due else {}
+            log({"kind": "epoch", "epoch": epoch + 1, "step": step, "loss": epoch_loss, "epoch_time_s": epoch_time_s,
+                 **({"eval": scores} if scores else {})})
+            if log_file is not None:
+                curves = write_curves(config.log_path)  # after every epoch, so a long run's picture is never far behind
             if config.progress:
-                tqdm.write(f"{method.name} epoch {epoch + 1}/{config.epochs}: loss {epoch_loss:.4f}, {epoch_time_s:.1f} s")
+                shown = "".join(f", {k} {v:.2f}" for k, v in scores.items())
+                tqdm.write(f"{method.name} epoch {epoch + 1}/{config.epochs}: loss {epoch_loss:.4f}{shown}, {epoch_time_s:.1f} s")
             if checkpoint_path is not None and ((epoch + 1) % config.checkpoint_every_epochs == 0 or epoch + 1 == config.epochs):
                 save(epoch + 1)
     finally:
         if log_file is not None:
             log_file.close()
     model.eval()
-    return {"epoch": config.epochs, "step": step, "loss": epoch_loss, "train_time_s": time.perf_counter() - train_start}
+    return {"epoch": config.epochs, "step": step, "loss": epoch_loss, "train_time_s": time.perf_counter() - train_start,
+            "curves_path": str(curves) if curves else None}

@@ -35,8 +35,8 @@ def test_bench_lists_what_exists_when_the_name_is_wrong(tmp_path, monkeypatch):
         main(["bench", "no_such_bench"])
 
 
-def test_train_simclr_on_tiny_data_writes_a_servable_bundle(tmp_path):
-    from runtime.bundle import open_bundle
+def test_train_simclr_on_tiny_data_writes_a_servable_bundle_with_its_curves(tmp_path, capsys):
+    from runtime.bundle import TRAINING_CURVES_ROLE, open_bundle
 
     argv = ["train", "simclr", "--data", "digits", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "16",
             "--width", "4", "--num-workers", "0", "--device", "cpu", "--artifacts", str(tmp_path), "--name", "tiny-simclr"]
@@ -44,6 +44,29 @@ def test_train_simclr_on_tiny_data_writes_a_servable_bundle(tmp_path):
     bundle = open_bundle(tmp_path, "tiny-simclr")
     assert bundle.manifest.kind == "image-encoder" and bundle.manifest.metrics["train_steps"] == 2
     assert (tmp_path / "checkpoints" / "tiny-simclr.pt").is_file()
+    # the loop drew its curves beside the log, export copied them in, and the command says where both are
+    drawn, copy = tmp_path / "logs" / "tiny-simclr.png", bundle.file(TRAINING_CURVES_ROLE)
+    assert drawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and copy.read_bytes() == drawn.read_bytes()
+    assert f"training curves: {drawn} (beside its log), {copy} (in the bundle)" in capsys.readouterr().out
+
+
+def test_plot_index_writes_a_map_and_says_where(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from index.vector_index import VectorIndex
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 40)
+    vectors = rng.normal(size=(3, 8))[labels] + 0.2 * rng.normal(size=(len(labels), 8))
+    VectorIndex.build(np.arange(len(labels)), vectors, [{"label": int(c)} for c in labels]).save(tmp_path, "toy")
+    assert main(["plot", "index", "toy", "--artifacts", str(tmp_path), "--max-points", "90"]) == 0
+    path = tmp_path / "plots" / "toy-tsne.png"
+    assert capsys.readouterr().out == f"wrote {path}\n"
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (900, 900)
+    assert main(["plot", "index", "toy", "--artifacts", str(tmp_path), "--color-by", "colour"]) == 2
+    assert "no sampled item has metadata field 'colour'" in capsys.readouterr().err
 
 
 def child_pids(pid: int) -> set[str]:

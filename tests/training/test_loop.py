@@ -113,3 +113,30 @@ def test_weight_decay_skips_biases():
     decayed, kept = ([id(p) for p in g["params"]] for g in groups)
     assert (decayed, groups[0]["weight_decay"]) == ([id(layer.weight)], 0.1)
     assert (kept, groups[1]["weight_decay"]) == ([id(layer.bias)], 0.0)
+
+
+class EvaluatedRegression(LinearRegression):
+    """The toy method with an evaluation hook, as the vision methods have (their kNN monitor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def evaluate(self):
+        self.calls += 1
+        return {"abs_weight": self.model.weight.detach().abs().sum()}
+
+
+def test_the_method_evaluation_is_logged_per_epoch_and_drawn_with_the_loss(tmp_path):
+    from PIL import Image
+
+    method = EvaluatedRegression()
+    summary = fit(method, toy_data(), config(tmp_path, epochs=4, eval_every_epochs=3))
+    records = [json.loads(line) for line in (tmp_path / "toy.jsonl").read_text().splitlines()]
+    assert records[0]["kind"] == "start" and records[0]["step"] == 0
+    evaluated = {r["epoch"]: r["eval"] for r in records if r["kind"] == "epoch" and "eval" in r}
+    assert sorted(evaluated) == [3, 4] and method.calls == 2  # every 3rd epoch, and the last
+    assert isinstance(evaluated[4]["abs_weight"], float)
+    assert summary["curves_path"] == str(tmp_path / "toy.png")
+    with Image.open(summary["curves_path"]) as image:
+        assert image.format == "PNG" and image.size == (1100, 420)

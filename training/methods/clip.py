@@ -29,6 +29,7 @@ from training.data.images import ImageDataConfig, load_image_arrays, random_subs
 from training.data.pairs import open_pairs
 from training.data.tokenizer import load_minilm_tokenizer, train_bpe_tokenizer
 from training.data.transforms import EvalTransform
+from training.evaluation.knn_monitor import KnnMonitor
 from training.loop import LoopConfig, fit
 from training.losses.clip import ClipLoss
 from training.models.heads import ProjectionHead
@@ -199,6 +200,7 @@ class Clip:
         # A locked tower gives the same features for the same caption, and templated captions repeat,
         # so each distinct caption goes through it once: that makes a locked MiniLM almost free.
         self._locked_features: dict[str, Tensor] = {}
+        self.monitor = KnnMonitor(config)  # Fashion-MNIST: loads its images at the first evaluate(); manifests: none
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Matrices decay, vectors and the temperature do not; an unlocked MiniLM learns slower."""
@@ -241,6 +243,10 @@ class Clip:
             # same class wording cap this below 1 on labelled data)
             matched = (image_embeddings @ text_embeddings.T).argmax(1) == torch.arange(len(captions), device=images.device)
         return loss, {"logit_scale": self.model["loss"].logit_scale().detach(), "batch_i2t_top1": matched.float().mean()}
+
+    def evaluate(self) -> dict[str, float]:
+        """kNN top-1 of the image tower's joint-space embeddings after an epoch (held-out classes included)."""
+        return self.monitor(self.model["image"])
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c = self.config

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from training.data.images import ImageDataConfig, open_image_dataset
 from training.data.transforms import MAETransform
+from training.evaluation.knn_monitor import KnnMonitor
 from training.loop import LoopConfig, default_param_groups, fit
 from training.methods.encoders import EncoderSpec
 from training.losses.mae import MAELoss
@@ -112,6 +113,7 @@ class MAE:
                              config.decoder_num_heads, config.patch_size ** 2 * channels)
         self.model = nn.ModuleDict({"encoder": encoder, "decoder": decoder})
         self.loss = MAELoss(config.norm_pix)
+        self.monitor = KnnMonitor(config)  # loads its images at the first evaluate()
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         return default_param_groups(self.model, weight_decay)
@@ -124,6 +126,10 @@ class MAE:
         pred = decoder(tokens, restore_ids)  # (B, N, P)
         loss = self.loss(pred, patchify(images, self.config.patch_size), mask)
         return loss, {"mask_ratio": mask.mean()}
+
+    def evaluate(self) -> dict[str, float]:
+        """kNN top-1 of the encoder, shown every patch as at export, after an epoch."""
+        return self.monitor(self.model["encoder"])
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return self.encoder_spec.checkpoint_entries(self.config)

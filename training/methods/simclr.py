@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from training.data.images import ImageDataConfig, open_image_dataset
 from training.data.transforms import SimCLRTransform
+from training.evaluation.knn_monitor import KnnMonitor
 from training.loop import LoopConfig, default_param_groups, fit
 from training.methods.encoders import resnet_spec
 from training.losses.nt_xent import NTXentLoss
@@ -63,6 +64,7 @@ class SimCLR:
         head = SimCLRProjectionHead(encoder.dim, config.proj_hidden_dim, config.proj_dim)
         self.model = nn.ModuleDict({"encoder": encoder, "head": head})
         self.loss = NTXentLoss(config.temperature)
+        self.monitor = KnnMonitor(config)  # loads its images at the first evaluate()
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         return default_param_groups(self.model, weight_decay)
@@ -75,6 +77,10 @@ class SimCLR:
         with torch.no_grad():
             positive_cos = nn.functional.cosine_similarity(z_a.float(), z_b.float()).mean()
         return loss, {"positive_cos": positive_cos}
+
+    def evaluate(self) -> dict[str, float]:
+        """kNN top-1 of the encoder (without the head, as it is exported) after an epoch."""
+        return self.monitor(self.model["encoder"])
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return self.encoder_spec.checkpoint_entries(self.config)
