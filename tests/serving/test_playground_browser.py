@@ -164,3 +164,22 @@ def test_the_page_asks_for_a_key_and_then_works_with_it(browser, start_server, a
         assert page.locator("#search-index option").count() >= 1  # GET /indexes answered with the key
         # the one refusal before the key was typed is the browser's only complaint
         assert all("401" in p for p in problems), problems
+
+
+def test_without_explain_on_the_server_the_bars_offer_none(browser, start_server, artifacts: Path, sneaker_png: Path):
+    with start_server(artifacts) as server:
+        page = browser.new_page()
+        problems = watch(page)
+
+        def without_explain(route):  # the OpenAPI of a server from before POST /explain
+            openapi = route.fetch().json()
+            openapi["paths"].pop("/explain", None)
+            route.fulfill(json=openapi)
+
+        page.route("**/openapi.json", without_explain)
+        page.goto(server.url + "/")
+        page.wait_for_function("() => document.getElementById('server').textContent.startsWith('ready')")
+        page.set_input_files("#zs-file", str(sneaker_png))
+        page.wait_for_selector("#zs-bars li")
+        assert page.locator("#zs-bars li").count() == 10 and page.locator("#zs-bars button").count() == 0
+        assert not problems, "\n".join(problems)
