@@ -104,7 +104,7 @@ def plot_index_map(index: SearchIndex, out: Path | str, config: IndexMapConfig =
     field = colour_field(sample.metadata, config.color_by)
     dpi = 100
     figure, axes = plt.subplots(figsize=(config.size_px / dpi, config.size_px / dpi), dpi=dpi)
-    point_size = float(np.clip(3000 / len(xy), 2, 30))  # small points for thousands, visible ones for a few
+    point_size = float(np.clip(20000 / len(xy), 4, 30))  # small points for thousands, larger ones for a few
     if field is None:
         axes.scatter(xy[:, 0], xy[:, 1], s=point_size, color="tab:blue", alpha=0.7, linewidths=0)
     else:
