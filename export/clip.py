@@ -17,9 +17,9 @@ import torch
 
 from runtime.bundle import QUERY_BANK_K, QUERY_BANK_ROLE, Bundle, Manifest, OnnxIO, QueryBankSpec, TokenizerSpec, sha256_file, write_bundle
 from export.curves import copy_training_curves
-from export.onnx import DEFAULT_OPSET, FP16_MIN_COSINE, ParityError, check_parity, export_onnx
-from export.quantize import (WrittenVariant, ZeroShotData, calibration_images, image_encoder_variants, labelled_images,
-                             run_batched, text_encoder_variants)
+from export.onnx import DEFAULT_OPSET, check_parity, export_onnx
+from export.quantize import (WrittenVariant, ZeroShotData, calibration_images, check_fp16_agreement, image_encoder_variants,
+                             labelled_images, run_batched, text_encoder_variants)
 from runtime.templates import EVAL_TEMPLATES
 from runtime.tokens import encode_batch, load_tokenizer
 from training.methods.clip import ClipInfo, load_clip_towers, query_bank_embeddings
@@ -81,10 +81,7 @@ def _write_variants(info: ClipInfo, folder: Path, precisions: list[str], tokeniz
     texts = list(PARITY_TEXTS) + [t.format(c) for c in (info.class_names or ["thing", "object"]) for t in EVAL_TEMPLATES]
     written += text_encoder_variants(folder / TEXT_ONNX_FILE, "text_encoder", precisions, encode_batch(tokenizer, texts),
                                      lambda batch: encode_batch(tokenizer, batch), zero_shot)
-    for w in written:
-        if w.variant.precision == "fp16" and not w.variant.min_cosine >= FP16_MIN_COSINE:
-            raise ParityError(f"the fp16 copy of the {w.variant.role} disagrees with fp32: lowest row cosine "
-                              f"{w.variant.min_cosine} < {FP16_MIN_COSINE}")
+    check_fp16_agreement(written)
     return written
 
 

@@ -26,8 +26,9 @@ from torch.nn import functional as F
 from runtime.bundle import (CENTERING_MEAN_ROLE, CENTERING_WHITENING_ROLE, Bundle, CenteringSpec, Manifest, OnnxIO,
                             sha256_file, write_bundle)
 from export.curves import copy_training_curves
-from export.onnx import DEFAULT_OPSET, FP16_MIN_COSINE, ParityError, check_parity, export_onnx
-from export.quantize import calibration_images, image_encoder_variants, int8_technique, labelled_images
+from export.onnx import DEFAULT_OPSET, check_parity, export_onnx
+from export.quantize import (calibration_images, check_fp16_agreement, image_encoder_variants, int8_technique,
+                             labelled_images)
 from training.methods.encoders import ImageEncoderInfo, load_image_encoder, training_image_embeddings
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,8 @@ def export_image_encoder(
             calibration_images(info.config, info.preprocessing, seed=seed) if int8 and technique == "static-qdq" else None,
             labelled_images(info.config, info.preprocessing, seed=seed) if precisions else None,
             inputs.numpy(), technique) if precisions else []
-        for w in written:
-            if w.variant.precision == "fp16" and not w.variant.min_cosine >= FP16_MIN_COSINE:
-                raise ParityError(f"the fp16 copy of {ONNX_FILE} disagrees with fp32: lowest row cosine "
-                                  f"{w.variant.min_cosine} < {FP16_MIN_COSINE}")
-            files[w.variant.file_role] = w.file
+        check_fp16_agreement(written)
+        files.update({w.variant.file_role: w.file for w in written})
         files.update(copy_training_curves(info.config, Path(scratch)))
 
         manifest = Manifest(

@@ -22,10 +22,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from export.onnx import write_fp16_copy
+from export.onnx import FP16_MIN_COSINE, ParityError, write_fp16_copy
 from runtime.bundle import PrecisionVariant
 from runtime.files import atomic_path
 from runtime.preprocessing import PreprocessingSpec
+from runtime.tokens import used_length
 from runtime.vectors import rowwise_cosine
 
 log = logging.getLogger(__name__)
@@ -196,24 +197,38 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def run_batched(path: Path | str, inputs: Sequence[np.ndarray]) -> np.ndarray:
-    """The model's first output for `inputs` (one array per model input, rows aligned), RUN_BATCH rows a call."""
+def run_batched(path: Path | str, inputs: Sequence[np.ndarray], one_at_a_time: bool = False) -> np.ndarray:
+    """The model's first output for `inputs` (one array per model input, rows aligned), RUN_BATCH
+    rows a call; with `one_at_a_time`, each row alone on its own tokens, as the server runs a
+    dynamic int8 model (runtime.encoders.onnx_runtime.OnnxEncoder), so it is scored as it serves."""
     session = _session(Path(path))
     names = [i.name for i in session.get_inputs()]
     rows = len(inputs[0])
-    return np.concatenate([session.run(None, {n: x[i:i + RUN_BATCH] for n, x in zip(names, inputs)})[0]
-                           for i in range(0, rows, RUN_BATCH)])  # (N, D)
+    if not one_at_a_time:
+        return np.concatenate([session.run(None, {n: x[i:i + RUN_BATCH] for n, x in zip(names, inputs)})[0]
+                               for i in range(0, rows, RUN_BATCH)])  # (N, D)
+    mask = names.index("attention_mask") if "attention_mask" in names else None
+    if mask is not None and isinstance(session.get_inputs()[mask].shape[1], int):
+        mask = None  # a fixed sequence axis (a CLIP text tower) runs on the whole context
+    outputs = []
+    for i in range(rows):
+        length = used_length(inputs[mask][i:i + 1]) if mask is not None else None  # its own tokens, no padding
+        outputs.append(session.run(None, {n: x[i:i + 1, :length] if mask is not None else x[i:i + 1]
+                                          for n, x in zip(names, inputs)})[0])
+    return np.concatenate(outputs)  # (N, D)
 
 
-def _scored(path: Path, data: LabelledImages | None, probe: np.ndarray) -> tuple[np.ndarray, float | None]:
+def _scored(path: Path, data: LabelledImages | None, probe: np.ndarray,
+            one_at_a_time: bool = False) -> tuple[np.ndarray, float | None]:
     """(the model's outputs on the queries (or on `probe` without data), its kNN top-1 in percent
     of the queries by the references, or None without data): each image embedded once."""
     if data is None:
-        return run_batched(path, [probe]), None
+        return run_batched(path, [probe], one_at_a_time), None
     from training.evaluation.knn import knn_accuracy
 
-    queries = run_batched(path, [data.queries])  # (M, D)
-    top1 = knn_accuracy(run_batched(path, [data.references]), data.reference_labels, queries, data.query_labels, k=KNN_K)
+    queries = run_batched(path, [data.queries], one_at_a_time)  # (M, D)
+    top1 = knn_accuracy(run_batched(path, [data.references], one_at_a_time), data.reference_labels, queries,
+                        data.query_labels, k=KNN_K)
     return queries, top1
 
 
@@ -279,7 +294,7 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
             technique, calibrated = "float16", 0
         else:
             raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
-        outputs, top1 = _scored(path, data, probe)
+        outputs, top1 = _scored(path, data, probe, one_at_a_time=technique == "dynamic")
         low, mean = _agreement(reference, outputs)
         variant = PrecisionVariant(
             role=role, precision=precision, file_role=variant_file_role(role, precision), technique=technique,
@@ -311,11 +326,12 @@ def text_encoder_variants(fp32_path: Path, role: str, precisions: Sequence[str],
     and zero-shot top-1 on `zero_shot` when given (`tokenize(texts)` -> (ids, mask))."""
     reference = run_batched(fp32_path, list(tokens))
 
-    def embed_with(path: Path):
-        return lambda texts: run_batched(path, list(tokenize(texts)))
+    def embed_with(path: Path, one_at_a_time: bool = False):
+        return lambda texts: run_batched(path, list(tokenize(texts)), one_at_a_time)
 
-    top1_of = (lambda path: zero_shot_top1(zero_shot.image_embeddings, zero_shot.labels, zero_shot.class_prompts,
-                                           embed_with(path))) if zero_shot is not None else None
+    top1_of = (lambda path, one_at_a_time=False: zero_shot_top1(
+        zero_shot.image_embeddings, zero_shot.labels, zero_shot.class_prompts, embed_with(path, one_at_a_time))
+    ) if zero_shot is not None else None
     fp32_top1 = top1_of(fp32_path) if top1_of else None
     written = []
     for precision in precisions:
@@ -329,8 +345,9 @@ def text_encoder_variants(fp32_path: Path, role: str, precisions: Sequence[str],
             technique = "float16"
         else:
             raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
-        low, mean = _agreement(reference, run_batched(path, list(tokens)))
-        top1 = top1_of(path) if top1_of else None
+        dynamic = technique == "dynamic"  # served one text at a time: scored so
+        low, mean = _agreement(reference, run_batched(path, list(tokens), dynamic))
+        top1 = top1_of(path, dynamic) if top1_of else None
         evaluation = f"cosine to fp32 on {len(tokens[0])} texts"
         if zero_shot is not None:
             evaluation = f"zero-shot top-1 of {zero_shot.source} ({len(zero_shot.class_prompts)} classes); " + evaluation
@@ -341,6 +358,15 @@ def text_encoder_variants(fp32_path: Path, role: str, precisions: Sequence[str],
         log.info("%s %s: top-1 change %s points, min cosine %.4f", fp32_path.name, precision, variant.top1_change_pct, low)
         written.append(WrittenVariant(variant, path.name))
     return written
+
+
+def check_fp16_agreement(written: Sequence[WrittenVariant]) -> None:
+    """ParityError when an fp16 copy among `written` disagrees with its fp32 model (lowest row
+    cosine under FP16_MIN_COSINE): half precision loses digits, never the answer."""
+    for w in written:
+        if w.variant.precision == "fp16" and not w.variant.min_cosine >= FP16_MIN_COSINE:  # `not >=`: NaN fails too
+            raise ParityError(f"the fp16 copy of the {w.variant.role} disagrees with fp32: lowest row cosine "
+                              f"{w.variant.min_cosine} < {FP16_MIN_COSINE}")
 
 
 def _round(value: float | None) -> float | None:

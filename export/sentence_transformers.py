@@ -10,6 +10,9 @@ the bundle with fixed-length truncation and padding at the model's max_seq_lengt
 anything is written, the ONNX model is checked against the torch sentence-transformers model
 itself (`SentenceTransformer.encode`, its own tokenizer and pooling) on varied sentences; the
 lowest cosine is recorded in the manifest, and below DEFAULT_MIN_COSINE nothing is written.
+Like an exported tower, the bundle gets an int8 copy for CPUs (dynamic, per channel) and, when
+asked, an fp16 copy for GPUs, each scored by its cosine to fp32 on the parity sentences and on
+class prompts (export.quantize), which `EMBEDSERVE_PRECISION=auto` reads to choose.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ from torch.nn import functional as F
 from tokenizers import Tokenizer, normalizers
 
 from export.onnx import DEFAULT_MIN_COSINE, DEFAULT_OPSET, ParityError, export_onnx, run_onnx
+from export.quantize import check_fp16_agreement, text_encoder_variants
 from runtime.bundle import Bundle, Manifest, OnnxIO, TokenizerSpec, sha256_file, write_bundle
+from runtime.idx import FASHION_MNIST_CLASSES
+from runtime.templates import EVAL_TEMPLATES
 from runtime.tokens import encode_batch, used_length
 from runtime.vectors import rowwise_cosine
 from training.data.tokenizer import set_context_length
@@ -231,9 +237,12 @@ def import_sentence_transformer(
     version: str | None = None,
     texts: tuple[str, ...] | list[str] = PARITY_TEXTS,
     min_cosine: float = DEFAULT_MIN_COSINE,
+    int8: bool = True,
+    fp16: bool = False,
 ) -> Bundle:
     """Import the sentence-transformers model in `folder` as the text-encoder bundle
-    `artifacts_dir/models/<name>/<version>` (next vN by default) and make it current. Raises
+    `artifacts_dir/models/<name>/<version>` (next vN by default), with an int8 and/or fp16 copy
+    as asked, and make it current. Raises
     FolderError for a folder it cannot read, and export.onnx.ParityError, writing nothing, when
     the ONNX model's embeddings of `texts` are not sentence-transformers' own."""
     spec = read_folder(folder)
@@ -260,6 +269,14 @@ def import_sentence_transformer(
         worst = parity(reference, onnx_path, tokenizer, texts, min_cosine)
         log.info("imported %s: lowest cosine to sentence-transformers %.7f over %d texts", spec.path, worst, len(texts))
         tokenizer.save(str(work / TOKENIZER_FILE))
+        # the copies are scored on the parity sentences and on short prompts, the two kinds of text served
+        scored = list(texts) + [t.format(c.lower()) for c in FASHION_MNIST_CLASSES for t in EVAL_TEMPLATES]
+        scored_ids, scored_mask = encode_batch(tokenizer, scored)  # (N, T) int64 each
+        used = used_length(scored_mask)
+        precisions = [p for p, wanted in (("int8", int8), ("fp16", fp16)) if wanted]
+        written = text_encoder_variants(onnx_path, "text_encoder", precisions, (scored_ids[:, :used], scored_mask[:, :used]),
+                                        lambda batch: encode_batch(tokenizer, batch), zero_shot=None)
+        check_fp16_agreement(written)
         transformer_config = _read_json(spec.transformer_path / "config.json", "")
         manifest = Manifest(
             name=name,
@@ -267,7 +284,8 @@ def import_sentence_transformer(
             method="sentence-transformers",
             dim=dim,
             normalized=spec.normalize,
-            files={"text_encoder": ONNX_FILE, "tokenizer": TOKENIZER_FILE},
+            files={"text_encoder": ONNX_FILE, "tokenizer": TOKENIZER_FILE,
+                   **{w.variant.file_role: w.file for w in written}},
             tokenizer=TokenizerSpec(file=TOKENIZER_FILE, context_length=context_length),
             onnx=ONNX_IO,
             training_config={"source": "sentence-transformers", "folder": str(spec.path.resolve()),
@@ -279,6 +297,7 @@ def import_sentence_transformer(
                    "parity_reference": f"sentence-transformers {metadata.version('sentence-transformers')}, torch "
                                        f"{torch.__version__}, CPU", "sequence_axis": "dynamic"},
             source_checkpoint_sha256=sha256_file(spec.transformer_path / WEIGHTS_FILE),
+            variants=tuple(w.variant for w in written),
         )
 
         def write_files(target: Path) -> None:

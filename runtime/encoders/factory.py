@@ -25,6 +25,7 @@ class PrecisionChoice:
     precision: str  # what runs: "fp32", "fp16" or "int8"
     file_role: str  # the bundle file that holds it
     reason: str  # why, for the log line
+    one_at_a_time: bool = False  # a dynamic int8 model: run each item alone (runtime.encoders.onnx_runtime.OnnxEncoder)
 
 
 def int8_within_bound(variant: PrecisionVariant, max_top1_drop_pct: float = INT8_MAX_TOP1_DROP_PCT) -> tuple[bool, str]:
@@ -57,8 +58,9 @@ def choose_precision(manifest: Manifest, role: str, asked: str, providers: Seque
         ok, why = int8_within_bound(variant, max_top1_drop_pct)
         if not ok:
             return PrecisionChoice("fp32", role, f"precision auto: int8 not taken, {why}")
-        return PrecisionChoice("int8", variant.file_role, f"precision auto on CPU: {why}")
-    return PrecisionChoice(wanted, variant.file_role, f"precision {asked}" + (" on a GPU" if asked == "auto" else ""))
+        return PrecisionChoice("int8", variant.file_role, f"precision auto on CPU: {why}", variant.technique == "dynamic")
+    return PrecisionChoice(wanted, variant.file_role, f"precision {asked}" + (" on a GPU" if asked == "auto" else ""),
+                           variant.technique == "dynamic")
 
 
 def planned_precision(manifest: Manifest, config: RuntimeConfig, role: str) -> str:
@@ -95,4 +97,4 @@ def load_encoder(bundle: Bundle, config: RuntimeConfig = RuntimeConfig(), role: 
     trt_cache_dir = (config.cache_dir / "tensorrt" / manifest.name / manifest.version / choice.precision
                      if config.cache_dir else None)
     return OnnxEncoder(bundle, role, providers, trt_cache_dir=trt_cache_dir, intra_op_threads=config.intra_op_threads,
-                       file_role=choice.file_role, precision=choice.precision)
+                       file_role=choice.file_role, precision=choice.precision, one_at_a_time=choice.one_at_a_time)

@@ -86,13 +86,20 @@ class OnnxEncoder(Encoder):
     the setting string, or a list already resolved. `trt_cache_dir`, when given, keeps TensorRT
     engines between restarts (building one takes minutes) outside the bundle, which stays read-only
     so its hashes hold. `intra_op_threads` is the threads per model call (see `session_options`).
+
+    `one_at_a_time` runs each item of a batch alone, on its own tokens. It is for dynamic int8
+    models: they scale each activation tensor by its range at run time, so in a batch one item's
+    scale would come from its neighbours (a short text beside a long one moved to cosine 0.988 of
+    itself alone). Alone, an item's vector never depends on what it was batched with.
     """
 
     def __init__(self, bundle: Bundle, role: str, providers: str | Sequence[str] = "auto", trt_cache_dir: Path | None = None,
-                 intra_op_threads: int = SERVING_INTRA_OP_THREADS, file_role: str | None = None, precision: str = "fp32"):
+                 intra_op_threads: int = SERVING_INTRA_OP_THREADS, file_role: str | None = None, precision: str = "fp32",
+                 one_at_a_time: bool = False):
         self.manifest = bundle.manifest
         self.role = role
         self.precision = precision
+        self.one_at_a_time = one_at_a_time
         self.path = path = bundle.file(file_role or role)  # the fp32 model's file, or its variant's
         provider_names = resolve_providers(providers) if isinstance(providers, str) else list(providers)
         provider_options = [_options_for(p, trt_cache_dir, precision) for p in provider_names]
@@ -124,6 +131,11 @@ class OnnxEncoder(Encoder):
         batch = np.ascontiguousarray(batch, dtype=self.input_dtype)  # (B, C, H, W), or (B, k, T) for k inputs
         arrays = split_inputs(batch, self.input_names, self.manifest.name)
         self._check_shape(arrays[0].shape)
+        if not self.one_at_a_time or len(arrays[0]) <= 1:
+            return self._run(arrays)
+        return np.concatenate([self._run([a[i : i + 1] for a in arrays]) for i in range(len(arrays[0]))])  # (B, D)
+
+    def _run(self, arrays: list[np.ndarray]) -> np.ndarray:
         if self.trims_padding:
             length = used_length(arrays[self.mask_index])  # the longest text's tokens: (B, T) -> (B, length)
             arrays = [np.ascontiguousarray(a[:, :length]) for a in arrays]

@@ -9,6 +9,7 @@ import export.sentence_transformers as st_import
 from export.onnx import ParityError
 from export.sentence_transformers import FolderError, import_sentence_transformer, read_folder
 from runtime.bundle import open_bundle
+from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
 from runtime.tokens import load_tokenizer, text_encoder_batch
 from runtime.vectors import rowwise_cosine
@@ -30,7 +31,8 @@ def reference(minilm_folder: Path):
 
 def test_the_bundle_embeds_as_sentence_transformers_does(minilm_artifacts: Path, reference):
     bundle = open_bundle(minilm_artifacts, "minilm")
-    encoder = load_encoder(bundle, role="text_encoder")  # the server's runtime, trimming padding as it serves
+    # the server's runtime, trimming padding as it serves, on the fp32 model the parity is about
+    encoder = load_encoder(bundle, RuntimeConfig(precision="fp32"), role="text_encoder")
     tokenizer = load_tokenizer(bundle.file("tokenizer"))
     got = encoder.encode(text_encoder_batch(tokenizer, UNSEEN))  # (4, 384)
     expected = reference.encode(UNSEEN, convert_to_numpy=True)  # (4, 384)
@@ -48,7 +50,24 @@ def test_the_manifest_records_what_serving_needs_and_the_parity(minilm_artifacts
     assert manifest.onnx_io("text_encoder").inputs == ("ids", "attention_mask")
     assert manifest.extra["parity_min_cosine"]["text_encoder"] >= 0.9999
     assert manifest.training_config["pooling"] == ["mean"] and manifest.training_config["normalize"] is True
-    assert manifest.source_checkpoint_sha256 and set(manifest.files) == {"text_encoder", "tokenizer"}
+    assert manifest.source_checkpoint_sha256 and set(manifest.files) == {"text_encoder", "tokenizer", "text_encoder_int8"}
+
+
+def test_the_int8_copy_is_scored_and_auto_serves_it_on_a_cpu(minilm_artifacts: Path, reference):
+    bundle = open_bundle(minilm_artifacts, "minilm")
+    (variant,) = bundle.manifest.variants
+    assert (variant.role, variant.precision, variant.technique) == ("text_encoder", "int8", "dynamic")
+    assert variant.top1_pct is None and 0.99 <= variant.mean_cosine < 1.0 and variant.min_cosine <= variant.mean_cosine
+    encoder = load_encoder(bundle, RuntimeConfig(precision="auto", execution_providers="CPUExecutionProvider"),
+                           role="text_encoder")
+    assert encoder.precision == "int8"
+    tokenizer = load_tokenizer(bundle.file("tokenizer"))
+    got = encoder.encode(text_encoder_batch(tokenizer, UNSEEN))  # (4, 384)
+    assert rowwise_cosine(got, reference.encode(UNSEEN, convert_to_numpy=True)).min() >= 0.97  # texts it was not scored on
+    # dynamic int8 scales activations by their range at run time: run in a batch, a text would move
+    # with its neighbours (cosine 0.988 here); the encoder runs each alone, so none does
+    for i, text in enumerate(UNSEEN):
+        np.testing.assert_allclose(encoder.encode(text_encoder_batch(tokenizer, [text]))[0], got[i], atol=1e-6)
 
 
 def test_an_import_that_disagrees_with_sentence_transformers_writes_nothing(tmp_path: Path, monkeypatch, reference,
