@@ -54,9 +54,12 @@ def _export(args: argparse.Namespace) -> None:
 def _import_sentence_transformers(args: argparse.Namespace) -> None:
     from export.sentence_transformers import import_sentence_transformer
 
-    bundle = import_sentence_transformer(args.folder, args.artifacts, args.name, version=args.version)
+    bundle = import_sentence_transformer(args.folder, args.artifacts, args.name, version=args.version,
+                                         int8=args.int8, fp16=args.fp16)
     cosine = bundle.manifest.extra["parity_min_cosine"]["text_encoder"]
     print(f"wrote {bundle.path}  (lowest cosine to sentence-transformers: {cosine:.6f})")
+    for v in bundle.manifest.variants:
+        print(f"  {v.precision} copy ({v.technique}): mean cosine to fp32 {v.mean_cosine:.4f}, lowest {v.min_cosine:.4f}")
 
 
 def _index_build(args: argparse.Namespace) -> None:
@@ -241,6 +244,8 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     st.add_argument("--name", required=True, help="bundle (model) name, as clients will ask for it")
     st.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
     st.add_argument("--version", help="bundle version (default: the next vN)")
+    st.add_argument("--no-int8", dest="int8", action="store_false", help="write no int8 copy (written by default, for CPUs)")
+    st.add_argument("--fp16", action="store_true", help="also write an fp16 copy, for GPUs")
     st.set_defaults(func=_import_sentence_transformers)
 
     index = commands.add_parser("index", help="build FAISS indexes").add_subparsers(dest="action", required=True)
