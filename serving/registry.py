@@ -276,7 +276,7 @@ class Registry:
         name = key[0]
         self._raise_if_failed(name)
         if name in manifests and manifests[name].kind not in ("image-text-encoder", "text-encoder"):
-            raise InvalidInput(f"model {name!r} is a {manifests[name].kind} and has no text tower; "
+            raise InvalidInput(f"model {name!r} ({manifests[name].kind}) has no text tower; "
                                f"name a text model (a CLIP model or a text encoder): {known}")
         raise UnknownModel(f"no text model named {_wanted(name, version)}; available: {known}")
 

@@ -116,7 +116,7 @@ class Settings(BaseSettings):
         0.0, ge=0, description="look for new `current` model and index versions this often (0: only on POST /admin/reload)"
     )
     api_keys: str = Field("", description="accepted API keys, comma-separated; with any set, requests need "
-                                           "`Authorization: Bearer <key>` (all but /healthz, /readyz)")
+                                           "`Authorization: Bearer <key>` (all but /healthz, /readyz and the playground page's files)")
     api_keys_file: Path | None = Field(None, description="a file of accepted keys' sha256 hex digests, one per line")
     allow_unauthenticated: bool = Field(False, description="serve a non-loopback address without keys anyway")
     allowed_hosts: str = Field("localhost,127.0.0.1,::1", description="Host header names answered (comma-separated; "
