@@ -126,6 +126,7 @@ def onnx_runners(bundle: Bundle, role: str, threads: int) -> tuple[list[Runner],
             continue
         encoder = OnnxEncoder(bundle, role, providers, intra_op_threads=threads, precision=precision,
                               file_role=variant.file_role if variant else None,
+                              one_at_a_time=variant is not None and variant.one_at_a_time,  # as the server runs it
                               trt_cache_dir=Path("bench/results/.trt-cache") if device == "TensorRT" else None)
         runners.append(Runner(f"onnxruntime {precision} ({device})", precision, encoder.encode, variant))
     return runners, notes

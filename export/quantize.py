@@ -294,7 +294,7 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
             technique, calibrated = "float16", 0
         else:
             raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
-        outputs, top1 = _scored(path, data, probe, one_at_a_time=technique == "dynamic")
+        outputs, top1 = _scored(path, data, probe, one_at_a_time=technique == "dynamic")  # as it serves (PrecisionVariant.one_at_a_time)
         low, mean = _agreement(reference, outputs)
         variant = PrecisionVariant(
             role=role, precision=precision, file_role=variant_file_role(role, precision), technique=technique,

@@ -130,6 +130,12 @@ class PrecisionVariant:
     min_cosine: float | None = None  # lowest row cosine of its outputs to the fp32 model's
     mean_cosine: float | None = None  # mean row cosine of its outputs to the fp32 model's
 
+    @property
+    def one_at_a_time(self) -> bool:
+        """Whether it must run each item alone: dynamic int8 scales each activation tensor by its
+        range at run time, so in a batch an item's vector would depend on its neighbours."""
+        return self.technique == "dynamic"
+
 
 @dataclass(frozen=True)
 class Manifest:

@@ -58,9 +58,9 @@ def choose_precision(manifest: Manifest, role: str, asked: str, providers: Seque
         ok, why = int8_within_bound(variant, max_top1_drop_pct)
         if not ok:
             return PrecisionChoice("fp32", role, f"precision auto: int8 not taken, {why}")
-        return PrecisionChoice("int8", variant.file_role, f"precision auto on CPU: {why}", variant.technique == "dynamic")
+        return PrecisionChoice("int8", variant.file_role, f"precision auto on CPU: {why}", variant.one_at_a_time)
     return PrecisionChoice(wanted, variant.file_role, f"precision {asked}" + (" on a GPU" if asked == "auto" else ""),
-                           variant.technique == "dynamic")
+                           variant.one_at_a_time)
 
 
 def planned_precision(manifest: Manifest, config: RuntimeConfig, role: str) -> str:

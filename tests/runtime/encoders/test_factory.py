@@ -87,6 +87,16 @@ def test_load_encoder_runs_the_file_of_the_precision_chosen(tmp_path: Path, writ
     assert cosine.min() > 0.99
 
 
+def test_a_dynamic_int8_model_embeds_an_item_the_same_whatever_its_batch(tmp_path: Path, write_variant_bundle):
+    bundle = read_bundle(write_variant_bundle(tmp_path))  # its int8 copy is dynamic: scales set per run
+    encoder = load_encoder(bundle, RuntimeConfig(execution_providers="cpu", precision="int8"))
+    assert encoder.precision == "int8" and encoder.one_at_a_time
+    rng = np.random.default_rng(0)
+    item = rng.normal(size=(1, 1, 8, 8)).astype(np.float32)
+    loud = 50 * rng.normal(size=(7, 1, 8, 8)).astype(np.float32)  # neighbours with a far wider range
+    np.testing.assert_allclose(encoder.encode(np.concatenate([item, loud]))[0], encoder.encode(item)[0], atol=1e-6)
+
+
 def test_a_missing_variant_falls_back_to_fp32_with_a_log_line(image_artifacts: Path, caplog):
     bundle = read_bundle(image_artifacts / "models" / "tiny" / "v1")
     with caplog.at_level(logging.WARNING, logger="runtime.encoders.factory"):
