@@ -200,11 +200,8 @@ def open_job_source(source: str, artifacts: Path, limits: ImageLimits = ImageLim
         raise SourceError(f"source {source!r}: {e}") from e
     ids = index.ids()  # (N,) int64, ascending
     records = index.metadata(ids)
-    # Indexes built before items recorded their source: the index's own source stands in
-    fallback = {"source": index.manifest.extra.get("source")} if index.manifest.extra.get("source") else {}
-
     def read(position: int):
-        return read_item({**fallback, **(records[position] or {})}, limits, roots)
+        return read_item(records[position] or {}, limits, roots, default_source=index.manifest.extra.get("source"))
 
     return ImageSource(source, len(ids), read, lambda position: records[position] or {}, ids)
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, FASHION_MNIST_CLASSES, load_fashion_mnist
-from runtime.preprocessing import ImageLimits, decode_image
+from runtime.preprocessing import ImageLimits, ImageTooLarge, decode_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 FASHION_MNIST_PREFIX = "fashion-mnist:"
@@ -90,12 +90,17 @@ def to_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(image), "L" if image.ndim == 2 else "RGB")
 
 
-def _read_file(path: Path, limits: ImageLimits, roots: Roots) -> Image.Image:
+def _read_file(path: Path, limits: ImageLimits, roots: Roots, resize: int | None = None) -> Image.Image:
     """Decode the image file `path` (confined to `roots`) with the same checks as an upload, so a
-    bomb or a corrupt file fails with a message naming it."""
+    bomb or a corrupt file fails with a message naming it; a file over the byte limit is refused
+    before it is read, and `resize` decodes it at about that size (runtime.preprocessing.load_pixels)."""
     real = confine(path, roots)
+    size = real.stat().st_size
+    if size > limits.max_bytes:
+        raise ImageTooLarge(f"{path}: image is {size:,} bytes; the limit is {limits.max_bytes:,} bytes")
     try:
-        return decode_image(real.read_bytes(), limits)
+        with open(real, "rb") as f:
+            return decode_image(f.read(limits.max_bytes + 1), limits, resize)  # + 1: a file grown since is refused too
     except ValueError as e:
         raise type(e)(f"{path}: {e}") from e
 
@@ -153,10 +158,13 @@ def manifest_source(manifest: Path, limits: ImageLimits = ImageLimits(), roots: 
 
 
 def read_item(record: dict[str, Any], limits: ImageLimits = ImageLimits(), roots: Roots = None,
-              fashion_mnist_root: Path = DEFAULT_FASHION_MNIST_ROOT) -> Image.Image:
+              fashion_mnist_root: Path = DEFAULT_FASHION_MNIST_ROOT, default_source: str | None = None,
+              resize: int | None = None) -> Image.Image:
     """The image a metadata record of this module describes, read again: a data set position, or
-    a path relative to its folder or manifest."""
-    source = str(record.get("source") or "")
+    a path relative to its folder or manifest. `default_source` stands in for a record that names
+    none (an index built before items recorded their source: its own); `resize` decodes a file at
+    about that size."""
+    source = str(record.get("source") or default_source or "")
     if source.startswith(FASHION_MNIST_PREFIX):
         images, _ = _fashion_mnist(source[len(FASHION_MNIST_PREFIX):], fashion_mnist_root)
         return to_pil(images[int(record["position"])])
@@ -164,7 +172,7 @@ def read_item(record: dict[str, Any], limits: ImageLimits = ImageLimits(), roots
         raise SourceError("the item records no source it can be read from again (index built before sources were recorded?)")
     base = Path(source)
     folder = base.parent if base.suffix in MANIFEST_SUFFIXES else base
-    return _read_file(folder / str(record["path"]), limits, roots)
+    return _read_file(folder / str(record["path"]), limits, roots, resize)
 
 
 _FASHION_MNIST_CACHE: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}

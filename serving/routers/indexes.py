@@ -145,19 +145,20 @@ def _thumbnail(index: VectorIndex, name: str, item_id: int, size: int, registry:
     record = index.metadata([item_id])[0] or {}
     # indexes built before items recorded their source: the index's own source stands in, as for jobs
     fallback = index.manifest.extra.get("source") if index.manifest else None
-    record = {**({"source": fallback} if fallback else {}), **record}
-    if not record.get("source") or not ("path" in record or "position" in record):
+    if not (record.get("source") or fallback) or not ("path" in record or "position" in record):
         raise InvalidInput(f"item {item_id} of index {name!r} records no image source (it was added as a vector or an "
                            "upload, not read from a data set, folder or manifest), so there is no image to show")
     settings = registry.settings
     with _thumbnail_decodes:
         try:
-            image = read_item(record, settings.image_limits(), settings.data_root_paths())
+            image = read_item(record, settings.image_limits(), settings.data_root_paths(), default_source=fallback,
+                              resize=size)  # decoded at about the thumbnail's size, not the file's
         except (SourceError, ImageError):
             raise  # mapped in serving/errors.py: outside the data roots 403; a bad file 413, 415 or 422
         except (OSError, LookupError, TypeError, ValueError) as e:  # gone from disk, or a record that is not one
             raise InvalidInput(f"the image of item {item_id} of index {name!r} cannot be read again from what its "
-                               f"metadata records (source {str(record['source'])[:200]!r}): {type(e).__name__}") from None
+                               f"metadata records (source {str(record.get('source') or fallback)[:200]!r}): "
+                               f"{type(e).__name__}") from None
         image = normalize_image(image, "L" if image.mode in ("1", "L") else "RGB")
         image.thumbnail((size, size))  # never enlarged: a 28-pixel image stays 28 pixels, the page scales it
     out = io.BytesIO()

@@ -1,0 +1,48 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.preprocessing import ImageLimits, ImageTooLarge
+from runtime.sources import SourceForbidden, folder_source, read_item
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Two class folders of one 64×48 PNG each."""
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / "pics" / name).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "pics" / name / "a.png")
+    return tmp_path / "pics"
+
+
+def test_an_item_reads_again_from_its_record_or_the_index_s_source(folder: Path):
+    source = folder_source(folder)
+    record = source.metadata(1)
+    assert record == {"source": str(folder.resolve()), "path": "dog/a.png", "class": "dog"}
+    again = read_item(record)
+    assert again.size == (64, 48) and np.array_equal(np.asarray(again), np.asarray(source.read(1)))
+    without = {k: v for k, v in record.items() if k != "source"}  # an index built before items recorded theirs
+    assert np.array_equal(np.asarray(read_item(without, default_source=str(folder))), np.asarray(again))
+
+
+def test_a_file_over_the_byte_limit_is_refused_naming_it(folder: Path):
+    record = folder_source(folder).metadata(0)
+    size = (folder / "cat" / "a.png").stat().st_size
+    with pytest.raises(ImageTooLarge, match=rf"cat/a\.png: image is {size:,} bytes; the limit is 100 bytes"):
+        read_item(record, ImageLimits(max_bytes=100))
+
+
+def test_resize_decodes_a_large_file_small(tmp_path: Path):
+    Image.new("RGB", (2000, 1000), "white").save(tmp_path / "big.png")
+    record = {"source": str(tmp_path), "path": "big.png"}
+    assert read_item(record).size == (2000, 1000)
+    assert max(read_item(record, resize=64).size) < 1000  # about 2 × 64 on the shorter side, not the file's
+
+
+def test_a_path_outside_the_roots_is_forbidden(folder: Path, tmp_path: Path):
+    record = folder_source(folder).metadata(0)
+    with pytest.raises(SourceForbidden):
+        read_item(record, roots=[tmp_path / "elsewhere"])
