@@ -49,9 +49,9 @@ from runtime.encoders.onnx_runtime import resolve_providers, session_options  # 
 from runtime.idx import load_fashion_mnist  # noqa: E402
 from runtime.preprocessing import preprocess_batch  # noqa: E402
 from runtime.sources import to_pil  # noqa: E402
-from serve_images import find_image_bundle, free_port, sample_pngs, summary, wait_ready, write_small_cnn_bundle  # noqa: E402
+from bench.http_client import HOST, free_port, latency_summary  # noqa: E402
+from serve_images import find_image_bundle, sample_pngs, wait_ready, write_small_cnn_bundle  # noqa: E402
 
-HOST = "127.0.0.1"
 OUT = Path(__file__).resolve().parent / "results" / "jobs.json"
 
 
@@ -147,7 +147,7 @@ async def drive(client: httpx.AsyncClient, requests: int, concurrency: int, unti
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall_s = time.perf_counter() - start
-    return {kind: summary(values, len(values), wall_s) for kind, values in latencies.items()}
+    return {kind: latency_summary(values, len(values), wall_s, "images") for kind, values in latencies.items()}
 
 
 async def bench_search(artifacts: Path, model: str, requests: int, concurrency: int, batch_size: int) -> dict:

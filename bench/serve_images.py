@@ -21,7 +21,6 @@ import asyncio
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench.charts import write_chart  # noqa: E402
+from bench.http_client import HOST, KeepAliveConnections, free_port, http_request, latency_summary  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, Manifest, OnnxIO, iter_current_bundles, open_bundle, write_bundle  # noqa: E402
 from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
@@ -48,7 +48,6 @@ from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist  # noqa: 
 
 CONCURRENCY = (1, 8, 32)
 TRITON_MODE = "batched, on Triton"
-HOST = "127.0.0.1"  # loopback only: the benchmark never listens on a public address
 STARTUP_TIMEOUT_S = 60.0
 
 
@@ -108,12 +107,6 @@ def sample_pngs(count: int, size: int) -> list[bytes]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def start_server(artifacts: Path, model: str, batching: bool, workers: int, port: int, max_batch_size: int,
                  max_wait_ms: float, triton_url: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_DEFAULT_IMAGE_MODEL": model,
@@ -145,85 +138,27 @@ async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, worker
     raise RuntimeError(f"the server was not ready within {STARTUP_TIMEOUT_S:.0f} s")
 
 
-def summary(latencies_s: list[float], images: int, wall_s: float) -> dict:
-    ms = np.asarray(latencies_s) * 1000.0
-    return {"images": images, "wall_s": round(wall_s, 3), "images_per_s": round(images / wall_s, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
-
-
 def multipart_request(png: bytes, port: int) -> bytes:
     """One whole `POST /embed/image` (HTTP/1.1, keep-alive, multipart with one file), built once per image."""
     boundary = b"embedservebenchboundary"
     body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n'
             b"Content-Type: image/png\r\n\r\n" + png + b"\r\n--" + boundary + b"--\r\n")
-    head = (f"POST /embed/image HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
-
-
-async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes]:
-    """Send one prebuilt request on a keep-alive connection → (status, body). The server answers with Content-Length."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    length = next((int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:")), None)
-    if length is None:
-        raise RuntimeError(f"response without Content-Length: {head[:200]!r}")
-    return status, await reader.readexactly(length)
-
-
-def process_cpu_s(*pids: int) -> float | None:
-    """CPU seconds (user + system, all threads) processes `pids` and their children (uvicorn's
-    workers, Triton's Python-backend stubs) have used so far; None off Linux."""
-    total, found, wanted = 0, False, {str(pid) for pid in pids}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, ...
-        except OSError:
-            continue  # a process that ended meanwhile
-        if stat.parent.name in wanted or fields[1] in wanted:
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-            found = True
-    return total / os.sysconf("SC_CLK_TCK") if found else None
+    return http_request("POST", "/embed/image", port, body, f"multipart/form-data; boundary={boundary.decode()}")
 
 
 async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, client: httpx.AsyncClient,
                 server_pids: tuple[int, ...], count_batches: bool = True) -> dict:
     """`requests` single-image POSTs, `concurrency` in flight at a time (one keep-alive connection
-    each); every answer must be 200. The client is raw asyncio streams with prebuilt request bytes,
-    so that it takes as little as it can of the CPU it shares with the server."""
-    latencies: list[float] = []
-    counter = iter(range(requests))
-    connections = [await asyncio.open_connection(HOST, port) for _ in range(concurrency)]
-
-    async def worker(reader, writer) -> None:
-        for i in counter:
-            start = time.perf_counter()
-            status, body = await post(reader, writer, requests_bytes[i % len(requests_bytes)])
-            latencies.append(time.perf_counter() - start)
-            if status != 200:
-                raise RuntimeError(f"/embed/image answered {status}: {body[:200]!r}")
-
-    try:
-        # warm-up: one request per connection at once pays for lazy initialisation
-        await asyncio.gather(*(post(r, w, requests_bytes[0]) for r, w in connections))
+    each); every answer must be 200."""
+    async with KeepAliveConnections(port, concurrency) as connections:
+        await connections.warm_up(requests_bytes[:1])
         rows_before, calls_before = await batch_counts(client) if count_batches else (0.0, 0.0)
-        server_cpu_start, cpu_start, start = process_cpu_s(*server_pids), time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker(r, w) for r, w in connections))
-        wall_s = time.perf_counter() - start
-        client_cpu_s = time.process_time() - cpu_start
-        server_cpu_end = process_cpu_s(*server_pids)
+        run = await connections.drive(requests_bytes, requests, server_pids)
         rows_after, calls_after = await batch_counts(client) if count_batches else (0.0, 0.0)
-    finally:
-        for _, writer in connections:
-            writer.close()
     # several workers: /metrics answers from one of them, so their batch sizes cannot be summed here
     mean_batch = round((rows_after - rows_before) / max(1.0, calls_after - calls_before), 1) if count_batches else None
     # client_cpu, server_cpu: cores this (client) process and the server's processes (the gateway, and Triton's) used meanwhile
-    server_cpu = None if server_cpu_start is None else round((server_cpu_end - server_cpu_start) / wall_s, 2)
-    return summary(latencies, requests, wall_s) | {"mean_batch": mean_batch, "client_cpu": round(client_cpu_s / wall_s, 2),
-                                                   "server_cpu": server_cpu}
+    return latency_summary(run.latencies_s, requests, run.wall_s, "images") | {"mean_batch": mean_batch} | run.cores()
 
 
 async def batch_counts(client: httpx.AsyncClient) -> tuple[float, float]:
@@ -297,7 +232,8 @@ def bench_raw(bundle: Bundle, pngs: list[bytes], requests: int) -> dict:
             t = time.perf_counter()
             session.run(None, {input_name: batch})
             latencies.append(time.perf_counter() - t)
-        results[("raw onnxruntime", c)] = summary(latencies, calls * c, time.perf_counter() - start) | {"mean_batch": float(c)}
+        results[("raw onnxruntime", c)] = (latency_summary(latencies, calls * c, time.perf_counter() - start, "images")
+                                           | {"mean_batch": float(c)})
         print(f"  raw onnxruntime batch={c}: {results[('raw onnxruntime', c)]}", flush=True)
     return results
 

@@ -26,7 +26,6 @@ import itertools
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -42,21 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from embedserve.demo import CLIP_INDEX, CLIP_MODEL, IMAGE_INDEX, SIMCLR_MODEL, WORDS_MODEL  # noqa: E402
 from bench.charts import write_chart  # noqa: E402
+from bench.http_client import HOST, PooledClient, free_port, http_request  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import BundleError, open_bundle  # noqa: E402
 from runtime.idx import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 
-HOST = "127.0.0.1"
 CONCURRENCY = 16  # clients of the closed loop that measures capacity
 MAX_OUTSTANDING = 2048  # open-loop requests in flight at most; past it an arrival counts as "dropped by the client"
 WORDS = ["king", "queen", "ocean", "river", "bread", "music", "winter", "horse", "paper", "stone"]
 RESULTS = Path(__file__).resolve().parent / "results" / "soak.json"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -92,11 +85,8 @@ class Mix:
         requests = []
         for _ in range(count):
             kind, method, path, body = self.draw()
-            data = json.dumps(body).encode() if body is not None else b""
-            head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            if body is not None:
-                head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-            requests.append((kind, (head + "\r\n").encode() + data))
+            data = json.dumps(body).encode() if body is not None else None
+            requests.append((kind, http_request(method, path, port, data, "application/json")))
         return requests
 
     def _some_images(self, most: int) -> list[str]:
@@ -163,48 +153,12 @@ class Tally:
                 "latency_by_kind": by_kind_ms}
 
 
-class RawClient:
-    """HTTP/1.1 over keep-alive connections, as light as a client can be (the benchmark shares the
-    machine with the server): prebuilt request bytes out, the status line and Content-Length in."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def request(self, raw: bytes) -> str:
-        reused = bool(self.idle)
-        reader, writer = self.idle.pop() if reused else await asyncio.open_connection(HOST, self.port)
-        try:
-            writer.write(raw)
-            try:
-                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
-            except asyncio.IncompleteReadError as e:
-                if reused and not e.partial:  # an idle connection the server closed (keep-alive timeout): retry once
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(HOST, self.port)
-                    writer.write(raw)
-                    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
-                else:
-                    raise
-            status = head.split(" ", 2)[1]
-            length = int(head.split("content-length:", 1)[1].split("\r\n", 1)[0])
-            await reader.readexactly(length)
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
-            writer.close()
-            return f"error:{type(e).__name__}"
-        if "connection: close" in head:
-            writer.close()
-        else:
-            self.idle.append((reader, writer))
-        return status
-
-
-async def send(client: RawClient, tally: Tally, kind: str, raw: bytes, scheduled: float) -> None:
+async def send(client: PooledClient, tally: Tally, kind: str, raw: bytes, scheduled: float) -> None:
     tally.add(kind, await client.request(raw), time.perf_counter() - scheduled)
 
 
 async def closed_loop(port: int, requests: list[tuple[str, bytes]], seconds: float) -> tuple[float, Tally]:
-    tally, client = Tally(), RawClient(port)
+    tally, client = Tally(), PooledClient(port)
     deadline = time.perf_counter() + seconds
     draws = itertools.cycle(requests)
 
@@ -222,7 +176,7 @@ async def closed_loop(port: int, requests: list[tuple[str, bytes]], seconds: flo
 async def open_loop(port: int, requests: list[tuple[str, bytes]], rate: float, seconds: float, job_every_s: float,
                     pid: int) -> dict:
     tally, health, rss, jobs = Tally(), [], [], []
-    raw, draws = RawClient(port), itertools.cycle(requests)
+    raw, draws = PooledClient(port), itertools.cycle(requests)
     async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=120) as client:
         started = time.perf_counter()
         end = started + seconds

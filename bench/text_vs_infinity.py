@@ -35,15 +35,14 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
-sys.path.insert(0, str(ROOT / "bench"))
 
 from bench.charts import write_chart  # noqa: E402
+from bench.http_client import HOST, KeepAliveConnections, free_port, http_request, latency_summary  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, BundleError, open_bundle  # noqa: E402
 from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
 from runtime.tokens import encode_batch, load_tokenizer, used_length  # noqa: E402
 from runtime.vectors import rowwise_cosine  # noqa: E402
-from serve_images import HOST, free_port, post, process_cpu_s  # noqa: E402  (the same raw client as the image bench)
 from serving.settings import Settings  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
@@ -215,48 +214,18 @@ def stop(server: subprocess.Popen) -> None:
 def embeddings_request(path: str, port: int, text: str) -> bytes:
     """One whole `POST <path>` with one text, OpenAI's body, built once per text."""
     body = json.dumps({"model": MODEL, "input": [text], "encoding_format": "float"}).encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
-
-
-def summary(latencies_s: list[float], requests: int, wall_s: float) -> dict:
-    ms = np.asarray(latencies_s) * 1000.0
-    return {"requests": requests, "wall_s": round(wall_s, 3), "requests_per_s": round(requests / wall_s, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return http_request("POST", path, port, body, "application/json")
 
 
 async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, server_pid: int) -> dict:
     """`requests` one-text POSTs, `concurrency` in flight at a time; every answer must be 200."""
-    latencies: list[float] = []
-    counter = iter(range(requests))
-    connections = [await asyncio.open_connection(HOST, port) for _ in range(concurrency)]
-
-    async def worker(reader, writer) -> None:
-        for i in counter:
-            start = time.perf_counter()
-            status, body = await post(reader, writer, requests_bytes[i % len(requests_bytes)])
-            latencies.append(time.perf_counter() - start)
-            if status != 200:
-                raise RuntimeError(f"answered {status}: {body[:300]!r}")
-
-    try:
-        for _ in range(2):  # warm-up: every connection, twice, at once (lazy initialisation, first batches)
-            await asyncio.gather(*(post(r, w, requests_bytes[i % len(requests_bytes)]) for i, (r, w) in enumerate(connections)))
-        server_cpu_start, cpu_start, start = process_cpu_s(server_pid), time.process_time(), time.perf_counter()
-        await asyncio.gather(*(worker(r, w) for r, w in connections))
-        wall_s = time.perf_counter() - start
-        client_cpu_s = time.process_time() - cpu_start
-        server_cpu_end = process_cpu_s(server_pid)
-    finally:
-        for _, writer in connections:
-            writer.close()
-    used_s = None if server_cpu_start is None else server_cpu_end - server_cpu_start
+    async with KeepAliveConnections(port, concurrency) as connections:
+        await connections.warm_up(requests_bytes, rounds=2)  # lazy initialisation, first batches
+        run = await connections.drive(requests_bytes, requests, (server_pid,))
     # server_cpu: the cores it used meanwhile; cpu_ms_per_request: its CPU time per answer, which depends
     # far less than requests/s on how much of the machine other work left it
-    return summary(latencies, requests, wall_s) | {
-        "client_cpu": round(client_cpu_s / wall_s, 2), "server_cpu": None if used_s is None else round(used_s / wall_s, 2),
-        "cpu_ms_per_request": None if used_s is None else round(used_s * 1000 / requests, 2)}
+    return latency_summary(run.latencies_s, requests, run.wall_s, "requests") | run.cores() | {
+        "cpu_ms_per_request": None if run.server_cpu_s is None else round(run.server_cpu_s * 1000 / requests, 2)}
 
 
 async def bench_server(name: str, start, ready_path: str, embed_path: str, inputs: dict[str, list[str]],
@@ -309,7 +278,8 @@ def bench_raw(bundle: Bundle, inputs: dict[str, list[str]], requests: dict[str, 
                 t = time.perf_counter()
                 session.run(None, feed)
                 latencies.append(time.perf_counter() - t)
-            cells[(kind, c)] = summary(latencies, calls * c, time.perf_counter() - start) | {"batch": c, "tokens": length}
+            cells[(kind, c)] = (latency_summary(latencies, calls * c, time.perf_counter() - start, "requests")
+                                | {"batch": c, "tokens": length})
             print(f"  raw onnxruntime, {threads} thread(s), {kind} batch={c}: {cells[(kind, c)]}", flush=True)
     return {"cells": cells, "intra_op_threads": threads}
 
