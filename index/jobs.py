@@ -200,8 +200,10 @@ def open_job_source(source: str, artifacts: Path, limits: ImageLimits = ImageLim
         raise SourceError(f"source {source!r}: {e}") from e
     ids = index.ids()  # (N,) int64, ascending
     records = index.metadata(ids)
+    fallback = index.manifest.extra.get("source")  # a str: Ray ships this closure to its workers, not the index
+
     def read(position: int):
-        return read_item(records[position] or {}, limits, roots, default_source=index.manifest.extra.get("source"))
+        return read_item(records[position] or {}, limits, roots, default_source=fallback)
 
     return ImageSource(source, len(ids), read, lambda position: records[position] or {}, ids)
 
