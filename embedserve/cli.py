@@ -21,13 +21,15 @@ ARTIFACTS_HELP = "folder of models/, indexes/, checkpoints/ (default: ./artifact
 
 
 def _train_word2vec(args: argparse.Namespace) -> None:
-    from embedserve.pipelines import train_word2vec_bundle
+    from embedserve.pipelines import curves_note, train_word2vec_bundle
     from training.methods.word2vec import Word2VecConfig
 
     base = Word2VecConfig.quick(*[args.corpus] if args.corpus else []) if args.quick else None  # GCIDE by default
     config = config_from_args(Word2VecConfig, args, base)
     bundle = train_word2vec_bundle(config, args.artifacts, args.name, args.checkpoint, args.resume)
     print(f"wrote {bundle.path}  metrics: {bundle.manifest.metrics}")
+    if note := curves_note(bundle):
+        print(note)
 
 
 def _train_torch_method(args: argparse.Namespace) -> None:
@@ -188,7 +190,11 @@ def _add_train_commands(train) -> None:
     w2v.add_argument("--checkpoint", type=Path, help="checkpoint path (default: <artifacts>/checkpoints/<name>.pt)")
     w2v.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     w2v.add_argument("--quick", action="store_true", help="start from the quick demo profile (GCIDE)")
-    add_config_arguments(w2v, Word2VecConfig)
+    # the config's own field, declared here for its default's help; config_from_args reads it
+    w2v.add_argument("--log-path", metavar="PATH",
+                     help="JSON-lines metrics log, appended to, its curves drawn beside it as a PNG and copied into "
+                          "the bundle (default: <artifacts>/logs/<name>.jsonl)")
+    add_config_arguments(w2v, Word2VecConfig, skip=("log_path",))
     w2v.set_defaults(func=_train_word2vec)
 
     from embedserve.pipelines import config_class

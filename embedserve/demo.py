@@ -60,10 +60,12 @@ def _has_index(name: str) -> Callable[[Path], bool]:
 
 
 def _train_words(artifacts: Path) -> None:
-    from embedserve.pipelines import train_word2vec_bundle
+    from embedserve.pipelines import curves_note, train_word2vec_bundle
     from training.methods.word2vec import Word2VecConfig
 
-    train_word2vec_bundle(Word2VecConfig.quick(), artifacts, WORDS_MODEL)  # one skip-gram epoch over GCIDE
+    note = curves_note(train_word2vec_bundle(Word2VecConfig.quick(), artifacts, WORDS_MODEL))  # one skip-gram epoch over GCIDE
+    if note:
+        print(f"  {note}", flush=True)
 
 
 def _train_quick(method: str, name: str) -> Callable[[Path], None]:

@@ -50,11 +50,16 @@ def evaluate_word_vectors(vectors, vocab: list[str]) -> dict[str, Any]:
 def train_word2vec_bundle(
     config, artifacts: Path, name: str, checkpoint: Path | None = None, resume: bool = False
 ) -> Bundle:
-    """Train word2vec with `config`, evaluate it, and export a word-vectors bundle named `name`."""
+    """Train word2vec with `config`, evaluate it, and export a word-vectors bundle named `name`
+    with its training curves; the metrics log goes to `config.log_path`, by default
+    `artifacts/logs/<name>.jsonl` as the other methods' does (train_and_export)."""
+    import dataclasses
+
     from export.word_vectors import export_word_vectors
     from training.methods.word2vec import train_word2vec
 
     checkpoint = checkpoint or Path(artifacts) / "checkpoints" / f"{name}.pt"
+    config = dataclasses.replace(config, log_path=config.log_path or str(Path(artifacts) / "logs" / f"{name}.jsonl"))
     result = train_word2vec(config, checkpoint_path=checkpoint, resume=resume)
     metrics = evaluate_word_vectors(result.vectors, result.vocab)
     metrics["words_per_second"] = round(result.words_per_second)

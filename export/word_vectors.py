@@ -1,4 +1,5 @@
-"""Write a word-vectors bundle: `vectors.npy`, `vocab.txt` (word and count) and the manifest.
+"""Write a word-vectors bundle: `vectors.npy`, `vocab.txt` (word and count), the training curves
+when the run drew them (export.curves) and the manifest.
 
 `export_word_vectors` reads a word2vec checkpoint (training/methods/word2vec.py writes them);
 `write_word_vectors_bundle` takes arrays directly, for callers that already hold them.
@@ -6,11 +7,14 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from export.curves import copy_training_curves
 from runtime.bundle import Bundle, Manifest, sha256_file, write_bundle
 
 
@@ -32,24 +36,30 @@ def write_word_vectors_bundle(
     if bad:
         raise ValueError(f"words must be non-empty and free of tabs and newlines: {bad[:5]}")
 
-    def write_files(folder: Path) -> None:
-        np.save(folder / "vectors.npy", vectors)
-        with open(folder / "vocab.txt", "w", encoding="utf-8") as f:
-            f.writelines(f"{word}\t{int(count)}\n" for word, count in zip(vocab, counts))
+    with tempfile.TemporaryDirectory(prefix="embedserve-export-") as scratch:
+        # copied once, before the manifest names it, so the bundle holds the PNG its manifest hashes
+        curves = copy_training_curves(training_config or {}, Path(scratch))
 
-    manifest = Manifest(
-        name=name,
-        kind="word-vectors",
-        method="word2vec",
-        dim=int(vectors.shape[1]),
-        normalized=False,
-        files={"vectors": "vectors.npy", "vocab": "vocab.txt"},
-        training_config=training_config or {},
-        metrics=metrics or {},
-        extra={"vocab_size": len(vocab), "tokenization": {"lowercase": True, "split": "non-letters"}},
-        source_checkpoint_sha256=source_checkpoint_sha256,
-    )
-    return write_bundle(artifacts, manifest, write_files, version=version)
+        def write_files(folder: Path) -> None:
+            np.save(folder / "vectors.npy", vectors)
+            with open(folder / "vocab.txt", "w", encoding="utf-8") as f:
+                f.writelines(f"{word}\t{int(count)}\n" for word, count in zip(vocab, counts))
+            for file in curves.values():
+                shutil.copyfile(Path(scratch) / file, folder / file)
+
+        manifest = Manifest(
+            name=name,
+            kind="word-vectors",
+            method="word2vec",
+            dim=int(vectors.shape[1]),
+            normalized=False,
+            files={"vectors": "vectors.npy", "vocab": "vocab.txt", **curves},
+            training_config=training_config or {},
+            metrics=metrics or {},
+            extra={"vocab_size": len(vocab), "tokenization": {"lowercase": True, "split": "non-letters"}},
+            source_checkpoint_sha256=source_checkpoint_sha256,
+        )
+        return write_bundle(artifacts, manifest, write_files, version=version)
 
 
 def export_word_vectors(

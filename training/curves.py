@@ -1,5 +1,6 @@
-"""Training curves: the loop's JSON-lines log drawn as a PNG beside it (loss per step and per
-epoch, and each per-epoch evaluation metric), which export copies into the bundle.
+"""Training curves: the JSON-lines metrics log of a run (the loop's, word2vec's) drawn as a PNG
+beside it (loss per step and per epoch, and each per-epoch evaluation metric), which export
+copies into the bundle.
 
 matplotlib is imported only to draw (runtime.plotting); without it training logs one line saying
 how to install it and goes on, since the checkpoint, not the picture, is what training is for.
@@ -18,13 +19,36 @@ from runtime.plotting import PlotDependencyError, pyplot, save_figure
 log = logging.getLogger(__name__)
 
 # How the metrics that methods' evaluate() return are labelled on the chart; others by their key.
-METRIC_LABELS = {"knn_top1_pct": "kNN top-1 on held-out images (%)"}
+METRIC_LABELS = {
+    "knn_top1_pct": "kNN top-1 on held-out images (%)",
+    "analogy_accuracy": "analogy accuracy (Google questions, 3CosAdd)",
+    "wordsim353_spearman": "WordSim-353 Spearman",
+}
+# The x axis of the loss, by the "step_unit" a run's "start" record names; the loop's runs name none.
+STEP_LABELS = {"optimiser step": "optimiser step", "words": "corpus words trained"}
 _warned_missing = False  # the install hint is logged once per process, not once per epoch
 
 
 def curves_path(log_path: Path | str) -> Path:
     """Where the curves of the log at `log_path` go: beside it, `<log name>.png`."""
     return Path(log_path).with_suffix(".png")
+
+
+class RunLog:
+    """Appends one run's records to a JSON-lines log, each tagged with the method and flushed at
+    once, so that a run that dies loses nothing it logged and read_run finds what it needs."""
+
+    def __init__(self, log_path: Path | str, method: str):
+        self.path, self.method = Path(log_path), method
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({"method": self.method, **record}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def read_run(log_path: Path | str) -> list[dict[str, Any]]:
@@ -54,6 +78,7 @@ def plot_curves(log_path: Path | str, out: Path | str | None = None) -> Path:
         raise ValueError(f"{log_path} holds no step or epoch record yet")
     metrics = sorted({k for r in epochs for k, v in (r.get("eval") or {}).items() if _is_number(v)})
     method = next((r["method"] for r in records if "method" in r), "training")
+    step_unit = next((r["step_unit"] for r in records if r.get("kind") == "start" and "step_unit" in r), "optimiser step")
 
     plt = pyplot()
     figure, axes = plt.subplots(1, 2 if metrics else 1, figsize=(11 if metrics else 6.5, 4.2), squeeze=False)
@@ -64,7 +89,7 @@ def plot_curves(log_path: Path | str, out: Path | str | None = None) -> Path:
     if epochs:
         loss_axes.plot([r["step"] for r in epochs], [r["loss"] for r in epochs], color="tab:blue", marker="o",
                        linewidth=2, label="epoch mean")
-    loss_axes.set(title=f"{method}: training loss", xlabel="optimiser step", ylabel="loss")
+    loss_axes.set(title=f"{method}: training loss", xlabel=STEP_LABELS.get(step_unit, step_unit), ylabel="loss")
     loss_axes.grid(alpha=0.3)
     loss_axes.legend()
     if metrics:

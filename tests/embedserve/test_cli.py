@@ -50,6 +50,22 @@ def test_train_simclr_on_tiny_data_writes_a_servable_bundle_with_its_curves(tmp_
     assert f"training curves: {drawn} (beside its log), {copy} (in the bundle)" in capsys.readouterr().out
 
 
+def test_train_word2vec_writes_its_log_and_curves_beside_it_and_into_the_bundle(tmp_path, capsys):
+    from runtime.bundle import TRAINING_CURVES_ROLE, open_bundle
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the king and the queen rule the land of the king\n\n" * 300, encoding="utf-8")
+    argv = ["train", "word2vec", "--corpus", str(corpus), "--min-count", "1", "--dim", "8", "--epochs", "1",
+            "--device", "numba", "--artifacts", str(tmp_path), "--name", "tiny-words"]
+    assert main(argv) == 0
+    bundle = open_bundle(tmp_path, "tiny-words")
+    log = tmp_path / "logs" / "tiny-words.jsonl"
+    assert bundle.manifest.training_config["log_path"] == str(log) and '"kind": "epoch"' in log.read_text()
+    drawn, copy = log.with_suffix(".png"), bundle.file(TRAINING_CURVES_ROLE)
+    assert copy.read_bytes() == drawn.read_bytes()
+    assert f"training curves: {drawn} (beside its log), {copy} (in the bundle)" in capsys.readouterr().out
+
+
 def test_plot_index_writes_a_map_and_says_where(tmp_path, capsys):
     import numpy as np
     from PIL import Image

@@ -63,3 +63,18 @@ def test_a_log_with_nothing_to_draw_is_a_clear_error(tmp_path):
     write_log(log, [{"kind": "start", "epoch": 0, "step": 0}])
     with pytest.raises(ValueError, match="no step or epoch record"):
         plot_curves(log)
+
+
+def test_a_run_log_appends_records_read_run_reads_each_tagged_with_its_method(tmp_path):
+    from training.curves import RunLog
+
+    path = tmp_path / "logs" / "w2v.jsonl"
+    for start in (0, 0):  # a second fresh run appends, and read_run keeps only it
+        log = RunLog(path, "word2vec")
+        log.write({"kind": "start", "epoch": 0, "step": start, "step_unit": "words"})
+        log.write({"kind": "step", "epoch": 1, "step": 100, "loss": 2.0})
+        log.close()
+    assert len(path.read_text().splitlines()) == 4
+    assert read_run(path) == [{"method": "word2vec", "kind": "start", "epoch": 0, "step": 0, "step_unit": "words"},
+                              {"method": "word2vec", "kind": "step", "epoch": 1, "step": 100, "loss": 2.0}]
+    assert plot_curves(path).is_file()

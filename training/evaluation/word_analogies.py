@@ -23,13 +23,16 @@ def evaluate_word_analogies(
     questions_path: str | Path,
     restrict_vocab: int = 300_000,
     case_insensitive: bool = True,
+    max_questions: int | None = None,
 ) -> dict:
     """3CosAdd accuracy per section and overall, on the `restrict_vocab` most frequent words.
 
     vectors (V, D) with row i for vocab[i], most frequent first. A question counts only when
     its four words are among those words (else it is skipped); its answer is the word whose
     unit vector is closest to unit(b) - unit(a) + unit(c), the three question words excluded.
-    Sections named "gram*" are syntactic, the others semantic.
+    Sections named "gram*" are syntactic, the others semantic. `max_questions` bounds the cost:
+    at most that many of the covered questions, evenly spaced through the file so that every
+    section keeps its share (None = all of them).
     """
     vectors = np.asarray(vectors, dtype=np.float32)[:restrict_vocab]  # (R, D)
     keys = [w.upper() if case_insensitive else w for w in vocab[: len(vectors)]]
@@ -38,6 +41,8 @@ def evaluate_word_analogies(
         key_to_index.setdefault(key, i)  # case variants share the most frequent one's vector
 
     sections, questions, skipped = _read_questions(Path(questions_path), key_to_index, case_insensitive)
+    if max_questions is not None and len(questions) > max_questions:
+        questions = [questions[i] for i in np.linspace(0, len(questions) - 1, max_questions).round().astype(int)]
     answers = _answer(vectors, keys, questions)  # (Q,) predicted key per covered question
 
     correct = np.zeros(len(sections), dtype=np.int64)

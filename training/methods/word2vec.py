@@ -5,11 +5,13 @@ Reads top to bottom: the config (with a `quick` profile for the demo), the resul
 epochs on one of two backends: the numba kernel on CPU (training.methods.word2vec_kernel) or
 batched torch on a GPU (training.models.word2vec + training.losses.negative_sampling). Both
 follow word2vec.c: subsampling of frequent words, a dynamic window, unigram^0.75 negatives,
-and a learning rate falling linearly from `alpha` to `min_alpha` over all epochs.
+and a learning rate falling linearly from `alpha` to `min_alpha` over all epochs. With a
+`log_path`, training writes the loop's JSON-lines metrics log and curves (word2vec_log).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -33,6 +35,8 @@ from training.data.vocab import (
 )
 from training.losses.negative_sampling import negative_sampling_loss
 from training.methods import word2vec_kernel
+from training.methods.word2vec_examples import cbow_examples, skipgram_pairs
+from training.methods.word2vec_log import Word2VecLog
 from training.models.word2vec import Word2VecModel
 from training.device import choose_device, seed_everything
 
@@ -64,11 +68,14 @@ class Word2VecConfig:
     workers: int = 0  # CPU threads for the numba kernel; 0 = all cores
     device: str = "auto"  # "auto" (CUDA -> torch, else numba), "numba", or a torch device ("cpu", "cuda", "cuda:1")
     batch_words: int = 10_000  # torch backend: corpus words turned into one batch of examples per SGD step
+    # logging
+    log_path: str | None = None  # JSON-lines metrics log, appended to, its curves drawn beside it as a PNG; None = no log
+    log_points_per_epoch: int = 10  # loss estimates logged per epoch, evenly spaced over its words (the demo trains one epoch)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
-        for name in ("dim", "window", "epochs", "min_count", "batch_words"):
+        for name in ("dim", "window", "epochs", "min_count", "batch_words", "log_points_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.negative < 1:
@@ -111,10 +118,11 @@ class Word2VecResult:
     compile_seconds: float  # numba compile or cache load; 0 on the torch backend
     epochs_done: int
     cpu_seconds: float = 0.0  # CPU time of this process (all threads) over those epochs: on a shared machine, what the training itself cost
+    curves_path: str | None = None  # the training curves' PNG beside the log; None without a log or without matplotlib
 
 
 # Config fields a resumed run may change; any other difference means a different model.
-_RESUMABLE_CHANGES = {"epochs", "workers", "device", "batch_words"}
+_RESUMABLE_CHANGES = {"epochs", "workers", "device", "batch_words", "log_path", "log_points_per_epoch"}
 
 
 def train_word2vec(
@@ -126,7 +134,8 @@ def train_word2vec(
     """Train word vectors; checkpoint after every epoch; with `resume`, continue a checkpoint.
 
     Resuming reuses the checkpoint's vocabulary and tables and carries on at `epochs_done`,
-    the learning rate taking up its schedule where it stopped.
+    the learning rate taking up its schedule where it stopped, and its log where the
+    checkpoint was saved (training.curves.read_run).
     """
     seed_everything(config.seed)
     started = time.perf_counter()
@@ -159,24 +168,40 @@ def train_word2vec(
         else _TorchBackend(config, vocab, input_vectors, output_vectors, choose_device(config.device))
     )
     compile_seconds = backend.prepare()
+    run_log = Word2VecLog(config, vocab, corpus, backend.live_model(), epochs_done) if config.log_path else None
 
     bar = tqdm(
         total=total_words, initial=epochs_done * words_per_epoch, unit="word", unit_scale=True,
         disable=not progress, desc=f"word2vec {config.architecture}",
     )  # fmt: skip
     train_seconds, cpu_seconds, effective_words, epochs_run = 0.0, 0.0, 0, 0
-    with bar:
+    with bar, run_log or contextlib.nullcontext():
         for epoch in range(epochs_done, config.epochs):
             epoch_start_words = epoch * words_per_epoch
+
+            def epoch_alpha(words: int, start: int = epoch_start_words) -> float:
+                return alpha_at(start + words)  # after `words` of this epoch
+
+            def on_progress(words: int, _effective: int) -> None:
+                bar.update(words)
+                if run_log is not None:
+                    run_log.advance(words)
+
+            if run_log is not None:
+                run_log.begin_epoch(epoch, epoch_alpha)
             epoch_started, epoch_cpu_started = time.perf_counter(), time.process_time()
-            effective_words += backend.run_epoch(
-                corpus, epoch, lambda w: alpha_at(epoch_start_words + w), lambda words, _: bar.update(words)
-            )
-            train_seconds += time.perf_counter() - epoch_started
+            effective_words += backend.run_epoch(corpus, epoch, epoch_alpha, on_progress)
+            epoch_seconds = time.perf_counter() - epoch_started
+            train_seconds += epoch_seconds
             cpu_seconds += time.process_time() - epoch_cpu_started
             epochs_run += 1
             words_done = epoch_start_words + words_per_epoch
             bar.set_postfix(epoch=epoch + 1, alpha=f"{alpha_at(words_done):.5f}")
+            if run_log is not None:
+                record = run_log.end_epoch(epoch_seconds)
+                if progress:
+                    shown = "".join(f", {k} {v:.3f}" for k, v in record.get("eval", {}).items())
+                    bar.write(f"word2vec epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}{shown}, {epoch_seconds:.1f} s")
             if checkpoint_path is not None:
                 input_vectors, output_vectors = backend.tables()
                 save_checkpoint(
@@ -206,6 +231,7 @@ def train_word2vec(
         compile_seconds=compile_seconds,
         cpu_seconds=cpu_seconds,
         epochs_done=max(epochs_done, config.epochs),
+        curves_path=run_log.curves_path if run_log is not None else None,
     )
 
 
@@ -269,6 +295,10 @@ class _NumbaBackend:
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
         return self.kernel_tables.input_vectors.copy(), self.kernel_tables.output_vectors.copy()
 
+    def live_model(self) -> Word2VecModel:
+        """The live tables as a torch module, for the metrics log: a view of them, not a copy."""
+        return Word2VecModel(self.kernel_tables.input_vectors, self.kernel_tables.output_vectors)
+
 
 class _TorchBackend:
     """The batched path (for GPUs): each block of `batch_words` corpus words becomes one batch
@@ -328,51 +358,8 @@ class _TorchBackend:
             self.model.output.weight.detach().cpu().numpy().copy(),
         )
 
-
-def _window_spans(n: int, window: int, rng: np.random.Generator) -> np.ndarray:
-    """Per centre word, the dynamic window actually used: uniform in 1..window."""
-    return window - rng.integers(0, window, size=n)  # (n,)
-
-
-def skipgram_pairs(ids: np.ndarray, sentences: np.ndarray, window: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(context, centre) word pairs of a run of subsampled words, vectorised over offsets.
-
-    ids (n,) word ids and sentences (n,) the sentence each came from; pairs never cross a
-    sentence. Returns contexts (P,) and centres (P,), the centre being the word to predict.
-    """
-    spans = _window_spans(len(ids), window, rng)  # (n,)
-    contexts, centres = [], []
-    for offset in range(1, window + 1):
-        left, right = np.arange(len(ids) - offset), np.arange(offset, len(ids))  # positions offset apart
-        same = sentences[left] == sentences[right]
-        for centre, context in ((left, right), (right, left)):
-            ok = same & (spans[centre] >= offset)
-            contexts.append(ids[context[ok]])
-            centres.append(ids[centre[ok]])
-    return np.concatenate(contexts), np.concatenate(centres)
-
-
-def cbow_examples(
-    ids: np.ndarray, sentences: np.ndarray, window: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """CBOW examples of a run of subsampled words: context ids (B, 2W), mask (B, 2W), centres (B,).
-
-    Centres with no context word in their window (one-word sentences) are left out.
-    """
-    n = len(ids)
-    spans = _window_spans(n, window, rng)  # (n,)
-    context = np.zeros((n, 2 * window), dtype=ids.dtype)
-    mask = np.zeros((n, 2 * window), dtype=bool)
-    positions = np.arange(n)
-    for offset in range(1, window + 1):
-        for column, neighbour in ((2 * offset - 2, positions - offset), (2 * offset - 1, positions + offset)):
-            inside = (neighbour >= 0) & (neighbour < n)
-            ok = np.zeros(n, dtype=bool)
-            ok[inside] = (sentences[neighbour[inside]] == sentences[inside]) & (spans[inside] >= offset)
-            context[ok, column] = ids[neighbour[ok]]
-            mask[ok, column] = True
-    has_context = mask.any(axis=1)
-    return context[has_context], mask[has_context], ids[has_context]
+    def live_model(self) -> Word2VecModel:
+        return self.model  # the module being trained
 
 
 def config_from_dict(values: dict[str, Any]) -> Word2VecConfig:

@@ -54,3 +54,13 @@ def test_semantic_and_syntactic_split_the_sections(tmp_path):
     assert result["semantic"] == 1.0 and result["syntactic"] == 0.0
     assert result["total"] == {"correct": 1, "incorrect": 1, "accuracy": 0.5}
     assert result["covered"] == 2 and result["skipped"] == 1
+
+
+def test_max_questions_scores_an_evenly_spread_share_of_every_section(analogy_vectors):
+    words, vectors = analogy_vectors
+    full = evaluate_word_analogies(vectors, words, gensim_test_file(ANALOGIES))
+    bounded = evaluate_word_analogies(vectors, words, gensim_test_file(ANALOGIES), max_questions=500)
+    assert bounded["covered"] == 500 and full["covered"] > 10_000
+    scored = [s["correct"] + s["incorrect"] for s in bounded["sections"]]
+    shares = [500 * (s["correct"] + s["incorrect"]) / full["covered"] for s in full["sections"]]
+    assert all(abs(n - share) <= 1 for n, share in zip(scored, shares))  # each section keeps its share

@@ -1,6 +1,7 @@
 """Tiny SimCLR and MAE checkpoints trained for two steps on scikit-learn's digits, shared by the method tests."""
 
 import pytest
+import torch
 
 from training.methods.mae import MAEConfig, train_mae
 from training.methods.simclr import SimCLRConfig, train_simclr
@@ -22,3 +23,12 @@ def mae_run(tmp_path_factory):
                              epochs=1, batch_size=32, max_steps_per_epoch=2, device="cpu",
                              checkpoint_path=str(folder / "mae.pt"), log_path=str(folder / "mae.jsonl"))
     return config, train_mae(config)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny torch ops run fastest on one thread, above all on a machine that is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

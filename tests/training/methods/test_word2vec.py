@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from training.checkpoint import load_checkpoint
 from training.methods.word2vec import Word2VecConfig, train_word2vec
@@ -38,15 +37,6 @@ def nearest_neighbour_class_accuracy(vocab, vectors) -> float:
     similarity[:, ~np.array(is_class_word)] = -np.inf  # neighbours among class words only
     hits = [vocab[int(np.argmax(similarity[i]))][:2] == w[:2] for i, w in enumerate(vocab) if is_class_word[i]]
     return float(np.mean(hits))
-
-
-@pytest.fixture
-def one_torch_thread():
-    """Tiny torch ops run fastest on one thread, above all on a machine that is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("architecture", ["skipgram", "cbow"])
