@@ -89,7 +89,7 @@ def text_vs_infinity(result: Result, plt):
     ours = [s for s in servers if s.startswith("embedserve")]
     peers = [s for s in servers if s not in ours]
     for axes, kind in zip(panels, inputs):
-        for group, colours, dash in ((ours, ("tab:blue", "tab:cyan", "navy"), "-"),
+        for group, colours, dash in ((ours, ("tab:blue", "tab:cyan", "navy", "tab:purple"), "-"),
                                      (peers, ("tab:orange", "tab:red", "sienna"), "--")):
             for server, colour in zip(group, colours):
                 cells = sorted((r for r in rows if r["server"] == server and r["input"] == kind), key=lambda r: r["concurrency"])

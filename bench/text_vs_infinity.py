@@ -99,7 +99,9 @@ def packaged_model_folder() -> Path:
 def imported_bundle(artifacts: Path, folder: Path) -> Bundle:
     """The embedserve bundle of `folder`, imported once (in a child process: torch stays out of the client)."""
     try:
-        return open_bundle(artifacts, MODEL)
+        bundle = open_bundle(artifacts, MODEL)
+        if bundle.manifest.variant("text_encoder", "int8") is not None:
+            return bundle  # else imported before imports wrote an int8 copy: import it again, as the next version
     except BundleError:
         pass
     subprocess.run([sys.executable, "-m", "embedserve", "import", "sentence-transformers", str(folder), "--name", MODEL,
@@ -166,9 +168,9 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFL
            "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
 
 
-def start_embedserve(artifacts: Path, threads: int, port: int, log) -> subprocess.Popen:
+def start_embedserve(artifacts: Path, threads: int, precision: str, port: int, log) -> subprocess.Popen:
     env = {**os.environ, **OFFLINE, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_DEFAULT_TEXT_MODEL": MODEL,
-           "EMBEDSERVE_ONNX_INTRA_OP_THREADS": str(threads)}
+           "EMBEDSERVE_ONNX_INTRA_OP_THREADS": str(threads), "EMBEDSERVE_PRECISION": precision}
     command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST,
                "--port", str(port), "--log-level", "warning", "--no-access-log"]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -305,12 +307,12 @@ def print_table(results: dict[str, dict], raw: dict[str, dict]) -> None:
     print("c: concurrent requests of one text each; raw onnxruntime: batches of c pre-tokenised texts (req/s = texts/s)")
 
 
-def ratios(results: dict[str, dict], raw: dict[str, dict], threads: dict[str, int]) -> dict:
+def ratios(results: dict[str, dict], raw: dict[str, dict], configs: dict[str, tuple[int, str]]) -> dict:
     """Per embedserve configuration and (input, c): its requests/s over the best infinity engine's,
-    its p99 over that engine's, and its requests/s over raw onnxruntime with the same threads."""
+    its p99 over that engine's, and its requests/s over raw fp32 onnxruntime with the same threads."""
     peers = {name: r for name, r in results.items() if name.startswith("infinity")}
     out = {}
-    for ours, count in threads.items():
+    for ours, (count, _) in configs.items():
         for (kind, c), cell in results[ours]["cells"].items():
             ceiling = raw[raw_name(count)]["cells"][(kind, c)]["requests_per_s"]
             entry = {"gateway_over_raw_onnxruntime": round(cell["requests_per_s"] / ceiling, 3)}
@@ -326,8 +328,8 @@ def ratios(results: dict[str, dict], raw: dict[str, dict], threads: dict[str, in
     return out
 
 
-def embedserve_name(threads: int) -> str:
-    return f"embedserve ({threads} thread{'s' if threads != 1 else ''})"
+def embedserve_name(threads: int, precision: str) -> str:
+    return f"embedserve {precision} ({threads} thread{'s' if threads != 1 else ''})"
 
 
 def raw_name(threads: int) -> str:
@@ -342,6 +344,9 @@ def main() -> None:
     parser.add_argument("--engines", default="torch,optimum", help="infinity engines to run, comma-separated ('' for none)")
     parser.add_argument("--threads", default=f"{Settings().onnx_intra_op_threads},2",
                         help="embedserve's onnxruntime threads per call, one server each (default: the setting's default, and 2)")
+    parser.add_argument("--precisions", default="fp32,int8",
+                        help="EMBEDSERVE_PRECISION of embedserve's servers, one server each per thread count "
+                             "(int8: the import's dynamic int8 copy, run one text at a time)")
     parser.add_argument("--requests", type=int, default=256, help="requests per cell of short texts")
     parser.add_argument("--long-requests", type=int, default=128, help=f"requests per cell of {LONG_TOKENS}-token texts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "text_vs_infinity.json")
@@ -362,11 +367,13 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     failures: dict[str, str] = {}
-    threads = {embedserve_name(int(t)): int(t) for t in dict.fromkeys(args.threads.split(","))}
-    for name, count in threads.items():
+    configs = {embedserve_name(int(t), p): (int(t), p) for p in dict.fromkeys(args.precisions.split(","))
+               for t in dict.fromkeys(args.threads.split(","))}
+    for name, (count, precision) in configs.items():
         results[name] = asyncio.run(bench_server(
-            name, lambda port, log, count=count: start_embedserve(scratch / "artifacts", count, port, log), "/readyz",
-            "/v1/embeddings", inputs, requests, reference, reference_texts, scratch))
+            name, lambda port, log, count=count, precision=precision: start_embedserve(
+                scratch / "artifacts", count, precision, port, log),
+            "/readyz", "/v1/embeddings", inputs, requests, reference, reference_texts, scratch))
     engines = [e for e in args.engines.split(",") if e]
     version = None
     if engines:
@@ -387,11 +394,11 @@ def main() -> None:
             except (RuntimeError, subprocess.CalledProcessError) as e:
                 failures[name] = str(e)
                 print(f"  {name} failed: {e}", flush=True)
-    raw = {raw_name(count): bench_raw(bundle, inputs, requests, count) for count in dict.fromkeys(threads.values())}
+    raw = {raw_name(count): bench_raw(bundle, inputs, requests, count) for count in dict.fromkeys(c for c, _ in configs.values())}
     machine = machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx")
 
     print_table(results, raw)
-    table = ratios(results, raw, threads)
+    table = ratios(results, raw, configs)
     for cell, entry in table.items():
         print(f"{cell}: {entry}")
     for name, why in failures.items():
@@ -428,8 +435,9 @@ def main() -> None:
                                               "unoptimised model")},
         "settings": {"requests_per_cell": requests, "texts_per_request": 1, "short_text_tokens": [min(short_tokens), max(short_tokens)],
                      "long_text_tokens": LONG_TOKENS, "embedserve": "uvicorn, 1 worker, default settings (batching on, "
-                     f"max_batch_size {Settings().max_batch_size}) but EMBEDSERVE_ONNX_INTRA_OP_THREADS, one server per count "
-                     f"(the default is {Settings().onnx_intra_op_threads})",
+                     f"max_batch_size {Settings().max_batch_size}) but EMBEDSERVE_ONNX_INTRA_OP_THREADS and EMBEDSERVE_PRECISION, one "
+                     f"server per pair (the defaults: {Settings().onnx_intra_op_threads} thread, precision "
+                     f"{Settings().precision}, which runs the int8 copy on a CPU); int8 runs each text alone",
                      "client": "raw asyncio streams in the bench process, prebuilt POST requests with OpenAI's body, one "
                                "keep-alive connection per concurrent request; client_cpu and server_cpu are the cores each used"},
         "results": [{"server": name, "input": kind, "concurrency": c, **cell}
