@@ -58,3 +58,18 @@ def test_the_page_loads_without_a_key_while_the_api_still_needs_one(client: Test
 def test_the_page_is_not_part_of_the_api_it_calls(client: TestClient):
     paths = client.get("/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()["paths"]
     assert "/" not in paths and not any(p.startswith("/playground/") for p in paths)
+
+
+def test_an_installed_package_carries_the_page(tmp_path):
+    # the Docker image installs the project, not the checkout: the page's files must be in the wheel
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).parents[3]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(root)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("embedserve-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"serving/playground/{name}" for name in ["index.html", *ASSETS]} <= names
