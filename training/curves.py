@@ -96,10 +96,13 @@ def plot_curves(log_path: Path | str, out: Path | str | None = None) -> Path:
         metric_axes = axes[0][1]
         for metric in metrics:
             points = [(r["epoch"], r["eval"][metric]) for r in epochs if _is_number((r.get("eval") or {}).get(metric))]
-            metric_axes.plot(*zip(*points), marker="o", linewidth=2, label=METRIC_LABELS.get(metric, metric))
+            # the latest value in the legend: a one-epoch run (the demo's) has a dot per metric and no line
+            metric_axes.plot(*zip(*points), marker="o", linewidth=2, label=f"{METRIC_LABELS.get(metric, metric)}: {points[-1][1]:.3g}")
         metric_axes.set(title=f"{method}: evaluation after each epoch", xlabel="epoch",
                         ylabel=METRIC_LABELS[metrics[0]] if len(metrics) == 1 and metrics[0] in METRIC_LABELS else "value")
-        metric_axes.xaxis.get_major_locator().set_params(integer=True)
+        evaluated = [r["epoch"] for r in epochs if r.get("eval")]
+        metric_axes.set_xlim(min(evaluated) - 0.5, max(evaluated) + 0.5)  # whole epochs, even for one
+        metric_axes.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)
         metric_axes.grid(alpha=0.3)
         metric_axes.legend()
     figure.tight_layout()

@@ -16,19 +16,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from training.curves import RunLog, write_curves
 from training.data.text import EncodedCorpus
 from training.data.vocab import Vocabulary, keep_probabilities, negative_sampling_probabilities
 from training.evaluation.word_monitor import WordVectorMonitor
-from training.losses.negative_sampling import negative_sampling_loss
 from training.methods.word2vec_examples import cbow_examples, skipgram_pairs
-from training.models.word2vec import Word2VecModel
 
-# 2048 examples: the estimate's sampling noise (about 0.03 on GCIDE's skip-gram loss of ~2.3) is
-# well under the curve's fall, and one estimate costs about 5 ms against an epoch's tens of seconds.
+# The tables being trained, (V, D) float32 input and output vectors: views where they live in host memory.
+Tables = Callable[[], tuple[np.ndarray, np.ndarray]]
+
+# 2048 examples: the estimate's sampling noise (a standard error of 0.02 on the quick profile's
+# final skip-gram loss of 2.34) is well under the curve's fall, and one estimate takes about 2 ms.
 LOSS_SAMPLE_EXAMPLES = 2048
 # Corpus words the sample's examples are drawn from: whole sentences picked at random, enough of
 # them that a few long ones cannot dominate the sample.
@@ -38,17 +37,17 @@ _SAMPLE_STREAM = 104_729  # the sample's random numbers: a stream of its own, so
 
 @dataclass(frozen=True)
 class LossSample:
-    """Examples in the form Word2VecModel takes them, on its device."""
+    """Examples as the backends train them: one hidden vector (a context word's input vector, or
+    the mean of a CBOW window's) predicts a target's output vector against K noise words'."""
 
-    context: Tensor  # (B,) skip-gram context words, or (B, 2W) CBOW context windows
-    context_mask: Tensor | None  # (B, 2W) CBOW: 1 for a real context word, 0 for padding; None for skip-gram
-    targets: Tensor  # (B,) the word each example predicts
-    negatives: Tensor  # (B, K) noise words, drawn once from unigram^0.75
-    negative_mask: Tensor  # (B, K) 0 where a noise word is the target itself (the kernel skips those)
+    context: np.ndarray  # (B,) skip-gram context words, or (B, 2W) CBOW context windows
+    context_mask: np.ndarray | None  # (B, 2W) CBOW: True for a real context word, False for padding; None for skip-gram
+    targets: np.ndarray  # (B,) the word each example predicts
+    negatives: np.ndarray  # (B, K) noise words, drawn once from unigram^0.75
+    negative_mask: np.ndarray  # (B, K) False where a noise word is the target itself (the kernel skips those)
 
 
-def draw_loss_sample(config: Any, vocab: Vocabulary, corpus: EncodedCorpus, device: torch.device,
-                     examples: int = LOSS_SAMPLE_EXAMPLES) -> LossSample:
+def draw_loss_sample(config: Any, vocab: Vocabulary, corpus: EncodedCorpus, examples: int = LOSS_SAMPLE_EXAMPLES) -> LossSample:
     """A fixed sample of the examples training sees, drawn as training draws them (subsampling,
     dynamic window, negatives), the same for every run with this `config.seed` and corpus.
 
@@ -74,24 +73,30 @@ def draw_loss_sample(config: Any, vocab: Vocabulary, corpus: EncodedCorpus, devi
     chosen = np.sort(rng.choice(len(targets), size=min(examples, len(targets)), replace=False))  # (B,)
     targets = targets[chosen]
     negatives = rng.choice(len(vocab), size=(len(chosen), config.negative), p=negative_sampling_probabilities(vocab.counts))
-
-    def tensor(array: np.ndarray, dtype: torch.dtype = torch.long) -> Tensor:
-        return torch.as_tensor(array, dtype=dtype, device=device)
-
     return LossSample(
-        context=tensor(context[chosen]),
-        context_mask=tensor(mask[chosen], torch.float32) if mask is not None else None,
-        targets=tensor(targets),
-        negatives=tensor(negatives),
-        negative_mask=tensor(negatives != targets[:, None], torch.float32),
+        context=context[chosen],
+        context_mask=mask[chosen] if mask is not None else None,
+        targets=targets,
+        negatives=negatives,
+        negative_mask=negatives != targets[:, None],
     )
 
 
-def sample_loss(model: Word2VecModel, sample: LossSample) -> float:
-    """Mean over the sample of -log sigmoid(h.u) - sum_k log sigmoid(-h.n_k): the loss both backends minimise."""
-    with torch.inference_mode():
-        hidden, positive, noise = model(sample.context, sample.context_mask, sample.targets, sample.negatives)
-        return float(negative_sampling_loss(hidden, positive, noise, sample.negative_mask)) / len(sample.targets)
+def sample_loss(input_vectors: np.ndarray, output_vectors: np.ndarray, sample: LossSample) -> float:
+    """Mean over the sample of -log sigmoid(h.u) - sum_k log sigmoid(-h.n_k), the loss both backends
+    minimise (training.losses.negative_sampling, summed there). In numpy, not torch: torch's
+    intra-op threads, fighting the kernel's threads for the same cores, made one estimate take
+    about 100 ms on 2 busy cores, where numpy takes about 2 ms."""
+    if sample.context_mask is None:
+        hidden = input_vectors[sample.context]  # (B, D)
+    else:
+        mask = sample.context_mask[..., None]  # (B, 2W, 1)
+        hidden = (input_vectors[sample.context] * mask).sum(axis=1) / mask.sum(axis=1)  # (B, D) the window's mean
+    positive = np.einsum("bd,bd->b", hidden, output_vectors[sample.targets])  # (B,)
+    negative = np.einsum("bkd,bd->bk", output_vectors[sample.negatives], hidden)  # (B, K)
+    # -log sigmoid(x) = log(1 + e^-x), without overflow
+    loss = np.logaddexp(0, -positive) + (np.logaddexp(0, negative) * sample.negative_mask).sum(axis=1)  # (B,)
+    return float(loss.mean())
 
 
 class Word2VecLog:
@@ -99,16 +104,17 @@ class Word2VecLog:
     1/`config.log_points_per_epoch` of an epoch's words, and an "epoch" record with the epoch's
     mean of those and the word-vector scores, the curves redrawn after each epoch.
 
-    `model` views the tables being trained. On the CPU backend the Hogwild threads write them
+    `tables` gives the tables being trained. On the CPU backend the Hogwild threads write them
     while the log reads them; a row caught half-updated moves an estimate over thousands of
     examples by far less than its sampling noise, and not stopping the threads is what keeps
-    the log nearly free.
+    the log nearly free. The kernel reports progress about five times a second, so an epoch
+    shorter than a couple of seconds gets fewer points (its last one always).
     """
 
-    def __init__(self, config: Any, vocab: Vocabulary, corpus: EncodedCorpus, model: Word2VecModel, epochs_done: int):
-        self.config, self.vocab, self.model = config, vocab, model
+    def __init__(self, config: Any, vocab: Vocabulary, corpus: EncodedCorpus, tables: Tables, epochs_done: int):
+        self.config, self.vocab, self.tables = config, vocab, tables
         self.words_per_epoch = len(corpus.ids)
-        self.sample = draw_loss_sample(config, vocab, corpus, model.input.weight.device)
+        self.sample = draw_loss_sample(config, vocab, corpus)
         self.monitor = WordVectorMonitor()
         self.log = RunLog(config.log_path, "word2vec")
         start_words = epochs_done * self.words_per_epoch
@@ -116,7 +122,7 @@ class Word2VecLog:
         self.log.write({"kind": "start", "epoch": epochs_done, "step": start_words, "epochs": config.epochs,
                         "steps_per_epoch": self.words_per_epoch, "step_unit": "words"})
         if epochs_done == 0:  # the untrained loss, (1 + K) log 2 with zero output vectors: where the curve begins
-            self.log.write({"kind": "step", "epoch": 0, "step": 0, "loss": sample_loss(model, self.sample)})
+            self.log.write({"kind": "step", "epoch": 0, "step": 0, "loss": sample_loss(*tables(), self.sample)})
         self.curves_path: str | None = None
 
     def begin_epoch(self, epoch: int, alpha_at: Callable[[int], float]) -> None:
@@ -135,7 +141,7 @@ class Word2VecLog:
             return
         while self.due and self.words >= self.due[0]:
             self.due.pop(0)
-        loss = sample_loss(self.model, self.sample)  # a diverged loss is raised at the epoch's end, not here under the threads
+        loss = sample_loss(*self.tables(), self.sample)  # a diverged loss is raised at the epoch's end, not here under the threads
         self.losses.append(loss)
         now = time.perf_counter()
         self.log.write({"kind": "step", "epoch": self.epoch + 1, "step": self.epoch * self.words_per_epoch + self.words,
@@ -147,7 +153,7 @@ class Word2VecLog:
         """Score the vectors, log the epoch, redraw the curves; returns the epoch's record."""
         if not all(math.isfinite(loss) for loss in self.losses):
             raise FloatingPointError(f"word2vec: loss {self.losses} in epoch {self.epoch + 1}; lower alpha")
-        vectors = self.model.input.weight.detach().cpu().numpy()  # (V, D), a view on the CPU backend
+        vectors, _ = self.tables()  # (V, D)
         scores = {k: float(v) for k, v in self.monitor(vectors, self.vocab.words).items()}
         record = {"kind": "epoch", "epoch": self.epoch + 1, "step": (self.epoch + 1) * self.words_per_epoch,
                   "loss": float(np.mean(self.losses)), "epoch_time_s": epoch_time_s, **({"eval": scores} if scores else {})}
