@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import random
 import time
@@ -25,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.curves import write_curves
+from training.curves import RunLog, write_curves
 from training.device import choose_device, seed_everything
 
 
@@ -166,15 +165,11 @@ def fit(method: Method, data: Dataset | DataLoader, config: LoopConfig, resume: 
             "rng": _rng_state(), "loop_config": asdict(config), **method.checkpoint_extra(),
         })
 
-    log_file = None
-    if config.log_path:
-        Path(config.log_path).parent.mkdir(parents=True, exist_ok=True)
-        log_file = open(config.log_path, "a")
+    log_file = RunLog(config.log_path, method.name) if config.log_path else None
 
     def log(record: dict[str, Any]) -> None:
         if log_file is not None:
-            log_file.write(json.dumps({"method": method.name, **record}) + "\n")
-            log_file.flush()
+            log_file.write(record)
 
     evaluate = getattr(method, "evaluate", None)
     train_start = time.perf_counter()
