@@ -1,4 +1,5 @@
-"""Tiny SimCLR and MAE checkpoints trained for two steps on scikit-learn's digits, shared by the method tests."""
+"""Tiny SimCLR and MAE checkpoints trained for two steps on scikit-learn's digits, shared by the
+method tests, and a word2vec run killed after its first checkpoint."""
 
 import pytest
 import torch
@@ -32,3 +33,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def killed_after_first_checkpoint(monkeypatch):
+    """run(config, checkpoint): train word2vec until its first checkpoint is on disk, then die there
+    as a killed run would (KeyboardInterrupt), leaving that checkpoint to resume from."""
+    import training.methods.word2vec as word2vec
+
+    def run(config, checkpoint) -> None:
+        real_save = word2vec.save_checkpoint
+
+        def save_then_crash(path, state):
+            real_save(path, state)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(word2vec, "save_checkpoint", save_then_crash)
+        with pytest.raises(KeyboardInterrupt):
+            word2vec.train_word2vec(config, checkpoint_path=checkpoint, progress=False)
+        monkeypatch.setattr(word2vec, "save_checkpoint", real_save)
+
+    return run

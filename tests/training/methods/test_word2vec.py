@@ -52,26 +52,13 @@ def test_learns_planted_classes(planted_corpus, architecture, device, one_torch_
     assert nearest_neighbour_class_accuracy(result.vocab, result.vectors) >= 0.95
 
 
-def test_resume_continues_the_schedule_where_it_stopped(planted_corpus, tmp_path, monkeypatch):
+def test_resume_continues_the_schedule_where_it_stopped(planted_corpus, tmp_path, killed_after_first_checkpoint):
     """An interrupted run resumed from its checkpoint ends where an uninterrupted run ends."""
-    import training.methods.word2vec as word2vec
-
     config = Word2VecConfig(corpus=str(planted_corpus), device="numba", workers=1, dim=8, epochs=2, min_count=1)
     straight = train_word2vec(config, progress=False)
 
-    saves = []
-    real_save = word2vec.save_checkpoint
-
-    def save_then_crash(path, state):
-        real_save(path, state)
-        saves.append(state["epochs_done"])
-        raise KeyboardInterrupt  # the run dies right after its first checkpoint
-
-    monkeypatch.setattr(word2vec, "save_checkpoint", save_then_crash)
     checkpoint = tmp_path / "w2v.pt"
-    with pytest.raises(KeyboardInterrupt):
-        train_word2vec(config, checkpoint_path=checkpoint, progress=False)
-    monkeypatch.setattr(word2vec, "save_checkpoint", real_save)
+    killed_after_first_checkpoint(config, checkpoint)
 
     state = load_checkpoint(checkpoint)
     assert set(state) == {"method", "config", "vocab", "counts", "input_vectors", "output_vectors",

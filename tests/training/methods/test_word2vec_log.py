@@ -66,21 +66,10 @@ def test_the_log_has_a_falling_loss_per_step_and_the_scores_per_epoch(analogy_co
         assert image.format == "PNG" and image.size == (1100, 420)  # loss, and the scores per epoch
 
 
-def test_a_resumed_run_continues_the_log_of_the_run_it_resumes(analogy_corpus, tmp_path, monkeypatch):
-    import training.methods.word2vec as word2vec
-
+def test_a_resumed_run_continues_the_log_of_the_run_it_resumes(analogy_corpus, tmp_path, killed_after_first_checkpoint):
     c = config(analogy_corpus, tmp_path, device="numba", workers=1, epochs=2)
-    real_save = word2vec.save_checkpoint
-
-    def save_then_crash(path, state):
-        real_save(path, state)
-        raise KeyboardInterrupt  # the run dies right after its first checkpoint
-
-    monkeypatch.setattr(word2vec, "save_checkpoint", save_then_crash)
     checkpoint = tmp_path / "w2v.pt"
-    with pytest.raises(KeyboardInterrupt):
-        train_word2vec(c, checkpoint_path=checkpoint, progress=False)
-    monkeypatch.setattr(word2vec, "save_checkpoint", real_save)
+    killed_after_first_checkpoint(c, checkpoint)
     train_word2vec(c, checkpoint_path=checkpoint, resume=True, progress=False)
 
     lines = [json.loads(line) for line in (tmp_path / "logs" / "w2v.jsonl").read_text().splitlines()]
