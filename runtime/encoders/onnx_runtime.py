@@ -8,7 +8,9 @@ so one encoder serves every request thread and the micro-batcher alike.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +92,9 @@ class OnnxEncoder(Encoder):
     `one_at_a_time` runs each item of a batch alone, on its own tokens. It is for dynamic int8
     models: they scale each activation tensor by its range at run time, so in a batch one item's
     scale would come from its neighbours (a short text beside a long one moved to cosine 0.988 of
-    itself alone). Alone, an item's vector never depends on what it was batched with.
+    itself alone). Alone, an item's vector never depends on what it was batched with. Items being
+    independent then, the `intra_op_threads` budget runs that many items at once, one thread
+    each, rather than splitting one item's small matrices between threads.
     """
 
     def __init__(self, bundle: Bundle, role: str, providers: str | Sequence[str] = "auto", trt_cache_dir: Path | None = None,
@@ -100,6 +104,10 @@ class OnnxEncoder(Encoder):
         self.role = role
         self.precision = precision
         self.one_at_a_time = one_at_a_time
+        parallel_items = (intra_op_threads or os.cpu_count() or 1) if one_at_a_time else 1
+        self._items = ThreadPoolExecutor(parallel_items, thread_name_prefix="onnx-item") if parallel_items > 1 else None
+        if self._items is not None:
+            intra_op_threads = 1  # the threads go to items side by side instead
         self.path = path = bundle.file(file_role or role)  # the fp32 model's file, or its variant's
         provider_names = resolve_providers(providers) if isinstance(providers, str) else list(providers)
         provider_options = [_options_for(p, trt_cache_dir, precision) for p in provider_names]
@@ -133,7 +141,11 @@ class OnnxEncoder(Encoder):
         self._check_shape(arrays[0].shape)
         if not self.one_at_a_time or len(arrays[0]) <= 1:
             return self._run(arrays)
-        return np.concatenate([self._run([a[i : i + 1] for a in arrays]) for i in range(len(arrays[0]))])  # (B, D)
+        def one(i: int) -> np.ndarray:
+            return self._run([a[i : i + 1] for a in arrays])  # (1, D)
+
+        rows = range(len(arrays[0]))
+        return np.concatenate(list(self._items.map(one, rows)) if self._items is not None else [one(i) for i in rows])  # (B, D)
 
     def _run(self, arrays: list[np.ndarray]) -> np.ndarray:
         if self.trims_padding:
@@ -150,6 +162,8 @@ class OnnxEncoder(Encoder):
             raise ValueError(f"model {self.manifest.name} takes input shape {expected}, got {tuple(shape)}")
 
     def close(self) -> None:
+        if self._items is not None:
+            self._items.shutdown(wait=False)
         self.session = None  # onnxruntime frees the session (and GPU memory) when it is collected
 
 

@@ -95,6 +95,10 @@ def test_a_dynamic_int8_model_embeds_an_item_the_same_whatever_its_batch(tmp_pat
     item = rng.normal(size=(1, 1, 8, 8)).astype(np.float32)
     loud = 50 * rng.normal(size=(7, 1, 8, 8)).astype(np.float32)  # neighbours with a far wider range
     np.testing.assert_allclose(encoder.encode(np.concatenate([item, loud]))[0], encoder.encode(item)[0], atol=1e-6)
+    # with two threads, two items run side by side, each alone: the same vectors
+    two = load_encoder(bundle, RuntimeConfig(execution_providers="cpu", precision="int8", intra_op_threads=2))
+    batch = np.concatenate([item, loud])
+    np.testing.assert_array_equal(two.encode(batch), encoder.encode(batch))
 
 
 def test_a_missing_variant_falls_back_to_fp32_with_a_log_line(image_artifacts: Path, caplog):
