@@ -1,30 +1,34 @@
-# The two commands a new user runs: `make demo` and `make test`. Both set everything up first:
-# a virtual environment with the project and its dev extras, and the Debian data packages.
+# The two commands a new user runs: `make demo` and `make test`. Both set everything up first: a
+# virtual environment with the project (and, for the tests, its dev extra) and the Debian data packages.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# the project with what serving, training, export and the demo need; then what the tests need too
+# (pytest, Ray, Milvus Lite, Playwright, ...)
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 DATA_PACKAGES := dict-gcide dataset-fashion-mnist openclipart-png
-TEST_PACKAGES := chromium  # the playground's browser test drives Debian's Chromium (no browser download)
+# the playground's browser test drives Debian's Chromium (no browser download)
+TEST_PACKAGES := chromium
 
-.PHONY: demo test fuzz screenshots setup data browser serve clean
+.PHONY: demo test fuzz screenshots setup setup-dev data browser serve clean
 
 demo: setup
 	$(BIN)/embedserve demo
 
-test: setup browser
+test: setup-dev browser
 	$(BIN)/python -m pytest
 
 # The schemathesis run over the live server's OpenAPI that `make test` makes short, made long:
 # FUZZ_EXAMPLES cases per operation and generation mode (same seed, so a failure reproduces).
 FUZZ_EXAMPLES ?= 500
-fuzz: setup
+fuzz: setup-dev
 	EMBEDSERVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/serving/test_openapi_fuzz.py
 
 # The README's pictures of the playground (docs/screenshots/*.png): its browser test, one screenshot
 # per tab, on the demo's models when `make demo` has made them (else on the test's tiny ones).
 DEMO_CLIP_INDEX := artifacts/indexes/fashion-mnist-test-clip/current
-screenshots: setup browser
+screenshots: setup-dev browser
 	@if [ -f $(DEMO_CLIP_INDEX) ]; then artifacts=$(CURDIR)/artifacts; else artifacts=""; \
 		echo "no demo artifacts (make demo makes them): the screenshots show the test's tiny untrained models"; fi; \
 	EMBEDSERVE_PLAYGROUND_ARTIFACTS=$$artifacts EMBEDSERVE_SCREENSHOTS=docs/screenshots \
@@ -33,12 +37,18 @@ screenshots: setup browser
 serve: setup
 	$(BIN)/embedserve serve
 
+# The demo installs no test tools, so a first `make demo` spends its minutes on the models.
 setup: $(STAMP) data
+setup-dev: $(DEV_STAMP) data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --progress-bar on --no-cache-dir -e '.[cpu,train,plot,dev]'
+	$(BIN)/pip install --progress-bar on --no-cache-dir -e '.[cpu,train,plot]'
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install --progress-bar on --no-cache-dir -e '.[cpu,train,plot,dev]'
+	touch $(DEV_STAMP)
 
 # Install Debian packages when missing: as root directly, otherwise say what to run.
 define apt_install
