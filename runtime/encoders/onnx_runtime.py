@@ -141,6 +141,7 @@ class OnnxEncoder(Encoder):
         self._check_shape(arrays[0].shape)
         if not self.one_at_a_time or len(arrays[0]) <= 1:
             return self._run(arrays)
+
         def one(i: int) -> np.ndarray:
             return self._run([a[i : i + 1] for a in arrays])  # (1, D)
 
