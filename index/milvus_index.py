@@ -129,6 +129,19 @@ class MilvusIndex:
             raise KeyError(id)
         return np.asarray(rows[0]["vector"], np.float32)
 
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The stored unit vectors of `ids` (N, D), in their order, READ_ROWS a call; KeyError for
+        an id not in the index."""
+        ids = [int(i) for i in ids]
+        found: dict[int, list[float]] = {}
+        for start in range(0, len(ids), READ_ROWS):
+            for row in self.client.get(self.collection, ids=ids[start:start + READ_ROWS], output_fields=["vector"]):
+                found[int(row["id"])] = row["vector"]
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(missing[0])
+        return np.asarray([found[i] for i in ids], np.float32).reshape(len(ids), self.dim)  # (N, D)
+
     def metadata(self, ids: Sequence[int] | np.ndarray) -> list[dict[str, Any] | None]:
         """The metadata dict of each id, None for ids not in the index."""
         ids = [int(i) for i in ids]

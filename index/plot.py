@@ -51,7 +51,7 @@ def sample_index(index: SearchIndex, max_points: int, seed: int = 0) -> IndexSam
         raise ValueError(f"the index holds {len(ids)} vector(s); a map needs at least 2")
     if len(ids) > max_points:
         ids = np.sort(np.random.default_rng(seed).choice(ids, max_points, replace=False))
-    vectors = np.stack([index.vector(int(i)) for i in ids]).astype(np.float32)  # (N, D)
+    vectors = index.vectors(ids).astype(np.float32)  # (N, D), in one read (a Milvus index: a few calls)
     return IndexSample(ids, vectors, [m or {} for m in index.metadata(ids)])
 
 

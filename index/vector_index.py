@@ -258,6 +258,16 @@ class VectorIndex:
                 raise KeyError(id)
             return self.index.reconstruct(int(id))
 
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The stored unit vectors of `ids` (N, D), in their order, read in one call; KeyError for
+        an id not in the index."""
+        ids = np.asarray(ids, dtype=np.int64)  # (N,)
+        with self._lock:
+            missing = set(ids.tolist()) - set(self._existing(ids))
+            if missing:
+                raise KeyError(min(missing))
+            return self.index.reconstruct_batch(ids) if len(ids) else np.empty((0, self.dim), np.float32)  # (N, D)
+
     def metadata(self, ids: Sequence[int] | np.ndarray) -> list[dict[str, Any] | None]:
         """The metadata dict of each id, None for ids not in the index."""
         ids = [int(i) for i in ids]

@@ -89,6 +89,10 @@ def test_add_and_remove_items(store):
     assert int(ids[180]) not in index and len(index) == 198
     assert ids[180] not in index.search(vectors[180:181], 10)[1]
     assert index.metadata([int(ids[180]), int(ids[0])]) == [None, metadata[0]]
+    some = [int(ids[190]), int(ids[3]), int(ids[150])]
+    np.testing.assert_allclose(index.vectors(some), np.stack([index.vector(i) for i in some]), atol=1e-6)
+    with pytest.raises(KeyError):
+        index.vectors([int(ids[0]), int(ids[180])])  # a removed id
     assert index.ids().tolist() == sorted(set(ids.tolist()) - {int(ids[180]), int(ids[181])})
     assert store.save(index, "items") == index.manifest.version  # changed in place: the same version
     assert store.open("items").manifest.count == 198

@@ -55,6 +55,15 @@ def test_remove_hides_ids_from_search_vector_and_metadata(kind: str):
     assert index.metadata([ids[0], ids[2]]) == [None, {"row": 2}]
 
 
+def test_vectors_reads_many_at_once_as_vector_reads_each(kind: str):
+    index, ids, _ = build(kind)
+    some = ids[[7, 2, 150]]  # any order
+    np.testing.assert_allclose(index.vectors(some), np.stack([index.vector(int(i)) for i in some]), atol=1e-6)
+    index.remove([int(ids[2])])
+    with pytest.raises(KeyError):
+        index.vectors(some)
+
+
 def test_vector_returns_the_unit_vector():
     index, ids, vectors = build("flat")
     expected = vectors[3] / np.linalg.norm(vectors[3])
