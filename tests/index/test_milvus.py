@@ -93,6 +93,13 @@ def test_add_and_remove_items(store):
     np.testing.assert_allclose(index.vectors(some), np.stack([index.vector(i) for i in some]), atol=1e-6)
     with pytest.raises(KeyError):
         index.vectors([int(ids[0]), int(ids[180])])  # a removed id
+
+    from index.plot import sample_index  # embedserve plot index reads a Milvus index as it reads FAISS
+
+    sample = sample_index(index, max_points=50, seed=1)
+    assert len(sample.ids) == 50 and set(sample.ids.tolist()) <= set(index.ids().tolist())
+    np.testing.assert_allclose(sample.vectors, index.vectors(sample.ids), atol=1e-6)
+    assert sample.metadata == [metadata[list(ids).index(i)] for i in sample.ids]
     assert index.ids().tolist() == sorted(set(ids.tolist()) - {int(ids[180]), int(ids[181])})
     assert store.save(index, "items") == index.manifest.version  # changed in place: the same version
     assert store.open("items").manifest.count == 198
