@@ -16,6 +16,7 @@ from index.vector_index import open_index
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
 from runtime.sources import SourceForbidden, confine
 from tests.images import write_pngs
+from tests.jobs import cancel_at_check
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_fashion_mnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_ROOT / "t10k-images-idx3-ubyte.gz").is_file()
@@ -84,15 +85,7 @@ def test_cancel_discards_the_partial_work_and_leaves_the_live_index(image_artifa
     store = JobStore(image_artifacts)
     first = run_job(store.create(JobSpec(source=str(folder), model="tiny", index="pics")).id, store, image_artifacts)
     job = store.create(JobSpec(source=str(folder), model="tiny", index="pics", batch_size=5))
-    calls = []
-
-    def cancel_after_two_batches():
-        calls.append(1)
-        if len(calls) == 2:
-            request_cancel(store, job.id)
-        return False
-
-    status = run_job(job.id, store, image_artifacts, should_stop=cancel_after_two_batches)
+    status = run_job(job.id, store, image_artifacts, should_stop=cancel_at_check(store, job.id, 2))
     assert status.state == "cancelled" and status.done in (10, 15)  # asked while batch 2 was written: seen by it or the next
     assert not (image_artifacts / "jobs" / job.id).exists()
     assert open_index(image_artifacts, "pics").manifest.version == first.index_version == "v1"

@@ -12,10 +12,11 @@ import ray
 from PIL import Image
 
 import index.jobs_ray
-from index.jobs import JobSpec, JobStore, request_cancel, run_job
+from index.jobs import JobSpec, JobStore, run_job
 from index.jobs_ray import RayConfig
 from index.shards import read_shard, write_shard
 from index.vector_index import open_index
+from tests.jobs import cancel_at_check
 
 RAY = RayConfig(address="local", replicas=2, cpus_per_replica=1)
 IMAGES, CORRUPT = 300, (7, 151)
@@ -95,15 +96,7 @@ def test_cancel_on_ray_discards_the_partial_work_and_leaves_the_live_index(image
     store = JobStore(image_artifacts)
     first = run_job(store.create(JobSpec(source=str(images), model="tiny", index="pics")).id, store, image_artifacts)
     job = store.create(JobSpec(source=str(images), model="tiny", index="pics", batch_size=10))
-    calls = []
-
-    def cancel_after_two_shards():
-        calls.append(1)
-        if len(calls) == 2:
-            request_cancel(store, job.id)
-        return False
-
-    status = run_job(job.id, store, image_artifacts, ray=RAY, should_stop=cancel_after_two_shards)
+    status = run_job(job.id, store, image_artifacts, ray=RAY, should_stop=cancel_at_check(store, job.id, 2))
     assert status.state == "cancelled" and status.done in (20, 30), status  # seen by shard 2's progress or the next
     assert not (image_artifacts / "jobs" / job.id).exists()
     assert open_index(image_artifacts, "pics").manifest.version == first.index_version == "v1"

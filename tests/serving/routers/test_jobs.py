@@ -11,6 +11,7 @@ from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
 from serving.app import create_app
 from serving.settings import Settings
 from tests import images
+from tests.jobs import wait_for_job
 
 needs_fashion_mnist = pytest.mark.skipif(not any(DEFAULT_FASHION_MNIST_ROOT.glob("t10k-images-idx3-ubyte*")),
                                          reason="the Debian package dataset-fashion-mnist is not installed")
@@ -18,16 +19,6 @@ needs_fashion_mnist = pytest.mark.skipif(not any(DEFAULT_FASHION_MNIST_ROOT.glob
 
 def write_pngs(folder: Path, count: int) -> Path:
     return images.write_pngs(folder, count, seed=1, size=(9, 9))
-
-
-def wait_for(client: TestClient, job_id: str, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = client.get(f"/jobs/{job_id}").json()
-        if status["state"] in ("succeeded", "failed", "cancelled"):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {status}")
 
 
 def test_a_job_through_http_is_served_as_soon_as_it_succeeds(image_artifacts: Path, tmp_path: Path):
@@ -38,7 +29,7 @@ def test_a_job_through_http_is_served_as_soon_as_it_succeeds(image_artifacts: Pa
         assert response.status_code == 202, response.text
         job = response.json()
         assert job["state"] == "queued" and response.headers["location"] == f"/jobs/{job['id']}"
-        status = wait_for(client, job["id"])
+        status = wait_for_job(client, job["id"])
         assert (status["state"], status["done"], status["total"], status["index_version"]) == ("succeeded", 12, 12, "v1")
         assert [j["id"] for j in client.get("/jobs").json()["jobs"]] == [job["id"]]
         (listed,) = client.get("/indexes").json()["indexes"]
@@ -94,7 +85,7 @@ def test_searches_succeed_while_a_job_runs_and_its_index_is_promoted(image_artif
             t.start()
         try:
             job = client.post("/jobs", json={"source": "index:fm", "model": "tiny", "index": "fm", "batch_size": 100}).json()
-            status = wait_for(client, job["id"])
+            status = wait_for_job(client, job["id"])
             time.sleep(0.3)  # searches against the promoted index
         finally:
             stop.set()
@@ -123,7 +114,7 @@ def test_cancel_over_http(image_artifacts: Path, tmp_path: Path):
         cancelled = client.delete(f"/jobs/{job['id']}").json()
         gate.set()
         assert cancelled["state"] == "cancelled" or cancelled["cancel_requested"]  # at once if queued, else after a batch
-        assert wait_for(client, job["id"])["state"] == "cancelled"
+        assert wait_for_job(client, job["id"])["state"] == "cancelled"
         assert client.get("/indexes").json()["indexes"] == []  # nothing was published
 
 
@@ -178,6 +169,6 @@ def test_a_job_left_unfinished_by_a_crash_resumes_when_the_server_starts(image_a
     job = store.create(JobSpec(source=str(folder), model="tiny", index="pics", batch_size=3))
     store.update(job.id, state="running")  # what a killed server leaves behind
     with TestClient(create_app(Settings(artifacts_dir=image_artifacts, data_roots=str(tmp_path / "data")))) as client:
-        status = wait_for(client, job.id)
+        status = wait_for_job(client, job.id)
         assert (status["state"], status["done"]) == ("succeeded", 8)
         assert client.post("/search", json={"index": "pics", "id": 2, "k": 1}).json()["hits"][0]["id"] == 2

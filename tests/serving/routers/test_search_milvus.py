@@ -4,7 +4,6 @@ moves the alias and the server swaps to it; items added and removed over HTTP; a
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from index.milvus_index import alias_for
 from serving.app import create_app
 from serving.settings import Settings
 from tests import images
+from tests.jobs import wait_for_job
 
 
 def write_pngs(folder: Path, count: int, seed: int) -> Path:
@@ -23,13 +23,7 @@ def write_pngs(folder: Path, count: int, seed: int) -> Path:
 def run(client: TestClient, spec: dict) -> dict:
     response = client.post("/jobs", json=spec)
     assert response.status_code == 202, response.text
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = client.get(f"/jobs/{response.json()['id']}").json()
-        if status["state"] in ("succeeded", "failed", "cancelled"):
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"job did not finish: {status}")
+    return wait_for_job(client, response.json()["id"])
 
 
 def test_jobs_items_and_search_on_milvus(image_artifacts: Path, tmp_path: Path, make_png):
