@@ -67,12 +67,15 @@ def planned_precision(manifest: Manifest, config: RuntimeConfig, role: str) -> s
     """The precision `load_encoder` would run `role` of `manifest` at in this process, without
     loading it: what an index built by a job records, so a server can tell an index embedded at
     another precision than its queries (a remote Triton runs the repository's fp32 models)."""
-    if config.triton_url:
-        return "fp32"
+    return "fp32" if config.triton_url else _choice_here(manifest, config, role)[1].precision
+
+
+def _choice_here(manifest: Manifest, config: RuntimeConfig, role: str) -> tuple[list[str], PrecisionChoice]:
+    """The onnxruntime providers this process has for `config`, and the variant of `role` to run on them."""
     from runtime.encoders.onnx_runtime import resolve_providers
 
     providers = resolve_providers(config.execution_providers)
-    return choose_precision(manifest, role, config.precision, providers, config.int8_max_top1_drop_pct).precision
+    return providers, choose_precision(manifest, role, config.precision, providers, config.int8_max_top1_drop_pct)
 
 
 def load_encoder(bundle: Bundle, config: RuntimeConfig = RuntimeConfig(), role: str | None = None) -> Encoder:
@@ -85,10 +88,9 @@ def load_encoder(bundle: Bundle, config: RuntimeConfig = RuntimeConfig(), role: 
         from runtime.encoders.triton import TritonEncoder  # lazy: tritonclient is an optional extra
 
         return TritonEncoder(bundle, role, config.triton_url, config.triton_timeout_s)
-    from runtime.encoders.onnx_runtime import OnnxEncoder, resolve_providers
+    from runtime.encoders.onnx_runtime import OnnxEncoder
 
-    providers = resolve_providers(config.execution_providers)
-    choice = choose_precision(manifest, role, config.precision, providers, config.int8_max_top1_drop_pct)
+    providers, choice = _choice_here(manifest, config, role)
     fell_back = config.precision not in ("auto", "fp32") and choice.precision == "fp32"
     (log.warning if fell_back else log.info)("model %s %s %s runs %s: %s%s", manifest.name, manifest.version, role,
                                              choice.precision, choice.reason, "; falling back to fp32" if fell_back else "")
