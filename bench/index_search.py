@@ -31,7 +31,6 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import faiss  # noqa: E402
@@ -39,11 +38,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from bench.charts import write_chart  # noqa: E402
+from bench.report import utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from index.config import IndexConfig  # noqa: E402
 from index.vector_index import VectorIndex, iter_current_indexes  # noqa: E402
-from runtime.files import atomic_write_text  # noqa: E402
 from runtime.vectors import unit_rows  # noqa: E402
 
 K = 10
@@ -223,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.n:
             base, queries = synthetic(args.n, args.queries, args.dim)
             rows += bench_dataset(f"synthetic {args.n // 1000}k x {args.dim} (1000 clusters)", base, queries, args, Path(tmp))
-    runs = [{"command": " ".join(["python", *sys.argv]), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    runs = [{"command": " ".join(["python", *sys.argv]), "date": utc_now(),
              "load_average_before_1_5_15min": load_before, "load_average_after_1_5_15min": [round(x, 2) for x in os.getloadavg()],
              "wall_s": round(time.perf_counter() - started, 1), "datasets": list(dict.fromkeys(r["dataset"] for r in rows))}]
     if args.merge and args.out.is_file():
@@ -239,16 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     for note in notes:
         print("note:", note)
     result = {
-        "benchmark": "index_search", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "index_search", "date": utc_now(),
         "command": " ".join(["python", *sys.argv]), "machine": machine_info("faiss-cpu", "pymilvus", "milvus-lite"),
         "load_average_before_1_5_15min": load_before, "wall_s": round(time.perf_counter() - started, 1), "runs": runs,
         "k": K, "queries_per_dataset": args.queries, "max_seconds_per_row": args.max_seconds,
         "search_threads": 1, "build_threads": args.build_threads, "target": TARGET,
         "rows": rows, "verdicts": verdicts, "notes": notes,
     }
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    write_chart(args.out)
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":

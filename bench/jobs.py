@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -38,7 +36,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.charts import write_chart  # noqa: E402
+from bench.report import utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from index.jobs import JobSpec, JobStore, run_job  # noqa: E402
 from index.vector_index import open_index  # noqa: E402
@@ -226,15 +224,12 @@ def main() -> None:
     for kind, route in (("search", "/search"), ("embed", "/embed/image")):
         print(f"| {route}, idle | | {idle[kind]['p50_ms']} | {idle[kind]['p99_ms']} | 1.00 |")
         print(f"| {route}, job running | | {busy[kind]['p50_ms']} | {busy[kind]['p99_ms']} | {p99[kind]:.2f} (p99) |")
-    result = {"benchmark": "jobs", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    result = {"benchmark": "jobs", "date": utc_now(),
               "machine": machine_info("onnxruntime", "faiss-cpu", "pyarrow", "ray"), "load_average_at_start": load_at_start, "model": f"{model} {bundle.manifest.version}",
               "batch_size": args.batch_size, "raw_onnxruntime": raw, "job": job, "ray_job": on_ray, "search": search,
               "job_over_raw": round(ratio, 3), "ray_job_over_raw": round(ray_ratio, 3),
               "p99_with_job_over_idle": {kind: round(r, 3) for kind, r in p99.items()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
-    write_chart(args.out)
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,11 @@ Torch eager needs the checkpoint the bundle was exported from, artifacts/checkpo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.charts import write_chart  # noqa: E402
+from bench.report import utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, open_bundle  # noqa: E402
 from runtime.encoders.onnx_runtime import OnnxEncoder  # noqa: E402
@@ -250,18 +248,14 @@ def main(argv: list[str] | None = None) -> None:
     for note in dict.fromkeys(notes):
         print("note:", note)
     result = {
-        "benchmark": "runtimes", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "runtimes", "date": utc_now(),
         "command": " ".join(["python", *sys.argv]), "artifacts": str(args.artifacts),
         "machine": machine_info("onnxruntime", "torch"), "load_average_before_1_5_15min": load_before,
         "wall_s": round(time.perf_counter() - started, 1), "threads_per_call": args.threads, "rounds": args.rounds,
         "seconds_per_runtime_and_batch": args.seconds, "batches": list(BATCHES), "targets": TARGETS,
         "rows": rows, "verdicts": verdicts, "notes": list(dict.fromkeys(notes)),
     }
-    from runtime.files import atomic_write_text
-
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    write_chart(args.out)
+    write_report(args.out, result)
 
 
 if __name__ == "__main__":

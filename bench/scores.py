@@ -14,18 +14,16 @@ Prints one table and writes it, with the machine and date, to bench/results/scor
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.charts import write_chart  # noqa: E402
+from bench.report import utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from export.image_encoder import CENTERING_IMAGES, export_image_encoder  # noqa: E402
 from index.build import build_image_index  # noqa: E402
@@ -153,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     results: dict = {"machine": machine_info("onnxruntime", "faiss-cpu", "torch"),
-                     "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "date": utc_now(),
                      "centering_images": CENTERING_IMAGES, "knn_train": args.knn_train or 60_000, "knn_test": 10_000,
                      "image_encoders": {}, "clip": None}
     with tempfile.TemporaryDirectory(prefix="embedserve-scores-") as scratch:
@@ -181,9 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
             lines.append(f"{'':<24} {variant:<16} {r['zero_shot_top1']:>9.3f} "
                          f"{' / '.join(f'{rec[k]:.3f}' for k in (1, 5, 10)):<22} {' / '.join(f'{m[k]:.3f}' for k in RANKS[1:])}")
     print("\n".join(lines))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    write_chart(args.out)
+    write_report(args.out, results)
     return results
 
 

@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -35,7 +33,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.charts import write_chart  # noqa: E402
+from bench.report import utc_now, write_report  # noqa: E402
 from bench.http_client import HOST, KeepAliveConnections, free_port, http_request, latency_summary  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, Manifest, OnnxIO, iter_current_bundles, open_bundle, write_bundle  # noqa: E402
@@ -302,10 +300,9 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    write_report(args.out, {
         "benchmark": "serve_images",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "machine": machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx", "tritonclient"),
         "model": {"name": m.name, "version": m.version, "method": m.method, "dim": m.dim, "stand_in": stand_in},
         "settings": {"requests_per_cell": args.requests, "max_batch_size": args.max_batch_size,
@@ -319,9 +316,7 @@ def main() -> None:
                      "client": "raw asyncio streams in the bench process, prebuilt multipart requests, one keep-alive connection per concurrent request; client_cpu and server_cpu are the cores each process used"},
         "results": [{"mode": mode, "concurrency": c, **r} for (mode, c), r in results.items()],
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
-    }, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
-    write_chart(args.out)
+    })
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -40,7 +39,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from embedserve.demo import CLIP_INDEX, CLIP_MODEL, IMAGE_INDEX, SIMCLR_MODEL, WORDS_MODEL  # noqa: E402
-from bench.charts import write_chart  # noqa: E402
+from bench.report import utc_now, write_report  # noqa: E402
 from bench.http_client import HOST, PooledClient, free_port, http_request  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import BundleError, open_bundle  # noqa: E402
@@ -294,15 +293,13 @@ def main() -> None:
         exit_code = process.wait(timeout=120)
 
     growth = 100 * (rss_end - rss_start) / rss_start
-    result = {"bench": "soak", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    result = {"bench": "soak", "date": utc_now(),
               "machine": machine_info("onnxruntime", "faiss-cpu", "uvicorn"),
               "duration_s": args.duration_s, "capacity_per_s": round(capacity, 1), "overload": args.overload,
               **soak, "five_xx": five_xx, "rss_after_capacity_mb": round(rss_capacity, 1), "warmup_s": args.warmup_s,
               "rss_start_mb": round(rss_start, 1), "rss_end_mb": round(rss_end, 1),
               "rss_growth_pct": round(growth, 1), "server_exit_code_on_sigterm": exit_code}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    write_chart(RESULTS)
+    write_report(RESULTS, result)
 
     s = result
     print(f"\n| soak, {args.duration_s:.0f} s at {args.overload:g}× capacity | value |\n|---|---|")

@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -36,7 +35,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.charts import write_chart  # noqa: E402
+from bench.report import utc_now, write_report  # noqa: E402
 from bench.http_client import HOST, KeepAliveConnections, free_port, http_request, latency_summary  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, BundleError, open_bundle  # noqa: E402
@@ -403,10 +402,9 @@ def main() -> None:
         print(f"{cell}: {entry}")
     for name, why in failures.items():
         print(f"not measured: {name}: {why}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    write_report(args.out, {
         "benchmark": "text_vs_infinity",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "machine": machine,
         "load_average_at_start_1_5_15min": machine_before["load_average_1_5_15min"],
         "note": ("the machine's 2 cores were shared with other work while this ran: each cell records the 1-minute load "
@@ -447,9 +445,7 @@ def main() -> None:
                             for r in raw.values() for (kind, c), cell in r["cells"].items()],
         "ratios": table,
         "not_measured": failures,
-    }, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
-    write_chart(args.out)
+    })
 
 
 if __name__ == "__main__":

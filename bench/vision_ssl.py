@@ -11,10 +11,8 @@ the machine and date, to bench/results/vision_ssl.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.charts import write_chart  # noqa: E402
+from bench.report import utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from training.data.images import load_image_arrays, random_subset  # noqa: E402
 from training.evaluation.encoder_eval import encoder_embed_fn, evaluate_encoder, raw_pixels  # noqa: E402
@@ -107,18 +105,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(table)
 
     result = {
-        "benchmark": "vision_ssl", "profile": args.profile, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "vision_ssl", "profile": args.profile, "date": utc_now(),
         "machine": machine_info("torch", "torchvision", "scikit-learn"), "note": args.note,
         "eval": {"data": "fashion-mnist", "train_images": len(train[0]), "test_images": len(test[0]), "knn_k": 200,
                  "knn_temperature": 0.1, "linear_probe": "sklearn LogisticRegression (C=1) on standardised embeddings",
                  "label_fractions": list(FRACTIONS)},
         "rows": rows, "table": table,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
-    write_chart(out)
+    write_report(args.out, result)
     return result
 
 

@@ -20,20 +20,18 @@ reported on its own.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from bench.charts import write_chart  # noqa: E402
+from bench.report import utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from training.data.text import iter_sentences  # noqa: E402
 from embedserve.pipelines import evaluate_word_vectors  # noqa: E402
@@ -202,7 +200,7 @@ def table(arch: str, summary: dict, repeats: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     report: dict = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "command": " ".join(["python", "bench/word2vec_vs_gensim.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine_info("torch", "numba", "gensim"),
     }
@@ -212,10 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         report[arch] = {"config": asdict(config), "summary": summary, "pairs": pairs}
         print(table(arch, summary, args.repeats) + "\n", flush=True)
     report["load_average_1_5_15min_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}")
-    write_chart(args.out)
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

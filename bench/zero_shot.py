@@ -16,12 +16,10 @@ Prints one table and writes it, with the machine and date, to bench/results/zero
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.charts import write_chart  # noqa: E402
+from bench.report import utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from export.clip import QUERY_BANK_IMAGES  # noqa: E402
 from index.zero_shot import QUERY_BANK_K, build_class_matrix, classify, query_bank_offsets  # noqa: E402
@@ -205,14 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{shown(chance):>6}  {target}")
     print("\n".join(lines))
 
-    result = {"benchmark": "zero_shot", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    result = {"benchmark": "zero_shot", "date": utc_now(),
               "machine": machine_info("torch", "torchvision", "transformers"), "checkpoints": {"all_classes": args.checkpoint, "open_vocabulary": args.open_vocabulary_checkpoint},
               "results": {"all_classes": r, "open_vocabulary": open_vocabulary}, "eval_time_s": eval_time_s,
               "training": training, "table": lines}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    write_chart(out)
+    write_report(args.out, result)
     return result
 
 
