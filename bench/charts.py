@@ -2,7 +2,7 @@
 (bench/results/<name>.json -> bench/results/<name>.png): throughput against concurrency, ours
 beside the peer, where a bench has concurrency, and its natural picture where it has none.
 
-Each bench calls `write_chart` after writing its JSON; this script redraws every chart from the
+Each bench writes its JSON through bench.report.write_report, which calls `write_chart`; this script redraws every chart from the
 JSON already in bench/results without running a benchmark again:
 
     python bench/charts.py                              # every bench/results/*.json
