@@ -301,8 +301,7 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
             calibration_images=calibrated,
             evaluation=(f"kNN top-1 (k={KNN_K}) of {data.describe()}; cosine to fp32 on the queries" if data is not None
                         else f"cosine to fp32 on {len(inputs)} random inputs (no labelled data here)") + "; run on CPU",
-            top1_pct=_round(top1), fp32_top1_pct=_round(fp32_top1),
-            top1_change_pct=_round(top1 - fp32_top1) if top1 is not None else None, min_cosine=low, mean_cosine=mean)
+            **_top1_fields(top1, fp32_top1), min_cosine=low, mean_cosine=mean)
         log.info("%s %s: top-1 change %s points, min cosine %.4f", fp32_path.name, precision, variant.top1_change_pct, low)
         written.append(WrittenVariant(variant, path.name))
     return written
@@ -353,8 +352,7 @@ def text_encoder_variants(fp32_path: Path, role: str, precisions: Sequence[str],
             evaluation = f"zero-shot top-1 of {zero_shot.source} ({len(zero_shot.class_prompts)} classes); " + evaluation
         variant = PrecisionVariant(
             role=role, precision=precision, file_role=variant_file_role(role, precision), technique=technique,
-            evaluation=evaluation + "; run on CPU", top1_pct=_round(top1), fp32_top1_pct=_round(fp32_top1),
-            top1_change_pct=_round(top1 - fp32_top1) if top1 is not None else None, min_cosine=low, mean_cosine=mean)
+            evaluation=evaluation + "; run on CPU", **_top1_fields(top1, fp32_top1), min_cosine=low, mean_cosine=mean)
         log.info("%s %s: top-1 change %s points, min cosine %.4f", fp32_path.name, precision, variant.top1_change_pct, low)
         written.append(WrittenVariant(variant, path.name))
     return written
@@ -367,6 +365,14 @@ def check_fp16_agreement(written: Sequence[WrittenVariant]) -> None:
         if w.variant.precision == "fp16" and not w.variant.min_cosine >= FP16_MIN_COSINE:  # `not >=`: NaN fails too
             raise ParityError(f"the fp16 copy of the {w.variant.role} disagrees with fp32: lowest row cosine "
                               f"{w.variant.min_cosine} < {FP16_MIN_COSINE}")
+
+
+def _top1_fields(top1: float | None, fp32_top1: float | None) -> dict[str, float | None]:
+    """A variant's top-1, fp32's, and the change between them, each rounded; the change is taken
+    between the rounded figures, so the manifest's three numbers always agree with each other."""
+    top1, fp32_top1 = _round(top1), _round(fp32_top1)
+    change = _round(top1 - fp32_top1) if top1 is not None and fp32_top1 is not None else None
+    return {"top1_pct": top1, "fp32_top1_pct": fp32_top1, "top1_change_pct": change}
 
 
 def _round(value: float | None) -> float | None:
