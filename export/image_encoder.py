@@ -108,7 +108,7 @@ def export_image_encoder(
     random training images (0: raw outputs, as before). Raises export.onnx.ParityError, writing
     nothing, if the ONNX model does not reproduce the (centred) torch encoder at batch 1 and at
     `parity_batch`. `int8` adds an int8 copy for CPUs (a CNN's static QDQ, calibrated on a few
-    hundred training images; a ViT's dynamic, export.quantize.int8_technique), `fp16` a
+    hundred training images; a ViT's dynamic row by row, export.quantize.int8_technique), `fp16` a
     half-precision copy for GPUs; each is scored against fp32 (kNN
     top-1 and output cosine, export.quantize) and recorded in the manifest's `variants`, from which
     the precision setting picks at load."""

@@ -1,9 +1,9 @@
 """Precision variants of an exported fp32 ONNX model, and what each gives up against fp32.
 
-int8 is for CPUs (onnxruntime's quantisation: dynamic for transformers, the text towers and the
-ViT, whose activation ranges vary per input and whose MatMulInteger kernels beat the QDQ ones;
-static QDQ calibrated on a few hundred training images for the CNN image encoders); fp16 is for GPUs (onnxruntime's float16 converter, inputs and outputs
-kept float32). Each variant is scored on its method's evaluation, beside the fp32 model on the
+int8 is for CPUs: dynamic, row by row, for transformers (the text towers and the ViT, whose
+activation ranges vary per input, and whose integer MatMul kernels beat the QDQ ones); static QDQ
+calibrated on a few hundred training images for the CNN image encoders (onnxruntime's quantiser).
+fp16 is for GPUs (onnxruntime's float16 converter, inputs and outputs kept float32). Each variant is scored on its method's evaluation, beside the fp32 model on the
 same inputs: kNN top-1 for image encoders, zero-shot top-1 for a CLIP text tower, and the cosine
 of its outputs to fp32's for both. The result is a runtime.bundle.PrecisionVariant for the manifest.
 """
@@ -26,7 +26,6 @@ from export.onnx import FP16_MIN_COSINE, ParityError, write_fp16_copy
 from runtime.bundle import PrecisionVariant
 from runtime.files import atomic_path
 from runtime.preprocessing import PreprocessingSpec
-from runtime.tokens import used_length
 from runtime.vectors import rowwise_cosine
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ RUN_BATCH = 256  # rows per onnxruntime call while evaluating
 # the last of these ops before the output (the centring's whitening, a projection head): its
 # rounding lands on the embedding unaveraged, and on the demo's MAE it cost a point of top-1 alone.
 STATIC_OP_TYPES = ("Conv", "MatMul", "Gemm")
-DYNAMIC_OP_TYPES = ("MatMul", "Gemm")  # a transformer's weights: QKV, projections, MLP
+ROWWISE = "dynamic-rowwise"  # the technique name of quantize_rowwise_int8's copies (PrecisionVariant.technique)
 FILE_SUFFIX = {"int8": "int8", "fp16": "fp16"}  # image_encoder.onnx -> image_encoder.int8.onnx
 
 
@@ -76,16 +75,97 @@ def _quiet_quantizer() -> Iterator[None]:
         logging.getLogger().removeFilter(notices)
 
 
-def quantize_dynamic_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
-    """int8 weights, activations quantised per call from their own range: for transformer towers,
-    whose activation ranges differ from text to text, so calibration ranges would clip."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
+    """int8 for transformer towers (the text towers, the ViT), quantised dynamically row by row.
 
+    Every MatMul (or Gemm) by a weight matrix (Q, K, V, the projections, the MLP) becomes an int8 one: the
+    weights per output column, symmetric, once here; the activations at run time, each row (a
+    token, or an image's patch) by its own largest magnitude, as uint8 around 128. A row's scale
+    comes from that row alone, so an item's vector is the same whatever it is batched with, and the
+    model runs batched. onnxruntime's own dynamic quantiser scales each activation tensor by its
+    range over the whole batch: a short text beside a long one moved to cosine 0.988 of itself
+    alone, so those copies had to run one item at a time. Per row is also closer to fp32 (lowest
+    cosine 0.995 against 0.979 on 32 short texts through MiniLM) and as fast.
+
+    The int8 product runs in onnxruntime's MatMulIntegerToFloat (uint8 x int8 with the weight
+    scales applied, the VNNI kernel where the CPU has it); each row's scale multiplies it after."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    constants = [numpy_helper.from_array(np.array(v, dt), n) for n, v, dt in
+                 (("int8/one", 1.0, np.float32), ("int8/levels", 127.0, np.float32),
+                  ("int8/tiny", 1e-12, np.float32), ("int8/zero_point", 128, np.uint8))]
+    if opset >= 18:  # ReduceMax takes its axes as an input from opset 18, as an attribute before
+        constants.append(numpy_helper.from_array(np.array([-1], np.int64), "int8/last_axis"))
+    quantized_rows: dict[str, str] = {}  # activation -> the prefix of its quantised copy, shared by its MatMuls (Q, K, V)
+    replaced: set[str] = set()
+    nodes = []
+
+    def quantize_rows(activation: str) -> list[onnx.NodeProto]:
+        q = quantized_rows[activation] = f"int8/rows{len(quantized_rows)}"
+        largest = (helper.make_node("ReduceMax", [q + "/abs", "int8/last_axis"], [q + "/max"], keepdims=1) if opset >= 18
+                   else helper.make_node("ReduceMax", [q + "/abs"], [q + "/max"], axes=[-1], keepdims=1))
+        return [helper.make_node("Abs", [activation], [q + "/abs"]), largest,
+                helper.make_node("Max", [q + "/max", "int8/tiny"], [q + "/range"]),  # an all-zero row stays zero
+                helper.make_node("Div", [q + "/range", "int8/levels"], [q + "/scale"]),  # (..., 1) per row
+                helper.make_node("Div", ["int8/levels", q + "/range"], [q + "/inverse"]),
+                helper.make_node("Mul", [activation, q + "/inverse"], [q + "/scaled"]),  # in [-127, 127]
+                helper.make_node("QuantizeLinear", [q + "/scaled", "int8/one", "int8/zero_point"], [q + "/uint8"])]
+
+    for node in graph.node:
+        w = _weight_matrix(node, weights)  # (K, N), or None for a node that stays as it is
+        if w is None:
+            nodes.append(node)
+            continue
+        column_scale = (np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0).astype(np.float32)  # (N,)
+        p = f"int8/matmul{len(replaced)}"
+        constants += [numpy_helper.from_array(np.clip(np.round(w / column_scale), -127, 127).astype(np.int8), p + "/weight"),
+                      numpy_helper.from_array(column_scale, p + "/weight_scale")]
+        replaced.add(node.input[1])
+        if node.input[0] not in quantized_rows:
+            nodes += quantize_rows(node.input[0])
+        q = quantized_rows[node.input[0]]
+        bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] else None
+        scaled = p + "/scaled" if bias else node.output[0]
+        nodes += [helper.make_node("MatMulIntegerToFloat", [q + "/uint8", p + "/weight", "int8/one", p + "/weight_scale",
+                                                            "int8/zero_point"], [p + "/product"], domain="com.microsoft"),
+                  helper.make_node("Mul", [p + "/product", q + "/scale"], [scaled], name=node.name)]
+        if bias:
+            nodes.append(helper.make_node("Add", [scaled, bias], [node.output[0]], name=node.name + "/bias"))
+    if not replaced:
+        raise ValueError(f"{fp32_path} has no MatMul or Gemm by a weight matrix to quantise")
+    still_used = {name for n in nodes for name in n.input}
+    kept = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(kept + constants)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     int8_path = Path(int8_path)
-    with atomic_path(int8_path) as tmp, _quiet_quantizer():
-        quantize_dynamic(str(fp32_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=list(DYNAMIC_OP_TYPES))
+    with atomic_path(int8_path) as tmp:
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
     return int8_path
+
+
+def _weight_matrix(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> np.ndarray | None:
+    """The float (K, N) weights `node` multiplies its input by, when it is a MatMul by a weight
+    matrix or a plain Gemm (A @ B (+ C), B maybe transposed) whose input is an activation; else None."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = weights.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 else None
+    if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT or node.input[0] in weights:
+        return None
+    w = numpy_helper.to_array(weight)
+    if node.op_type == "MatMul":
+        return w
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0 or attributes.get("beta", 1.0) != 1.0:
+        return None
+    return w.T if attributes.get("transB", 0) else w
 
 
 def quantize_static_int8(fp32_path: Path | str, int8_path: Path | str, input_name: str, calibration: np.ndarray,
@@ -197,37 +277,24 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def run_batched(path: Path | str, inputs: Sequence[np.ndarray], one_at_a_time: bool = False) -> np.ndarray:
+def run_batched(path: Path | str, inputs: Sequence[np.ndarray]) -> np.ndarray:
     """The model's first output for `inputs` (one array per model input, rows aligned), RUN_BATCH
-    rows a call; with `one_at_a_time`, each row alone on its own tokens, as the server runs a
-    dynamic int8 model (runtime.encoders.onnx_runtime.OnnxEncoder), so it is scored as it serves."""
+    rows a call."""
     session = _session(Path(path))
     names = [i.name for i in session.get_inputs()]
-    rows = len(inputs[0])
-    if not one_at_a_time:
-        return np.concatenate([session.run(None, {n: x[i:i + RUN_BATCH] for n, x in zip(names, inputs)})[0]
-                               for i in range(0, rows, RUN_BATCH)])  # (N, D)
-    mask = names.index("attention_mask") if "attention_mask" in names else None
-    if mask is not None and isinstance(session.get_inputs()[mask].shape[1], int):
-        mask = None  # a fixed sequence axis (a CLIP text tower) runs on the whole context
-    outputs = []
-    for i in range(rows):
-        length = used_length(inputs[mask][i:i + 1]) if mask is not None else None  # its own tokens, no padding
-        outputs.append(session.run(None, {n: x[i:i + 1, :length] if mask is not None else x[i:i + 1]
-                                          for n, x in zip(names, inputs)})[0])
-    return np.concatenate(outputs)  # (N, D)
+    return np.concatenate([session.run(None, {n: x[i:i + RUN_BATCH] for n, x in zip(names, inputs)})[0]
+                           for i in range(0, len(inputs[0]), RUN_BATCH)])  # (N, D)
 
 
-def _scored(path: Path, data: LabelledImages | None, probe: np.ndarray,
-            one_at_a_time: bool = False) -> tuple[np.ndarray, float | None]:
+def _scored(path: Path, data: LabelledImages | None, probe: np.ndarray) -> tuple[np.ndarray, float | None]:
     """(the model's outputs on the queries (or on `probe` without data), its kNN top-1 in percent
     of the queries by the references, or None without data): each image embedded once."""
     if data is None:
-        return run_batched(path, [probe], one_at_a_time), None
+        return run_batched(path, [probe]), None
     from training.evaluation.knn import knn_accuracy
 
-    queries = run_batched(path, [data.queries], one_at_a_time)  # (M, D)
-    top1 = knn_accuracy(run_batched(path, [data.references], one_at_a_time), data.reference_labels, queries,
+    queries = run_batched(path, [data.queries])  # (M, D)
+    top1 = knn_accuracy(run_batched(path, [data.references]), data.reference_labels, queries,
                         data.query_labels, k=KNN_K)
     return queries, top1
 
@@ -260,11 +327,11 @@ class WrittenVariant:
 def int8_technique(arch: str) -> str:
     """How an image encoder of architecture `arch` ("resnet", "vit") is quantised to int8.
 
-    A ViT is a transformer: dynamic int8 (MatMulInteger) ran the demo's MAE 1.5x as fast as fp32 on
-    this 2-core VNNI CPU at a 0.2-point top-1 cost, where static QDQ ran it at 0.85x (the Q/DQ pairs
-    around every LayerNorm, Softmax and GELU cost more than the int8 matmuls saved). Convolutions
-    have no fast dynamic kernel (ConvInteger), so CNNs take static QDQ (QLinearConv)."""
-    return "dynamic" if arch == "vit" else "static-qdq"
+    A ViT is a transformer: dynamic int8 (integer MatMuls) ran the demo's MAE 1.5x as fast as fp32
+    on this 2-core VNNI CPU at a 0.2-point top-1 cost, where static QDQ ran it at 0.85x (the Q/DQ
+    pairs around every LayerNorm, Softmax and GELU cost more than the int8 matmuls saved).
+    Convolutions have no fast dynamic kernel (ConvInteger), so CNNs take static QDQ (QLinearConv)."""
+    return ROWWISE if arch == "vit" else "static-qdq"
 
 
 def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisions: Sequence[str],
@@ -279,9 +346,9 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
     written = []
     for precision in precisions:
         path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
-        if precision == "int8" and int8 == "dynamic":
-            quantize_dynamic_int8(fp32_path, path)
-            technique, calibrated = "dynamic", 0
+        if precision == "int8" and int8 == ROWWISE:
+            quantize_rowwise_int8(fp32_path, path)
+            technique, calibrated = ROWWISE, 0
         elif precision == "int8":
             if calibration is None:
                 log.warning("%s: no int8 variant without calibration images", fp32_path.name)
@@ -294,7 +361,7 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
             technique, calibrated = "float16", 0
         else:
             raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
-        outputs, top1 = _scored(path, data, probe, one_at_a_time=technique == "dynamic")  # as it serves (PrecisionVariant.one_at_a_time)
+        outputs, top1 = _scored(path, data, probe)
         low, mean = _agreement(reference, outputs)
         variant = PrecisionVariant(
             role=role, precision=precision, file_role=variant_file_role(role, precision), technique=technique,
@@ -320,33 +387,31 @@ class ZeroShotData:
 
 def text_encoder_variants(fp32_path: Path, role: str, precisions: Sequence[str], tokens: tuple[np.ndarray, np.ndarray],
                           tokenize, zero_shot: ZeroShotData | None) -> list[WrittenVariant]:
-    """Write the `precisions` copies of a text tower (int8 dynamic, fp16) beside `fp32_path` and
+    """Write the `precisions` copies of a text tower (int8 row by row, fp16) beside `fp32_path` and
     score each against it: the cosine of its outputs to fp32's on `tokens` (ids, mask) (N, T) each,
     and zero-shot top-1 on `zero_shot` when given (`tokenize(texts)` -> (ids, mask))."""
     reference = run_batched(fp32_path, list(tokens))
 
-    def embed_with(path: Path, one_at_a_time: bool = False):
-        return lambda texts: run_batched(path, list(tokenize(texts)), one_at_a_time)
+    def embed_with(path: Path):
+        return lambda texts: run_batched(path, list(tokenize(texts)))
 
-    top1_of = (lambda path, one_at_a_time=False: zero_shot_top1(
-        zero_shot.image_embeddings, zero_shot.labels, zero_shot.class_prompts, embed_with(path, one_at_a_time))
-    ) if zero_shot is not None else None
+    top1_of = (lambda path: zero_shot_top1(zero_shot.image_embeddings, zero_shot.labels, zero_shot.class_prompts,
+                                           embed_with(path))) if zero_shot is not None else None
     fp32_top1 = top1_of(fp32_path) if top1_of else None
     written = []
     for precision in precisions:
         path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
         if precision == "int8":
-            quantize_dynamic_int8(fp32_path, path)
-            technique = "dynamic"
+            quantize_rowwise_int8(fp32_path, path)
+            technique = ROWWISE
         elif precision == "fp16":
             if write_fp16_copy(fp32_path, path) is None:
                 continue
             technique = "float16"
         else:
             raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
-        dynamic = technique == "dynamic"  # served one text at a time: scored so
-        low, mean = _agreement(reference, run_batched(path, list(tokens), dynamic))
-        top1 = top1_of(path, dynamic) if top1_of else None
+        low, mean = _agreement(reference, run_batched(path, list(tokens)))
+        top1 = top1_of(path) if top1_of else None
         evaluation = f"cosine to fp32 on {len(tokens[0])} texts"
         if zero_shot is not None:
             evaluation = f"zero-shot top-1 of {zero_shot.source} ({len(zero_shot.class_prompts)} classes); " + evaluation

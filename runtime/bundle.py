@@ -121,7 +121,7 @@ class PrecisionVariant:
     role: str  # the fp32 model's file role, e.g. "image_encoder"; inputs and outputs are its (Manifest.onnx)
     precision: str  # "int8" (for CPUs) or "fp16" (for GPUs)
     file_role: str  # the variant file's role in Manifest.files, e.g. "image_encoder_int8"
-    technique: str  # how it was made: "dynamic" or "static-qdq" int8, "float16"
+    technique: str  # how it was made: "dynamic-rowwise" or "static-qdq" int8 ("dynamic" before 2026-12), "float16"
     calibration_images: int = 0  # static int8: training images its activation ranges were calibrated on
     evaluation: str = ""  # what the figures below were measured on, for humans
     top1_pct: float | None = None  # the method's top-1 with this variant (kNN for image encoders, zero-shot for text towers)
@@ -132,8 +132,10 @@ class PrecisionVariant:
 
     @property
     def one_at_a_time(self) -> bool:
-        """Whether it must run each item alone: dynamic int8 scales each activation tensor by its
-        range at run time, so in a batch an item's vector would depend on its neighbours."""
+        """Whether it must run each item alone: the "dynamic" int8 copies exported before 2026-12
+        (onnxruntime's quantiser) scale each activation tensor by its range over the whole batch at
+        run time, so in a batch an item's vector would depend on its neighbours. "dynamic-rowwise"
+        copies scale each row by its own range and run batched (export.quantize.quantize_rowwise_int8)."""
         return self.technique == "dynamic"
 
 

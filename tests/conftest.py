@@ -221,28 +221,36 @@ def minilm_artifacts(tmp_path_factory, minilm_folder: Path) -> Path:
 # The tiny image bundle with int8 and fp16 copies of its model, as export.quantize writes them,
 # and the accuracy change export would have recorded for int8 (given, so a test picks it).
 
-def write_tiny_variant_bundle(artifacts: Path, name: str = "tiny", int8_top1_change_pct: float | None = -0.2) -> Path:
-    """write_tiny_image_bundle's model plus image_encoder.int8.onnx (dynamic int8) and
+def write_tiny_variant_bundle(artifacts: Path, name: str = "tiny", int8_top1_change_pct: float | None = -0.2,
+                              int8_technique: str = "dynamic-rowwise") -> Path:
+    """write_tiny_image_bundle's model plus image_encoder.int8.onnx (int8 row by row, as export
+    writes it; or "dynamic": onnxruntime's quantiser, as export wrote it before 2026-12) and
     image_encoder.fp16.onnx, recorded as variants; returns the bundle's folder."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        return _write_variants_beside(artifacts, Path(folder), name, int8_top1_change_pct)
+        return _write_variants_beside(artifacts, Path(folder), name, int8_top1_change_pct, int8_technique)
 
 
-def _write_variants_beside(artifacts: Path, scratch: Path, name: str, int8_top1_change_pct: float | None) -> Path:
+def _write_variants_beside(artifacts: Path, scratch: Path, name: str, int8_top1_change_pct: float | None,
+                           int8_technique: str) -> Path:
     import shutil
 
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     from export.onnx import write_fp16_copy
-    from export.quantize import quantize_dynamic_int8
+    from export.quantize import ROWWISE, quantize_rowwise_int8
     from runtime.bundle import PrecisionVariant, read_bundle
 
     write_tiny_image_bundle(scratch, name)
     fp32 = read_bundle(scratch / "models" / name / "v1")
-    quantize_dynamic_int8(fp32.file("image_encoder"), scratch / "image_encoder.int8.onnx")
+    if int8_technique == ROWWISE:
+        quantize_rowwise_int8(fp32.file("image_encoder"), scratch / "image_encoder.int8.onnx")
+    else:
+        quantize_dynamic(str(fp32.file("image_encoder")), str(scratch / "image_encoder.int8.onnx"), weight_type=QuantType.QInt8)
     write_fp16_copy(fp32.file("image_encoder"), scratch / "image_encoder.fp16.onnx")
     variants = (
-        PrecisionVariant("image_encoder", "int8", "image_encoder_int8", "dynamic", top1_pct=50.0, fp32_top1_pct=50.0,
+        PrecisionVariant("image_encoder", "int8", "image_encoder_int8", int8_technique, top1_pct=50.0, fp32_top1_pct=50.0,
                          top1_change_pct=int8_top1_change_pct, min_cosine=0.99, mean_cosine=0.995),
         PrecisionVariant("image_encoder", "fp16", "image_encoder_fp16", "float16", min_cosine=0.9999, mean_cosine=0.9999),
     )
@@ -260,5 +268,5 @@ def _write_variants_beside(artifacts: Path, scratch: Path, name: str, int8_top1_
 
 @pytest.fixture
 def write_variant_bundle():
-    """write_tiny_variant_bundle(artifacts, name, int8_top1_change_pct): a tiny bundle with int8 and fp16 variants."""
+    """write_tiny_variant_bundle(artifacts, name, int8_top1_change_pct, int8_technique): a tiny bundle with int8 and fp16 variants."""
     return write_tiny_variant_bundle

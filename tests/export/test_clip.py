@@ -50,7 +50,7 @@ def test_both_towers_have_int8_and_fp16_variants_scored_against_fp32(exported):
     manifest = read_bundle(bundle.path, verify=True).manifest  # the variant files are hashed and verified too
     techniques = {(v.role, v.precision): v.technique for v in manifest.variants}
     assert techniques == {("image_encoder", "int8"): "static-qdq", ("image_encoder", "fp16"): "float16",
-                          ("text_encoder", "int8"): "dynamic", ("text_encoder", "fp16"): "float16"}
+                          ("text_encoder", "int8"): "dynamic-rowwise", ("text_encoder", "fp16"): "float16"}
     text_int8 = manifest.variant("text_encoder", "int8")
     # the tiny training split has no test split: held-out training images, classified zero-shot by the class prompts
     assert "zero-shot top-1" in text_int8.evaluation and "held-out fashion-mnist training" in text_int8.evaluation

@@ -73,10 +73,10 @@ def test_bundle_round_trip_serves_the_centred_torch_encoder(tmp_path: Path, make
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
 
 
-    # int8 (a CNN's static QDQ calibrated on training images, a ViT's dynamic) and fp16 copies,
+    # int8 (a CNN's static QDQ calibrated on training images, a ViT's dynamic row by row) and fp16 copies,
     # scored on the digits test split
     int8, fp16 = manifest.variant("image_encoder", "int8"), manifest.variant("image_encoder", "fp16")
-    expected = ("static-qdq", 256) if info.arch == "resnet" else ("dynamic", 0)
+    expected = ("static-qdq", 256) if info.arch == "resnet" else ("dynamic-rowwise", 0)
     assert (int8.technique, int8.calibration_images, fp16.technique) == (*expected, "float16")
     for variant in (int8, fp16):
         assert manifest.files[variant.file_role] in manifest.file_sha256  # verified at load like the fp32 file
@@ -85,7 +85,7 @@ def test_bundle_round_trip_serves_the_centred_torch_encoder(tmp_path: Path, make
         assert variant.min_cosine <= variant.mean_cosine <= 1.0
     assert fp16.min_cosine > 0.999 and int8.mean_cosine > 0.9
     nodes = {n.op_type for n in onnx.load(str(again.file(int8.file_role))).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= nodes if info.arch == "resnet" else "MatMulInteger" in nodes
+    assert {"QuantizeLinear", "DequantizeLinear"} <= nodes if info.arch == "resnet" else "MatMulIntegerToFloat" in nodes
     int8_rows = OnnxEncoder(again, "image_encoder", "cpu", file_role=int8.file_role).encode(batch.numpy())
     assert int8_rows.shape == got.shape and not np.allclose(int8_rows, got, atol=1e-6)  # its own file runs
 

@@ -92,3 +92,36 @@ def test_several_inputs_export_with_their_names_and_a_dynamic_batch_each(tmp_pat
 def test_one_name_per_input_is_required(tmp_path: Path):
     with pytest.raises(ValueError, match="one name per input"):
         export_onnx(_TwoInputs(), (torch.zeros(1, 3, dtype=torch.long),) * 2, tmp_path / "t.onnx", "ids")
+
+
+class _TinyBert(nn.Module):
+    """A Hugging Face BERT (random weights, two small layers) mean-pooled: a text tower as MiniLM is one."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                            max_position_embeddings=16)
+        self.bert = BertModel(config, add_pooling_layer=False).eval()
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.bert(input_ids=ids, attention_mask=attention_mask).last_hidden_state  # (B, T, 16)
+        keep = attention_mask[:, :, None].float()
+        return (states * keep).sum(1) / keep.sum(1)  # (B, 16)
+
+
+def test_a_hugging_face_model_exports_its_attention_written_out(tmp_path: Path):
+    import onnx
+
+    module = _TinyBert()
+    module.bert.set_attn_implementation("sdpa")
+    ids, mask = torch.randint(0, 50, (4, 7)), torch.ones(4, 7, dtype=torch.long)
+    mask[1, 3:] = 0  # padding, which the attention must mask
+    path = export_onnx(module, (ids[:2], mask[:2]), tmp_path / "bert.onnx", ["ids", "attention_mask"],
+                       more_dynamic_axes={"ids": {1: "sequence"}, "attention_mask": {1: "sequence"}})
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "Softmax" in ops and "IsNaN" not in ops  # the fused kernel's export guards every softmax with IsNaN
+    assert check_parity(module, path, (ids, mask)) >= 0.9999
+    assert module.bert.config._attn_implementation == "sdpa"  # the module is left as it was

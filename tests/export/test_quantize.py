@@ -2,12 +2,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from export.onnx import export_onnx
-from export.quantize import (LabelledImages, image_encoder_variants, int8_technique, quantize_static_int8, run_batched,
-                             zero_shot_top1)
+from export.quantize import (LabelledImages, image_encoder_variants, int8_technique, quantize_rowwise_int8,
+                             quantize_static_int8, run_batched, zero_shot_top1)
 
 
 class SmallCNN(nn.Module):
@@ -65,8 +67,71 @@ def test_image_variants_record_the_top1_change_measured_on_the_same_images(tmp_p
     assert int8.top1_change_pct == round(int8.top1_pct - int8.fp32_top1_pct, 3)
 
 
+class SmallBlock(nn.Module):
+    """Q, K and V from one input, as in attention, then a projection (a Gemm: its input is 2-D):
+    four weight products on two activations."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        self.norm, self.q, self.k, self.v = nn.LayerNorm(width), nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, width)
+        self.out = nn.Linear(width, 16)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, T, width) -> (B, 16)
+        x = self.norm(tokens)
+        mixed = torch.softmax(self.q(x) @ self.k(x).transpose(1, 2), dim=-1) @ self.v(x)  # (B, T, width)
+        return self.out(mixed.mean(dim=1) + torch.relu(x).mean(dim=1))
+
+
+def _matmul_model(tmp_path: Path, weights: np.ndarray) -> Path:
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "one-matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weights.shape[0]])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", weights.shape[1]])],
+                              [numpy_helper.from_array(weights, "W")])
+    path = tmp_path / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_rowwise_int8_scales_each_row_by_its_own_largest_value(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(24, 8)).astype(np.float32)
+    int8 = quantize_rowwise_int8(_matmul_model(tmp_path, weights), tmp_path / "matmul.int8.onnx")
+    x = np.concatenate([rng.normal(size=(3, 24)), 1000 * rng.normal(size=(2, 24)), np.zeros((1, 24))]).astype(np.float32)
+    # by hand: weights per column and each row by its largest magnitude, symmetric, to 127 levels
+    column = np.abs(weights).max(axis=0) / 127
+    row = np.abs(x).max(axis=1, keepdims=True) / 127
+    expected = (np.round(x / np.maximum(row, 1e-30)) @ np.round(weights / column)) * column * row
+    got = run_batched(int8, [x])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not got[-1].any()  # an all-zero row stays zero
+    np.testing.assert_allclose(run_batched(int8, [x[:1]]), got[:1], rtol=1e-6)  # its loud neighbours changed nothing
+
+
+def test_rowwise_int8_quantises_every_weight_matmul_and_each_activation_once(tmp_path: Path):
+    torch.manual_seed(0)
+    fp32 = export_onnx(SmallBlock(), torch.randn(2, 5, 32), tmp_path / "block.onnx", "tokens",
+                       more_dynamic_axes={"tokens": {1: "sequence"}})
+    int8 = quantize_rowwise_int8(fp32, tmp_path / "block.int8.onnx")
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert ops.count("MatMulIntegerToFloat") == 4 and ops.count("QuantizeLinear") == 2  # Q, K, V share one input
+    assert ops.count("MatMul") == 2  # QK^T and the product with V: activations by activations stay float
+    tokens = np.random.default_rng(1).normal(size=(6, 9, 32)).astype(np.float32)
+    out, ref = run_batched(int8, [tokens]), run_batched(fp32, [tokens])
+    assert ((out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)).min() > 0.999
+
+
+def test_rowwise_int8_refuses_a_model_without_weights_to_quantise(tmp_path: Path):
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "relu.onnx"))
+    with pytest.raises(ValueError, match="no MatMul or Gemm by a weight matrix"):
+        quantize_rowwise_int8(tmp_path / "relu.onnx", tmp_path / "relu.int8.onnx")
+    assert not (tmp_path / "relu.int8.onnx").exists()
+
+
 def test_a_vit_is_quantised_dynamically_and_a_cnn_statically():
-    assert (int8_technique("vit"), int8_technique("resnet")) == ("dynamic", "static-qdq")
+    assert (int8_technique("vit"), int8_technique("resnet")) == ("dynamic-rowwise", "static-qdq")
 
 
 def test_zero_shot_top1_takes_the_class_whose_prompts_are_nearest():
