@@ -99,8 +99,9 @@ def imported_bundle(artifacts: Path, folder: Path) -> Bundle:
     """The embedserve bundle of `folder`, imported once (in a child process: torch stays out of the client)."""
     try:
         bundle = open_bundle(artifacts, MODEL)
-        if bundle.manifest.variant("text_encoder", "int8") is not None:
-            return bundle  # else imported before imports wrote an int8 copy: import it again, as the next version
+        int8 = bundle.manifest.variant("text_encoder", "int8")
+        if int8 is not None and not int8.one_at_a_time:
+            return bundle  # else imported before imports wrote an int8 copy that runs batched: import it again, as the next version
     except BundleError:
         pass
     subprocess.run([sys.executable, "-m", "embedserve", "import", "sentence-transformers", str(folder), "--name", MODEL,
@@ -345,7 +346,7 @@ def main() -> None:
                         help="embedserve's onnxruntime threads per call, one server each (default: the setting's default, and 2)")
     parser.add_argument("--precisions", default="fp32,int8",
                         help="EMBEDSERVE_PRECISION of embedserve's servers, one server each per thread count "
-                             "(int8: the import's dynamic int8 copy, run one text at a time)")
+                             "(int8: the import's int8 copy, quantised row by row and run batched)")
     parser.add_argument("--requests", type=int, default=256, help="requests per cell of short texts")
     parser.add_argument("--long-requests", type=int, default=128, help=f"requests per cell of {LONG_TOKENS}-token texts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "text_vs_infinity.json")
@@ -435,7 +436,7 @@ def main() -> None:
                      "long_text_tokens": LONG_TOKENS, "embedserve": "uvicorn, 1 worker, default settings (batching on, "
                      f"max_batch_size {Settings().max_batch_size}) but EMBEDSERVE_ONNX_INTRA_OP_THREADS and EMBEDSERVE_PRECISION, one "
                      f"server per pair (the defaults: {Settings().onnx_intra_op_threads} thread, precision "
-                     f"{Settings().precision}, which runs the int8 copy on a CPU); int8 runs each text alone",
+                     f"{Settings().precision}, which runs the int8 copy on a CPU); the int8 copy is quantised row by row and runs batched",
                      "client": "raw asyncio streams in the bench process, prebuilt POST requests with OpenAI's body, one "
                                "keep-alive connection per concurrent request; client_cpu and server_cpu are the cores each used"},
         "results": [{"server": name, "input": kind, "concurrency": c, **cell}

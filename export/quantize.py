@@ -109,8 +109,7 @@ def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
         largest = (helper.make_node("ReduceMax", [q + "/abs", "int8/last_axis"], [q + "/max"], keepdims=1) if opset >= 18
                    else helper.make_node("ReduceMax", [q + "/abs"], [q + "/max"], axes=[-1], keepdims=1))
         return [helper.make_node("Abs", [activation], [q + "/abs"]), largest,
-                helper.make_node("Max", [q + "/max", "int8/tiny"], [q + "/range"]),  # an all-zero row stays zero
-                helper.make_node("Div", [q + "/range", "int8/levels"], [q + "/scale"]),  # (..., 1) per row
+                helper.make_node("Max", [q + "/max", "int8/tiny"], [q + "/range"]),  # (..., 1); an all-zero row stays zero
                 helper.make_node("Div", ["int8/levels", q + "/range"], [q + "/inverse"]),
                 helper.make_node("Mul", [activation, q + "/inverse"], [q + "/scaled"]),  # in [-127, 127]
                 helper.make_node("QuantizeLinear", [q + "/scaled", "int8/one", "int8/zero_point"], [q + "/uint8"])]
@@ -122,8 +121,9 @@ def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
             continue
         column_scale = (np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0).astype(np.float32)  # (N,)
         p = f"int8/matmul{len(replaced)}"
+        # the row's 1/127 joins the column scales here, so each row's range multiplies the product as it is
         constants += [numpy_helper.from_array(np.clip(np.round(w / column_scale), -127, 127).astype(np.int8), p + "/weight"),
-                      numpy_helper.from_array(column_scale, p + "/weight_scale")]
+                      numpy_helper.from_array(column_scale / np.float32(127.0), p + "/weight_scale")]
         replaced.add(node.input[1])
         if node.input[0] not in quantized_rows:
             nodes += quantize_rows(node.input[0])
@@ -132,7 +132,7 @@ def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
         scaled = p + "/scaled" if bias else node.output[0]
         nodes += [helper.make_node("MatMulIntegerToFloat", [q + "/uint8", p + "/weight", "int8/one", p + "/weight_scale",
                                                             "int8/zero_point"], [p + "/product"], domain="com.microsoft"),
-                  helper.make_node("Mul", [p + "/product", q + "/scale"], [scaled], name=node.name)]
+                  helper.make_node("Mul", [p + "/product", q + "/range"], [scaled], name=node.name)]
         if bias:
             nodes.append(helper.make_node("Add", [scaled, bias], [node.output[0]], name=node.name + "/bias"))
     if not replaced:

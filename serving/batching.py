@@ -1,9 +1,10 @@
 """The dynamic micro-batcher: requests that arrive together share one model call.
 
 One `MicroBatcher` per model. `await batcher.submit(items)` queues a request; a worker task
-takes the first waiting request and everything queued behind it, up to `max_batch_size` rows,
-runs them as one `encoder.encode` call in a worker thread, and hands each caller back its own
-rows. One batch runs at a time, so the requests that arrive while it runs form the next: under
+takes the first waiting request and everything queued behind it, up to `max_batch_size` rows
+(and, for a text model, `max_batch_tokens` tokens: rows times the longest row's tokens, as the
+batch is padded to it), runs them as one `encoder.encode` call in a worker thread, and hands each
+caller back its own rows. One batch runs at a time, so the requests that arrive while it runs form the next: under
 load batches grow by themselves, and a lone request never waits (continuous batching, as
 text-embeddings-inference and infinity do). `max_wait_ms` > 0 also holds a batch open that long
 after its first request arrived, trading latency for fuller batches (worth it on a GPU, where a
@@ -28,11 +29,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Pending:
-    """One piece of a request (at most max_batch_size rows) and the future its caller awaits."""
+    """One piece of a request (rows that fit one batch) and the future its caller awaits."""
 
     items: np.ndarray  # (n, ...)
     future: asyncio.Future
     queued_at: float  # loop time when it was queued: a batch's wait counts from its first piece's arrival
+    tokens: int = 0  # a text model: its longest row's tokens (Encoder.row_tokens); 0 for images
 
 
 def _shutting_down() -> NotReady:
@@ -40,7 +42,8 @@ def _shutting_down() -> NotReady:
 
 
 class MicroBatcher:
-    """Groups concurrent `submit` calls into encoder batches of at most `max_batch_size` rows."""
+    """Groups concurrent `submit` calls into encoder batches of at most `max_batch_size` rows (and
+    `max_batch_tokens` tokens for a text model)."""
 
     def __init__(
         self,
@@ -50,6 +53,7 @@ class MicroBatcher:
         enabled: bool = True,  # False: each request calls encode directly (still in a thread)
         on_batch: Callable[[int], None] | None = None,  # told each batch's row count (metrics)
         max_queue_rows: int | None = None,  # rows waiting (queued or in a batch) before submit answers Overloaded
+        max_batch_tokens: int | None = None,  # a text model: most rows x longest row's tokens in one call (None: rows only)
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
@@ -59,6 +63,7 @@ class MicroBatcher:
         self.enabled = enabled
         self.on_batch = on_batch
         self.max_queue_rows = max_queue_rows
+        self.max_batch_tokens = max_batch_tokens
         self._waiting_rows = 0  # rows submitted and not yet answered
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
@@ -123,14 +128,30 @@ class MicroBatcher:
         # large request (a thousand-prompt class matrix, 256 texts) shares the model with them
         # rather than holding it for all its batches. One batch runs at a time anyway, so a lone
         # large request loses nothing but a hop of the event loop between its batches.
-        parts = [await self._submit_piece(items[start : start + self.max_batch_size])
-                 for start in range(0, len(items), self.max_batch_size)]
+        parts = [await self._submit_piece(items[start:end], tokens) for start, end, tokens in self._pieces(items)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)  # (n, D)
 
-    async def _submit_piece(self, rows: np.ndarray) -> np.ndarray:
-        """Queue one piece (at most max_batch_size rows) and await its embeddings."""
+    def _pieces(self, items: np.ndarray) -> list[tuple[int, int, int]]:
+        """(start, end, longest row's tokens) of each piece of a request: runs of rows that fit one
+        batch, at most max_batch_size rows and, for a text model, max_batch_tokens tokens (a row
+        longer than that alone is a piece of its own)."""
+        tokens = self.encoder.row_tokens(items) if self.max_batch_tokens else None
+        if tokens is None:
+            return [(start, min(start + self.max_batch_size, len(items)), 0)
+                    for start in range(0, len(items), self.max_batch_size)]
+        pieces, start, longest = [], 0, 0
+        for i, t in enumerate(tokens.tolist()):
+            grown = max(longest, t)
+            if i > start and (i - start == self.max_batch_size or (i - start + 1) * grown > self.max_batch_tokens):
+                pieces.append((start, i, longest))
+                start, grown = i, t
+            longest = grown
+        return pieces + [(start, len(items), longest)]
+
+    async def _submit_piece(self, rows: np.ndarray, tokens: int = 0) -> np.ndarray:
+        """Queue one piece (rows that fit one batch) and await its embeddings."""
         loop = asyncio.get_running_loop()
-        piece = _Pending(rows, loop.create_future(), loop.time())
+        piece = _Pending(rows, loop.create_future(), loop.time(), tokens)
         self._queue.put_nowait(piece)
         self._queued_rows += len(rows)
         waiter = self._waiter
@@ -144,10 +165,9 @@ class MicroBatcher:
 
     async def _encode_unbatched(self, items: np.ndarray) -> np.ndarray:
         parts = []
-        for start in range(0, len(items), self.max_batch_size):
-            chunk = items[start : start + self.max_batch_size]
-            self._observe(len(chunk))
-            parts.append(self._checked(await asyncio.to_thread(self.encoder.encode, chunk), len(chunk)))
+        for start, end, _ in self._pieces(items):
+            self._observe(end - start)
+            parts.append(self._checked(await asyncio.to_thread(self.encoder.encode, items[start:end]), end - start))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def _run(self) -> None:
@@ -187,7 +207,7 @@ class MicroBatcher:
         if first is None:
             first = await self._queue.get()
             self._queued_rows -= len(first.items)
-        batch, rows = [first], len(first.items)
+        batch, rows, longest = [first], len(first.items), first.tokens
         loop = asyncio.get_running_loop()
         deadline = first.queued_at + self.max_wait_ms / 1000.0
         while rows < self.max_batch_size:
@@ -201,12 +221,17 @@ class MicroBatcher:
                 continue
             piece = self._queue.get_nowait()
             self._queued_rows -= len(piece.items)
-            if rows + len(piece.items) > self.max_batch_size:
+            if not self._fits(rows + len(piece.items), max(longest, piece.tokens)):
                 self._carry = piece  # would overflow this batch: it opens the next one
                 break
             batch.append(piece)
-            rows += len(piece.items)
+            rows, longest = rows + len(piece.items), max(longest, piece.tokens)
         return batch
+
+    def _fits(self, rows: int, longest_tokens: int) -> bool:
+        """Whether a batch of `rows` rows padded to `longest_tokens` tokens is within the limits."""
+        return rows <= self.max_batch_size and (
+            not self.max_batch_tokens or not longest_tokens or rows * longest_tokens <= self.max_batch_tokens)
 
     async def _wait_for_rows(self, rows: int, timeout_s: float) -> None:
         """Sleep until `rows` rows are queued or `timeout_s` passes. One future and one timer per

@@ -20,6 +20,12 @@ from runtime.preprocessing import ImageLimits
 if TYPE_CHECKING:
     from index.jobs_ray import RayConfig
 
+# A text model's batch on a CPU: all-MiniLM-L6-v2 at int8 on one core of this project's 2-core
+# VNNI machine ran most texts per second at 256-512 tokens a batch (32 texts of 15 tokens, 16 of
+# 32, 2-4 of 128) and a quarter fewer at 4,096 (32 texts of 128), whose activations outgrow the
+# caches; fp32 the same way, by a tenth. A GPU wants its batches as large as they come.
+CPU_BATCH_TOKENS = 512
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBEDSERVE_", frozen=True)
@@ -32,7 +38,12 @@ class Settings(BaseSettings):
     default_text_model: str | None = Field(None, description="text model for /embed/text, /v1/embeddings and (a CLIP model) /zero-shot when a request names none; unset: the first CLIP model, else the first text encoder")
     default_index: str | None = Field(None, description="index used by /search when a request names none")
     batching: bool = Field(True, description="group concurrent requests into one model call")
-    max_batch_size: int = Field(32, ge=1, description="most images in one model call")
+    max_batch_size: int = Field(32, ge=1, description="most images or texts in one model call")
+    max_batch_tokens: int = Field(
+        0, ge=0, description="most tokens in one text model call (its texts times the longest one's tokens, as the batch "
+                             f"is padded to it); 0: {CPU_BATCH_TOKENS} where the model runs on the CPU, whose caches favour "
+                             "small batches of long texts, and no limit but max_batch_size elsewhere"
+    )
     max_wait_ms: float = Field(
         0.0, ge=0, description="extra wait for a batch to fill; 0: a batch is what queued while the model was busy"
     )
@@ -140,6 +151,13 @@ class Settings(BaseSettings):
     index_hnsw_max_count: int = Field(
         HNSW_MAX_COUNT, ge=0, description="below this many vectors (and from index_flat_max_count) HNSW; from here IVF-PQ"
     )
+
+    def batch_tokens(self, providers: list[str] | None) -> int | None:
+        """The token budget of a text model's batches (max_batch_tokens; 0 picks by where the model
+        runs, `providers`: onnxruntime's, None for a model served elsewhere, e.g. Triton)."""
+        if self.max_batch_tokens:
+            return self.max_batch_tokens
+        return CPU_BATCH_TOKENS if providers == ["CPUExecutionProvider"] else None
 
     def runtime_config(self) -> RuntimeConfig:
         """How the encoders run: the inference core's own config, from these settings."""

@@ -30,6 +30,7 @@ class Encoder(ABC):
     manifest: Manifest
     role: str  # the bundle file role of the model it runs, e.g. "image_encoder"
     precision: str = "fp32"  # which variant runs: fp32, fp16 or int8 (runtime.encoders.factory.choose_precision)
+    providers: list[str] | None = None  # onnxruntime's execution providers, for a model run in this process; else None
 
     @property
     def name(self) -> str:
@@ -44,6 +45,13 @@ class Encoder(ABC):
         """Embed a batch → (B, dim) float32: images (B, C, H, W) float32, or for a model of k inputs
         of one shape, the inputs stacked on axis 1 in the model's order (a CLIP text tower: token ids
         and attention mask as (B, 2, T) int64), so the micro-batcher handles one array per request."""
+
+    def row_tokens(self, batch: np.ndarray) -> np.ndarray | None:
+        """The tokens each row of `batch` makes the model run, (B,) int, for a text model; None for
+        a model whose rows all cost alike (images). A batch costs its rows times its longest row's
+        tokens, as it is padded to that; the micro-batcher keeps batches within a token budget by
+        it. Default: None."""
+        return None
 
     def close(self) -> None:
         """Release the runtime's resources (sessions, connections). Default: nothing to do."""

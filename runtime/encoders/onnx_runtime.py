@@ -89,12 +89,14 @@ class OnnxEncoder(Encoder):
     engines between restarts (building one takes minutes) outside the bundle, which stays read-only
     so its hashes hold. `intra_op_threads` is the threads per model call (see `session_options`).
 
-    `one_at_a_time` runs each item of a batch alone, on its own tokens. It is for dynamic int8
-    models: they scale each activation tensor by its range at run time, so in a batch one item's
-    scale would come from its neighbours (a short text beside a long one moved to cosine 0.988 of
-    itself alone). Alone, an item's vector never depends on what it was batched with. Items being
-    independent then, the `intra_op_threads` budget runs that many items at once, one thread
-    each, rather than splitting one item's small matrices between threads.
+    `one_at_a_time` runs each item of a batch alone, on its own tokens. It is for the int8 copies
+    exported before 2026-12 (onnxruntime's dynamic quantiser, PrecisionVariant.one_at_a_time):
+    they scale each activation tensor by its range over the batch at run time, so in a batch one
+    item's scale would come from its neighbours (a short text beside a long one moved to cosine
+    0.988 of itself alone). Alone, an item's vector never depends on what it was batched with.
+    Items being independent then, the `intra_op_threads` budget runs that many items at once, one
+    thread each, rather than splitting one item's small matrices between threads. Copies exported
+    since scale each row by its own range and run batched like fp32.
     """
 
     def __init__(self, bundle: Bundle, role: str, providers: str | Sequence[str] = "auto", trt_cache_dir: Path | None = None,
@@ -147,6 +149,17 @@ class OnnxEncoder(Encoder):
 
         rows = range(len(arrays[0]))
         return np.concatenate(list(self._items.map(one, rows)) if self._items is not None else [one(i) for i in rows])  # (B, D)
+
+    def row_tokens(self, batch: np.ndarray) -> np.ndarray | None:
+        """A text model's tokens per row: its own (1 + its last attended column) where the model runs
+        on the columns a batch uses, else the whole fixed context; None for an image model."""
+        if self.mask_index is None:
+            return None
+        mask = np.asarray(batch)[:, self.mask_index]  # (B, T)
+        if not self.trims_padding:
+            return np.full(len(mask), mask.shape[1])
+        attended = mask.astype(bool)
+        return np.where(attended.any(axis=1), mask.shape[1] - np.argmax(attended[:, ::-1], axis=1), 1)  # (B,)
 
     def _run(self, arrays: list[np.ndarray]) -> np.ndarray:
         if self.trims_padding:

@@ -222,3 +222,66 @@ def test_overloaded_is_a_429_with_retry_after():
     response = TestClient(app).get("/busy")
     assert response.status_code == 429 and response.headers["retry-after"] == "1"
     assert response.json() == {"detail": "full", "error": "overloaded"}
+
+
+class Texts(Encoder):
+    """A text model's stand-in: rows (B, 2, T) of ids and mask; embeds a row as [its tokens, 0] and
+    records each call's (rows, padded tokens)."""
+
+    def __init__(self):
+        self.manifest = Manifest(name="texts", kind="text-encoder", method="sentence-transformers", dim=2, normalized=False,
+                                 files={})
+        self.calls: list[tuple[int, int]] = []
+
+    def row_tokens(self, batch: np.ndarray) -> np.ndarray:
+        return batch[:, 1].sum(axis=1)
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        tokens = self.row_tokens(batch)
+        self.calls.append((len(batch), int(tokens.max())))
+        return np.stack([tokens, np.zeros_like(tokens)], axis=1).astype(np.float32)
+
+
+def texts(*lengths: int, context: int = 128) -> np.ndarray:
+    batch = np.zeros((len(lengths), 2, context), np.int64)
+    for i, n in enumerate(lengths):
+        batch[i, :, :n] = 1
+    return batch
+
+
+def test_a_text_model_s_batches_keep_within_the_token_budget():
+    encoder = Texts()
+    batcher = MicroBatcher(encoder, max_batch_size=32, max_batch_tokens=512)
+    long = texts(*[128] * 32)  # 4,096 tokens in one request: eight batches of four
+    (result,) = asyncio.run(run_batcher(batcher, [long]))
+    np.testing.assert_array_equal(result[:, 0], 128)
+    assert encoder.calls == [(4, 128)] * 8
+    encoder.calls.clear()
+    (result,) = asyncio.run(run_batcher(batcher, [texts(10, 10, 300, 10, 600, 5, context=1024)]))  # padded: rows x longest
+    np.testing.assert_array_equal(result[:, 0], [10, 10, 300, 10, 600, 5])
+    assert encoder.calls == [(2, 10), (1, 300), (1, 10), (1, 600), (1, 5)]  # a text over the budget runs alone
+    encoder.calls.clear()
+    asyncio.run(run_batcher(batcher, [texts(*[10] * 40)]))  # short texts: max_batch_size is the limit
+    assert encoder.calls == [(32, 10), (8, 10)]
+
+
+def test_concurrent_texts_share_a_batch_only_within_the_token_budget():
+    encoder = Texts()
+    batcher = MicroBatcher(encoder, max_batch_size=32, max_wait_ms=50, max_batch_tokens=512)
+    requests = [texts(100), texts(100), texts(100), texts(100), texts(100), texts(20)]
+    results = asyncio.run(run_batcher(batcher, requests))
+    assert [int(r[0, 0]) for r in results] == [100, 100, 100, 100, 100, 20]
+    assert all(rows * longest <= 512 for rows, longest in encoder.calls) and sum(r for r, _ in encoder.calls) == 6
+    assert encoder.calls[0] == (5, 100)  # as many as fit: the sixth would make 6 x 100
+    without = Texts()
+    asyncio.run(run_batcher(MicroBatcher(without, max_batch_size=32, max_wait_ms=50), requests))
+    assert without.calls == [(6, 100)]  # no budget: rows only
+
+
+def test_the_token_budget_defaults_to_small_batches_on_a_cpu_and_none_elsewhere():
+    from serving.settings import CPU_BATCH_TOKENS, Settings
+
+    assert Settings().batch_tokens(["CPUExecutionProvider"]) == CPU_BATCH_TOKENS
+    assert Settings().batch_tokens(["CUDAExecutionProvider", "CPUExecutionProvider"]) is None
+    assert Settings().batch_tokens(None) is None  # a model served elsewhere (Triton)
+    assert Settings(max_batch_tokens=2048).batch_tokens(["CPUExecutionProvider"]) == 2048

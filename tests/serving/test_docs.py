@@ -36,5 +36,5 @@ def test_the_openapi_lists_every_limit_with_this_servers_value(tmp_path):
     assert "| 7 | `EMBEDSERVE_MAX_IMAGES_PER_REQUEST` |" in description
     assert "| 1,234 | `EMBEDSERVE_MAX_PROMPTS` |" in description
     limits = {name for name in Settings.model_fields if name.startswith("max_") or name.endswith("_timeout_s")}
-    not_request_limits = {"shutdown_timeout_s", "max_batch_size", "max_wait_ms"}  # how the server runs, not what a request may hold
+    not_request_limits = {"shutdown_timeout_s", "max_batch_size", "max_batch_tokens", "max_wait_ms"}  # how the server runs, not what a request may hold
     assert limits - not_request_limits <= {field for field, _ in LIMITS}  # a new limit must be listed too

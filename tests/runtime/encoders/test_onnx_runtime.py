@@ -84,3 +84,17 @@ def test_tensorrt_caches_its_engines_per_precision_and_builds_fp16_kernels_for_f
     assert fp16["trt_engine_cache_path"] == str(tmp_path / "fp16") and (tmp_path / "fp16").is_dir()
     assert "trt_fp16_enable" not in _options_for("TensorrtExecutionProvider", None, "fp32")
     assert _options_for("CUDAExecutionProvider", tmp_path, "fp16") == {}  # CUDA runs the fp16 file itself
+
+
+def test_row_tokens_are_what_each_text_makes_the_model_run(minilm_artifacts: Path, bundle_and_module):
+    from runtime.bundle import open_bundle
+    from runtime.tokens import load_tokenizer, text_encoder_batch
+
+    bundle = open_bundle(minilm_artifacts, "minilm")
+    encoder = load_encoder(bundle, RuntimeConfig(precision="fp32"), role="text_encoder")
+    batch = text_encoder_batch(load_tokenizer(bundle.file("tokenizer")), ["ok", "a somewhat longer sentence to embed"])
+    assert encoder.trims_padding  # its sequence axis is dynamic: a text costs its own tokens
+    np.testing.assert_array_equal(encoder.row_tokens(batch), batch[:, 1].sum(axis=1))
+    assert encoder.providers == ["CPUExecutionProvider"]
+    image = OnnxEncoder(bundle_and_module[0], "image_encoder", "cpu")
+    assert image.row_tokens(np.zeros((2, 3, 4, 4), np.float32)) is None  # images cost alike
