@@ -3,9 +3,10 @@
 int8 is for CPUs: dynamic, row by row, for transformers (the text towers and the ViT, whose
 activation ranges vary per input, and whose integer MatMul kernels beat the QDQ ones); static QDQ
 calibrated on a few hundred training images for the CNN image encoders (onnxruntime's quantiser).
-fp16 is for GPUs (onnxruntime's float16 converter, inputs and outputs kept float32). Each variant is scored on its method's evaluation, beside the fp32 model on the
-same inputs: kNN top-1 for image encoders, zero-shot top-1 for a CLIP text tower, and the cosine
-of its outputs to fp32's for both. The result is a runtime.bundle.PrecisionVariant for the manifest.
+fp16 is for GPUs (onnxruntime's float16 converter, inputs and outputs kept float32). Each variant
+is scored on its method's evaluation, beside the fp32 model on the same inputs: kNN top-1 for
+image encoders, zero-shot top-1 for a CLIP text tower, and the cosine of its outputs to fp32's
+for both. The result is a runtime.bundle.PrecisionVariant for the manifest.
 """
 
 from __future__ import annotations
@@ -78,9 +79,9 @@ def _quiet_quantizer() -> Iterator[None]:
 def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
     """int8 for transformer towers (the text towers, the ViT), quantised dynamically row by row.
 
-    Every MatMul (or Gemm) by a weight matrix (Q, K, V, the projections, the MLP) becomes an int8 one: the
-    weights per output column, symmetric, once here; the activations at run time, each row (a
-    token, or an image's patch) by its own largest magnitude, as uint8 around 128. A row's scale
+    Every MatMul (or Gemm) by a weight matrix (Q, K, V, the projections, the MLP) becomes an int8
+    one: the weights per output column, symmetric, once here; the activations at run time, each row
+    (a token, or an image's patch) by its own largest magnitude, as uint8 around 128. A row's scale
     comes from that row alone, so an item's vector is the same whatever it is batched with, and the
     model runs batched. onnxruntime's own dynamic quantiser scales each activation tensor by its
     range over the whole batch: a short text beside a long one moved to cosine 0.988 of itself
@@ -101,8 +102,8 @@ def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
     if opset >= 18:  # ReduceMax takes its axes as an input from opset 18, as an attribute before
         constants.append(numpy_helper.from_array(np.array([-1], np.int64), "int8/last_axis"))
     quantized_rows: dict[str, str] = {}  # activation -> the prefix of its quantised copy, shared by its MatMuls (Q, K, V)
-    replaced: set[str] = set()
-    nodes = []
+    replaced: set[str] = set()  # the fp32 weights, dropped unless something else reads them
+    nodes, products = [], 0
 
     def quantize_rows(activation: str) -> list[onnx.NodeProto]:
         q = quantized_rows[activation] = f"int8/rows{len(quantized_rows)}"
@@ -120,7 +121,7 @@ def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
             nodes.append(node)
             continue
         column_scale = (np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0).astype(np.float32)  # (N,)
-        p = f"int8/matmul{len(replaced)}"
+        p, products = f"int8/matmul{products}", products + 1
         # the row's 1/127 joins the column scales here, so each row's range multiplies the product as it is
         constants += [numpy_helper.from_array(np.clip(np.round(w / column_scale), -127, 127).astype(np.int8), p + "/weight"),
                       numpy_helper.from_array(column_scale / np.float32(127.0), p + "/weight_scale")]

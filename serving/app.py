@@ -25,7 +25,7 @@ from serving.metrics import install_metrics
 from serving.registry import Registry, retire_later
 from serving.routers import embed, explain, health, indexes, jobs, openai_compat, playground, search, text, words, zero_shot
 from serving.security import AccessMiddleware, check_exposure
-from serving.server import release_memory_promptly
+from serving.server import freeze_startup_objects, release_memory_promptly, thaw_startup_objects
 from serving.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs = runner
         poller = asyncio.create_task(_poll_for_new_versions(registry, settings.reload_interval_s)) \
             if settings.reload_interval_s > 0 else None
+        freeze_startup_objects()
         try:
             yield
         finally:
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.registry = None
             await registry.stop()
             registry.close()
+            thaw_startup_objects()
 
     app = FastAPI(
         title="embedserve",

@@ -4,12 +4,12 @@ One `MicroBatcher` per model. `await batcher.submit(items)` queues a request; a 
 takes the first waiting request and everything queued behind it, up to `max_batch_size` rows
 (and, for a text model, `max_batch_tokens` tokens: rows times the longest row's tokens, as the
 batch is padded to it), runs them as one `encoder.encode` call in a worker thread, and hands each
-caller back its own rows. One batch runs at a time, so the requests that arrive while it runs form the next: under
-load batches grow by themselves, and a lone request never waits (continuous batching, as
-text-embeddings-inference and infinity do). `max_wait_ms` > 0 also holds a batch open that long
-after its first request arrived, trading latency for fuller batches (worth it on a GPU, where a
-batch of 32 costs little more than a batch of 1). With `enabled=False` every request calls the
-encoder on its own.
+caller back its own rows. One batch runs at a time, so the requests that arrive while it runs
+form the next: under load batches grow by themselves, and a lone request never waits
+(continuous batching, as text-embeddings-inference and infinity do). `max_wait_ms` > 0 also
+holds a batch open that long after its first request arrived, trading latency for fuller batches
+(worth it on a GPU, where a batch of 32 costs little more than a batch of 1). With
+`enabled=False` every request calls the encoder on its own.
 """
 
 from __future__ import annotations

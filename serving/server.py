@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import signal
 import sys
 from functools import partial
@@ -88,6 +89,20 @@ def release_memory_promptly() -> None:
         libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
     except (OSError, AttributeError):
         pass
+
+
+def freeze_startup_objects() -> None:
+    """Set what start-up made (modules, the app, the models' Python objects) aside from the garbage
+    collector, which otherwise walks all of it in every full collection: one took 58 ms in a
+    server under load, the p99 of one-sentence requests at concurrency 8 (75.7 ms against a
+    p50 of 14.9). Objects made later are collected as before; what start-up made stays for the
+    process's life anyway. `thaw_startup_objects` hands them back at shut-down (a process that
+    starts apps in turn, such as the test suite, then frees the old ones)."""
+    gc.freeze()
+
+
+def thaw_startup_objects() -> None:
+    gc.unfreeze()
 
 
 def _exit_cleanly(signum: int, frame) -> None:

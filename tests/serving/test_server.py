@@ -69,3 +69,17 @@ def test_sigterm_finishes_the_requests_in_flight_checkpoints_the_job_and_exits_0
         cancel = urllib.request.Request(f"{server.url}/jobs/{job['id']}", method="DELETE")
         urllib.request.urlopen(cancel, timeout=30).close()
         server.wait_for(lambda: status()["state"] == "cancelled", "the job to stop")
+
+
+def test_a_running_server_keeps_what_start_up_made_out_of_full_garbage_collections(image_artifacts):
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import Settings
+
+    with TestClient(create_app(Settings(artifacts_dir=image_artifacts))) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > 0  # the app, its models and modules: not walked by every full collection
+    assert gc.get_freeze_count() == 0  # handed back at shut-down
