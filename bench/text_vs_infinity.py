@@ -45,6 +45,7 @@ from runtime.vectors import rowwise_cosine  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+WARM_UP_REQUESTS = 64  # untimed requests before each cell (at least two per connection)
 MODEL = "minilm"  # the name both servers serve the model under
 LONG_TOKENS = 128  # tokens per long text, [CLS] and [SEP] included
 STARTUP_TIMEOUT_S = 600.0  # infinity's optimum engine exports the model to ONNX when it starts
@@ -222,7 +223,9 @@ def embeddings_request(path: str, port: int, text: str) -> bytes:
 async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, server_pid: int) -> dict:
     """`requests` one-text POSTs, `concurrency` in flight at a time; every answer must be 200."""
     async with KeepAliveConnections(port, concurrency) as connections:
-        await connections.warm_up(requests_bytes, rounds=2)  # lazy initialisation, first batches
+        # lazy initialisation and first batches: at least 64 requests, so a cell of one connection
+        # does not time a server's first moments (the first cell of a run was the slowest in every run)
+        await connections.warm_up(requests_bytes, rounds=max(2, WARM_UP_REQUESTS // concurrency))
         run = await connections.drive(requests_bytes, requests, (server_pid,))
     # server_cpu: the cores it used meanwhile; cpu_ms_per_request: its CPU time per answer, which depends
     # far less than requests/s on how much of the machine other work left it
