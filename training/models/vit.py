@@ -43,7 +43,7 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, D/h)
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, D/h)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, D/h)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
 
