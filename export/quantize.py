@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
 from export.onnx import FP16_MIN_COSINE, ParityError, write_fp16_copy
 from runtime.bundle import PrecisionVariant
@@ -90,8 +91,6 @@ def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
 
     The int8 product runs in onnxruntime's MatMulIntegerToFloat (uint8 x int8 with the weight
     scales applied, the VNNI kernel where the CPU has it); each row's scale multiplies it after."""
-    from onnx import TensorProto, helper, numpy_helper
-
     model = onnx.load(str(fp32_path))
     graph = model.graph
     weights = {i.name: i for i in graph.initializer}
@@ -155,8 +154,6 @@ def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
 def _weight_matrix(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> np.ndarray | None:
     """The float (K, N) weights `node` multiplies its input by, when it is a MatMul by a weight
     matrix or a plain Gemm (A @ B (+ C), B maybe transposed) whose input is an activation; else None."""
-    from onnx import TensorProto, helper, numpy_helper
-
     weight = weights.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 else None
     if weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT or node.input[0] in weights:
         return None
@@ -172,8 +169,8 @@ def _weight_matrix(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -
 def quantize_static_int8(fp32_path: Path | str, int8_path: Path | str, input_name: str, calibration: np.ndarray,
                          batch_size: int = 32) -> Path:
     """QDQ int8 (uint8 activations, per-channel int8 weights) with activation ranges calibrated on
-    `calibration` (N, C, H, W) float32 preprocessed training images: for the CNN and ViT image
-    encoders. onnxruntime's CPU provider fuses the QDQ pairs into QLinearConv / QLinearMatMul,
+    `calibration` (N, C, H, W) float32 preprocessed training images: for the CNN image encoders
+    (a ViT takes quantize_rowwise_int8, int8_technique). onnxruntime's CPU provider fuses the QDQ pairs into QLinearConv / QLinearMatMul,
     which use the VNNI instructions where the CPU has them."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

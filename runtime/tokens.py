@@ -81,3 +81,11 @@ def used_length(attention_mask: np.ndarray) -> int:
     pooling), in the time of the longest text rather than of the whole context."""
     used = np.flatnonzero(attention_mask.any(axis=0))  # (≤T,) columns some row attends to
     return int(used[-1]) + 1 if used.size else 1
+
+
+def row_lengths(attention_mask: np.ndarray) -> np.ndarray:
+    """Each row's own used_length (B,): 1 + the last column it attends to (1 for a row that
+    attends to none), the tokens that row alone would make such a model run."""
+    attended = np.asarray(attention_mask).astype(bool)  # (B, T)
+    last = attended.shape[1] - np.argmax(attended[:, ::-1], axis=1)  # (B,)
+    return np.where(attended.any(axis=1), last, 1)

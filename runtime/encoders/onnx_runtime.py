@@ -19,7 +19,7 @@ import onnxruntime as ort
 from runtime.bundle import Bundle
 from runtime.config import SERVING_INTRA_OP_THREADS
 from runtime.encoders.base import Encoder, split_inputs
-from runtime.tokens import used_length
+from runtime.tokens import row_lengths, used_length
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,7 @@ class OnnxEncoder(Encoder):
         if self.mask_index is None:
             return None
         mask = np.asarray(batch)[:, self.mask_index]  # (B, T)
-        if not self.trims_padding:
-            return np.full(len(mask), mask.shape[1])
-        attended = mask.astype(bool)
-        return np.where(attended.any(axis=1), mask.shape[1] - np.argmax(attended[:, ::-1], axis=1), 1)  # (B,)
+        return row_lengths(mask) if self.trims_padding else np.full(len(mask), mask.shape[1])  # (B,)
 
     def _run(self, arrays: list[np.ndarray]) -> np.ndarray:
         if self.trims_padding:
