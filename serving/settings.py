@@ -6,6 +6,7 @@ it down (routers get it through `Depends(get_settings)` or from the registry).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -46,6 +47,10 @@ class Settings(BaseSettings):
     )
     max_wait_ms: float = Field(
         0.0, ge=0, description="extra wait for a batch to fill; 0: a batch is what queued while the model was busy"
+    )
+    batches_in_flight: int = Field(
+        2, ge=1, description="model calls per model running at once: while one runs, the event loop answers the batch before "
+                             "it and reads the requests for the next, so neither the model nor the HTTP side waits on the other"
     )
     max_request_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="largest request body; refused (413) from its Content-Length or as it streams"
@@ -102,7 +107,8 @@ class Settings(BaseSettings):
                             "within 1 point top-1 of fp32, else fp32; a bundle without the one asked runs fp32"
     )
     onnx_intra_op_threads: int = Field(
-        1, ge=0, description="onnxruntime threads per model call; 0: one per physical core (see runtime.encoders.onnx_runtime)"
+        0, ge=0, description="onnxruntime threads per model call; 0: one per physical core, shared among the workers "
+                             "when there are several (see runtime.config)"
     )
     triton_url: str | None = Field(None, description="host:port of a Triton server; when set, encoders run there")
     workers: int = Field(
@@ -159,9 +165,16 @@ class Settings(BaseSettings):
             return self.max_batch_tokens
         return CPU_BATCH_TOKENS if providers == ["CPUExecutionProvider"] else None
 
+    def intra_op_threads(self) -> int:
+        """onnxruntime threads per model call: the setting, or for 0 with several workers the cores this
+        process may use divided among them (each worker loads its own sessions); 0 otherwise."""
+        if self.onnx_intra_op_threads or self.workers == 1:
+            return self.onnx_intra_op_threads
+        return max(1, len(os.sched_getaffinity(0)) // self.workers)
+
     def runtime_config(self) -> RuntimeConfig:
         """How the encoders run: the inference core's own config, from these settings."""
-        return RuntimeConfig(execution_providers=self.execution_providers, intra_op_threads=self.onnx_intra_op_threads,
+        return RuntimeConfig(execution_providers=self.execution_providers, intra_op_threads=self.intra_op_threads(),
                              triton_url=self.triton_url, cache_dir=Path(self.artifacts_dir) / "cache",
                              precision=self.precision)
 

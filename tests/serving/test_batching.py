@@ -174,6 +174,80 @@ def test_with_no_wait_requests_that_arrive_while_a_batch_runs_form_the_next_batc
     assert [r[0, 0] for r in results] == [0, 10, 20, 30, 40, 50]
 
 
+def test_with_two_batches_in_flight_a_second_runs_beside_the_first_and_a_third_waits_for_either():
+    # batches_in_flight=2 (the server's default): while one batch is in the model, the requests
+    # queued behind it go as a second batch at once; what queues while both run waits for a slot.
+    release = threading.Event()
+    both_in = threading.Barrier(3)  # the two batches and the test meet inside encode
+    encoder = TimesTen()
+    plain_encode = encoder.encode
+    started: list[int] = []
+
+    def held_encode(batch: np.ndarray) -> np.ndarray:
+        started.append(len(batch))
+        if len(started) <= 2:
+            both_in.wait(5)  # raises BrokenBarrierError if the second batch never started beside the first
+        assert release.wait(5), "the test never released the batches"
+        return plain_encode(batch)
+
+    encoder.encode = held_encode
+    batcher = MicroBatcher(encoder, max_batch_size=64, batches_in_flight=2)
+
+    async def scenario():
+        await batcher.start()
+        try:
+            first = asyncio.ensure_future(batcher.submit(rows(0, 1)))
+            await asyncio.sleep(0.01)
+            second = [asyncio.ensure_future(batcher.submit(rows(c, 1))) for c in (1, 2)]
+            await asyncio.to_thread(both_in.wait, 5)  # two batches inside encode at once
+            third = [asyncio.ensure_future(batcher.submit(rows(c, 1))) for c in (3, 4, 5)]
+            await asyncio.sleep(0.01)
+            assert started == [1, 2] and not any(t.done() for t in [first, *second, *third])  # the third waits
+            release.set()
+            return await asyncio.gather(first, *second, *third)
+        finally:
+            release.set()
+            both_in.abort()
+            await batcher.stop()
+
+    results = asyncio.run(scenario())
+    assert started == [1, 2, 3]
+    assert [r[0, 0] for r in results] == [0, 10, 20, 30, 40, 50]
+
+
+def test_stopping_with_two_batches_in_flight_answers_every_caller_not_ready():
+    from serving.errors import NotReady
+
+    release = threading.Event()
+    inside = threading.Semaphore(0)
+
+    class Held(TimesTen):
+        def encode(self, batch):
+            inside.release()
+            release.wait(5)
+            return super().encode(batch)
+
+    batcher = MicroBatcher(Held(), max_batch_size=1, batches_in_flight=2)
+
+    async def scenario():
+        await batcher.start()
+        callers = [asyncio.ensure_future(batcher.submit(rows(c, 1))) for c in range(3)]
+        try:
+            for _ in range(2):  # two batches of one inside encode, the third queued
+                assert await asyncio.to_thread(inside.acquire, True, 5)
+            await batcher.stop()
+            return await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 5)
+        finally:
+            release.set()
+
+    assert all(isinstance(r, NotReady) for r in asyncio.run(scenario()))
+
+
+def test_batches_in_flight_must_be_at_least_one():
+    with pytest.raises(ValueError, match="batches_in_flight must be at least 1"):
+        MicroBatcher(TimesTen(), batches_in_flight=0)
+
+
 def test_a_full_queue_answers_overloaded_at_once_and_frees_as_batches_finish():
     from serving.errors import Overloaded
 

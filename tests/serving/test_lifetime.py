@@ -35,7 +35,8 @@ def status_of(answer: bytes) -> int:
 
 @pytest.fixture
 def server(slow_artifacts, start_server):
-    with start_server(slow_artifacts, max_batch_size=64, body_timeout_s=1) as server:
+    # one batch at a time: a second request waits in the queue while the first is in the model
+    with start_server(slow_artifacts, max_batch_size=64, body_timeout_s=1, batches_in_flight=1) as server:
         yield server
 
 
