@@ -309,6 +309,7 @@ def main() -> None:
                      "max_wait_ms": args.max_wait_ms, "images_per_request": 1, "workers": args.workers,
                      "precision": "fp32",
                      "onnx_intra_op_threads": Settings().onnx_intra_op_threads,  # the server's, Triton's and the raw session's
+                     "batches_in_flight": Settings().batches_in_flight,  # the in-process servers' (the raw session runs one call at a time)
                      "triton": None if args.no_triton else {
                          "server": f"the tritonserver of {PYTRITON} (a CPU build without the onnxruntime backend)",
                          "model": "the bundle's ONNX file run by onnxruntime in Triton's Python backend (export --triton-backend python)",
