@@ -118,16 +118,19 @@ def start_server(artifacts: Path, model: str, batching: bool, workers: int, port
     return subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1])
 
 
-async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, workers: int = 1) -> None:
-    """Until /readyz answers 200 on several fresh connections in a row: with several workers,
-    each connection may land on a different one, and each loads the models on its own."""
+async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, model: str, workers: int = 1) -> None:
+    """Until /readyz lists `model` as loaded on several fresh connections in a row: with several
+    workers, each connection may land on a different one, and each loads the models on its own.
+    The other models under the artifacts folder may fail (on Triton, a repository holds only the
+    bench's model), which makes /readyz answer 503 but does not concern this bench."""
     deadline, in_a_row = time.monotonic() + STARTUP_TIMEOUT_S, 0
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"the server exited with code {server.returncode} before it was ready")
         try:
-            ready = (await client.get("/readyz", headers={"Connection": "close"})).status_code == 200
-        except httpx.TransportError:
+            answer = (await client.get("/readyz", headers={"Connection": "close"})).json()
+            ready = any(m["name"] == model and m["state"] == "loaded" for m in answer.get("models", []))
+        except (httpx.TransportError, ValueError):
             ready = False
         in_a_row = in_a_row + 1 if ready else 0
         if in_a_row >= 8 * workers:
@@ -199,7 +202,7 @@ async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests
         try:
             limits = httpx.Limits(max_connections=max(CONCURRENCY), max_keepalive_connections=max(CONCURRENCY))
             async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60.0, limits=limits) as client:
-                await wait_ready(client, server, workers)
+                await wait_ready(client, server, model, workers)
                 requests_bytes = [multipart_request(png, port) for png in pngs]
                 for c in CONCURRENCY:
                     results[(mode, c)] = await drive(port, requests_bytes, c, requests, client, server_pids, count_batches=workers == 1)
