@@ -77,3 +77,108 @@ def test_a_request_past_its_deadline_is_a_503(slow_artifacts, start_server, make
         assert status_of(answer) == 503, answer[:500]
         assert b"EMBEDSERVE_REQUEST_TIMEOUT_S" in answer
         assert exchange(server.port, embed_request(server.port, images[:1])).startswith(b"HTTP/1.1 ")  # still serving
+
+
+def _call(middleware, scope_path: str = "/embed/image", body_after_s: float = 0.0) -> list[dict]:
+    """Run `middleware` on one request in-process: the body arrives `body_after_s` after it is
+    asked for; returns what was sent."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def scenario():
+        delivered = False
+
+        async def receive():
+            nonlocal delivered
+            if delivered:
+                await asyncio.sleep(3600)  # no disconnect
+            await asyncio.sleep(body_after_s)
+            delivered = True
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await middleware({"type": "http", "method": "POST", "path": scope_path, "headers": []}, receive, send)
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+    return sent
+
+
+def _answering_app(wait_before_reading_s: float, read_body: bool = True):
+    import asyncio
+
+    async def app(scope, receive, send):
+        await asyncio.sleep(wait_before_reading_s)
+        if read_body:
+            await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app
+
+
+def test_a_body_read_only_after_its_deadline_is_a_408_at_once():
+    from serving.lifetime import RequestLifetimeMiddleware
+
+    sent = _call(RequestLifetimeMiddleware(_answering_app(0.3), request_timeout_s=5, body_timeout_s=0.1))
+    assert sent[0]["status"] == 408
+
+
+def test_a_handler_that_never_reads_its_body_is_not_held_to_the_body_deadline():
+    from serving.lifetime import RequestLifetimeMiddleware
+
+    sent = _call(RequestLifetimeMiddleware(_answering_app(0.3, read_body=False), request_timeout_s=5, body_timeout_s=0.1))
+    assert sent[0]["status"] == 200
+
+
+def test_a_body_slower_than_its_deadline_stops_the_handler_that_waits_for_it():
+    from serving.lifetime import RequestLifetimeMiddleware
+
+    sent = _call(RequestLifetimeMiddleware(_answering_app(0.0), request_timeout_s=5, body_timeout_s=0.1), body_after_s=2)
+    assert sent[0]["status"] == 408
+
+
+def test_the_request_deadline_stops_the_handler_with_a_503_but_not_a_write():
+    from serving.lifetime import RequestLifetimeMiddleware
+
+    slow = _answering_app(1.0)
+    assert _call(RequestLifetimeMiddleware(slow, request_timeout_s=0.1, body_timeout_s=5))[0]["status"] == 503
+    assert _call(RequestLifetimeMiddleware(slow, request_timeout_s=0.1, body_timeout_s=5), "/jobs")[0]["status"] == 200
+
+
+def test_cancelling_the_request_cancels_its_handler_too():
+    import asyncio
+
+    from serving.lifetime import RequestLifetimeMiddleware
+
+    cancelled: list[bool] = []
+
+    async def scenario():
+        started = asyncio.Event()
+
+        async def app(scope, receive, send):
+            started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        async def receive():
+            await asyncio.sleep(3600)
+
+        async def send(message):
+            pass
+
+        middleware = RequestLifetimeMiddleware(app, request_timeout_s=60, body_timeout_s=60)
+        request = asyncio.create_task(middleware({"type": "http", "method": "GET", "path": "/search", "headers": []}, receive, send))
+        await started.wait()
+        request.cancel()  # e.g. the server shutting down
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        await asyncio.sleep(0)  # the handler's cancellation is delivered
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert cancelled == [True]
