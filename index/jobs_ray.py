@@ -18,7 +18,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class RayConfig:
 
     address: str  # "local": start an in-process Ray; "auto": the cluster this node belongs to; "ray://host:10001": Ray Client
     replicas: int = 1  # model replicas: the size of the actor pool that embeds (Ray Data's concurrency)
-    cpus_per_replica: float = 1.0  # CPUs each replica reserves (its onnxruntime threads come from RuntimeConfig)
+    cpus_per_replica: float = 1.0  # CPUs each replica reserves: its onnxruntime threads, unless RuntimeConfig names a count
     gpus_per_replica: float = 0.0  # GPUs each replica reserves (Ray's num_gpus); 0: CPU only
     ship_bundle: bool = False  # send the bundle's files with the job instead of reading it at the same path on every worker
 
@@ -120,6 +120,15 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no reason given"
 
 
+def replica_runtime(runtime: RuntimeConfig, config: RayConfig) -> RuntimeConfig:
+    """How a replica runs its encoder: `runtime`, with its threads per call (0: one per core of
+    the node) made the CPUs the replica reserves, so that replicas sharing a node do not each
+    start a thread for every core of it."""
+    if runtime.intra_op_threads:
+        return runtime
+    return replace(runtime, intra_op_threads=max(1, round(config.cpus_per_replica)))
+
+
 def embed_on_ray(config: RayConfig, spec: JobSpec, todo: list[int], bundle: Bundle, source: ImageSource,
                  runtime: RuntimeConfig) -> Iterator[tuple[_Batch, np.ndarray]]:
     """(batch, vectors (n, D)) of each shard number in `todo`, in the order the replicas finish
@@ -140,7 +149,7 @@ def embed_on_ray(config: RayConfig, spec: JobSpec, todo: list[int], bundle: Bund
         _Replica, batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=config.replicas),
         num_cpus=config.cpus_per_replica, **({"num_gpus": config.gpus_per_replica} if config.gpus_per_replica else {}),
         fn_constructor_kwargs={"spec": spec, "bundle_path": str(bundle.path), "shipped": shipped, "source": sent,
-                               "runtime": runtime})
+                               "runtime": replica_runtime(runtime, config)})
     rows = embedded.iter_rows()
     try:
         for row in rows:

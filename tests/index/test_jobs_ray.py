@@ -196,3 +196,12 @@ def test_a_job_on_ray_reads_and_writes_a_milvus_index(image_artifacts: Path, ima
         assert np.allclose(current.vector(3), open_index(image_artifacts, "faiss").vector(3), atol=1e-5)
     finally:
         milvus.close()
+
+
+def test_a_replica_runs_as_many_onnxruntime_threads_as_the_cpus_it_reserves():
+    from runtime.config import RuntimeConfig
+    from index.jobs_ray import replica_runtime
+
+    assert replica_runtime(RuntimeConfig(), RayConfig(address="auto", cpus_per_replica=2)).intra_op_threads == 2
+    assert replica_runtime(RuntimeConfig(), RayConfig(address="auto", cpus_per_replica=0.5)).intra_op_threads == 1
+    assert replica_runtime(RuntimeConfig(intra_op_threads=3), RayConfig(address="auto")).intra_op_threads == 3  # a count is kept
