@@ -168,6 +168,7 @@ def bench_tower(bundle: Bundle, role: str, checkpoint: Path, threads: int, secon
             "recorded_top1_change_pct": v.top1_change_pct if v else None,
             "recorded_mean_cosine_to_fp32": v.mean_cosine if v else None,
             "recorded_evaluation": v.evaluation if v else None,
+            "recorded_cpu_speedup_over_fp32": v.cpu_speedup if v else None,  # what precision auto goes by
         })
     return rows, notes
 
@@ -221,8 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--models", default=",".join(DEMO_MODELS), help="bundle names, comma-separated")
-    parser.add_argument("--threads", type=int, default=1, help="threads per model call, torch and onnxruntime alike "
-                                                               "(1: the server's default per call)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="threads per model call, torch and onnxruntime alike (default: one per core, as the "
+                             "server's default, EMBEDSERVE_ONNX_INTRA_OP_THREADS=0, runs onnxruntime)")
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per runtime and batch size, split over the rounds")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; each runtime keeps its fastest call")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "runtimes.json")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ EVAL_REFERENCE_IMAGES = 2000  # kNN top-1: labelled reference images ...
 EVAL_QUERY_IMAGES = 1000  # ... and the images classified by them (the test split where the data has one)
 KNN_K = 20  # neighbours voting in the kNN top-1 (training.evaluation.knn)
 RUN_BATCH = 256  # rows per onnxruntime call while evaluating
+SPEED_BATCH, SPEED_CALLS = 32, 12  # how an int8 copy is timed against fp32: batch rows, and calls each (the fastest counts)
 # Static int8 quantises the ops that carry the compute; LayerNorm, Softmax and the final
 # normalisation stay float (quantising them costs accuracy and saves nothing measurable). So does
 # the last of these ops before the output (the centring's whitening, a projection head): its
@@ -284,6 +286,25 @@ def run_batched(path: Path | str, inputs: Sequence[np.ndarray]) -> np.ndarray:
                            for i in range(0, len(inputs[0]), RUN_BATCH)])  # (N, D)
 
 
+def cpu_speedup(fp32_path: Path, variant_path: Path, inputs: Sequence[np.ndarray]) -> float:
+    """Rows/s of `variant_path` over `fp32_path`'s on the first SPEED_BATCH rows of `inputs` (one
+    array per model input), with the server's session options: each model's fastest of SPEED_CALLS
+    calls, the two taken in turns so that a burst of other work hits both alike."""
+    from runtime.encoders.onnx_runtime import session_options
+
+    sessions = [ort.InferenceSession(str(p), sess_options=session_options(), providers=["CPUExecutionProvider"])
+                for p in (fp32_path, variant_path)]
+    feed = {i.name: x[:SPEED_BATCH] for i, x in zip(sessions[0].get_inputs(), inputs)}
+    fastest = [float("inf")] * 2
+    for call in range(SPEED_CALLS + 1):
+        for i, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feed)
+            if call:  # the first call of each warms it up
+                fastest[i] = min(fastest[i], time.perf_counter() - start)
+    return round(fastest[0] / fastest[1], 2)
+
+
 def _scored(path: Path, data: LabelledImages | None, probe: np.ndarray) -> tuple[np.ndarray, float | None]:
     """(the model's outputs on the queries (or on `probe` without data), its kNN top-1 in percent
     of the queries by the references, or None without data): each image embedded once."""
@@ -366,8 +387,10 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
             calibration_images=calibrated,
             evaluation=(f"kNN top-1 (k={KNN_K}) of {data.describe()}; cosine to fp32 on the queries" if data is not None
                         else f"cosine to fp32 on {len(inputs)} random inputs (no labelled data here)") + "; run on CPU",
-            **_top1_fields(top1, fp32_top1), min_cosine=low, mean_cosine=mean)
-        log.info("%s %s: top-1 change %s points, min cosine %.4f", fp32_path.name, precision, variant.top1_change_pct, low)
+            **_top1_fields(top1, fp32_top1), min_cosine=low, mean_cosine=mean,
+            cpu_speedup=cpu_speedup(fp32_path, path, [inputs]) if precision == "int8" else None)
+        log.info("%s %s: top-1 change %s points, min cosine %.4f, %sx fp32's speed", fp32_path.name, precision,
+                 variant.top1_change_pct, low, variant.cpu_speedup if variant.cpu_speedup is not None else "-")
         written.append(WrittenVariant(variant, path.name))
     return written
 
@@ -415,8 +438,10 @@ def text_encoder_variants(fp32_path: Path, role: str, precisions: Sequence[str],
             evaluation = f"zero-shot top-1 of {zero_shot.source} ({len(zero_shot.class_prompts)} classes); " + evaluation
         variant = PrecisionVariant(
             role=role, precision=precision, file_role=variant_file_role(role, precision), technique=technique,
-            evaluation=evaluation + "; run on CPU", **_top1_fields(top1, fp32_top1), min_cosine=low, mean_cosine=mean)
-        log.info("%s %s: top-1 change %s points, min cosine %.4f", fp32_path.name, precision, variant.top1_change_pct, low)
+            evaluation=evaluation + "; run on CPU", **_top1_fields(top1, fp32_top1), min_cosine=low, mean_cosine=mean,
+            cpu_speedup=cpu_speedup(fp32_path, path, list(tokens)) if precision == "int8" else None)
+        log.info("%s %s: top-1 change %s points, min cosine %.4f, %sx fp32's speed", fp32_path.name, precision,
+                 variant.top1_change_pct, low, variant.cpu_speedup if variant.cpu_speedup is not None else "-")
         written.append(WrittenVariant(variant, path.name))
     return written
 

@@ -46,8 +46,9 @@ def choose_precision(manifest: Manifest, role: str, asked: str, providers: Seque
     """The variant of `role` to run for the setting `asked` (auto|fp32|fp16|int8) on `providers`.
 
     auto: fp16 when a GPU provider (CUDA, TensorRT) is among them and the bundle has fp16; on CPU,
-    int8 when the bundle has it and its recorded accuracy change is within bounds (int8_within_bound);
-    else fp32. An explicit fp16 or int8 the bundle lacks falls back to fp32."""
+    int8 when the bundle has it, its recorded accuracy change is within bounds (int8_within_bound)
+    and, where export timed it, it ran faster than fp32 (a small CNN's int8 convolutions can be
+    slower: 0.7x on 2 threads here); else fp32. An explicit fp16 or int8 the bundle lacks falls back to fp32."""
     wanted = ("fp16" if any(p in GPU_PROVIDERS for p in providers) else "int8") if asked == "auto" else asked
     if wanted == "fp32":
         return PrecisionChoice("fp32", role, f"precision {asked}")
@@ -58,6 +59,9 @@ def choose_precision(manifest: Manifest, role: str, asked: str, providers: Seque
         ok, why = int8_within_bound(variant, max_top1_drop_pct)
         if not ok:
             return PrecisionChoice("fp32", role, f"precision auto: int8 not taken, {why}")
+        if variant.cpu_speedup is not None and variant.cpu_speedup < 1.0:
+            return PrecisionChoice("fp32", role, f"precision auto: int8 not taken, it ran at {variant.cpu_speedup:.2f}x "
+                                                 "fp32's speed on the CPU that exported it")
         return PrecisionChoice("int8", variant.file_role, f"precision auto on CPU: {why}", variant.one_at_a_time)
     return PrecisionChoice(wanted, variant.file_role, f"precision {asked}" + (" on a GPU" if asked == "auto" else ""),
                            variant.one_at_a_time)

@@ -14,9 +14,10 @@ CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 TENSORRT = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def _manifest(int8_change: float | None = -0.4, int8_mean_cosine: float | None = 0.999, fp16: bool = True) -> Manifest:
+def _manifest(int8_change: float | None = -0.4, int8_mean_cosine: float | None = 0.999, fp16: bool = True,
+              int8_speedup: float | None = None) -> Manifest:
     variants = [PrecisionVariant("image_encoder", "int8", "image_encoder_int8", "static-qdq",
-                                 top1_change_pct=int8_change, mean_cosine=int8_mean_cosine)]
+                                 top1_change_pct=int8_change, mean_cosine=int8_mean_cosine, cpu_speedup=int8_speedup)]
     if fp16:
         variants.append(PrecisionVariant("image_encoder", "fp16", "image_encoder_fp16", "float16", mean_cosine=1.0))
     files = {"image_encoder": "e.onnx", **{v.file_role: f"e.{v.precision}.onnx" for v in variants}}
@@ -38,6 +39,13 @@ def test_auto_keeps_fp32_when_int8_lost_too_much_or_was_not_measured(change, mea
 
 def test_auto_takes_int8_without_top1_when_its_outputs_match_fp32():
     assert choose_precision(_manifest(None, 0.995), "image_encoder", "auto", CPU).precision == "int8"
+
+
+def test_auto_keeps_fp32_where_export_timed_int8_slower_but_int8_is_still_there_when_asked():
+    choice = choose_precision(_manifest(int8_speedup=0.69), "image_encoder", "auto", CPU)
+    assert choice.precision == "fp32" and "0.69x" in choice.reason
+    assert choose_precision(_manifest(int8_speedup=0.69), "image_encoder", "int8", CPU).precision == "int8"
+    assert choose_precision(_manifest(int8_speedup=1.4), "image_encoder", "auto", CPU).precision == "int8"
 
 
 def test_the_int8_bound_is_a_setting():
