@@ -9,7 +9,7 @@ from pathlib import Path
 # How many threads one onnxruntime call uses by default: 0, onnxruntime's choice, one per physical
 # core. The server overlaps two batches per model (Settings.batches_in_flight), which share the
 # session's threads, and its event loop takes a core back whenever the model calls leave one idle:
-# on 2 cores this served 1.2-1.6x the requests/s of 1 thread with one batch at a time
+# on 2 cores this served 1.1-1.8x the requests/s of 1 thread with one batch at a time
 # (bench/text_vs_infinity.py, which runs both).
 SERVING_INTRA_OP_THREADS = 0
 PRECISION_SETTINGS = ("auto", "fp32", "fp16", "int8")  # what `precision` may say
