@@ -26,6 +26,25 @@ class TimesTen(Encoder):
         return np.concatenate([batch * 10, -batch], axis=1).astype(np.float32)  # (B, 2)
 
 
+class Held(TimesTen):
+    """TimesTen whose encode says it has begun (`inside`, released once per call) and then waits
+    until the test sets `release`."""
+
+    def __init__(self):
+        super().__init__()
+        self.inside = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        self.inside.release()
+        self.release.wait(5)
+        return super().encode(batch)
+
+    async def wait_inside(self) -> bool:
+        """Until a call is inside encode (False after 5 s)."""
+        return await asyncio.to_thread(self.inside.acquire, True, 5)
+
+
 def rows(caller: int, n: int) -> np.ndarray:
     return np.full((n, 1), caller, dtype=np.float32)  # every row of a caller carries its number
 
@@ -218,27 +237,19 @@ def test_with_two_batches_in_flight_a_second_runs_beside_the_first_and_a_third_w
 def test_stopping_with_two_batches_in_flight_answers_every_caller_not_ready():
     from serving.errors import NotReady
 
-    release = threading.Event()
-    inside = threading.Semaphore(0)
-
-    class Held(TimesTen):
-        def encode(self, batch):
-            inside.release()
-            release.wait(5)
-            return super().encode(batch)
-
-    batcher = MicroBatcher(Held(), max_batch_size=1, batches_in_flight=2)
+    encoder = Held()
+    batcher = MicroBatcher(encoder, max_batch_size=1, batches_in_flight=2)
 
     async def scenario():
         await batcher.start()
         callers = [asyncio.ensure_future(batcher.submit(rows(c, 1))) for c in range(3)]
         try:
             for _ in range(2):  # two batches of one inside encode, the third queued
-                assert await asyncio.to_thread(inside.acquire, True, 5)
+                assert await encoder.wait_inside()
             await batcher.stop()
             return await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 5)
         finally:
-            release.set()
+            encoder.release.set()
 
     assert all(isinstance(r, NotReady) for r in asyncio.run(scenario()))
 
@@ -251,30 +262,23 @@ def test_batches_in_flight_must_be_at_least_one():
 def test_a_full_queue_answers_overloaded_at_once_and_frees_as_batches_finish():
     from serving.errors import Overloaded
 
-    entered, release = threading.Event(), threading.Event()
-
-    class Held(TimesTen):
-        def encode(self, batch):
-            entered.set()
-            release.wait(5)
-            return super().encode(batch)
-
-    batcher = MicroBatcher(Held(), max_batch_size=64, max_queue_rows=4)
+    encoder = Held()
+    batcher = MicroBatcher(encoder, max_batch_size=64, max_queue_rows=4)
 
     async def scenario():
         await batcher.start()
         try:
             first = asyncio.create_task(batcher.submit(rows(1, 2)))
-            await asyncio.to_thread(entered.wait, 5)  # two rows in the model
+            assert await encoder.wait_inside()  # two rows in the model
             second = asyncio.create_task(batcher.submit(rows(2, 2)))  # four rows waiting: the limit
             await asyncio.sleep(0)
             with pytest.raises(Overloaded, match="4 rows waiting"):
                 await batcher.submit(rows(3, 1))
-            release.set()
+            encoder.release.set()
             await asyncio.gather(first, second)
             return await batcher.submit(rows(4, 3))  # room again
         finally:
-            release.set()
+            encoder.release.set()
             await batcher.stop()
 
     np.testing.assert_array_equal(asyncio.run(scenario())[:, 0], [40, 40, 40])
