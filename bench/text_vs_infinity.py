@@ -9,7 +9,7 @@ itself, offline, once per engine (`infinity_emb v2 --model-id <folder> --engine 
 requests, one keep-alive connection per concurrent request) drives each at concurrency 1, 8 and 32
 with one text per request, short sentences and texts of exactly 128 tokens. embedserve runs at fp32
 and int8, each with its default settings and with one onnxruntime thread and one batch at a time
-(the defaults before 2026-12), so the run shows what the defaults buy. Raw onnxruntime on the same
+(the earlier defaults), so the run shows what the defaults buy. Raw onnxruntime on the same
 batches (pre-tokenised, in this process, the same precision, threads and batches at once) is the
 ceiling. Prints one table and writes it, with
 the machine, the load average and the date, to bench/results/text_vs_infinity.json.
@@ -413,7 +413,7 @@ def main() -> None:
     parser.add_argument("--setups", default="default,1x1",
                         help="how embedserve's servers run the model, one server each, comma-separated: 'default' (the "
                              "settings' defaults) or TxK, T onnxruntime threads per call (0: one per core) and K batches "
-                             "in flight (default: default,1x1, the defaults before 2026-12)")
+                             "in flight (default: default,1x1, the earlier defaults)")
     parser.add_argument("--precisions", default="fp32,int8",
                         help="EMBEDSERVE_PRECISION of embedserve's servers, one server each per setup "
                              "(int8: the import's int8 copy, quantised row by row and run batched)")
