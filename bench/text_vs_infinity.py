@@ -185,10 +185,11 @@ class Setup:
 
     @classmethod
     def parse(cls, text: str) -> Setup:
-        """"default", or "TxK": T threads per call, K batches in flight (e.g. 1x1)."""
+        """"default", or "TxK": T threads per call, K batches in flight (e.g. 1x1). The defaults are
+        the code's, as start_embedserve leaves the two settings out of the server's environment."""
         if text == "default":
-            settings = Settings()
-            return cls(settings.onnx_intra_op_threads, settings.batches_in_flight, default=True)
+            fields = Settings.model_fields
+            return cls(fields["onnx_intra_op_threads"].default, fields["batches_in_flight"].default, default=True)
         threads, _, batches = text.partition("x")
         return cls(int(threads), int(batches))
 

@@ -174,8 +174,8 @@ def quantize_static_int8(fp32_path: Path | str, int8_path: Path | str, input_nam
                          batch_size: int = 32) -> Path:
     """QDQ int8 (uint8 activations, per-channel int8 weights) with activation ranges calibrated on
     `calibration` (N, C, H, W) float32 preprocessed training images: for the CNN image encoders
-    (a ViT takes quantize_rowwise_int8, int8_technique). onnxruntime's CPU provider fuses the QDQ pairs into QLinearConv / QLinearMatMul,
-    which use the VNNI instructions where the CPU has them."""
+    (a ViT takes quantize_rowwise_int8, int8_technique). onnxruntime's CPU provider fuses the QDQ
+    pairs into QLinearConv / QLinearMatMul, which use the VNNI instructions where the CPU has them."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -397,9 +397,7 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
                         else f"cosine to fp32 on {len(inputs)} random inputs (no labelled data here)") + "; run on CPU",
             **_top1_fields(top1, fp32_top1), min_cosine=low, mean_cosine=mean,
             cpu_speedup=cpu_speedup(fp32_path, path, [inputs]) if precision == "int8" else None)
-        log.info("%s %s: top-1 change %s points, min cosine %.4f, %sx fp32's speed", fp32_path.name, precision,
-                 variant.top1_change_pct, low, variant.cpu_speedup if variant.cpu_speedup is not None else "-")
-        written.append(WrittenVariant(variant, path.name))
+        written.append(_written(variant, path))
     return written
 
 
@@ -448,10 +446,15 @@ def text_encoder_variants(fp32_path: Path, role: str, precisions: Sequence[str],
             role=role, precision=precision, file_role=variant_file_role(role, precision), technique=technique,
             evaluation=evaluation + "; run on CPU", **_top1_fields(top1, fp32_top1), min_cosine=low, mean_cosine=mean,
             cpu_speedup=cpu_speedup(fp32_path, path, list(tokens)) if precision == "int8" else None)
-        log.info("%s %s: top-1 change %s points, min cosine %.4f, %sx fp32's speed", fp32_path.name, precision,
-                 variant.top1_change_pct, low, variant.cpu_speedup if variant.cpu_speedup is not None else "-")
-        written.append(WrittenVariant(variant, path.name))
+        written.append(_written(variant, path))
     return written
+
+
+def _written(variant: PrecisionVariant, path: Path) -> WrittenVariant:
+    """The variant written at `path`, with a log line of what export measured of it."""
+    speed = f"{variant.cpu_speedup}x fp32's speed" if variant.cpu_speedup is not None else "not timed"
+    log.info("%s: top-1 change %s points, min cosine %.4f, %s", path.name, variant.top1_change_pct, variant.min_cosine, speed)
+    return WrittenVariant(variant, path.name)
 
 
 def check_fp16_agreement(written: Sequence[WrittenVariant]) -> None:

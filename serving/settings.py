@@ -104,7 +104,8 @@ class Settings(BaseSettings):
     )
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
         "auto", description="which variant of each model runs: auto = fp16 on a GPU, int8 on CPU when the bundle has it "
-                            "within 1 point top-1 of fp32, else fp32; a bundle without the one asked runs fp32"
+                            "within 1 point top-1 of fp32 and export did not time it slower than fp32, else fp32; a "
+                            "bundle without the one asked runs fp32"
     )
     onnx_intra_op_threads: int = Field(
         0, ge=0, description="onnxruntime threads per model call; 0: one per physical core, shared among the workers "
