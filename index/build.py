@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from index.store import FaissStore, IndexStore
+from index.store import FaissStore, IndexStore, writing
 from runtime.bundle import BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
@@ -76,7 +76,8 @@ def build_image_index(
         model_version=manifest.version,
     )
     # the precision the vectors were embedded at, so a server querying at another one can say so
-    version = indexes.save(index, index_name,
-                           extra={"source": images.description, "limit": limit, "precision": encoder.precision})
+    with writing(artifacts_dir, index_name):  # a server's item writes wait, then apply to this version
+        version = indexes.save(index, index_name,
+                               extra={"source": images.description, "limit": limit, "precision": encoder.precision})
     log.info("index %s %s: %d vectors of model %s %s", index_name, version, count, manifest.name, manifest.version)
     return version

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from index.shards import concatenate, read_shard, shard_path, write_shard
-from index.store import FaissStore, IndexStore, SearchIndex
+from index.store import FaissStore, IndexStore, SearchIndex, writing
 from runtime.bundle import Bundle, BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder, planned_precision
@@ -336,9 +336,10 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
         indexes = indexes or FaissStore(artifacts)
         index = indexes.build(spec.index, ids, vectors, metadata, model=manifest.name, model_version=manifest.version)
         precision = planned_precision(manifest, runtime, "image_encoder")  # so a server can tell its queries differ
-        version = indexes.save(index, spec.index, extra={"source": source.description, "job": job_id, "precision": precision})
-        if publish is not None:
-            publish(index)
+        with writing(artifacts, spec.index):  # item writes wait, then apply to this version (Registry.write_index)
+            version = indexes.save(index, spec.index, extra={"source": source.description, "job": job_id, "precision": precision})
+            if publish is not None:
+                publish(index)
         indexes.prune(spec.index, keep_previous)
         shutil.rmtree(shards, ignore_errors=True)
         log.info("job %s: index %s %s, %d items (%d failed)", job_id, spec.index, version, len(ids), failed)

@@ -206,6 +206,11 @@ class MilvusStore:
         self.client.load_collection(collection)  # a server searches loaded collections only; a no-op when loaded
         return MilvusIndex(self.client, collection, self._manifest(collection), self.remote)
 
+    def stamp(self, name: str) -> None:
+        """None: which collection an alias names is a call to Milvus, too slow for every request;
+        a server follows another process's promotion at its next reload."""
+        return None
+
     def iter_current(self) -> Iterator[MilvusIndex]:
         for name in self.names():
             try:

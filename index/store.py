@@ -13,7 +13,8 @@ add, remove, len, `in`, and the `manifest` that names the model version queries 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +24,7 @@ import numpy as np
 from index.config import IndexConfig
 from index.vector_index import IndexManifest, VectorIndex, indexes_dir, iter_current_indexes, open_index
 from runtime.bundle import BundleError
-from runtime.files import VersionError, names_under, prune_versions, version_folder
+from runtime.files import CURRENT_FILE, VersionError, exclusive, file_stamp, names_under, prune_versions, version_folder
 
 
 class SearchIndex(Protocol):
@@ -59,6 +60,7 @@ class IndexStore(Protocol):
               kind: str | None = None, model: str | None = None, model_version: str | None = None) -> SearchIndex: ...
     def save(self, index: SearchIndex, name: str, extra: dict[str, Any] | None = None, make_current: bool = True) -> str: ...
     def prune(self, name: str, keep_previous: int) -> list[str]: ...
+    def stamp(self, name: str) -> Hashable | None: ...
     def close(self) -> None: ...
 
 
@@ -93,8 +95,20 @@ class FaissStore:
     def prune(self, name: str, keep_previous: int) -> list[str]:
         return prune_versions(indexes_dir(self.artifacts) / name, keep_previous)
 
+    def stamp(self, name: str) -> Hashable | None:
+        """What changes whenever another process makes a new version of `name` current (its
+        `current` pointer's inode and time), None while it has none: one `stat` a call."""
+        return file_stamp(indexes_dir(self.artifacts) / name / CURRENT_FILE)
+
     def close(self) -> None:
         pass
+
+
+def writing(artifacts: Path, name: str) -> AbstractContextManager[bool]:
+    """Hold the write lock of index `name`: every process that writes its versions (the server's
+    workers, their jobs, the CLI) takes it around reading the current version, changing it and
+    saving the next, so no writer builds on a version another has already replaced."""
+    return exclusive(Path(artifacts) / "locks" / f"index.{name}.lock")  # the same place whichever backend holds it
 
 
 def open_index_store(artifacts: Path, config: IndexConfig = IndexConfig()) -> IndexStore:

@@ -8,6 +8,7 @@ names (`mkstemp`, `mkdtemp`) would otherwise leave 0600 files and 0700 folders b
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -44,6 +45,37 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def exclusive(path: Path | str, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock file `path` (created if missing) against every other process and thread that
+    takes it: yields True once held, or at once False when `wait` is False and another holds it.
+    An advisory `flock`: the kernel lets it go when its holder closes the file or dies, so a killed
+    writer never leaves a lock behind. The server's workers, its jobs and the CLI share an artifacts
+    folder through these."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def file_stamp(path: Path | str) -> tuple[int, int, int] | None:
+    """What changes whenever `path` is replaced or rewritten (its inode, time and size), or None if
+    it does not exist: one `stat`, cheap enough for every request."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

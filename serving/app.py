@@ -1,9 +1,9 @@
 """The FastAPI app factory: `create_app(settings)` wires settings, registry, routers and errors.
 
 The lifespan loads every model's current bundle and every index once at start-up, starts the
-micro-batchers and the job runner (which resumes unfinished jobs), optionally polls for new
-`current` versions, and stops and releases them at shut-down; requests reach the registry
-through `serving.dependencies.get_registry`.
+micro-batchers and the job runner (which resumes unfinished jobs), follows reloads that other
+workers were asked for (and, with an interval, polls for new `current` versions), and stops and
+releases them at shut-down; requests reach the registry through `serving.dependencies.get_registry`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,20 @@ from serving.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 
-async def _poll_for_new_versions(registry: Registry, interval_s: float) -> None:
+RELOAD_CHECK_S = 1.0  # how often a worker looks whether another one answered POST /admin/reload
+
+
+async def _follow_new_versions(registry: Registry, interval_s: float) -> None:
+    """Reload when another worker of this artifacts folder was asked to (Registry.reload_requested)
+    and, when `interval_s` > 0, that often in any case."""
+    loop = asyncio.get_running_loop()
+    step = min(interval_s, RELOAD_CHECK_S) if interval_s > 0 else RELOAD_CHECK_S
+    last = loop.time()
     while True:
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(step)
+        if not (registry.reload_requested() or (interval_s > 0 and loop.time() - last >= interval_s)):
+            continue
+        last = loop.time()
         try:
             changed, unused = await asyncio.to_thread(registry.reload)
         except Exception:  # a bad folder must not stop the polling
@@ -61,14 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("jobs are off: the artifacts folder cannot hold their state (%s)", e)
             runner = None
         app.state.jobs = runner
-        poller = asyncio.create_task(_poll_for_new_versions(registry, settings.reload_interval_s)) \
-            if settings.reload_interval_s > 0 else None
+        poller = asyncio.create_task(_follow_new_versions(registry, settings.reload_interval_s), name="reloads")
         freeze_startup_objects()
         try:
             yield
         finally:
-            if poller is not None:
-                poller.cancel()
+            poller.cancel()
             app.state.jobs = None
             if runner is not None:
                 await runner.stop(settings.shutdown_timeout_s)

@@ -72,6 +72,13 @@ class InvalidInput(ServingError):
     error = "invalid_input"
 
 
+class Conflict(ServingError):
+    """What the request was prepared against changed meanwhile: sending it again works."""
+
+    status_code = 409
+    error = "conflict"
+
+
 class PayloadTooLarge(ServingError):
     status_code = 413
     error = "payload_too_large"
@@ -164,6 +171,7 @@ _ERROR_DESCRIPTIONS = {
     403: "an API key that is not accepted, or a path outside the server's data roots",
     404: "no such model, index, word, item, job or route",
     408: "the request body did not arrive within EMBEDSERVE_BODY_TIMEOUT_S",
+    409: "the index moved to another model version while the request was being embedded: send it again",
     413: "more than a limit allows: body bytes, images, pixels, texts, tokens, classes × templates, items",
     415: "a content type or image format the route does not take",
     422: "a request that is not valid: the message says which field and why",

@@ -4,7 +4,9 @@ worker, and the live switch to the index each one writes.
 One job runs at a time, in a worker thread whose scheduling priority is lowered (Linux `nice`),
 so a job takes the CPU that requests leave and never starves them. When a job succeeds, its new
 index version is loaded off the event loop and published through the registry (model version
-first, then the index). Jobs that a stop or a crash cut short are resumed at start-up.
+first, then the index). Jobs that a stop or a crash cut short are resumed at start-up. With
+several workers on one artifacts folder, a job runs in one of them: each takes a job's lock file
+before running it, and a worker that finds it held leaves the job to the one that holds it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from index.jobs import INDEX_PREFIX, JobSpec, JobStatus, JobStore, request_cancel, run_job
 from index.store import IndexStore, SearchIndex, open_index_store
 from runtime.bundle import BundleError, open_bundle
+from runtime.files import exclusive
 from runtime.sources import check_source
 from serving.errors import UnknownIndex
 from serving.registry import Registry, retire_later
@@ -105,11 +108,15 @@ class JobRunner:
                 self.store.update(job_id, state="failed", error=f"{type(e).__name__}: {e}")
 
     def _run_job(self, job_id: str, loop: asyncio.AbstractEventLoop) -> JobStatus:
-        _lower_priority(self.settings.job_nice)
-        s = self.settings
-        return run_job(job_id, self.store, s.artifacts_dir, s.runtime_config(), s.image_limits(), s.data_root_paths(),
-                       should_stop=self._stopping.is_set, keep_previous=s.index_keep_previous,
-                       publish=lambda index: self._publish(index, loop), indexes=self._indexes(), ray=s.ray_config())
+        with exclusive(self.store.folder / f".{job_id}.lock", wait=False) as mine:
+            if not mine:  # another worker of this artifacts folder runs it (both found it unfinished at start-up)
+                log.info("job %s runs in another process", job_id)
+                return self.store.get(job_id)
+            _lower_priority(self.settings.job_nice)
+            s = self.settings
+            return run_job(job_id, self.store, s.artifacts_dir, s.runtime_config(), s.image_limits(), s.data_root_paths(),
+                           should_stop=self._stopping.is_set, keep_previous=s.index_keep_previous,
+                           publish=lambda index: self._publish(index, loop), indexes=self._indexes(), ray=s.ray_config())
 
     def _indexes(self) -> IndexStore:
         """Where jobs read and write indexes: the registry's store, FAISS folders or Milvus."""
@@ -123,7 +130,7 @@ class JobRunner:
         registry = self.registry()
         if registry is None:
             return
-        registry.add_index(index)
+        registry.publish(index)
         unused = registry.unused_batchers()  # a model version the old index alone used
         loop.call_soon_threadsafe(retire_later, unused)
         log.info("now serving index %s %s", index.manifest.name, index.manifest.version)

@@ -21,37 +21,49 @@ points at any more are retired: taken out of the tables at once, and their batch
 sessions closed after a grace period, once the requests that already hold them are done. Tables
 are changed under one lock and read through snapshots, so a reload in a worker thread never
 breaks a request on the event loop.
+
+Several processes may serve one artifacts folder (`embedserve serve --workers N`, or a CLI beside
+a server). Each request for an index checks its `current` pointer (one `stat`) and loads a version
+another process made current before it answers, so a change acknowledged by one worker shows in
+the next search on any. Writes take the index's write lock (index.store.writing) and apply the
+change to the current version on disk, never to a copy another writer has replaced.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from tokenizers import Tokenizer
 
-from index.store import IndexStore, open_index_store
+from index.store import IndexStore, open_index_store, writing
 from index.vector_index import VectorIndex
 from index.word_vectors import WordVectors
 from index.zero_shot import ClassMatrixCache, QueryBank, read_query_bank
 from runtime.bundle import Bundle, Manifest, iter_current_bundles, models_dir, open_bundle, read_bundle
 from runtime.encoders.base import Encoder
 from runtime.encoders.factory import load_encoder
-from runtime.files import names_under, version_folder
+from runtime.files import atomic_write_text, file_stamp, names_under, version_folder
 from runtime.tokens import load_tokenizer, text_encoder_batch
 from serving.batching import MicroBatcher
 from serving.decoding import ImageDecoder
-from serving.errors import InvalidInput, NotReady, UnknownIndex, UnknownModel
+from serving.errors import Conflict, InvalidInput, NotReady, UnknownIndex, UnknownModel
 from serving.metrics import Metrics
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ENCODER_KINDS = ("image-encoder", "image-text-encoder")  # kinds whose image side the registry serves
+# Under the artifacts folder: the worker that answers POST /admin/reload rewrites it, and the
+# others reload when they see it change (serving.app), so a reload reaches every worker.
+RELOAD_MARKER = ".reload"
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,9 @@ class Registry:
     metrics: Metrics | None = None  # where batchers record their batch sizes
     failed: dict[str, str] = field(default_factory=dict)  # models refused at load: name -> why
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one change of the tables at a time
+    _refreshing: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one index load at a time
+    _index_stamps: dict[str, Hashable | None] = field(default_factory=dict, repr=False)  # the pointer each served index was read at
+    _reload_seen: Hashable | None = field(default=None, repr=False)  # the reload marker as this process last saw it
     images: ImageDecoder = field(init=False, repr=False)  # how every route decodes request images
     index_store: IndexStore = field(init=False, repr=False)  # where index versions are kept: FAISS folders or Milvus
 
@@ -90,6 +105,7 @@ class Registry:
         s = self.settings
         self.images = ImageDecoder(s.image_limits(), s.max_request_pixels, s.decode_threads)
         self.index_store = open_index_store(s.artifacts_dir, s.index_config())
+        self._reload_seen = file_stamp(s.artifacts_dir / RELOAD_MARKER)
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics | None = None) -> Registry:
@@ -105,8 +121,11 @@ class Registry:
             except Exception as e:  # one broken model must not keep the others from serving
                 log.error("model %s is not served: %s", name, e)
                 registry.failed[name] = f"{type(e).__name__}: {e}"
-        for index in registry.index_store.iter_current():
-            registry.add_index(index)
+        for name in registry.index_store.names():
+            try:
+                registry.refresh_index(name)
+            except Exception as e:  # one broken index must not keep the others from serving
+                log.warning("index %s is not served: %s", name, e)
         log.info("loaded models: %s", ", ".join(sorted(registry.manifests)) or "none")
         log.info("loaded indexes: %s", ", ".join(sorted(registry.indexes)) or "none")
         return registry
@@ -185,9 +204,11 @@ class Registry:
         self._add_image_encoder(bundle, "image_encoder")
         self.text_models[(manifest.name, manifest.version)] = text_model
 
-    def add_index(self, index: VectorIndex) -> None:
+    def add_index(self, index: VectorIndex, stamp: Hashable | None = None) -> None:
         """Serve `index` under its name: first load the model version it was built with, if that
-        is not loaded yet, then publish it (a dict assignment: a request sees the old or the new)."""
+        is not loaded yet, then publish it (a dict assignment: a request sees the old or the new).
+        `stamp` is its `current` pointer's as it was read (IndexStore.stamp); without one, the next
+        request for it reads the pointer again."""
         name = index.manifest.name
         key = (index.model, index.model_version)
         with self._lock:
@@ -202,6 +223,79 @@ class Registry:
                 log.warning("index %s was embedded at %s but its image queries run at %s (EMBEDSERVE_PRECISION): "
                             "cosines shift slightly; rebuild it, or serve at %s", name, built_at, queried_at, built_at)
             self.indexes[name] = index
+            self._index_stamps[name] = stamp
+
+    def publish(self, index: VectorIndex) -> None:
+        """Serve a version this process has just saved and made current, while it holds the index's
+        write lock (a job's): the pointer read now is the one it wrote."""
+        self.add_index(index, self.index_store.stamp(index.manifest.name))
+
+    def index_changed(self, name: str) -> bool:
+        """Whether index `name`'s `current` pointer moved since the served version was read (another
+        worker, a job or the CLI saved a newer one), or it appeared; one `stat`, for every request."""
+        stamp = self.index_store.stamp(name)
+        return stamp is not None and stamp != self._index_stamps.get(name, ())
+
+    def refresh_index(self, name: str) -> bool:
+        """Serve index `name`'s current version if it is not the one served; True if that changed.
+        Slow (a FAISS file, maybe a model version): run it off the event loop."""
+        with self._refreshing:
+            stamp = self.index_store.stamp(name)  # before reading the version: a move after it is seen next time
+            served = self.indexes.get(name)
+            if served is not None and stamp is not None and stamp == self._index_stamps.get(name):
+                return False
+            version = self.index_store.current_version(name)
+            if served is not None and served.manifest.version == version:
+                self._index_stamps[name] = stamp
+                return False
+            self.add_index(self.index_store.open(name, version), stamp)
+            log.info("now serving index %s %s", name, version)
+            return True
+
+    async def fresh_index(self, name: str | None) -> VectorIndex:
+        """`index(name)`, after loading its current version if another process made a newer one
+        current: what every request for an index uses. A version that cannot be read is logged and
+        the served one kept."""
+        wanted = name or self.settings.default_index or (next(iter(self.indexes)) if len(self.indexes) == 1 else None)
+        if wanted is not None and self.index_changed(wanted):
+            retire_later(await asyncio.to_thread(self._refresh_or_keep, wanted))
+        return self.index(name)
+
+    async def fresh_indexes(self) -> dict[str, VectorIndex]:
+        """Every index, each at its current version (see `fresh_index`), including ones another
+        process created."""
+        changed = [n for n in self.index_store.names() if self.index_changed(n)]
+        if changed:
+            retire_later(await asyncio.to_thread(lambda: [b for n in changed for b in self._refresh_or_keep(n)]))
+        return dict(self.indexes)
+
+    def _refresh_or_keep(self, name: str) -> list[MicroBatcher]:
+        try:
+            self.refresh_index(name)
+        except Exception as e:  # a broken or vanished version: keep serving the last good one
+            log.warning("index %s: its current version cannot be loaded (%s); still serving %s", name, e,
+                        self.indexes[name].manifest.version if name in self.indexes else "none")
+            self._index_stamps[name] = self.index_store.stamp(name)  # once per change, not at every request
+        return self.unused_batchers()
+
+    def write_index(self, name: str, prepared_on: VectorIndex, change: Callable[[VectorIndex], None]) -> tuple[VectorIndex, str]:
+        """Apply `change(index)` to index `name`'s current version and save the result as its next
+        version, under the index's write lock, which every process that writes it takes. So a change
+        is never applied to a version another worker has replaced (losing that one's change). A
+        request prepared (its vectors embedded) on `prepared_on` is refused with a 409 when the
+        current version holds another model version's vectors. Returns the index and its new
+        version; run it off the event loop."""
+        with writing(self.settings.artifacts_dir, name):
+            self.refresh_index(name)
+            index = self.index(name)
+            if (index.model, index.model_version, index.dim) != (prepared_on.model, prepared_on.model_version, prepared_on.dim):
+                raise Conflict(f"index {name!r} is now version {index.manifest.version}, of model {index.model} "
+                               f"{index.model_version}: this request was embedded for {prepared_on.model_version}; send it again")
+            change(index)
+            version = self.index_store.save(index, name, extra=index.manifest.extra if index.manifest else None)
+            self._index_stamps[name] = self.index_store.stamp(name)
+            self.index_store.prune(name, self.settings.index_keep_previous)
+            return index, version
 
     def reload(self) -> tuple[list[str], list[MicroBatcher]]:
         """Load every model and index whose `current` version changed on disk. Returns what changed
@@ -221,13 +315,29 @@ class Registry:
                         self.failed[bundle.manifest.name] = f"{type(e).__name__}: {e}"
         for name in self.index_store.names():
             try:
-                version = self.index_store.current_version(name)
-                if name not in self.indexes or self.indexes[name].manifest.version != version:
-                    self.add_index(self.index_store.open(name, version))
-                    changed.append(f"index {name} {version}")
+                if self.refresh_index(name):
+                    changed.append(f"index {name} {self.indexes[name].manifest.version}")
             except Exception as e:
                 log.warning("reload: skipping index %s: %s", name, e)
         return changed, self.unused_batchers()
+
+    def announce_reload(self) -> None:
+        """Tell the other workers on this artifacts folder to reload too (this one just did)."""
+        marker = self.settings.artifacts_dir / RELOAD_MARKER
+        try:
+            atomic_write_text(marker, f"{time.time():.6f} {os.getpid()}\n")
+        except OSError as e:  # a read-only artifacts folder: one worker is the usual case there
+            log.warning("cannot write %s (%s): other workers of this folder reload at their next poll only", marker, e)
+            return
+        self._reload_seen = file_stamp(marker)
+
+    def reload_requested(self) -> bool:
+        """Whether another worker announced a reload since this one last looked (one `stat`)."""
+        seen = file_stamp(self.settings.artifacts_dir / RELOAD_MARKER)
+        if seen == self._reload_seen:
+            return False
+        self._reload_seen = seen
+        return True
 
     def unused_batchers(self) -> list[MicroBatcher]:
         """Take out of the tables the model versions that are neither current nor used by an index."""

@@ -176,7 +176,7 @@ async def zero_shot_target(registry: Registry, body: ExplainRequest) -> tuple[Ma
 
 async def neighbour_target(registry: Registry, body: ExplainRequest) -> tuple[Manifest, MicroBatcher, ExplainTarget, Scores]:
     """The image model the index was built with, what is explained, and the score of each embedding."""
-    index = registry.index(body.index)  # taken once: the item and the model are this version's
+    index = await registry.fresh_index(body.index)  # taken once: the item and the model are this version's
     name = index.manifest.name
     try:
         item = unit_rows(await asyncio.to_thread(index.vector, body.id))  # (D,)

@@ -4,9 +4,10 @@
 
 An item change is acknowledged only once it is on disk: it is applied to the served index and
 written as the index's next version (atomically, made current), so it survives a crash or a
-restart and shows in the next search; in Milvus the change is written to the collection of the
-current version in place, which keeps its version. Changes to one index are applied one at a time; many
-items at once are cheaper sent together (or through a job) than one by one.
+restart and shows in the next search, whichever worker answers it; in Milvus the change is
+written to the collection of the current version in place, which keeps its version. Changes to one
+index are applied one at a time, across the server's workers too (Registry.write_index); many items
+at once are cheaper sent together (or through a job) than one by one.
 """
 
 from __future__ import annotations
@@ -65,22 +66,17 @@ async def list_indexes(registry: Annotated[Registry, Depends(get_registry)]) -> 
         {"name": name, "version": index.manifest.version, "model": index.model, "model_version": index.model_version,
          "count": len(index), "dim": index.dim, "kind": index.kind, "created_at": index.manifest.created_at,
          "precision": index_precision(index)}  # what its vectors were embedded at (fp32, fp16, int8), when recorded
-        for name, index in sorted(list(registry.indexes.items()))
+        for name, index in sorted((await registry.fresh_indexes()).items())
     ]}
 
 
-async def _write(registry: Registry, name: str, change) -> str:
-    """Apply `change(index)` to the served index `name` and write it as its next version; returns it."""
-    index = registry.index(name)
-
-    def apply_and_save() -> str:
-        change(index)
-        version = registry.index_store.save(index, name, extra=index.manifest.extra if index.manifest else None)
-        registry.index_store.prune(name, registry.settings.index_keep_previous)
-        return version
-
-    async with _writers[name]:
-        return await asyncio.to_thread(apply_and_save)
+async def _write(registry: Registry, name: str, prepared_on: VectorIndex, change) -> tuple[VectorIndex, str]:
+    """Apply `change(index)` to index `name`'s current version and write it as its next version
+    (Registry.write_index); returns the index and that version."""
+    async with _writers[name]:  # this process's writers queue here rather than each holding a thread
+        written = await asyncio.to_thread(registry.write_index, name, prepared_on, change)
+    retire_later(registry.unused_batchers())  # a model version only the replaced version used
+    return written
 
 
 async def _vectors(registry: Registry, index: VectorIndex, name: str, items: list[Item]) -> np.ndarray:
@@ -102,13 +98,13 @@ async def _vectors(registry: Registry, index: VectorIndex, name: str, items: lis
 
 
 @router.post("/indexes/{name}/items", summary="Add items to an index (acknowledged once on disk)",
-             responses=error_responses(404, 415, 429))
+             responses=error_responses(404, 409, 415, 429))
 async def add_items(name: str, body: AddItemsRequest, registry: Annotated[Registry, Depends(get_registry)]) -> dict[str, Any]:
     if not body.items:
         raise InvalidInput('no items: send {"items": [{"id": 1, "vector": [...], "metadata": {...}}]}')
     if len(body.items) > MAX_ITEMS_PER_REQUEST:
         raise PayloadTooLarge(f"{len(body.items)} items in one request; the limit is {MAX_ITEMS_PER_REQUEST}: split them")
-    index = registry.index(name)
+    index = await registry.fresh_index(name)
     ids = np.array([item.id for item in body.items], np.int64)
     taken = [int(i) for i in ids if int(i) in index]
     if taken or len(set(ids.tolist())) != len(ids):
@@ -121,21 +117,27 @@ async def add_items(name: str, body: AddItemsRequest, registry: Annotated[Regist
         except ValueError as e:  # an id another request took meanwhile
             raise InvalidInput(str(e)) from None
 
-    version = await _write(registry, name, add)
+    index, version = await _write(registry, name, index, add)
     return {"index": name, "version": version, "added": len(ids), "count": len(index)}
 
 
 @router.delete("/indexes/{name}/items/{item_id}", summary="Remove an item from an index (acknowledged once on disk)",
-               responses=error_responses(404))
+               responses=error_responses(404, 409))
 async def remove_item(
     name: str,
     item_id: Annotated[int, Path(ge=-(2**63), lt=2**63, description="the item's id (int64)")],
     registry: Annotated[Registry, Depends(get_registry)],
 ) -> dict[str, Any]:
-    index = registry.index(name)
+    index = await registry.fresh_index(name)
     if item_id not in index:
         raise UnknownId(f"id {item_id} is not in index {name!r}")
-    version = await _write(registry, name, lambda index: index.remove([item_id]))
+
+    def remove(index: VectorIndex) -> None:
+        if item_id not in index:  # another request removed it meanwhile
+            raise UnknownId(f"id {item_id} is not in index {name!r}")
+        index.remove([item_id])
+
+    index, version = await _write(registry, name, index, remove)
     return {"index": name, "version": version, "removed": 1, "count": len(index)}
 
 
@@ -177,7 +179,7 @@ async def item_image(
     registry: Annotated[Registry, Depends(get_registry)],
     size: Annotated[int, Query(ge=8, le=MAX_THUMBNAIL_PX, description="the longest side, in pixels")] = 128,
 ) -> Response:
-    index = registry.index(name)
+    index = await registry.fresh_index(name)
     if item_id not in index:
         raise UnknownId(f"id {item_id} is not in index {name!r}")
     png = await run_in_threadpool(_thumbnail, index, name, item_id, size, registry)
@@ -188,5 +190,6 @@ async def item_image(
 @router.post("/admin/reload", summary="Serve the model and index versions whose `current` pointers changed")
 async def reload(registry: Annotated[Registry, Depends(get_registry)]) -> dict[str, Any]:
     changed, unused = await asyncio.to_thread(registry.reload)
+    registry.announce_reload()  # the other workers on this artifacts folder follow within a second
     retire_later(unused)  # their sessions close once the requests that hold them are done
     return {"changed": changed, "retired": [f"{b.encoder.name} {b.encoder.manifest.version}" for b in unused]}

@@ -107,7 +107,7 @@ async def _search(index: VectorIndex, query: np.ndarray, k: int, where: dict[str
 @router.post("/search", response_model=SearchResponse, summary="Nearest neighbours of a vector, an id, an image or a text")
 async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     _check_k(registry, body.k)
-    index = registry.index(body.index)
+    index = await registry.fresh_index(body.index)
     name = index.manifest.name
     if body.vector is not None:
         query = unit_vector(body.vector, index.dim, "vector", name)  # (D,)
@@ -128,6 +128,6 @@ async def search_image(
     k: Annotated[int, Form(ge=1, description="how many neighbours")] = 10,
 ) -> Response:
     _check_k(registry, k)
-    vector_index = registry.index(index)
+    vector_index = await registry.fresh_index(index)
     query = await _query_from_image(registry, vector_index, vector_index.manifest.name, await file.read())
     return await _search(vector_index, query, k)

@@ -113,14 +113,18 @@ def live_server(artifacts: Path, **settings) -> LiveServer:
            **{f"EMBEDSERVE_{k.upper()}": str(v) for k, v in settings.items()}}
     log = artifacts.parent / f"server-{port}.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "embedserve", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        # a session of its own, so that leaving kills the workers of `--workers N` with their supervisor
+        process = subprocess.Popen([sys.executable, "-m", "embedserve", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     server = LiveServer(process, port, log)
     try:
         server.wait_for(lambda: _ready(server), "/readyz")
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the whole group has exited already
+            pass
         process.wait(timeout=30)
 
 

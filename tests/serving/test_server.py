@@ -83,3 +83,40 @@ def test_a_running_server_keeps_what_start_up_made_out_of_full_garbage_collectio
         assert client.get("/healthz").status_code == 200
         assert gc.get_freeze_count() > 0  # the app, its models and modules: not walked by every full collection
     assert gc.get_freeze_count() == 0  # handed back at shut-down
+
+
+def test_two_workers_keep_every_write_and_answer_alike(image_artifacts, start_server):
+    """`--workers 2`: concurrent writes land on either worker (the kernel hands each connection to
+    one), each building on the other's; none is lost and both answer with every item."""
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    import numpy as np
+
+    from index.vector_index import VectorIndex
+
+    eye = np.eye(16, dtype=np.float32)
+    VectorIndex.build(np.arange(4), eye[:4], None, "flat", None, None).save(image_artifacts, "vecs")
+    with start_server(image_artifacts, workers=2) as server:
+        children = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == server.process.pid]
+        assert len(children) >= 2, "uvicorn did not start two workers"
+
+        def add(n: int) -> int:
+            vector = np.random.default_rng(n).normal(size=16)
+            item = {"id": 100 + n, "vector": (vector / np.linalg.norm(vector)).tolist(), "metadata": {"n": n}}
+            return post_json(server.url, "/indexes/vecs/items", {"items": [item]})[0]
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(add, range(24))) == [200] * 24
+        for _ in range(8):  # a new connection each time, to either worker
+            status, body = server.get("/indexes")
+            assert status == 200 and json.loads(body)["indexes"][0]["count"] == 28
+            status, found = post_json(server.url, "/search", {"index": "vecs", "id": 123, "k": 1})
+            assert status == 200 and found["hits"][0]["metadata"] == {"n": 23}
+
+
+def _parent(proc) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):  # gone meanwhile
+        return -1
