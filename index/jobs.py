@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +38,7 @@ from index.store import FaissStore, IndexStore, SearchIndex, writing
 from runtime.bundle import Bundle, BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder, planned_precision
+from runtime.files import exclusive, lock_file
 from runtime.preprocessing import ImageLimits, PreprocessingSpec, preprocess_arrays, preprocess_image
 from runtime.sources import ImageSource, Roots, SourceError, open_source, read_item
 
@@ -352,6 +353,12 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
 def _cancel(store: JobStore, job_id: str, shards: Path) -> JobStatus:
     shutil.rmtree(shards, ignore_errors=True)  # the partial work goes; the live index never saw it
     return store.update(job_id, state="cancelled", finished_at=_now(), eta_s=None)
+
+
+def claim(artifacts: Path, job_id: str) -> AbstractContextManager[bool]:
+    """Take job `job_id`'s lock without waiting: True while this process may run it, False when
+    another one (another worker of the same artifacts folder) holds it and runs it."""
+    return exclusive(lock_file(artifacts, f"job.{job_id}"), wait=False)
 
 
 def request_cancel(store: JobStore, job_id: str) -> JobStatus:

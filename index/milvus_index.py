@@ -18,7 +18,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -210,13 +210,6 @@ class MilvusStore:
         """None: which collection an alias names is a call to Milvus, too slow for every request;
         a server follows another process's promotion at its next reload."""
         return None
-
-    def iter_current(self) -> Iterator[MilvusIndex]:
-        for name in self.names():
-            try:
-                yield self.open(name)
-            except Exception as e:  # noqa: BLE001 - one broken index must not hide the others
-                log.warning("skipping Milvus index %s: %s", name, e)
 
     def build(self, name: str, ids: np.ndarray, vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None,
               kind: str | None = None, model: str | None = None, model_version: str | None = None) -> MilvusIndex:

@@ -13,7 +13,7 @@ add, remove, len, `in`, and the `manifest` that names the model version queries 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from index.config import IndexConfig
-from index.vector_index import IndexManifest, VectorIndex, indexes_dir, iter_current_indexes, open_index
+from index.vector_index import IndexManifest, VectorIndex, indexes_dir, open_index
 from runtime.bundle import BundleError
-from runtime.files import CURRENT_FILE, VersionError, exclusive, file_stamp, names_under, prune_versions, version_folder
+from runtime.files import CURRENT_FILE, VersionError, exclusive, file_stamp, lock_file, names_under, prune_versions, version_folder
 
 
 class SearchIndex(Protocol):
@@ -55,7 +55,6 @@ class IndexStore(Protocol):
     def names(self) -> list[str]: ...
     def current_version(self, name: str) -> str: ...
     def open(self, name: str, version: str | None = None) -> SearchIndex: ...
-    def iter_current(self) -> Iterator[SearchIndex]: ...
     def build(self, name: str, ids: np.ndarray, vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None,
               kind: str | None = None, model: str | None = None, model_version: str | None = None) -> SearchIndex: ...
     def save(self, index: SearchIndex, name: str, extra: dict[str, Any] | None = None, make_current: bool = True) -> str: ...
@@ -82,9 +81,6 @@ class FaissStore:
     def open(self, name: str, version: str | None = None) -> VectorIndex:
         return open_index(self.artifacts, name, version)
 
-    def iter_current(self) -> Iterator[VectorIndex]:
-        return iter_current_indexes(self.artifacts)
-
     def build(self, name: str, ids: np.ndarray, vectors: np.ndarray, metadata: Sequence[dict[str, Any]] | None = None,
               kind: str | None = None, model: str | None = None, model_version: str | None = None) -> VectorIndex:
         return VectorIndex.build(ids, vectors, metadata, kind, model, model_version, self.config)
@@ -108,7 +104,7 @@ def writing(artifacts: Path, name: str) -> AbstractContextManager[bool]:
     """Hold the write lock of index `name`: every process that writes its versions (the server's
     workers, their jobs, the CLI) takes it around reading the current version, changing it and
     saving the next, so no writer builds on a version another has already replaced."""
-    return exclusive(Path(artifacts) / "locks" / f"index.{name}.lock")  # the same place whichever backend holds it
+    return exclusive(lock_file(artifacts, f"index.{name}"))  # the same place whichever backend holds it
 
 
 def open_index_store(artifacts: Path, config: IndexConfig = IndexConfig()) -> IndexStore:

@@ -68,6 +68,11 @@ def exclusive(path: Path | str, wait: bool = True) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def lock_file(artifacts: Path | str, name: str) -> Path:
+    """Where the lock `name` of an artifacts folder lives (`exclusive` takes it): every lock in one folder."""
+    return Path(artifacts) / "locks" / f"{name}.lock"
+
+
 def file_stamp(path: Path | str) -> tuple[int, int, int] | None:
     """What changes whenever `path` is replaced or rewritten (its inode, time and size), or None if
     it does not exist: one `stat`, cheap enough for every request."""

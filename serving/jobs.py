@@ -17,10 +17,9 @@ import os
 import threading
 from collections.abc import Callable
 
-from index.jobs import INDEX_PREFIX, JobSpec, JobStatus, JobStore, request_cancel, run_job
+from index.jobs import INDEX_PREFIX, JobSpec, JobStatus, JobStore, claim, request_cancel, run_job
 from index.store import IndexStore, SearchIndex, open_index_store
 from runtime.bundle import BundleError, open_bundle
-from runtime.files import exclusive
 from runtime.sources import check_source
 from serving.errors import UnknownIndex
 from serving.registry import Registry, retire_later
@@ -108,7 +107,7 @@ class JobRunner:
                 self.store.update(job_id, state="failed", error=f"{type(e).__name__}: {e}")
 
     def _run_job(self, job_id: str, loop: asyncio.AbstractEventLoop) -> JobStatus:
-        with exclusive(self.store.folder / f".{job_id}.lock", wait=False) as mine:
+        with claim(self.settings.artifacts_dir, job_id) as mine:
             if not mine:  # another worker of this artifacts folder runs it (both found it unfinished at start-up)
                 log.info("job %s runs in another process", job_id)
                 return self.store.get(job_id)

@@ -234,7 +234,7 @@ class Registry:
         """Whether index `name`'s `current` pointer moved since the served version was read (another
         worker, a job or the CLI saved a newer one), or it appeared; one `stat`, for every request."""
         stamp = self.index_store.stamp(name)
-        return stamp is not None and stamp != self._index_stamps.get(name, ())
+        return stamp is not None and stamp != self._index_stamps.get(name)
 
     def refresh_index(self, name: str) -> bool:
         """Serve index `name`'s current version if it is not the one served; True if that changed.
@@ -256,7 +256,7 @@ class Registry:
         """`index(name)`, after loading its current version if another process made a newer one
         current: what every request for an index uses. A version that cannot be read is logged and
         the served one kept."""
-        wanted = name or self.settings.default_index or (next(iter(self.indexes)) if len(self.indexes) == 1 else None)
+        wanted = self._index_name(name)
         if wanted is not None and self.index_changed(wanted):
             retire_later(await asyncio.to_thread(self._refresh_or_keep, wanted))
         return self.index(name)
@@ -395,12 +395,16 @@ class Registry:
     def index(self, name: str | None) -> VectorIndex:
         """The index `name`, or the default one (the setting, else the only one loaded)."""
         known = ", ".join(sorted(self.indexes)) or "none loaded"
-        name = name or self.settings.default_index or (next(iter(self.indexes)) if len(self.indexes) == 1 else None)
+        name = self._index_name(name)
         if name is None:
             raise UnknownIndex(f"name the index to search (several or none are loaded); available: {known}")
         if name not in self.indexes:
             raise UnknownIndex(f"no index named {name!r}; available: {known}")
         return self.indexes[name]
+
+    def _index_name(self, name: str | None) -> str | None:
+        """The index a request means: `name`, else the setting's default, else the only one loaded."""
+        return name or self.settings.default_index or (next(iter(self.indexes)) if len(self.indexes) == 1 else None)
 
     @property
     def batchers(self) -> list[MicroBatcher]:

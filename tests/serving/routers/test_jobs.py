@@ -177,15 +177,14 @@ def test_a_job_left_unfinished_by_a_crash_resumes_when_the_server_starts(image_a
 def test_a_job_another_worker_runs_is_left_to_it(image_artifacts: Path, tmp_path: Path):
     """Two workers on one folder both find an unfinished job at start-up: the one holding its lock
     runs it, the other leaves it alone (not a second run writing the same shards)."""
-    from index.jobs import JobSpec, JobStore
-    from runtime.files import exclusive
+    from index.jobs import JobSpec, JobStore, claim
 
     folder = write_pngs(tmp_path / "data", 8)
     store = JobStore(image_artifacts)
     job = store.create(JobSpec(source=str(folder), model="tiny", index="pics", batch_size=3))
     store.update(job.id, state="running")  # left by a killed server
     settings = Settings(artifacts_dir=image_artifacts, data_roots=str(tmp_path / "data"))
-    with exclusive(store.folder / f".{job.id}.lock"):  # the other worker has it
+    with claim(image_artifacts, job.id):  # the other worker has it
         with TestClient(create_app(settings)) as client:
             time.sleep(0.5)
             status = client.get(f"/jobs/{job.id}").json()
