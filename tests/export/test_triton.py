@@ -17,7 +17,7 @@ import runtime.preprocessing
 from export.triton import ONNX_BACKENDS, PREPROCESSING_MODULE, write_triton_repository
 from runtime.bundle import BundleError, Manifest, OnnxIO, TokenizerSpec, open_bundle, write_bundle
 from runtime.encoders.onnx_runtime import OnnxEncoder
-from runtime.preprocessing import PreprocessingSpec, decode_image, preprocess_batch
+from runtime.preprocessing import PreprocessingSpec
 
 SPEC = PreprocessingSpec(mode="RGB", resize=10, crop=8, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
 IMAGE_IO = {"image_encoder": OnnxIO(("images",), "embeddings")}
@@ -210,6 +210,44 @@ def test_a_second_export_adds_the_next_version(tmp_path: Path):
     assert sorted(p.name for p in (tmp_path / "triton/vision").iterdir()) == ["1", "2", "config.pbtxt"]
     steps = parse_config(tmp_path / "triton/vision_ensemble/config.pbtxt").ensemble_scheduling.step
     assert [s.model_version for s in steps] == [2, 2]
+
+
+# What Triton's onnxruntime backend checks as it loads a model of the default `onnxruntime_onnx`
+# configs, which no Triton here can do (pytriton's server has no onnxruntime backend; the official
+# image has): the config names every input of the ONNX model and outputs it has, with their types and
+# shapes (the batch axis dynamic, as max_batch_size > 0 requires), and the file is one that the
+# image's onnxruntime reads (tritonserver:24.08-py3 carries onnxruntime 1.18.1: IR 10, opset 21).
+ONNX_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64"}
+IMAGE_ONNXRUNTIME_MAX_IR, IMAGE_ONNXRUNTIME_MAX_OPSET = 10, 21
+
+
+def test_the_default_onnxruntime_configs_agree_with_their_onnx_models(clip_bundle_artifacts: Path, tmp_path: Path):
+    import onnx
+    import onnxruntime as ort
+
+    repository = tmp_path / "triton"
+    for name in ("tiny", "clip"):
+        write_triton_repository(open_bundle(clip_bundle_artifacts, name), repository)
+    checked = []
+    for path in sorted(repository.glob("*/config.pbtxt")):
+        config = parse_config(path)
+        if config.platform != "onnxruntime_onnx":
+            continue
+        onnx_file = repository / config.name / "1" / "model.onnx"
+        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        graph = {t.name: (ONNX_TYPES.get(t.type, t.type), [d if isinstance(d, int) else -1 for d in t.shape])
+                 for t in [*session.get_inputs(), *session.get_outputs()]}
+        assert {t.name for t in config.input} == {t.name for t in session.get_inputs()}, config.name
+        for tensor in [*config.input, *config.output]:
+            data_type, shape = graph[tensor.name]
+            assert TYPES.Name(tensor.data_type) == data_type, (config.name, tensor.name)
+            assert shape[0] == -1 and len(shape) == 1 + len(tensor.dims), (config.name, tensor.name, shape)
+            assert all(m in (-1, c) for m, c in zip(shape[1:], tensor.dims)), (config.name, tensor.name, shape)
+        model = onnx.load(str(onnx_file), load_external_data=False)
+        opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        assert model.ir_version <= IMAGE_ONNXRUNTIME_MAX_IR and opset <= IMAGE_ONNXRUNTIME_MAX_OPSET, config.name
+        checked.append(config.name)
+    assert checked == ["clip_image_encoder", "clip_text_encoder", "tiny"]
 
 
 # A real bundle's repository (the tiny CLIP bundle and the tiny image bundle beside it), its ONNX
