@@ -5,6 +5,7 @@
 #                                                       onnx, ...) for training and export
 # Mount trained artifacts at /srv/artifacts (bundles and indexes written by `embedserve export`
 # and `embedserve index build`); the server loads every model's current version at start-up.
+# CUDA 12.6 and cuDNN 9: what the `gpu` extra's onnxruntime-gpu (< 1.27) and faiss-gpu are built for.
 FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 AS base
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -22,15 +23,21 @@ COPY index index
 COPY serving serving
 COPY embedserve embedserve
 # The GPU runtimes only: onnxruntime-gpu without onnxruntime (the two are one module, and with
-# both installed CUDA is not used), faiss-gpu without faiss-cpu.
-RUN pip install '.[gpu]'
+# both installed CUDA is not used), faiss-gpu without faiss-cpu. Pillow is the one deploy/triton.Dockerfile
+# pins: Triton's preprocessing models and the gateway then compute the same input bit for bit.
+RUN pip install '.[gpu]' pillow==12.3.0
 # The server runs as an unprivileged user; what export writes is world-readable (0644/0755), so
-# artifacts mounted from the trainer's machine are readable here.
-RUN useradd --system --uid 10001 --no-create-home embedserve
+# artifacts mounted from the trainer's machine are readable here. The folders where deploy/compose.yaml
+# mounts its volumes exist in the image, owned by that user: an empty named volume is seeded from them
+# (owner included), where it would otherwise be created owned by root and the server could not write
+# jobs/, cache/ or locks/. 10001 is also the owner deploy/triton.Dockerfile gives them.
+RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/embedserve embedserve \
+    && mkdir -p /srv/artifacts/triton /srv/data \
+    && chown -R embedserve:embedserve /srv/artifacts /srv/data
 ENV EMBEDSERVE_ARTIFACTS_DIR=/srv/artifacts
 
 FROM base AS train
-RUN pip install '.[gpu,train]'
+RUN pip install '.[gpu,train]' pillow==12.3.0 && chown -R embedserve:embedserve /app
 USER embedserve
 CMD ["embedserve", "--help"]
 
