@@ -33,6 +33,7 @@ except ImportError:  # Python 3.10: tomli, where something installed it
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 DEPLOY_README = ROOT / "deploy" / "README.md"
+TRITON_SERVE = ROOT / "deploy" / "triton-serve.sh"  # Triton's command
 PREFIX = "EMBEDSERVE_"
 EMBEDSERVE_SERVICES = ("gateway", "ray-head", "ray-worker", "fill")  # the services of the embedserve:ray image
 SERVER_UID = "10001"
@@ -107,7 +108,7 @@ def test_the_gateway_points_at_the_services_and_shares_their_storage_and_image(c
     services = compose["services"]
     gateway = services["gateway"]
     environment = gateway["environment"]
-    assert environment["EMBEDSERVE_TRITON_URL"] == "triton:8000" and "--model-repository=/srv/artifacts/triton" in services["triton"]["command"]
+    assert environment["EMBEDSERVE_TRITON_URL"] == "triton:8000" and services["triton"]["environment"]["TRITON_MODEL_REPOSITORY"] == "/srv/artifacts/triton"
     assert environment["EMBEDSERVE_MILVUS_URI"] == "http://milvus:19530" and environment["EMBEDSERVE_INDEX_BACKEND"] == "milvus"
     # the gateway joins the head's cluster, so `auto` finds it; workers join the same port
     assert environment["EMBEDSERVE_RAY_ADDRESS"] == "auto" and "--address=ray-head:6379" in " ".join(gateway["command"])
@@ -136,6 +137,34 @@ def test_every_service_has_a_health_check_of_its_own(compose: dict):
             assert "8000" not in test, f"{name} checks the gateway's port"
     assert "ray health-check" in " ".join(compose["services"]["ray-head"]["healthcheck"]["test"])
     assert compose["services"]["ray-worker"]["healthcheck"]["test"][:2] == ["CMD", "ray"]
+
+
+@pytest.mark.parametrize("repository_exists", [True, False])
+def test_triton_serves_its_repository_or_none_and_never_exits_over_a_missing_one(tmp_path: Path, repository_exists: bool):
+    """deploy/triton-serve.sh, Triton's command, run with a tritonserver that prints its arguments."""
+    fake = tmp_path / "bin" / "tritonserver"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$@"\n')
+    fake.chmod(0o755)
+    repository, empty = tmp_path / "artifacts" / "triton", tmp_path / "no-models"
+    if repository_exists:
+        repository.mkdir(parents=True)
+    env = {"PATH": f"{fake.parent}{os.pathsep}/usr/bin{os.pathsep}/bin", "TRITON_MODEL_REPOSITORY": str(repository),
+           "TRITON_EMPTY_REPOSITORY": str(empty)}
+    result = subprocess.run(["sh", str(TRITON_SERVE)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    arguments = result.stdout.split()
+    assert f"--model-repository={repository if repository_exists else empty}" in arguments
+    assert {"--exit-on-error=false", "--strict-readiness=false"} <= set(arguments)
+    assert ("run --rm fill" in result.stderr) is not repository_exists
+
+
+def test_the_triton_image_holds_the_command_compose_runs(compose: dict):
+    triton = compose["services"]["triton"]
+    copies = [i.arguments.split() for i in instructions(TRITON_DOCKERFILE) if i.keyword == "COPY"]
+    assert [TRITON_SERVE.name, triton["command"][0]] in copies
+    assert os.access(TRITON_SERVE, os.X_OK)
+    assert any("mkdir" in i.arguments and "/opt/embedserve/no-models" in i.arguments for i in instructions(TRITON_DOCKERFILE))
 
 
 def test_docker_waits_for_the_gateway_to_finish_its_requests(compose: dict):
