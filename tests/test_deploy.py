@@ -235,8 +235,8 @@ def test_each_image_makes_its_volumes_folders_owned_by_the_user_that_writes_them
     for service in EMBEDSERVE_SERVICES:
         for folder in _mount_targets(compose, service):
             assert _owner_of(folder, made, owners) == f"{SERVER_UID}:{SERVER_UID}", f"{service}: {folder}"
-    train_made, train_owners = _owners(server["train"])
-    assert _owner_of(server["train"].last("WORKDIR"), {server["train"].last("WORKDIR")}, train_owners) == f"{SERVER_UID}:{SERVER_UID}"
+    workdir = server["train"].last("WORKDIR")  # where training writes its runs
+    assert _owner_of(workdir, {workdir}, _owners(server["train"])[1]) == f"{SERVER_UID}:{SERVER_UID}", workdir
     # Triton's image seeds the same artifacts volume: the same owner, and the repository folder it serves
     triton_made, triton_owners = _owners(list(stages(TRITON_DOCKERFILE).values())[-1])
     for folder in _mount_targets(compose, "triton"):
