@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 DEPLOY_README = ROOT / "deploy" / "README.md"
 TRITON_SERVE = ROOT / "deploy" / "triton-serve.sh"  # Triton's command
+FILL = ROOT / "deploy" / "fill.sh"  # the fill service's
 PREFIX = "EMBEDSERVE_"
 EMBEDSERVE_SERVICES = ("gateway", "ray-head", "ray-worker", "fill")  # the services of the embedserve:ray image
 SERVER_UID = "10001"
@@ -165,6 +166,29 @@ def test_the_triton_image_holds_the_command_compose_runs(compose: dict):
     assert [TRITON_SERVE.name, triton["command"][0]] in copies
     assert os.access(TRITON_SERVE, os.X_OK)
     assert any("mkdir" in i.arguments and "/opt/embedserve/no-models" in i.arguments for i in instructions(TRITON_DOCKERFILE))
+
+
+def test_fill_copies_the_bundles_the_triton_repository_and_the_sources_and_nothing_else(tmp_path: Path, compose: dict):
+    """deploy/fill.sh, the `fill` service's command, on a trainer's artifacts folder."""
+    source = tmp_path / "mnt"
+    for path in ("artifacts/models/clip/v1/manifest.json", "artifacts/triton/clip_image_encoder/config.pbtxt",
+                 "artifacts/jobs/jobs.sqlite", "artifacts/indexes/photos/v1/index.faiss", "data/photos/a.png"):
+        (source / path).parent.mkdir(parents=True, exist_ok=True)
+        (source / path).write_text(path)
+    volumes = tmp_path / "srv"
+    (volumes / "artifacts" / "models" / "words" / "v2").mkdir(parents=True)  # a model filled before
+    (volumes / "data").mkdir()
+    env = {"PATH": f"/usr/bin{os.pathsep}/bin", "FILL_FROM": str(source), "FILL_TO": str(volumes)}
+    for _ in range(2):  # a second run adds nothing and breaks nothing
+        result = subprocess.run(["sh", str(FILL)], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    copied = sorted(str(p.relative_to(volumes)) for p in volumes.rglob("*") if p.is_file())
+    assert copied == ["artifacts/models/clip/v1/manifest.json", "artifacts/triton/clip_image_encoder/config.pbtxt",
+                      "data/photos/a.png"]
+    assert (volumes / "artifacts" / "models" / "words" / "v2").is_dir()
+    assert "models: clip words" in result.stdout
+    fill = compose["services"]["fill"]
+    assert f"./{FILL.name}:{fill['command'][-1]}:ro" in fill["volumes"]
 
 
 def test_docker_waits_for_the_gateway_to_finish_its_requests(compose: dict):
