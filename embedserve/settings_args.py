@@ -12,7 +12,7 @@ import argparse
 import typing
 from pathlib import Path
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import SecretStr, TypeAdapter, ValidationError
 
 from serving.settings import Settings
 from serving.settings_doc import default_text, env_name
@@ -33,7 +33,6 @@ def _checker(name: str):
             raise argparse.ArgumentTypeError(f"{e.errors()[0]['msg']}, not {text!r}") from None
         return text
 
-    check.__name__ = name
     return check
 
 
@@ -42,7 +41,8 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings", "each also read from its environment variable; an option wins over it")
     for name, field in Settings.model_fields.items():
         flags = ("--" + name.replace("_", "-"), *ALIASES.get(name, ()))
-        secret = " (a flag shows in the process list: prefer the variable)" if "SecretStr" in str(field.annotation) else ""
+        is_secret = SecretStr in (field.annotation, *typing.get_args(field.annotation))
+        secret = " (an option shows in the process list: prefer the variable)" if is_secret else ""
         help_text = f"{field.description}{secret} [env: {env_name(name)}] [default: {default_text(field)}]"
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if field.annotation is bool:
