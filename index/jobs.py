@@ -38,7 +38,7 @@ from index.store import FaissStore, IndexStore, SearchIndex, writing
 from runtime.bundle import Bundle, BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder, planned_precision
-from runtime.files import exclusive, lock_file
+from runtime.files import check_name, exclusive, lock_file
 from runtime.preprocessing import ImageLimits, PreprocessingSpec, preprocess_arrays, preprocess_image
 from runtime.sources import ImageSource, Roots, SourceError, open_source, read_item
 
@@ -69,8 +69,10 @@ class JobSpec:
         for name in ("source", "model", "index"):
             if not getattr(self, name).strip():
                 raise ValueError(f"a job needs a {name}")
-        if "/" in self.index or self.index.startswith("."):
-            raise ValueError(f"index name {self.index!r} may not contain '/' or start with '.'")
+        check_name(self.index, "index name")
+        check_name(self.model, "model name")
+        if self.model_version is not None:
+            check_name(self.model_version, "model version")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from starlette.types import Scope, Send
 
 from runtime.bundle import BundleError
 from runtime.encoders.base import EncoderUnavailable
+from runtime.files import InvalidName
 from runtime.preprocessing import ImageTooLarge, InvalidImage, UnsupportedImage
 from runtime.sources import SourceError, SourceForbidden
 from runtime.tokens import InvalidText
@@ -108,6 +109,7 @@ RUNTIME_ERRORS: dict[type[Exception], type[ServingError]] = {
     ImageTooLarge: PayloadTooLarge,
     UnsupportedImage: UnsupportedMediaType,
     InvalidText: InvalidInput,
+    InvalidName: InvalidInput,  # a name that is a path, checked before it touches a file
     SourceForbidden: Forbidden,
     SourceError: InvalidInput,
     EncoderUnavailable: NotReady,
@@ -197,7 +199,7 @@ def error_responses(*statuses: int, openai: bool = False, common: tuple[int, ...
 
 def _respond(request: Request, status_code: int, error: str, message: str,
              headers: dict[str, str] | None = None) -> JSONResponse:
-    message = _without_server_folders(message, request)
+    message = without_server_folders(message, getattr(request.app.state, "settings", None))
     return JSONResponse(status_code=status_code, content=error_body(request.url.path, status_code, error, message),
                         headers=headers)
 
@@ -206,11 +208,11 @@ async def _handle_serving_error(request: Request, exc: ServingError) -> JSONResp
     return _respond(request, exc.status_code, exc.error, exc.message, exc.headers or None)
 
 
-def _without_server_folders(message: str, request: Request) -> str:
+def without_server_folders(message: str, settings) -> str:
     """`message` with the server's own folders named, not shown: the inference core words its
     errors for the command line, where the artifacts folder's path helps; a client it would tell
-    only how the server's disk is laid out."""
-    settings = getattr(request.app.state, "settings", None)
+    only how the server's disk is laid out. Every text a client is shown that may hold a path
+    passes here: errors, job errors, /readyz's load errors."""
     if settings is None:
         return message
     folders = {str(Path(settings.artifacts_dir).resolve()): "artifacts"}

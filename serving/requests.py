@@ -10,7 +10,6 @@ import base64
 import binascii
 import json
 import math
-import re
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -18,6 +17,7 @@ from fastapi import Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.datastructures import FormData, UploadFile
 
+from runtime.files import NAME_MAX_CHARS, NAME_PATTERN, check_name
 from serving.errors import InvalidInput, PayloadTooLarge, unsupported_content_type
 from serving.settings import Settings
 
@@ -26,21 +26,12 @@ FILES_SCHEMA = {"type": "array", "items": {"type": "string", "format": "binary"}
 JsonBody = TypeVar("JsonBody", bound=BaseModel)
 
 
-# A model, version or index name: one folder under the artifacts folder, never a path out of it,
-# and short enough to be one (a file name is at most 255 bytes, a character at most 4).
-NAME_MAX_CHARS = 63
-NAME_PATTERN = r"^[^./\\\x00-\x1f][^/\\\x00-\x1f]*$"
-
-
 def plain_name(name: str) -> str:
-    """`name` if it names one folder (NAME_PATTERN, NAME_MAX_CHARS), else ValueError saying what to fix."""
-    if len(name) > NAME_MAX_CHARS:
-        raise ValueError(f"a name has at most {NAME_MAX_CHARS} characters")
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise ValueError("must be a name, not a path: no '/', '\\', control characters or leading '.'")
-    return name
+    """`name` if it names one folder (runtime.files.check_name), else ValueError saying what to fix."""
+    return check_name(name)
 
 
+# A client's model, version, index or job name, checked as the request is read (a 422 naming the field).
 Name = Annotated[str, Field(max_length=NAME_MAX_CHARS, json_schema_extra={"pattern": NAME_PATTERN}),
                  AfterValidator(plain_name)]
 

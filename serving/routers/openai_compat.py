@@ -19,6 +19,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
+from runtime.files import check_name
 from runtime.vectors import unit_rows
 from serving.dependencies import get_registry
 from serving.embedding import embed_images, tokenize
@@ -78,6 +79,7 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
     """(unit embeddings (n, D), prompt tokens) for texts and data URLs mixed."""
     images = [i for i, text in enumerate(inputs) if text.startswith(DATA_URL)]
     texts = [i for i, text in enumerate(inputs) if not text.startswith(DATA_URL)]
+    check_name(model, "model name")  # the one rule for names, though this one is only looked up
     if model not in registry.manifests:
         raise UnknownModel(f"no model named {model!r}; GET /v1/models lists them")
     manifest = registry.manifests[model]
