@@ -37,7 +37,9 @@ MAX_INPUT_CHARS = 100_000  # a text longer than this cannot fit any context; ref
 class EmbeddingsRequest(JsonRequest):
     model: str = Field(max_length=256, description="a CLIP model (texts and images), a text encoder (texts) or "
                                                   "an image encoder (images)")
-    input: str | list[str] = Field(description="a text or data URL, or a list of them")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="a text or data URL, or a list of them. Token ids (OpenAI's other forms) are refused with a 422: "
+                    "each model here reads text through its own tokenizer, and ids are another tokenizer's")
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32 bytes")
     dimensions: int | None = Field(None, ge=1, description="keep the first n components, re-normalised")
     user: str | None = Field(None, max_length=256, description="accepted and ignored")
@@ -61,8 +63,16 @@ class EmbeddingsResponse(BaseModel):
     usage: Usage
 
 
+# OpenAI's API also takes token ids (tiktoken's), and LangChain's OpenAIEmbeddings sends them by default.
+TOKEN_IDS = ("input holds token ids, which this server cannot read: it tokenises text itself, with each model's own "
+             "tokenizer, and ids from another tokenizer name other words. Send the texts as strings (in LangChain: "
+             "OpenAIEmbeddings(..., check_embedding_ctx_length=False))")
+
+
 def _inputs(body: EmbeddingsRequest, registry: Registry) -> list[str]:
     inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+    if any(not isinstance(item, str) for item in inputs):
+        raise InvalidInput(TOKEN_IDS)
     settings = registry.settings
     limit = max(settings.max_texts_per_request, settings.max_images_per_request)
     if not inputs:
