@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -62,7 +63,22 @@ def check_json(value: Any) -> None:
         elif isinstance(item, dict):
             stack.extend((child, depth + 1) for child in (*item.keys(), *item.values()))
         elif isinstance(item, list):
+            if len(item) > FAST_CHECK_MIN_ITEMS and _finite_numbers(item):
+                continue  # a vector: its numbers checked at C speed, not one by one
             stack.extend((child, depth + 1) for child in item)
+
+
+FAST_CHECK_MIN_ITEMS = 64  # lists longer than this are first tried as numbers in one pass
+
+
+def _finite_numbers(items: list) -> bool:
+    """Whether `items` are all finite numbers (or numeric strings, which hold no surrogate either);
+    False sends the list to check_json's walk, which says precisely what is wrong."""
+    try:
+        values = np.fromiter(items, np.float64, len(items))  # (N,)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return bool(np.isfinite(values).all())
 
 
 class JsonRequest(BaseModel):
@@ -103,14 +119,30 @@ def unit_vector(values: list[float], dim: int, what: str, index: str) -> np.ndar
     """A vector a request sent, as the (dim,) float32 unit vector that `index` compares, or
     InvalidInput naming `what`. Scaled by its largest component first: 1e300s and 1e-300s are
     directions too, whose squares would overflow to inf or vanish to zero."""
+    if len(values) != dim:  # before a copy is made of what may be millions of values
+        raise InvalidInput(f"{what} has {len(values):,} values; index {index!r} holds {dim}-dimensional vectors")
     vector = np.asarray(values, np.float64)  # (D,)
-    if vector.shape != (dim,):
-        raise InvalidInput(f"{what} has {len(values)} values; index {index!r} holds {dim}-dimensional vectors")
     scale = np.abs(vector).max() if np.isfinite(vector).all() else 0.0
     if not scale > 0:
         raise InvalidInput(f"{what} must be finite and not all zeros: it is a direction, compared by cosine")
     scaled = vector / scale  # (D,) within [-1, 1], one component ±1
     return (scaled / np.linalg.norm(scaled)).astype(np.float32)
+
+
+def check_vector_length(values: list[float], settings: Settings, what: str) -> None:
+    """PayloadTooLarge for a vector past EMBEDSERVE_MAX_VECTOR_DIM, before any work is done on it."""
+    if len(values) > settings.max_vector_dim:
+        raise PayloadTooLarge(f"{what} has {len(values):,} values; the limit is {settings.max_vector_dim:,} "
+                              "(EMBEDSERVE_MAX_VECTOR_DIM), and it must be the index's dimension")
+
+
+def check_text_chars(texts: Sequence[str], settings: Settings, names: Sequence[str]) -> None:
+    """PayloadTooLarge for a text longer than EMBEDSERVE_MAX_TEXT_CHARS, before it is tokenised;
+    `names[i]` says how the error names text i ("text 3", "class 0")."""
+    long = next((i for i, text in enumerate(texts) if len(text) > settings.max_text_chars), None)
+    if long is not None:
+        raise PayloadTooLarge(f"{names[long]} has {len(texts[long]):,} characters; the limit is "
+                              f"{settings.max_text_chars:,} (EMBEDSERVE_MAX_TEXT_CHARS): shorten it")
 
 
 def check_image_count(count: int, settings: Settings) -> None:

@@ -25,13 +25,12 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_images, tokenize
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownModel, error_responses
 from serving.registry import Registry
-from serving.requests import JsonRequest, decode_base64, json_body_doc, read_json_body
+from serving.requests import JsonRequest, check_text_chars, decode_base64, json_body_doc, read_json_body
 from serving.responses import model_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=error_responses(503, openai=True))
 DATA_URL = "data:"
 EMBEDDING_KINDS = ("image-encoder", "image-text-encoder", "text-encoder")  # the bundle kinds /v1/embeddings serves
-MAX_INPUT_CHARS = 100_000  # a text longer than this cannot fit any context; refused before tokenising
 
 
 class EmbeddingsRequest(JsonRequest):
@@ -79,9 +78,8 @@ def _inputs(body: EmbeddingsRequest, registry: Registry) -> list[str]:
         raise InvalidInput("input is empty: send a string or a list of strings")
     if len(inputs) > limit:
         raise PayloadTooLarge(f"{len(inputs)} inputs in one request; the limit is {limit}: split them")
-    long = next((i for i, text in enumerate(inputs) if len(text) > MAX_INPUT_CHARS and not text.startswith(DATA_URL)), None)
-    if long is not None:
-        raise PayloadTooLarge(f"input {long} is longer than {MAX_INPUT_CHARS:,} characters; shorten it")
+    texts = [i for i, text in enumerate(inputs) if not text.startswith(DATA_URL)]  # images have their own limits
+    check_text_chars([inputs[i] for i in texts], settings, [f"input {i}" for i in texts])
     return inputs
 
 
