@@ -98,6 +98,12 @@ class Overloaded(ServingError):
     headers = {"Retry-After": "1"}
 
 
+class JobsFull(Overloaded):
+    """The jobs queue is full: a job takes seconds to minutes, so the client waits longer than for a model."""
+
+    headers = {"Retry-After": "30"}
+
+
 class NotReady(ServingError):
     status_code = 503
     error = "not_ready"

@@ -72,9 +72,11 @@ def create_job(body: JobRequest, runner: Annotated[JobRunner, Depends(get_jobs)]
     return JSONResponse(status_code=202, content=status.to_dict(), headers={"Location": f"/jobs/{status.id}"})
 
 
-@router.get("/jobs", summary="Every job, oldest first")
+@router.get("/jobs", summary="Every job, oldest first, and how many wait to run")
 def list_jobs(runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
-    return {"jobs": [_shown(runner, s.to_dict()) for s in runner.store.list()]}
+    jobs = [_shown(runner, s.to_dict()) for s in runner.store.list()]
+    return {"jobs": jobs, "waiting": sum(j["state"] == "queued" for j in jobs),
+            "max_waiting": runner.settings.max_queued_jobs}
 
 
 @router.get("/jobs/{job_id}", summary="A job's progress, and the first errors of items it could not embed",
