@@ -180,7 +180,10 @@ def read_item(record: dict[str, Any], limits: ImageLimits = ImageLimits(), roots
     source = str(record.get("source") or default_source or "")
     if source.startswith(FASHION_MNIST_PREFIX):
         images, _ = _fashion_mnist(source[len(FASHION_MNIST_PREFIX):], fashion_mnist_root)
-        return to_pil(images[int(record["position"])])
+        position = int(record["position"])
+        if not 0 <= position < len(images):  # a record is data (an item's metadata): -1 is no position
+            raise IndexError(f"position {position} is not in the data set's {len(images):,} images")
+        return to_pil(images[position])
     if not source or "path" not in record:
         raise SourceError("the item records no source it can be read from again (index built before sources were recorded?)")
     base = Path(source)

@@ -187,6 +187,10 @@ def form_list(values: list, field: str) -> list[str]:
                                'send ["a", "b"] or repeat the field once per value') from None
         if not isinstance(parsed, list) or any(not isinstance(v, str) for v in parsed):
             raise InvalidInput(f"multipart field {field!r} must be a JSON list of strings")
+        try:
+            check_json(parsed)  # JSON in a form field is read as strictly as a JSON body
+        except ValueError as e:
+            raise InvalidInput(f"multipart field {field!r}: {e}") from None
         return parsed
     return list(values)
 

@@ -66,3 +66,16 @@ def test_a_source_path_with_a_nul_is_a_source_error(tmp_path: Path):
 
     with pytest.raises(SourceError, match="not a path"):
         check_source(f"{tmp_path}/a\x00b", [tmp_path])
+
+
+def test_a_record_s_position_must_be_in_the_data_set(tmp_path: Path, write_idx):
+    from runtime.sources import read_item
+
+    (tmp_path / "fm").mkdir()
+    write_idx(tmp_path / "fm" / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
+    write_idx(tmp_path / "fm" / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
+    record = {"source": "fashion-mnist:test", "position": 2}
+    assert read_item(record, fashion_mnist_root=tmp_path / "fm").size == (28, 28)
+    for position in (-1, 3):  # a record is an item's metadata, which a client may write
+        with pytest.raises(IndexError):
+            read_item({**record, "position": position}, fashion_mnist_root=tmp_path / "fm")

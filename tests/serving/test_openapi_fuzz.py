@@ -233,3 +233,11 @@ def test_a_multipart_name_that_is_not_one_gets_a_documented_4xx(app):
         response = case.call_and_validate(app=app, headers={"Authorization": f"Bearer {KEY}"},
                                           checks=[c for c in _CHECKS if c.__name__ != "negative_data_rejection"])
         assert response.status_code == 422, response.text
+
+
+def test_json_in_a_form_field_is_read_as_strictly_as_a_json_body(app):
+    case = schema["/zero-shot"]["POST"].Case(body={"files": [FILE_SAMPLES["png"]], "classes": '["\\ud800", "b"]'},
+                                             media_type="multipart/form-data")
+    response = case.call_and_validate(app=app, headers={"Authorization": f"Bearer {KEY}"},
+                                      checks=[c for c in _CHECKS if c.__name__ != "negative_data_rejection"])
+    assert response.status_code == 422 and "surrogate" in response.text, response.text
