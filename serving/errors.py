@@ -174,16 +174,18 @@ class OpenAIErrorResponse(BaseModel):
 
 # What each error status means on this server, for the OpenAPI.
 _ERROR_DESCRIPTIONS = {
-    400: "a Host header the server does not answer to, or a body that cannot be parsed",
+    400: "a Host header the server does not answer to (or two of them), or a body that cannot be parsed",
     401: "no API key (when the server has keys): send Authorization: Bearer <key>",
     403: "an API key that is not accepted, or a path outside the server's data roots",
     404: "no such model, index, word, item, job or route",
     408: "the request body did not arrive within EMBEDSERVE_BODY_TIMEOUT_S",
     409: "the index moved to another model version while the request was being embedded: send it again",
-    413: "more than a limit allows: body bytes, images, pixels, texts, tokens, classes × templates, items",
+    413: "more than a limit allows: body bytes, images, pixels, texts, characters, vector values, metadata bytes, "
+         "classes × templates, items",
     415: "a content type or image format the route does not take",
     422: "a request that is not valid: the message says which field and why",
-    429: "the model's queue is full, or the server holds as many request bodies as it may: retry after Retry-After seconds",
+    429: "the model's queue (or the jobs queue) is full, or the server holds as many request bodies as it may: retry after "
+         "Retry-After seconds",
     503: "not ready: models still loading, a model that failed to load, or a request past its time limit",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
