@@ -131,20 +131,20 @@ class Registry:
         return registry
 
     def add(self, bundle: Bundle) -> None:
-        """Serve `bundle` as the current version of its model. Its manifest must name the folder it
-        was read from: a manifest is data, and its name is what requests and indexes will ask for."""
-        manifest = bundle.manifest
-        if (manifest.name, manifest.version) != (bundle.path.parent.name, bundle.path.name):
-            raise BundleError(f"the manifest in {bundle.path} names model {manifest.name[:80]!r} version "
-                              f"{manifest.version[:80]!r}, not its folder's; re-export it")
+        """Serve `bundle` as the current version of its model."""
         with self._lock:
             if self._load(bundle):
                 self.manifests[bundle.manifest.name] = bundle.manifest
                 self.failed.pop(bundle.manifest.name, None)
 
     def _load(self, bundle: Bundle) -> bool:
-        """Build what serves `bundle`, by its kind; False (and a warning) for a kind not served."""
+        """Build what serves `bundle`, by its kind; False (and a warning) for a kind not served. Its
+        manifest must name the folder it was read from: a manifest is data, and the name and version
+        it holds are what requests and indexes will ask for."""
         manifest = bundle.manifest
+        if (manifest.name, manifest.version) != (bundle.path.parent.name, bundle.path.name):
+            raise BundleError(f"the manifest in {bundle.path} names model {manifest.name[:80]!r} version "
+                              f"{manifest.version[:80]!r}, not its folder's; re-export it")
         if manifest.kind == "word-vectors":
             self.words[manifest.name] = WordVectors.from_bundle(bundle)
         elif manifest.kind == "image-encoder":

@@ -211,6 +211,18 @@ def test_names_read_from_disk_pass_the_same_rule(indexed: Path):
         assert c.post("/search", json={"index": "pics", "id": 0}).json()["model"] == "tiny"
 
 
+def test_a_bundle_whose_manifest_names_another_model_is_not_served(words_artifacts: Path, write_image_bundle):
+    import json
+
+    write_image_bundle(words_artifacts, "tiny")
+    manifest = words_artifacts / "models" / "tiny" / "v1" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "name": "words"}))  # would replace 'words'
+    with client(words_artifacts) as c:
+        models = {m["name"]: m for m in c.get("/readyz").json()["models"]}
+        assert models["tiny"]["state"] == "failed" and "not its folder's" in models["tiny"]["error"]
+        assert models["words"]["kind"] == "word-vectors" and c.get("/similar?word=king").status_code == 200
+
+
 def test_two_host_headers_are_refused(words_artifacts: Path):
     with client(words_artifacts, allowed_hosts="good.example") as c:
         twice = c.get("/healthz", headers=[("host", "evil.example"), ("host", "good.example")])
