@@ -38,6 +38,7 @@ Name = Annotated[str, Field(max_length=NAME_MAX_CHARS, json_schema_extra={"patte
 
 
 MAX_JSON_DEPTH = 32  # nesting a request body may have; metadata deeper than this cannot be served back
+FAST_CHECK_MIN_ITEMS = 64  # lists longer than this (vectors) are first checked as numbers in one pass
 
 
 def check_json(value: Any) -> None:
@@ -67,8 +68,6 @@ def check_json(value: Any) -> None:
                 continue  # a vector: its numbers checked at C speed, not one by one
             stack.extend((child, depth + 1) for child in item)
 
-
-FAST_CHECK_MIN_ITEMS = 64  # lists longer than this are first tried as numbers in one pass
 
 
 def _finite_numbers(items: list) -> bool:
