@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from serving.errors import PROBE_ERRORS, error_responses
+from serving.errors import PROBE_ERRORS, error_responses, without_server_folders
 from serving.responses import ReadyResponse
+from serving.security import holds_key
 
 router = APIRouter(tags=["health"], responses=error_responses(common=PROBE_ERRORS))
 
@@ -37,20 +38,27 @@ def model_runtimes(registry, name: str, version: str) -> dict[str, str]:
             responses={503: {"model": ReadyResponse, "description": "not ready: models still loading, or some failed"}})
 def readyz(request: Request) -> JSONResponse:
     registry = getattr(request.app.state, "registry", None)
+    settings = request.app.state.settings
     if registry is None or not registry.ready:
-        failed = [{"name": n, "state": "failed", "error": e} for n, e in sorted(registry.failed.items())] if registry else []
-        return JSONResponse(status_code=503, content={"status": "not ready", "models": failed})
+        failed = [{"name": n, "state": "failed", "error": without_server_folders(e, settings)}
+                  for n, e in sorted(registry.failed.items())] if registry else []
+        counts = {"models_loaded": 0, "models_failed": len(failed), "indexes": 0}
+        return JSONResponse(status_code=503, content={"status": "not ready", "counts": counts,
+                                                      **({"models": failed} if holds_key(request) else {})})
     models = [
         {"name": m.name, "version": m.version, "kind": m.kind, "method": m.method, "dim": m.dim, "state": "loaded",
          **({"precision": p} if (p := model_precisions(registry, m.name, m.version)) else {}),
          **({"runs_on": r} if (r := model_runtimes(registry, m.name, m.version)) else {})}
         for m in sorted(list(registry.manifests.values()), key=lambda m: m.name)
-    ] + [{"name": n, "state": "failed", "error": e} for n, e in sorted(registry.failed.items())]
+    ] + [{"name": n, "state": "failed", "error": without_server_folders(e, settings)} for n, e in sorted(registry.failed.items())]
     indexes = [{"name": name, "version": index.manifest.version, "model": index.model, "model_version": index.model_version}
                for name, index in sorted(list(registry.indexes.items()))]
     ready = not registry.failed or registry.settings.ready_with_failures
+    counts = {"models_loaded": len(models) - len(registry.failed), "models_failed": len(registry.failed),
+              "indexes": len(indexes)}
+    details = {"models": models, "indexes": indexes} if holds_key(request) else {}
     return JSONResponse(status_code=200 if ready else 503,
-                        content={"status": "ready" if ready else "not ready", "models": models, "indexes": indexes})
+                        content={"status": "ready" if ready else "not ready", "counts": counts, **details})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

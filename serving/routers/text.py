@@ -18,7 +18,7 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_texts
 from serving.errors import InvalidInput, PayloadTooLarge, error_responses
 from serving.registry import Registry
-from serving.requests import JsonRequest
+from serving.requests import JsonRequest, check_text_chars
 from serving.responses import EmbedResponse, model_response
 
 router = APIRouter(tags=["embed"])
@@ -42,6 +42,7 @@ async def embed_text(
         raise InvalidInput('no texts: send {"texts": ["...", ...]}')
     if len(body.texts) > limit:
         raise PayloadTooLarge(f"{len(body.texts)} texts in one request; the limit is {limit}: split them over several requests")
+    check_text_chars(body.texts, registry.settings, [f"text {i}" for i in range(len(body.texts))])
     text_model = registry.text_model(model or body.model)
     embeddings = await embed_texts(body.texts, text_model)  # (n, D)
     manifest = text_model.manifest

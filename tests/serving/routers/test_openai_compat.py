@@ -95,3 +95,11 @@ def test_the_stock_openai_client_embeds_with_an_imported_text_encoder(minilm_cli
     url = "data:image/png;base64," + base64.b64encode(b"\x89PNG").decode()
     with pytest.raises(openai.UnprocessableEntityError, match="texts only"):
         stock_client(minilm_client).embeddings.create(model="minilm", input=["a text", url])
+
+
+def test_token_ids_are_refused_with_what_to_send_instead(client: TestClient):
+    for ids in ([101, 2023, 102], [[101, 2023], [7, 8]]):  # what LangChain's OpenAIEmbeddings sends by default
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            stock_client(client).embeddings.create(model="clip", input=ids)
+        message = str(refused.value)
+        assert "own tokenizer" in message and "check_embedding_ctx_length=False" in message
