@@ -123,6 +123,12 @@ def check_served_answers(client: TestClient, model: str, reference, photos: list
     assert texts.status_code == 200, texts.text
     assert cosines(texts.json()["embeddings"], reference.texts(TEXTS)).min() >= 0.9999
 
+    long = " ".join(["a long caption about a sunny beach with palm trees"] * 12)  # past the 77 tokens
+    refused = client.post("/embed/text", json={"texts": [long], "model": model})
+    assert refused.status_code == 422 and "77 tokens" in refused.json()["detail"] and "truncate" in refused.json()["detail"]
+    cut = client.post("/embed/text", json={"texts": [long], "model": model, "truncate": True})
+    assert cosines(cut.json()["embeddings"], reference.texts([long])).min() >= 0.9999  # cut as the library cuts it
+
     data_url = "data:image/png;base64," + base64.b64encode(photos[0]).decode()
     openai = client.post("/v1/embeddings", json={"model": model, "input": [TEXTS[1], data_url]})
     assert openai.status_code == 200, openai.text
