@@ -275,3 +275,40 @@ def test_an_import_that_disagrees_with_the_library_writes_nothing(hf_clip_folder
     with pytest.raises(ParityError, match="text tower disagrees"):
         import_clip(hf_clip_folder, tmp_path, "bad", photos=clip_photos[:1], int8=False)
     assert not (tmp_path / "models").exists()
+
+
+def test_a_job_indexes_photos_with_it_and_search_by_text_and_explain_serve_it(hf_clip_artifacts: Path, hf_reference,
+                                                                             tmp_path: Path):
+    from tests.jobs import wait_for_job
+
+    artifacts = Path(shutil.copytree(hf_clip_artifacts, tmp_path / "artifacts"))
+    folder = tmp_path / "data" / "photos"
+    blobs = [photo_png(folder, f"{i}.png", size, mode).read_bytes()
+             for i, (size, mode) in enumerate([((60, 40), "RGB"), ((40, 70), "L"), ((50, 50), "RGBA")])]
+    settings = Settings(artifacts_dir=artifacts, data_roots=str(tmp_path / "data"), precision="fp32", max_wait_ms=1)
+    with TestClient(create_app(settings)) as client:
+        job = client.post("/jobs", json={"source": str(folder), "model": "hf-clip", "index": "photos"})
+        assert job.status_code == 202, job.text
+        assert wait_for_job(client, job.json()["id"])["state"] == "succeeded"
+        hits = client.post("/search", json={"index": "photos", "text": "a dog", "k": 3})
+        assert hits.status_code == 200, hits.text
+        expected = unit(hf_reference.images(blobs)) @ unit(hf_reference.texts(["a dog"]))[0]  # (3,)
+        got = {hit["metadata"]["path"]: hit["score"] for hit in hits.json()["hits"]}
+        np.testing.assert_allclose([got[f"{i}.png"] for i in range(3)], expected, atol=2e-3)
+        shown = client.post("/explain", json={"image": base64.b64encode(blobs[0]).decode(), "label": "a dog",
+                                              "classes": ["a dog", "a cat"], "model": "hf-clip", "grid": 2})
+        assert shown.status_code == 200, shown.text
+        assert np.array(shown.json()["grid"]).shape == (2, 2)
+
+
+def test_a_query_bank_from_an_image_folder_makes_querybank_zero_shot_the_default(hf_clip_folder: Path, tmp_path: Path,
+                                                                                clip_photos: list, photos):
+    folder = tmp_path / "bank"
+    for i in range(4):
+        photo_png(folder, f"{i}.png", (40 + 7 * i, 30 + 5 * i), seed=i)
+    bundle = import_clip(hf_clip_folder, tmp_path / "artifacts", "banked", photos=clip_photos[:1], int8=False,
+                         query_bank=folder)
+    assert bundle.manifest.query_bank.images == 4 and np.load(bundle.file("query_bank")).shape == (4, 16)
+    with served(tmp_path / "artifacts") as client:
+        shot = client.post("/zero-shot", json={"images": [base64.b64encode(photos[0]).decode()], "classes": CLASSES})
+        assert shot.status_code == 200 and shot.json()["normalization"] == "querybank"
