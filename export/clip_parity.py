@@ -88,7 +88,7 @@ def installed_photos(clip_art: int = 3) -> list[Photo]:
     """Real photos that installed packages ship (scikit-learn's china.jpg and flower.jpg, matplotlib's
     grace_hopper.jpg, and `clip_art` Open Clip Art PNGs with transparency when openclipart-png is
     installed), plus variants of them the check needs: a greyscale JPEG, a tall and a wide crop, a
-    small image that is enlarged, a transparent PNG. Those not installed are left out."""
+    small image that is enlarged, a large JPEG, a transparent PNG. Those not installed are left out."""
     files = []
     try:
         import sklearn.datasets
@@ -104,14 +104,17 @@ def installed_photos(clip_art: int = 3) -> list[Photo]:
         pass
     photos = [Photo(f.name, f.read_bytes()) for f in files if f.is_file()]
     art = sorted(Path("/usr/share/openclipart/png").rglob("*.png"))[:200] if Path("/usr/share/openclipart/png").is_dir() else []
-    photos += [Photo(f"openclipart {f.name}", f.read_bytes()) for f in art if _transparent(f)][:clip_art]
+    transparent = {f.name: f for f in art if _transparent(f)}  # a drawing may sit in several category folders
+    photos += [Photo(f"openclipart {name}", f.read_bytes()) for name, f in list(transparent.items())[:clip_art]]
     if photos:
         base = Image.open(io.BytesIO(photos[0].data)).convert("RGB")
         w, h = base.size
         photos += [Photo(f"{photos[0].name}, greyscale", _encode(base.convert("L"), "JPEG")),
                    Photo(f"{photos[0].name}, tall crop", _encode(base.crop((0, 0, w // 3, h)), "JPEG")),
                    Photo(f"{photos[0].name}, wide crop", _encode(base.crop((0, 0, w, h // 3)), "PNG")),
-                   Photo(f"{photos[0].name}, 97x61 (enlarged)", _encode(base.resize((97, 61)), "PNG"))]
+                   Photo(f"{photos[0].name}, 97x61 (enlarged)", _encode(base.resize((97, 61)), "PNG")),
+                   # large enough that the server decodes it at a reduced JPEG scale (runtime.preprocessing.load_pixels)
+                   Photo(f"{photos[0].name}, 2560x1708 JPEG", _encode(base.resize((2560, 1708), Image.Resampling.BICUBIC), "JPEG"))]
         alpha = base.convert("RGBA")
         alpha.putalpha(Image.linear_gradient("L").resize(base.size))
         photos.append(Photo(f"{photos[0].name}, RGBA with a gradient alpha", _encode(alpha, "PNG")))
