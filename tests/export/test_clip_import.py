@@ -312,3 +312,10 @@ def test_a_query_bank_from_an_image_folder_makes_querybank_zero_shot_the_default
     with served(tmp_path / "artifacts") as client:
         shot = client.post("/zero-shot", json={"images": [base64.b64encode(photos[0]).decode()], "classes": CLASSES})
         assert shot.status_code == 200 and shot.json()["normalization"] == "querybank"
+
+
+def test_the_command_line_imports_an_open_clip_folder(open_clip_folder: Path, tmp_path: Path, capsys):
+    assert main(["import", "clip", str(open_clip_folder), "--name", "cli", "--artifacts", str(tmp_path), "--no-int8"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    manifest = open_bundle(tmp_path, "cli").manifest
+    assert manifest.training_config["source"] == "open_clip" and manifest.variants == ()
