@@ -196,7 +196,8 @@ def test_an_open_clip_saved_as_a_pytorch_bin_imports(tmp_path: Path, clip_photos
     folder = write_open_clip(tmp_path / "bin", weights="bin", seed=2)
     bundle = import_clip(folder, tmp_path / "artifacts", "oc", photos=clip_photos[:1], int8=False)
     assert bundle.manifest.training_config["weights"] == "open_clip_pytorch_model.bin"
-    assert bundle.manifest.preprocessing.crop_offset == "round"  # torchvision's CenterCrop
+    spec = bundle.manifest.preprocessing
+    assert (spec.crop_offset, spec.alpha) == ("round", "drop")  # torchvision's CenterCrop; RGB conversion after it
 
 
 def _without(folder: Path, tmp_path: Path, *names: str) -> Path:
