@@ -6,7 +6,9 @@ text tower, or data URLs of images (`data:image/png;base64,...`), embedded by it
 one request alike; a text encoder (an imported sentence-transformers model) takes texts only, an
 image encoder data URLs only. `encoding_format` "base64" (the stock
 client's default) sends each vector as little-endian float32 bytes. `dimensions` keeps the
-first n components, re-normalised. Errors come in OpenAI's shape (serving.errors).
+first n components, re-normalised. `truncate` (not OpenAI's; text-embeddings-inference's name)
+embeds a text longer than the model reads by its first tokens instead of answering 422. Errors
+come in OpenAI's shape (serving.errors).
 """
 
 from __future__ import annotations
