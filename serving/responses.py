@@ -40,6 +40,9 @@ class ModelState(BaseModel):
     method: str | None = None
     dim: int | None = None
     precision: dict[str, str] | None = Field(None, description="loaded encoders: the variant each runs (fp32, fp16, int8), by role")
+    runs_on: dict[str, str] | None = Field(None, description="loaded encoders: the onnxruntime execution provider each session "
+                                           "really runs on (CPUExecutionProvider where CUDA was listed but did not start), "
+                                           "or triton, by role")
     error: str | None = Field(None, description="why a failed model was refused")
 
 

@@ -16,12 +16,21 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def model_precisions(registry, name: str, version: str) -> dict[str, str]:
-    """The precision (fp32, fp16, int8) each encoder of a loaded model version runs, by its role."""
+def _encoders(registry, name: str, version: str) -> list:
     key = (name, version)
     batchers = [registry.image_batchers.get(key), getattr(registry.text_models.get(key), "batcher", None)]
-    encoders = [b.encoder for b in batchers if b is not None]
-    return {e.role: getattr(e, "precision", "fp32") for e in encoders}
+    return [b.encoder for b in batchers if b is not None]
+
+
+def model_precisions(registry, name: str, version: str) -> dict[str, str]:
+    """The precision (fp32, fp16, int8) each encoder of a loaded model version runs, by its role."""
+    return {e.role: getattr(e, "precision", "fp32") for e in _encoders(registry, name, version)}
+
+
+def model_runtimes(registry, name: str, version: str) -> dict[str, str]:
+    """Where each encoder of a loaded model version runs, by its role: the onnxruntime provider its
+    session really has (CPUExecutionProvider where a listed CUDA could not start), or "triton"."""
+    return {e.role: e.providers[0] if e.providers else "triton" for e in _encoders(registry, name, version)}
 
 
 @router.get("/readyz", summary="Models are loaded and requests can be served", response_model=ReadyResponse,
@@ -33,7 +42,8 @@ def readyz(request: Request) -> JSONResponse:
         return JSONResponse(status_code=503, content={"status": "not ready", "models": failed})
     models = [
         {"name": m.name, "version": m.version, "kind": m.kind, "method": m.method, "dim": m.dim, "state": "loaded",
-         **({"precision": p} if (p := model_precisions(registry, m.name, m.version)) else {})}
+         **({"precision": p} if (p := model_precisions(registry, m.name, m.version)) else {}),
+         **({"runs_on": r} if (r := model_runtimes(registry, m.name, m.version)) else {})}
         for m in sorted(list(registry.manifests.values()), key=lambda m: m.name)
     ] + [{"name": n, "state": "failed", "error": e} for n, e in sorted(registry.failed.items())]
     indexes = [{"name": name, "version": index.manifest.version, "model": index.model, "model_version": index.model_version}
