@@ -326,3 +326,28 @@ def test_the_command_line_imports_an_open_clip_folder(open_clip_folder: Path, tm
     assert "wrote" in capsys.readouterr().out
     manifest = open_bundle(tmp_path, "cli").manifest
     assert manifest.training_config["source"] == "open_clip" and manifest.variants == ()
+
+
+class _Payload:
+    """What a hostile pytorch_model.bin carries: unpickling it would call a function of its choice
+    (here: create the file `marker`)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("library", ["transformers", "open_clip"])
+def test_a_pytorch_bin_is_read_weights_only_so_a_pickled_payload_is_refused(tmp_path: Path, library: str):
+    if library == "transformers":
+        folder = write_transformers_clip(tmp_path / "bin", weights="bin")
+        weights = folder / "pytorch_model.bin"
+    else:
+        folder = write_open_clip(tmp_path / "bin", weights="bin")
+        weights = folder / "open_clip_pytorch_model.bin"
+    torch.save({"payload": _Payload(tmp_path / "unpickled")}, weights)
+    with pytest.raises(FolderError, match="cannot load"):
+        import_clip(folder, tmp_path / "artifacts", "bad", photos=[], int8=False)
+    assert not (tmp_path / "unpickled").exists() and not (tmp_path / "artifacts" / "models").exists()
