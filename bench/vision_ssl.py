@@ -6,12 +6,14 @@ the machine and date, to bench/results/vision_ssl.json.
     python bench/vision_ssl.py --profile quick            # 1.5 min training per method on 2 CPU cores
     python bench/vision_ssl.py --profile cpu-long --out bench/results/vision_ssl_cpu_long.json   # ~40 min on 2 cores
     python bench/vision_ssl.py --profile full --reuse     # evaluate existing full checkpoints (GPU-sized)
+    python bench/vision_ssl.py --smoke                    # --profile smoke: tiny encoders, two steps each, 1000 images: seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.report import utc_now, write_report  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from training.data.images import load_image_arrays, random_subset  # noqa: E402
 from training.evaluation.encoder_eval import encoder_embed_fn, evaluate_encoder, raw_pixels  # noqa: E402
@@ -28,6 +30,7 @@ from training.methods.encoders import load_image_encoder  # noqa: E402
 from training.methods.mae import MAEConfig, train_mae  # noqa: E402
 from training.methods.simclr import SimCLRConfig, train_simclr  # noqa: E402
 
+SMOKE_DIR = Path(tempfile.gettempdir()) / "embedserve-bench-smoke" / "vision_ssl"
 # eval_train / eval_test: how many Fashion-MNIST images the kNN and probe use (None = all 60k / 10k)
 PROFILES = {
     "quick": {"simclr": SimCLRConfig.quick(), "mae": MAEConfig.quick(), "eval_train": 10_000, "eval_test": 2_000},
@@ -40,6 +43,16 @@ PROFILES = {
         "mae": MAEConfig.quick(subset=None, epochs=15, checkpoint_path="artifacts/checkpoints/mae-cpu-long.pt",
                                log_path="artifacts/logs/mae-cpu-long.jsonl"),
         "eval_train": None, "eval_test": None,
+    },
+    # --smoke: the same code on tiny encoders trained two steps, checkpoints in a temporary folder
+    "smoke": {
+        "simclr": SimCLRConfig.quick(width=4, proj_hidden_dim=32, subset=256, epochs=1, batch_size=64, max_steps_per_epoch=2,
+                                     eval_every_epochs=0, checkpoint_path=str(SMOKE_DIR / "simclr-smoke.pt"),
+                                     log_path=str(SMOKE_DIR / "simclr-smoke.jsonl")),
+        "mae": MAEConfig.quick(dim=32, depth=1, num_heads=2, decoder_dim=16, subset=256, epochs=1, batch_size=64,
+                               max_steps_per_epoch=2, eval_every_epochs=0, checkpoint_path=str(SMOKE_DIR / "mae-smoke.pt"),
+                               log_path=str(SMOKE_DIR / "mae-smoke.jsonl")),
+        "eval_train": 1000, "eval_test": 200,  # 1% of the training images must still hold every class
     },
 }
 TRAINERS = {"simclr": train_simclr, "mae": train_mae}
@@ -71,8 +84,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reuse", action="store_true", help="evaluate existing checkpoints instead of training")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'cores shared')")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vision_ssl.json"))
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; the same as --profile smoke")
+    parser.add_argument("--out", help="default: bench/results/vision_ssl.json")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.profile, args.reuse = "smoke", False
+    args.out = result_path(args.out, "vision_ssl", args.profile == "smoke")
     profile = PROFILES[args.profile]
 
     train = fixed_subset(load_image_arrays("fashion-mnist", "train"), profile["eval_train"], seed=1)
