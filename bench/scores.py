@@ -9,6 +9,7 @@ Prints one table and writes it, with the machine and date, to bench/results/scor
 
     python bench/scores.py --checkpoint artifacts/checkpoints/simclr-fmnist.pt \\
         --checkpoint artifacts/checkpoints/mae-fmnist.pt --clip-checkpoint artifacts/checkpoints/clip-fmnist.pt
+    python bench/scores.py --smoke      # tiny SimCLR and CLIP models trained two steps (vision_ssl's and zero_shot's): seconds
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.report import utc_now, write_report  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from export.image_encoder import CENTERING_IMAGES, export_image_encoder  # noqa: E402
 from index.build import build_image_index  # noqa: E402
@@ -139,6 +140,23 @@ def clip_rows(checkpoint: str, texts: int = 2048, retrieval_size: int = 1000, se
     return out
 
 
+def smoke_checkpoints(folder: Path) -> tuple[str, str]:
+    """A tiny SimCLR and a tiny CLIP checkpoint under `folder`, trained two steps each with the
+    smoke configurations of bench/vision_ssl.py and bench/zero_shot.py."""
+    from dataclasses import replace
+
+    from bench.vision_ssl import PROFILES
+    from bench.zero_shot import SMOKE_CONFIG
+    from training.methods.clip import ClipConfig, train_clip
+    from training.methods.simclr import train_simclr
+
+    simclr = replace(PROFILES["smoke"]["simclr"], checkpoint_path=str(folder / "simclr.pt"), log_path=str(folder / "simclr.jsonl"))
+    train_simclr(simclr)
+    clip = ClipConfig.quick(checkpoint_path=str(folder / "clip.pt"), log_path=str(folder / "clip.jsonl"), **SMOKE_CONFIG)
+    train_clip(clip)
+    return simclr.checkpoint_path, clip.checkpoint_path
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", default=[], help="a SimCLR or MAE checkpoint (repeatable)")
@@ -147,19 +165,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--queries", type=int, default=500, help="random test images whose median scores are reported")
     parser.add_argument("--knn-train", type=int, default=10_000, help="training images the kNN votes over (0: all 60k)")
     parser.add_argument("--linear-probe", action="store_true", help="also a linear probe at 10%% and 100%% of the labels")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "scores.json"))
+    parser.add_argument("--smoke", action="store_true",
+                        help=SMOKE_HELP + "; trains its own two checkpoints, 50 queries, kNN over 1000 training images")
+    parser.add_argument("--out", help="default: bench/results/scores.json")
     args = parser.parse_args(argv)
+    args.out = result_path(args.out, "scores", args.smoke)
 
     results: dict = {"machine": machine_info("onnxruntime", "faiss-cpu", "torch"),
                      "date": utc_now(),
                      "centering_images": CENTERING_IMAGES, "knn_train": args.knn_train or 60_000, "knn_test": 10_000,
-                     "image_encoders": {}, "clip": None}
+                     "image_encoders": {}, "clip": None, "smoke": args.smoke}
     with tempfile.TemporaryDirectory(prefix="embedserve-scores-") as scratch:
+        if args.smoke:
+            simclr, args.clip_checkpoint = smoke_checkpoints(Path(scratch) / "checkpoints")
+            args.checkpoint, args.queries, args.knn_train, args.linear_probe = [simclr], 50, 1000, False
         for n, checkpoint in enumerate(args.checkpoint):
             results["image_encoders"][checkpoint] = image_encoder_rows(
                 checkpoint, Path(scratch) / str(n), args.query_id, args.queries, args.knn_train or None, args.linear_probe)
-    if args.clip_checkpoint:
-        results["clip"] = {args.clip_checkpoint: clip_rows(args.clip_checkpoint)}
+        if args.clip_checkpoint:
+            sizes = {"texts": 256, "retrieval_size": 100} if args.smoke else {}
+            results["clip"] = {args.clip_checkpoint: clip_rows(args.clip_checkpoint, **sizes)}
     results["machine"]["load_average_at_end"] = machine_info()["load_average_1_5_15min"]
 
     header = (f"{'model':<24} {'variant':<16} {'id ' + str(args.query_id) + ' @1/2/10/100/1000':<34} "
