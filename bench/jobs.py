@@ -34,13 +34,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench.http_client import HOST, free_port, latency_summary, start_gateway, stop, wait_ready  # noqa: E402
 from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
-from bench.serve_images import find_image_bundle, sample_pngs, write_small_cnn_bundle  # noqa: E402
+from bench.serve_images import fashion_mnist_folder, find_image_bundle, sample_pngs, write_small_cnn_bundle  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from index.jobs import JobSpec, JobStore, run_job  # noqa: E402
 from index.vector_index import open_index  # noqa: E402
@@ -70,14 +69,11 @@ def job_sources(scratch: Path, smoke: bool) -> dict[str, tuple[str, np.ndarray]]
     sources = {}
     for split in SPLITS:
         images = load_fashion_mnist(split=split)[0]
-        if not smoke:
+        if smoke:
+            images = images[:SMOKE_IMAGES[split]]
+            sources[split] = (str(fashion_mnist_folder(split, len(images), scratch / "images" / split)), images)
+        else:
             sources[split] = (f"fashion-mnist:{split}", images)
-            continue
-        images, folder = images[:SMOKE_IMAGES[split]], scratch / "images" / split
-        folder.mkdir(parents=True)
-        for i, pixels in enumerate(images):
-            Image.fromarray(pixels, "L").save(folder / f"{i:05d}.png")
-        sources[split] = (str(folder), images)
     return sources
 
 

@@ -107,6 +107,16 @@ def sample_pngs(count: int, size: int) -> list[bytes]:
     return out
 
 
+def fashion_mnist_folder(split: str, count: int, folder: Path) -> Path:
+    """The first `count` images of a Fashion-MNIST split as PNG files in `folder` (made), named in
+    order so that a folder source reads them at the positions they have in the split: a source of a
+    few hundred images for a smoke run, which jobs and index builds read as they read a split."""
+    folder.mkdir(parents=True)
+    for i, pixels in enumerate(load_fashion_mnist(DEFAULT_FASHION_MNIST_ROOT, split)[0][:count]):
+        Image.fromarray(pixels, "L").save(folder / f"{i:05d}.png")
+    return folder
+
+
 def start_server(artifacts: Path, model: str, batching: bool, workers: int, port: int, max_batch_size: int,
                  max_wait_ms: float, triton_url: str | None = None) -> subprocess.Popen:
     """The gateway serving `model` from `artifacts` as this bench runs it (fp32, batching on or off)."""

@@ -270,7 +270,7 @@ def write_smoke_artifacts(artifacts: Path) -> None:
     checkpoint = artifacts / "checkpoints" / f"{CLIP_MODEL}.pt"
     train_clip(ClipConfig.quick(checkpoint_path=str(checkpoint), log_path=str(artifacts / "logs" / f"{CLIP_MODEL}.jsonl"),
                                 **SMOKE_CONFIG))
-    export_clip(checkpoint, artifacts, CLIP_MODEL, int8=False, fp16=False)
+    export_clip(checkpoint, artifacts, CLIP_MODEL, int8=False, fp16=False, query_bank_images=256)
     vectors = np.random.default_rng(0).normal(size=(len(WORDS), 16)).astype(np.float32)
     write_word_vectors_bundle(artifacts, WORDS_MODEL, WORDS, np.arange(len(WORDS), 0, -1) * 10, vectors)
     for index, model in ((IMAGE_INDEX, SIMCLR_MODEL), (CLIP_INDEX, CLIP_MODEL)):
