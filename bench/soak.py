@@ -51,6 +51,7 @@ CONCURRENCY = 16  # clients of the closed loop that measures capacity
 MAX_OUTSTANDING = 2048  # open-loop requests in flight at most; past it an arrival counts as "dropped by the client"
 WORDS = ["king", "queen", "ocean", "river", "bread", "music", "winter", "horse", "paper", "stone"]
 SMOKE = {"duration_s": 3.0, "capacity_s": 1.0, "warmup_s": 1.0, "job_every_s": 2.0}  # --smoke's phases
+SMOKE_IMAGES = 1000  # --smoke: the test images its indexes hold
 
 
 def rss_mb(pid: int) -> float:
@@ -61,7 +62,8 @@ def rss_mb(pid: int) -> float:
 class Mix:
     """The requests of the traffic mix, drawn at random by weight."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, items: int = 10_000):
+        self.items = items  # in the image index: the ids a search by id picks from
         images, labels = load_fashion_mnist(split="test")
         self.rng = random.Random(seed)
         self.images = []
@@ -105,7 +107,7 @@ class Mix:
         return "POST", "/zero-shot", {"images": self._some_images(2), "classes": classes, "model": CLIP_MODEL}
 
     def search_id(self):
-        return "POST", "/search", {"index": IMAGE_INDEX, "id": self.rng.randint(0, 9999), "k": 10}
+        return "POST", "/search", {"index": IMAGE_INDEX, "id": self.rng.randint(0, self.items - 1), "k": 10}
 
     def search_image(self):
         return "POST", "/search", {"index": IMAGE_INDEX, "image": self.rng.choice(self.images), "k": 10}
@@ -236,10 +238,11 @@ def run_one_job(base: str) -> float:
     return time.perf_counter() - started
 
 
-def start_server(artifacts: Path, port: int, log: Path) -> subprocess.Popen:
-    """`embedserve serve` on the demo's artifacts, as a user starts it, once /readyz answers 200."""
+def start_server(artifacts: Path, port: int, log: Path, data_roots: str = "") -> subprocess.Popen:
+    """`embedserve serve` on the demo's artifacts, as a user starts it, once /readyz answers 200;
+    its jobs may read images under `data_roots` (EMBEDSERVE_DATA_ROOTS)."""
     env = {**os.environ, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_PORT": str(port),
-           "EMBEDSERVE_LOG_LEVEL": "warning", "EMBEDSERVE_HOST": HOST}
+           "EMBEDSERVE_LOG_LEVEL": "warning", "EMBEDSERVE_HOST": HOST, "EMBEDSERVE_DATA_ROOTS": data_roots}
     process = subprocess.Popen([sys.executable, "-m", "embedserve", "serve"], env=env, stdout=log.open("wb"),
                                stderr=subprocess.STDOUT)
 
@@ -258,8 +261,9 @@ def start_server(artifacts: Path, port: int, log: Path) -> subprocess.Popen:
 def write_smoke_artifacts(artifacts: Path) -> None:
     """Tiny stand-ins of the models and indexes the mix uses, under the demo's names: the random CNN
     of bench/serve_images.py, a CLIP trained two steps (bench/zero_shot.py's smoke configuration)
-    exported fp32 only, random vectors of WORDS, and both indexes of the Fashion-MNIST test images."""
-    from bench.serve_images import write_small_cnn_bundle
+    exported fp32 only, random vectors of WORDS, and both indexes of the first SMOKE_IMAGES
+    Fashion-MNIST test images (a folder under `artifacts`, which the jobs re-read)."""
+    from bench.serve_images import fashion_mnist_folder, write_small_cnn_bundle
     from bench.zero_shot import SMOKE_CONFIG
     from export.clip import export_clip
     from export.word_vectors import write_word_vectors_bundle
@@ -273,8 +277,9 @@ def write_smoke_artifacts(artifacts: Path) -> None:
     export_clip(checkpoint, artifacts, CLIP_MODEL, int8=False, fp16=False, query_bank_images=256)
     vectors = np.random.default_rng(0).normal(size=(len(WORDS), 16)).astype(np.float32)
     write_word_vectors_bundle(artifacts, WORDS_MODEL, WORDS, np.arange(len(WORDS), 0, -1) * 10, vectors)
+    images = fashion_mnist_folder("test", SMOKE_IMAGES, artifacts / "test-images")
     for index, model in ((IMAGE_INDEX, SIMCLR_MODEL), (CLIP_INDEX, CLIP_MODEL)):
-        build_image_index(artifacts, index, model, "fashion-mnist:test", progress=False)
+        build_image_index(artifacts, index, model, images, progress=False)
 
 
 def main() -> None:
@@ -304,10 +309,10 @@ def main() -> None:
 
     port = free_port()
     log = args.artifacts / f"soak-server-{port}.log"
-    process = start_server(args.artifacts.resolve(), port, log)
+    process = start_server(args.artifacts.resolve(), port, log, data_roots=str(args.artifacts.resolve()) if args.smoke else "")
     base = f"http://{HOST}:{port}"
     try:
-        requests = Mix().prebuilt(4000, port)
+        requests = Mix(items=SMOKE_IMAGES if args.smoke else 10_000).prebuilt(4000, port)
         capacity, warm = asyncio.run(closed_loop(port, requests, args.capacity_s))
         warm_job_s = run_one_job(base)  # a job's memory (its source, its index) belongs in the baseline too
         rss_capacity = rss_mb(process.pid)

@@ -46,10 +46,10 @@ PROFILES = {
     },
     # --smoke: the same code on tiny encoders trained two steps, checkpoints in a temporary folder
     "smoke": {
-        "simclr": SimCLRConfig.quick(width=4, proj_hidden_dim=32, subset=256, epochs=1, batch_size=64, max_steps_per_epoch=2,
+        "simclr": SimCLRConfig.quick(width=4, proj_hidden_dim=32, subset=256, epochs=1, batch_size=32, max_steps_per_epoch=2,
                                      eval_every_epochs=0, checkpoint_path=str(SMOKE_DIR / "simclr-smoke.pt"),
                                      log_path=str(SMOKE_DIR / "simclr-smoke.jsonl")),
-        "mae": MAEConfig.quick(dim=32, depth=1, num_heads=2, decoder_dim=16, subset=256, epochs=1, batch_size=64,
+        "mae": MAEConfig.quick(dim=32, depth=1, num_heads=2, decoder_dim=16, subset=256, epochs=1, batch_size=32,
                                max_steps_per_epoch=2, eval_every_epochs=0, checkpoint_path=str(SMOKE_DIR / "mae-smoke.pt"),
                                log_path=str(SMOKE_DIR / "mae-smoke.jsonl")),
         "eval_train": 1000, "eval_test": 200,  # 1% of the training images must still hold every class

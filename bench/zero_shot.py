@@ -49,7 +49,7 @@ MAX_OPENCLIPART_PIXELS = 16_000_000
 # --smoke: tiny towers (a width-4 ResNet, a one-block scratch text transformer) trained two steps; a
 # context long enough for the prompts the benches send (a server answers a longer text with a 422)
 SMOKE_CONFIG = {"text_tower": "scratch", "lock_text": False, "text_projection": True, "width": 4, "embed_dim": 16,
-                "text_width": 16, "text_layers": 1, "vocab_size": 200, "context_length": 64, "subset": 256, "batch_size": 64,
+                "text_width": 16, "text_layers": 1, "vocab_size": 200, "context_length": 64, "subset": 256, "batch_size": 32,
                 "max_steps_per_epoch": 2, "eval_every_epochs": 0}
 SMOKE_SIZES = {"retrieval_size": 100, "openclipart_per_category": 2, "test_images": 1000, "bank_images": 256}
 
