@@ -56,7 +56,6 @@ SMOKE_CONCURRENCY = (1,)
 WARM_UP_REQUESTS = 64  # untimed requests before each cell (at least two per connection)
 MODEL = "minilm"  # the name both servers serve the model under
 LONG_TOKENS = 128  # tokens per long text, [CLS] and [SEP] included
-STARTUP_TIMEOUT_S = 600.0  # infinity's optimum engine exports the model to ONNX when it starts
 INFINITY_PACKAGE = "infinity-emb[server,torch,optimum]"
 SHORT_TEXTS = [
     "How do I reset my password?", "A man is playing a guitar.", "The weather is lovely today.",
@@ -299,7 +298,7 @@ async def bench_server(name: str, start, ready_path: str, embed_path: str, input
         server = start(port, log)
         try:
             async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=120.0) as client:
-                startup_s = await wait_ready(client, server, ready_path, what=name, timeout_s=STARTUP_TIMEOUT_S)
+                startup_s = await wait_ready(client, server, ready_path, name)
                 answer = await client.post(embed_path, json={"model": MODEL, "input": reference_texts})
                 answer.raise_for_status()
                 vectors = np.array([d["embedding"] for d in sorted(answer.json()["data"], key=lambda d: d["index"])])
