@@ -24,7 +24,8 @@ import numpy as np
 
 HOST = "127.0.0.1"  # loopback only: a benchmark never listens on a public address
 ROOT = Path(__file__).resolve().parents[1]  # the checkout, whose serving/ the servers run
-STARTUP_TIMEOUT_S = 600.0  # a peer may export its model when it starts (infinity's optimum engine does); a dead server ends the wait sooner
+# a peer may export its model when it starts (infinity's optimum engine does); a dead server ends the wait sooner
+STARTUP_TIMEOUT_S = 600.0
 
 
 def free_port() -> int:
