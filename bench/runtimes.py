@@ -230,7 +230,8 @@ def smoke_artifacts(artifacts: Path, name: str = "simclr-smoke") -> str:
     from training.methods.simclr import train_simclr
 
     checkpoint = artifacts / "checkpoints" / f"{name}.pt"
-    train_simclr(replace(PROFILES["smoke"]["simclr"], checkpoint_path=str(checkpoint), log_path=str(artifacts / "logs" / f"{name}.jsonl")))
+    train_simclr(replace(PROFILES["smoke"]["simclr"], checkpoint_path=str(checkpoint),
+                         log_path=str(artifacts / "logs" / f"{name}.jsonl")))
     export_image_encoder(checkpoint, artifacts, name, centering_images=256)
     return name
 

@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
                 variants=not args.smoke, centering_images=SMOKE_CENTERING_IMAGES if args.smoke else CENTERING_IMAGES,
                 index_images=SMOKE_INDEX_IMAGES if args.smoke else None)
         if args.clip_checkpoint:
-            sizes = {"texts": 256, "retrieval_size": 100, "test_images": 1000, "mean_images": SMOKE_CENTERING_IMAGES} if args.smoke else {}
+            sizes = ({"texts": 256, "retrieval_size": 100, "test_images": 300, "mean_images": SMOKE_CENTERING_IMAGES}
+                     if args.smoke else {})
             results["clip"] = {args.clip_checkpoint: clip_rows(args.clip_checkpoint, **sizes)}
     results["machine"]["load_average_at_end"] = machine_info()["load_average_1_5_15min"]
 

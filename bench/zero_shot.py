@@ -51,7 +51,7 @@ MAX_OPENCLIPART_PIXELS = 16_000_000
 SMOKE_CONFIG = {"text_tower": "scratch", "lock_text": False, "text_projection": True, "width": 4, "embed_dim": 16,
                 "text_width": 16, "text_layers": 1, "vocab_size": 200, "context_length": 64, "subset": 256, "batch_size": 32,
                 "max_steps_per_epoch": 2, "eval_every_epochs": 0}
-SMOKE_SIZES = {"retrieval_size": 100, "openclipart_per_category": 2, "test_images": 1000, "bank_images": 256}
+SMOKE_SIZES = {"retrieval_size": 100, "openclipart_per_category": 2, "test_images": 300, "bank_images": 128}
 
 
 def recall_at_k(similarity: np.ndarray, query_labels: np.ndarray, item_labels: np.ndarray, ks=RECALL_KS) -> dict:
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--unlock-text", action="store_true", help="fine-tune the text tower instead of locking it")
     parser.add_argument("--retrieval-size", type=int, default=1000)
     parser.add_argument("--smoke", action="store_true",
-                        help=SMOKE_HELP + "; trains two tiny models into a temporary folder, 1000 test images, 2 drawings a category")
+                        help=SMOKE_HELP + "; trains two tiny models into a temporary folder, 300 test images, 2 drawings a category")
     parser.add_argument("--out", help="default: bench/results/zero_shot.json, or zero_shot_<N>_epochs.json with --epochs N")
     args = parser.parse_args(argv)
     suffix = f"-{args.epochs}ep" if args.epochs else "-quick"
