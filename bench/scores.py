@@ -42,7 +42,7 @@ from training.evaluation.linear_probe import linear_probe  # noqa: E402
 RANKS = (1, 2, 10, 100, 1000)  # rank 1 of a query by id is the item itself
 INDEX_SOURCE = "fashion-mnist:test"
 SMOKE_CENTERING_IMAGES = 256  # --smoke: the training images a centring mean comes from
-SMOKE_INDEX_IMAGES = 1000  # --smoke: the test images indexed
+SMOKE_INDEX_IMAGES = 1000  # --smoke: the test images indexed and ranked (at least the largest of RANKS)
 
 
 def bundle_embeddings(bundle: Bundle, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
                 variants=not args.smoke, centering_images=SMOKE_CENTERING_IMAGES if args.smoke else CENTERING_IMAGES,
                 index_images=SMOKE_INDEX_IMAGES if args.smoke else None)
         if args.clip_checkpoint:
-            sizes = ({"texts": 256, "retrieval_size": 100, "test_images": 300, "mean_images": SMOKE_CENTERING_IMAGES}
-                     if args.smoke else {})
+            sizes = {"texts": 256, "retrieval_size": 100, "test_images": SMOKE_INDEX_IMAGES,
+                     "mean_images": SMOKE_CENTERING_IMAGES} if args.smoke else {}
             results["clip"] = {args.clip_checkpoint: clip_rows(args.clip_checkpoint, **sizes)}
     results["machine"]["load_average_at_end"] = machine_info()["load_average_1_5_15min"]
 
