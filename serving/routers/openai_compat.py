@@ -40,6 +40,8 @@ class EmbeddingsRequest(JsonRequest):
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32 bytes")
     dimensions: int | None = Field(None, ge=1, description="keep the first n components, re-normalised")
     user: str | None = Field(None, max_length=256, description="accepted and ignored")
+    truncate: bool | None = Field(None, description="true: embed a text longer than the model reads by its first tokens "
+                                                    "instead of answering 422; the server's auto_truncate when omitted")
 
 
 class Embedding(BaseModel):
@@ -74,7 +76,7 @@ def _inputs(body: EmbeddingsRequest, registry: Registry) -> list[str]:
     return inputs
 
 
-async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.ndarray, int]:
+async def _embed(registry: Registry, model: str, inputs: list[str], truncate: bool) -> tuple[np.ndarray, int]:
     """(unit embeddings (n, D), prompt tokens) for texts and data URLs mixed."""
     images = [i for i, text in enumerate(inputs) if text.startswith(DATA_URL)]
     texts = [i for i, text in enumerate(inputs) if not text.startswith(DATA_URL)]
@@ -99,7 +101,7 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
         vectors[images] = await embed_images(blobs, image_manifest, batcher, registry.images)
     if texts:
         text_model = registry.text_model(model)
-        batch = await tokenize([inputs[i] for i in texts], text_model, [f"input {i}" for i in texts])  # (n, 2, T)
+        batch = await tokenize([inputs[i] for i in texts], text_model, [f"input {i}" for i in texts], truncate)  # (n, 2, T)
         vectors[texts] = unit_rows(await text_model.batcher.submit(batch))
         tokens = int(batch[:, 1].sum())  # the attention masks: the tokens the tower read
     return vectors, tokens
@@ -110,7 +112,8 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
 async def embeddings(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     body = await read_json_body(request, EmbeddingsRequest, '{"model": name, "input": text or [texts or data URLs]}')
     inputs = _inputs(body, registry)
-    vectors, tokens = await _embed(registry, body.model, inputs)  # (n, D)
+    truncate = registry.settings.auto_truncate if body.truncate is None else body.truncate
+    vectors, tokens = await _embed(registry, body.model, inputs, truncate)  # (n, D)
     name = body.model
     if body.dimensions is not None:
         if body.dimensions > vectors.shape[1]:
