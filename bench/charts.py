@@ -109,8 +109,8 @@ def images_vs_infinity(result: Result, plt):
     model = result.get("model") or {}
     figure, panels = _figure(plt, 2, result, f"CLIP over HTTP ({model.get('shape', '')}): embedserve against infinity, "
                              "OpenAI-style /embeddings")
-    colours = iter(("tab:blue", "tab:cyan", "navy", "tab:purple"))
-    styles = {s: dict(color=PEER, linestyle="--") if s.startswith("infinity") else dict(color=next(colours), linestyle="-")
+    ours, peers = iter(("tab:blue", "tab:cyan", "navy", "tab:purple")), iter((PEER, "tab:red", "sienna"))
+    styles = {s: dict(color=next(peers), linestyle="--") if s.startswith("infinity") else dict(color=next(ours), linestyle="-")
               for s in servers}
     for axes, modality, batched in ((panels[0], "photo", "8 photos"), (panels[1], "text", None)):
         for server in servers:
