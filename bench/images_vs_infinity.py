@@ -464,13 +464,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="the result JSON (default: bench/results/images_vs_infinity.json, "
                                                               "with --smoke a temporary file)")
     args = parser.parse_args()
-
-    temporary = tempfile.TemporaryDirectory(prefix="images-vs-infinity-") if args.smoke else None
-    scratch = args.scratch.resolve()
-    work = Path(temporary.name) if temporary else scratch  # where the folder and the bundle live
-    scratch.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         args.image_requests, args.text_requests, args.repeats = 8, 8, 2
+        with tempfile.TemporaryDirectory(prefix="images-vs-infinity-") as temporary:
+            run(args, Path(temporary))
+    else:
+        run(args, args.scratch.resolve())
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    """The whole bench; `work` holds the CLIP folder and its bundle (the scratch folder, or with --smoke a temporary one)."""
+    scratch = args.scratch.resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
     out = args.out or (work / "images_vs_infinity.json" if args.smoke else ROOT / "bench" / "results" / "images_vs_infinity.json")
     machine_before = machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx", "pillow")
 
@@ -573,8 +578,6 @@ def main() -> None:
         "draft_decoding": {"decode_margin": DECODE_MARGIN, "photos": draft_rows},
         "not_measured": failures,
     })
-    if temporary:
-        temporary.cleanup()
 
 
 if __name__ == "__main__":
