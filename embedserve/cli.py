@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from embedserve.config_args import add_config_arguments, config_from_args
+from embedserve.settings_args import add_settings_arguments, settings_environment
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 ARTIFACTS_HELP = "folder of models/, indexes/, checkpoints/ (default: ./artifacts)"
@@ -170,11 +171,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     # Options win over the environment; they go into it because every worker process builds
     # its app (and reads its settings) on its own.
-    options = {"artifacts_dir": args.artifacts and args.artifacts.resolve(), "host": args.host, "port": args.port,
-               "workers": args.workers}
-    for field, value in options.items():
-        if value is not None:
-            os.environ[f"EMBEDSERVE_{field.upper()}"] = str(value)
+    os.environ.update(settings_environment(args))
     settings = Settings()
     check_exposure(settings)  # here, so that the refusal is one line rather than each worker's traceback
     serve(settings)
@@ -338,11 +335,10 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
         client.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
         client.set_defaults(func=_jobs_client)
 
-    serve = commands.add_parser("serve", help="serve every bundle under the artifacts folder (no torch)")
-    serve.add_argument("--artifacts", type=Path, help="default: $EMBEDSERVE_ARTIFACTS_DIR or ./artifacts")
-    serve.add_argument("--host", help="default: $EMBEDSERVE_HOST or 127.0.0.1")
-    serve.add_argument("--port", type=int, help="default: $EMBEDSERVE_PORT or 8000")
-    serve.add_argument("--workers", type=_positive, help="server processes, each with every model (default: $EMBEDSERVE_WORKERS or 1)")
+    serve = commands.add_parser("serve", help="serve every bundle under the artifacts folder (no torch)",
+                                usage="%(prog)s [-h] [--SETTING VALUE ...]", description="Serve every bundle under the artifacts folder. Every setting is an option "
+                                            "and an environment variable (docs/configuration.md).")
+    add_settings_arguments(serve)
     serve.set_defaults(func=_serve)
 
     bench = commands.add_parser("bench", help="run bench/<name>.py with the remaining arguments")

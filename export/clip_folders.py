@@ -116,7 +116,8 @@ def _spec(where: Path, **fields: Any) -> PreprocessingSpec:
     try:
         return PreprocessingSpec(mode=fields["mode"], resize=int(fields["resize"]), crop=int(fields["crop"]),
                                  mean=tuple(float(m) for m in fields["mean"]), std=tuple(float(s) for s in fields["std"]),
-                                 interpolation=fields["interpolation"], crop_offset=fields.get("crop_offset", "round"))
+                                 interpolation=fields["interpolation"], crop_offset=fields.get("crop_offset", "round"),
+                                 alpha=fields.get("alpha", "white"))
     except (TypeError, ValueError) as e:
         raise FolderError(f"{where}: the image preprocessing is not one this importer reproduces ({e})") from None
 
@@ -151,7 +152,9 @@ def _open_clip_folder(path: Path) -> ClipFolder:
         raise FolderError(f"{where}: preprocess_cfg.interpolation {interpolation!r} is not supported; bicubic or bilinear")
     # what open_clip itself falls back to when the config names none (its merge_preprocess_dict)
     mean, std = preprocess_cfg.get("mean", OPENAI_MEAN), preprocess_cfg.get("std", OPENAI_STD)
-    preprocessing = _spec(mode="RGB", resize=size, crop=size, mean=mean, std=std, interpolation=interpolation, where=where)
+    # open_clip converts to RGB after its resize and crop: transparency is dropped, not composited
+    preprocessing = _spec(mode="RGB", resize=size, crop=size, mean=mean, std=std, interpolation=interpolation,
+                          alpha="drop", where=where)
     return ClipFolder(path=path, library="open_clip", weights=weights, preprocessing=preprocessing,
                       context_length=int(text_cfg.get("context_length", CONTEXT_LENGTH)), tokenizer_files=(),
                       config=config)

@@ -147,8 +147,7 @@ def import_clip(
         images = torch.cat([real, _random_images(spec, 4)])  # (P + 4, 3, H, W)
         parity = {"text_encoder": text_parity(source, text_path, tokenizer, texts, min_cosine),
                   "image_encoder": image_parity(source, image_path, images, min_cosine)}
-        preprocessing = preprocessing_parity(source, image_path, spec.preprocessing, photos,
-                                             alpha_composited=spec.library == "transformers") if photos else None
+        preprocessing = preprocessing_parity(source, image_path, spec.preprocessing, photos) if photos else None
         log.info("imported %s: lowest cosine to %s: text %.7f, image %.7f", spec.path, source.reference,
                  parity["text_encoder"], parity["image_encoder"])
         tokenizer.save(str(work / TOKENIZER_FILE))

@@ -205,7 +205,8 @@ def _load_open_clip(folder: ClipFolder) -> SourceClip:
                           "this importer reads open_clip's CLIP")
     tokenizer = open_clip.get_tokenizer(name)
     pooling = getattr(model, "text_pool_type", "argmax")
-    eos = int(getattr(model, "text_eos_id", None) or tokenizer.eot_token_id)
+    # open_clip pools "eos" at its text_cfg.eos_id, whatever the tokenizer's end token is
+    eos = int(model.text_eos_id) if pooling == "eos" else int(tokenizer.eot_token_id)
 
     def encode_texts(texts: list[str]) -> torch.Tensor:
         with torch.no_grad():

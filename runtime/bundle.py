@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3  # the newest schema this code reads and writes
 # Schema 3 adds to schema 2 only image preprocessing that CLIPs imported from other libraries use
-# (bicubic resizing, crop offsets rounded down: runtime.preprocessing.PreprocessingSpec); a bundle
+# (bicubic resizing, crop offsets rounded down, transparency dropped: runtime.preprocessing.PreprocessingSpec); a bundle
 # that uses none of it is written as schema 2, which earlier code reads and serves the same.
-PREPROCESSING_SCHEMA_2 = {"interpolation": "bilinear", "crop_offset": "round"}
+PREPROCESSING_SCHEMA_2 = {"interpolation": "bilinear", "crop_offset": "round", "alpha": "white"}
 MANIFEST_FILE = "manifest.json"
 KINDS = ("image-encoder", "text-encoder", "image-text-encoder", "word-vectors")
 METHODS = ("simclr", "mae", "clip", "word2vec", "sentence-transformers")  # sentence-transformers: imported, not trained here

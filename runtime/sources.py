@@ -45,12 +45,23 @@ class SourceForbidden(SourceError):
 def confine(path: Path | str, roots: Roots) -> Path:
     """`path` resolved (symlinks followed, `..` collapsed); SourceForbidden when `roots` is given
     and the real path lies under none of them."""
-    real = Path(path).resolve()
+    try:
+        real = Path(path).resolve()
+    except (ValueError, OSError) as e:  # a NUL in it, or a name too long for the file system
+        raise SourceError(f"{str(path)[:200]!r} is not a path this server can read ({e}); name a file under its data roots") from None
     if roots is not None and not any(real.is_relative_to(Path(root).resolve()) for root in roots):
         allowed = ", ".join(str(r) for r in roots) or "none (EMBEDSERVE_DATA_ROOTS is empty)"
         raise SourceForbidden(f"{path} is outside the folders this server may read ({allowed}); "
                               "name a file under one of them, a data set, or an index:<name> source")
     return real
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    try:
+        confine(path, roots)
+    except SourceError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,8 @@ def folder_source(root: Path, limits: ImageLimits = ImageLimits(), roots: Roots 
     the class folder."""
     root = confine(root, roots)
     samples, classes = list_images(root)
+    if roots is not None:  # files reached through symlinks out of the roots are not listed, not even by name
+        samples = [(path, label) for path, label in samples if _inside(path, roots)]
 
     def metadata(position: int) -> dict[str, Any]:
         path, label = samples[position]
@@ -167,7 +180,10 @@ def read_item(record: dict[str, Any], limits: ImageLimits = ImageLimits(), roots
     source = str(record.get("source") or default_source or "")
     if source.startswith(FASHION_MNIST_PREFIX):
         images, _ = _fashion_mnist(source[len(FASHION_MNIST_PREFIX):], fashion_mnist_root)
-        return to_pil(images[int(record["position"])])
+        position = int(record["position"])
+        if not 0 <= position < len(images):  # a record is data (an item's metadata): -1 is no position
+            raise IndexError(f"position {position} is not in the data set's {len(images):,} images")
+        return to_pil(images[position])
     if not source or "path" not in record:
         raise SourceError("the item records no source it can be read from again (index built before sources were recorded?)")
     base = Path(source)

@@ -300,11 +300,7 @@ def hf_clip_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def hf_clip_artifacts(tmp_path_factory, hf_clip_folder: Path, clip_photos: list) -> Path:
     """`hf_clip_folder` imported as the CLIP bundle 'hf-clip', with its int8 copies."""
-    from export.clip_import import import_clip
-
-    artifacts = tmp_path_factory.mktemp("hf-clip-artifacts")
-    import_clip(hf_clip_folder, artifacts, "hf-clip", photos=clip_photos)
-    return artifacts
+    return _imported_clip(tmp_path_factory, hf_clip_folder, "hf-clip", clip_photos)
 
 
 @pytest.fixture(scope="session")
@@ -318,8 +314,12 @@ def open_clip_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def open_clip_artifacts(tmp_path_factory, open_clip_folder: Path, clip_photos: list) -> Path:
     """`open_clip_folder` imported as the CLIP bundle 'open-clip', fp32 only."""
+    return _imported_clip(tmp_path_factory, open_clip_folder, "open-clip", clip_photos, int8=False)
+
+
+def _imported_clip(tmp_path_factory, folder: Path, name: str, photos: list, **options) -> Path:
     from export.clip_import import import_clip
 
-    artifacts = tmp_path_factory.mktemp("open-clip-artifacts")
-    import_clip(open_clip_folder, artifacts, "open-clip", photos=clip_photos, int8=False)
+    artifacts = tmp_path_factory.mktemp(f"{name}-artifacts")
+    import_clip(folder, artifacts, name, photos=photos, **options)
     return artifacts

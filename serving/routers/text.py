@@ -19,7 +19,7 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_texts
 from serving.errors import InvalidInput, PayloadTooLarge, error_responses
 from serving.registry import Registry
-from serving.requests import JsonRequest
+from serving.requests import JsonRequest, check_text_chars
 from serving.responses import EmbedResponse, model_response
 
 router = APIRouter(tags=["embed"])
@@ -45,6 +45,7 @@ async def embed_text(
         raise InvalidInput('no texts: send {"texts": ["...", ...]}')
     if len(body.texts) > limit:
         raise PayloadTooLarge(f"{len(body.texts)} texts in one request; the limit is {limit}: split them over several requests")
+    check_text_chars(body.texts, registry.settings, [f"text {i}" for i in range(len(body.texts))])
     text_model = registry.text_model(model or body.model)
     truncate = registry.settings.auto_truncate if body.truncate is None else body.truncate
     embeddings = await embed_texts(body.texts, text_model, truncate=truncate)  # (n, D)

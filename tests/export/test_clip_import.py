@@ -21,7 +21,7 @@ from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
 from serving.app import create_app
 from serving.settings import Settings
-from tests.clip_models import photo_png, write_open_clip, write_transformers_clip
+from tests.clip_models import OPEN_CLIP_CFG, photo_png, write_open_clip, write_transformers_clip
 
 # Texts and classes the import's own checks never saw: one word to past the 77-token context,
 # several scripts and emoji.
@@ -192,11 +192,18 @@ def test_a_legacy_config_with_pytorch_weights_and_vocab_files(tmp_path: Path, cl
         check_served_answers(client, "legacy", TransformersReference(folder), photos)
 
 
-def test_an_open_clip_saved_as_a_pytorch_bin_imports(tmp_path: Path, clip_photos: list):
-    folder = write_open_clip(tmp_path / "bin", weights="bin", seed=2)
+def test_an_open_clip_saved_as_a_pytorch_bin_pooling_at_its_eos_id_imports(tmp_path: Path, clip_photos: list):
+    # pooled at the first "a" (id 320), not at the end token that argmax finds: the two poolings differ
+    cfg = {**OPEN_CLIP_CFG, "text_cfg": {**OPEN_CLIP_CFG["text_cfg"], "pool_type": "eos", "eos_id": 320}}
+    folder = write_open_clip(tmp_path / "bin", weights="bin", seed=2, model_cfg=cfg)
     bundle = import_clip(folder, tmp_path / "artifacts", "oc", photos=clip_photos[:1], int8=False)
     assert bundle.manifest.training_config["weights"] == "open_clip_pytorch_model.bin"
-    assert bundle.manifest.preprocessing.crop_offset == "round"  # torchvision's CenterCrop
+    assert (bundle.manifest.training_config["text_pooling"], bundle.manifest.training_config["eos_token_id"]) == ("eos", 320)
+    with served(tmp_path / "artifacts") as client:
+        texts = client.post("/embed/text", json={"texts": TEXTS, "model": "oc"})
+        assert cosines(texts.json()["embeddings"], OpenClipReference(folder).texts(TEXTS)).min() >= 0.9999
+    spec = bundle.manifest.preprocessing
+    assert (spec.crop_offset, spec.alpha) == ("round", "drop")  # torchvision's CenterCrop; RGB conversion after it
 
 
 def _without(folder: Path, tmp_path: Path, *names: str) -> Path:
@@ -312,3 +319,35 @@ def test_a_query_bank_from_an_image_folder_makes_querybank_zero_shot_the_default
     with served(tmp_path / "artifacts") as client:
         shot = client.post("/zero-shot", json={"images": [base64.b64encode(photos[0]).decode()], "classes": CLASSES})
         assert shot.status_code == 200 and shot.json()["normalization"] == "querybank"
+
+
+def test_the_command_line_imports_an_open_clip_folder(open_clip_folder: Path, tmp_path: Path, capsys):
+    assert main(["import", "clip", str(open_clip_folder), "--name", "cli", "--artifacts", str(tmp_path), "--no-int8"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    manifest = open_bundle(tmp_path, "cli").manifest
+    assert manifest.training_config["source"] == "open_clip" and manifest.variants == ()
+
+
+class _Payload:
+    """What a hostile pytorch_model.bin carries: unpickling it would call a function of its choice
+    (here: create the file `marker`)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("library", ["transformers", "open_clip"])
+def test_a_pytorch_bin_is_read_weights_only_so_a_pickled_payload_is_refused(tmp_path: Path, library: str):
+    if library == "transformers":
+        folder = write_transformers_clip(tmp_path / "bin", weights="bin")
+        weights = folder / "pytorch_model.bin"
+    else:
+        folder = write_open_clip(tmp_path / "bin", weights="bin")
+        weights = folder / "open_clip_pytorch_model.bin"
+    torch.save({"payload": _Payload(tmp_path / "unpickled")}, weights)
+    with pytest.raises(FolderError, match="cannot load"):
+        import_clip(folder, tmp_path / "artifacts", "bad", photos=[], int8=False)
+    assert not (tmp_path / "unpickled").exists() and not (tmp_path / "artifacts" / "models").exists()
