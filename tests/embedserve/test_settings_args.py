@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from embedserve.cli import main
@@ -22,13 +24,17 @@ def test_help_names_every_setting_with_its_environment_variable_and_default(caps
 @pytest.fixture
 def served(monkeypatch, tmp_path):
     """What `embedserve serve` would serve with: its Settings, caught before a server starts. The
-    environment it writes is put back afterwards (monkeypatch restores each variable it set)."""
+    environment it writes is put back afterwards: `serve` sets variables that were not there
+    before, which monkeypatch does not record, so the whole environment is restored by hand."""
+    saved = dict(os.environ)
     for name in Settings.model_fields:
         monkeypatch.delenv(env_name(name), raising=False)
     monkeypatch.setenv("EMBEDSERVE_ARTIFACTS_DIR", str(tmp_path))
     caught = []
     monkeypatch.setattr("serving.server.serve", caught.append)
-    return caught
+    yield caught
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_options_reach_the_settings_and_win_over_the_environment(served, monkeypatch, tmp_path):
