@@ -104,9 +104,9 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
     vectors = np.zeros((len(inputs), manifest.dim), np.float32)
     tokens = 0
     if images:
-        image_manifest, batcher = registry.image_model(model)
+        image_model = registry.image_model(model)
         blobs = [decode_base64(inputs[i], i) for i in images]
-        vectors[images] = await embed_images(blobs, image_manifest, batcher, registry.images)
+        vectors[images] = await embed_images(blobs, image_model.manifest, image_model.batcher, registry.images)
     if texts:
         text_model = registry.text_model(model)
         batch = await tokenize([inputs[i] for i in texts], text_model, [f"input {i}" for i in texts])  # (n, 2, T)

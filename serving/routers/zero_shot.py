@@ -122,10 +122,11 @@ async def zero_shot(
     check_prompts(classes, templates, settings)
     model = registry.text_model(model_query or body.model)
     normalization = check_normalization(body.normalization, model, settings)
-    manifest, image_batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
+    image_model = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
+    manifest = image_model.manifest
 
     matrix, offsets = await class_matrix(registry, model, classes, templates, normalization)  # (C, D), (C,)
-    images = await embed_images(blobs, manifest, image_batcher, registry.images)  # (B, D), unit rows
+    images = await embed_images(blobs, manifest, image_model.batcher, registry.images)  # (B, D), unit rows
     cosines = images @ matrix.T  # (B, C)
     scores = cosines - offsets if offsets is not None else cosines  # (B, C): what the softmax ranks
     probabilities = classify(images, matrix, logit_scale(manifest), offsets)  # (B, C)
