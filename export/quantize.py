@@ -47,7 +47,6 @@ SPEED_BATCH, SPEED_CALLS, SPEED_SECONDS = 32, (2, 12), 2.0
 # rounding lands on the embedding unaveraged, and on the demo's MAE it cost a point of top-1 alone.
 STATIC_OP_TYPES = ("Conv", "MatMul", "Gemm")
 ROWWISE = "dynamic-rowwise"  # the technique name of quantize_rowwise_int8's copies (PrecisionVariant.technique)
-FILE_SUFFIX = {"int8": "int8", "fp16": "fp16"}  # image_encoder.onnx -> image_encoder.int8.onnx
 
 
 def variant_file_role(role: str, precision: str) -> str:
@@ -58,7 +57,7 @@ def variant_file_role(role: str, precision: str) -> str:
 def variant_file_name(fp32_file: str, precision: str) -> str:
     """image_encoder.onnx -> image_encoder.int8.onnx."""
     stem = fp32_file[: -len(".onnx")] if fp32_file.endswith(".onnx") else fp32_file
-    return f"{stem}.{FILE_SUFFIX[precision]}.onnx"
+    return f"{stem}.{precision}.onnx"
 
 
 # ---- writing the variants ----

@@ -109,9 +109,6 @@ class CenteringSpec:
 TRAINING_CURVES_ROLE = "training_curves"
 
 
-PRECISIONS = ("fp32", "fp16", "int8")  # fp32 is each ONNX model itself; the others are PrecisionVariants of it
-
-
 @dataclass(frozen=True)
 class PrecisionVariant:
     """A lower-precision copy of one of the bundle's fp32 ONNX models (export.quantize), with the

@@ -60,7 +60,6 @@ from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ENCODER_KINDS = ("image-encoder", "image-text-encoder")  # kinds whose image side the registry serves
 # Under the artifacts folder: the worker that answers POST /admin/reload rewrites it, and the
 # others reload when they see it change (serving.app), so a reload reaches every worker.
 RELOAD_MARKER = ".reload"
@@ -464,6 +463,14 @@ class Registry:
 
 
 _retiring: set[asyncio.Task] = set()  # the event loop keeps only weak references to its tasks
+
+
+def index_model(index: SearchIndex, embedded: str, instead: str) -> tuple[str, str | None]:
+    """(model, model version) that `index` was built with, which must embed `embedded` for it; an
+    index of vectors sent by clients records none: InvalidInput saying what to send `instead`."""
+    if index.model is None:
+        raise InvalidInput(f"index {index.manifest.name!r} records no model, so {embedded} cannot be embedded for it; {instead}")
+    return index.model, index.model_version
 
 
 def index_precision(index: SearchIndex) -> str | None:

@@ -28,7 +28,7 @@ from serving.batching import MicroBatcher
 from serving.dependencies import get_registry
 from serving.embedding import model_input
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
-from serving.registry import ImageModel, Registry, TextModel
+from serving.registry import ImageModel, Registry, TextModel, index_model
 from serving.requests import JsonRequest, check_text_chars, decode_base64
 from serving.responses import model_response
 from serving.settings import Settings
@@ -182,9 +182,7 @@ async def neighbour_target(registry: Registry, body: ExplainRequest) -> tuple[Im
         item = unit_rows(await asyncio.to_thread(index.vector, body.id))  # (D,)
     except KeyError:
         raise UnknownId(f"id {body.id} is not in index {name!r}; name an item it holds") from None
-    if index.model is None:
-        raise InvalidInput(f"index {name!r} records no model, so the image cannot be embedded to compare with its items")
-    image_model = registry.image_model(index.model, index.model_version)
+    image_model = registry.image_model(*index_model(index, "the image", "explain a class of a CLIP model instead (label)"))
     target = ExplainTarget(kind="neighbour", index=name, index_version=index.manifest.version, id=body.id)
 
     def scores(embeddings: np.ndarray) -> np.ndarray:

@@ -30,8 +30,8 @@ from runtime.sources import SourceError, read_item
 from serving.dependencies import get_registry
 from serving.embedding import embed_images
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
-from serving.registry import Registry, index_precision, retire_later
-from serving.requests import JsonRequest, check_vector_length, decode_base64, exactly_one_of, unit_vector
+from serving.registry import Registry, index_model, index_precision, retire_later
+from serving.requests import JsonRequest, check_image_count, check_vector_length, decode_base64, exactly_one_of, unit_vector
 from serving.settings import Settings
 
 router = APIRouter(tags=["indexes"], responses=error_responses(503))
@@ -60,7 +60,8 @@ class Item(JsonRequest):
 
 
 class AddItemsRequest(JsonRequest):
-    items: list[Item] = Field(max_length=MAX_ITEMS_PER_REQUEST, json_schema_extra={"minItems": 1}, description=f"at most {MAX_ITEMS_PER_REQUEST} items (images count against the image limit)")
+    # the limits are documented here and checked in add_items, which answers them as errors.py says (413, 422)
+    items: list[Item] = Field(json_schema_extra={"minItems": 1, "maxItems": MAX_ITEMS_PER_REQUEST}, description=f"at most {MAX_ITEMS_PER_REQUEST} items (images count against the image limit)")
 
 
 @router.get("/indexes", summary="Each index served: its version, model and model version, count and kind")
@@ -102,11 +103,8 @@ async def _vectors(registry: Registry, index: SearchIndex, name: str, items: lis
         if item.vector is not None:
             vectors[i] = unit_vector(item.vector, index.dim, f"item {i}'s vector", name)
     if images:
-        if len(images) > registry.settings.max_images_per_request:
-            raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {registry.settings.max_images_per_request}")
-        if index.model is None:
-            raise InvalidInput(f"index {name!r} records no model, so images cannot be embedded for it; send vectors")
-        model = registry.image_model(index.model, index.model_version)
+        check_image_count(len(images), registry.settings)
+        model = registry.image_model(*index_model(index, "images", "send vectors"))
         blobs = [decode_base64(text, i) for i, text in images]
         vectors[[i for i, _ in images]] = await embed_images(blobs, model.manifest, model.batcher, registry.images)
     return vectors

@@ -25,7 +25,7 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_images, tokenize
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownModel, error_responses
 from serving.registry import Registry
-from serving.requests import JsonRequest, check_text_chars, decode_base64, json_body_doc, read_json_body
+from serving.requests import JsonRequest, check_image_count, check_text_chars, decode_base64, json_body_doc, read_json_body
 from serving.responses import model_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=error_responses(503, openai=True))
@@ -99,8 +99,8 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
     if images and manifest.kind == "text-encoder":
         raise InvalidInput(f"model {model!r} embeds texts only, and input {images[0]} is a data URL (an image): "
                            "send texts, or name a model that embeds images")
-    if len(images) > registry.settings.max_images_per_request:
-        raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {registry.settings.max_images_per_request}")
+    if images:
+        check_image_count(len(images), registry.settings)
     vectors = np.zeros((len(inputs), manifest.dim), np.float32)
     tokens = 0
     if images:

@@ -14,10 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from index.store import SearchIndex
 from serving.dependencies import get_registry
 from serving.errors import InvalidInput, UnknownId, error_responses
-from serving.registry import Registry
+from serving.registry import Registry, index_model
 from serving.responses import model_response
 from serving.embedding import embed_images, embed_texts
-from serving.requests import (JsonRequest, check_text_chars, check_vector_length, decode_base64, exactly_one_of,
+from serving.requests import (JsonRequest, check_k, check_text_chars, check_vector_length, decode_base64, exactly_one_of,
                               unit_vector)
 
 router = APIRouter(tags=["search"], responses=error_responses(404, 415, 429, 503))
@@ -58,11 +58,6 @@ class SearchResponse(BaseModel):
     hits: list[Hit]
 
 
-def _check_k(registry: Registry, k: int) -> None:
-    if k > registry.settings.max_k:
-        raise InvalidInput(f"k={k} is more than the server allows ({registry.settings.max_k}); ask for fewer")
-
-
 def _query_from_id(index: SearchIndex, name: str, id: int) -> np.ndarray:
     try:
         return index.vector(id)  # (D,)
@@ -70,17 +65,13 @@ def _query_from_id(index: SearchIndex, name: str, id: int) -> np.ndarray:
         raise UnknownId(f"id {id} is not in index {name!r}; search by vector or image instead") from None
 
 
-async def _query_from_image(registry: Registry, index: SearchIndex, name: str, data: bytes) -> np.ndarray:
-    if index.model is None:
-        raise InvalidInput(f"index {name!r} records no model, so an image cannot be embedded for it; search by vector or id")
-    model = registry.image_model(index.model, index.model_version)
+async def _query_from_image(registry: Registry, index: SearchIndex, data: bytes) -> np.ndarray:
+    model = registry.image_model(*index_model(index, "an image", "search by vector or id"))
     return (await embed_images([data], model.manifest, model.batcher, registry.images))[0]  # (D,)
 
 
 async def _query_from_text(registry: Registry, index: SearchIndex, name: str, text: str) -> np.ndarray:
-    if index.model is None:
-        raise InvalidInput(f"index {name!r} records no model, so a text cannot be embedded for it; search by vector or id")
-    image_model = registry.image_models.get((index.model, index.model_version))
+    image_model = registry.image_models.get(index_model(index, "a text", "search by vector or id"))
     manifest = image_model.manifest if image_model else None
     if manifest is not None and manifest.kind != "image-text-encoder":
         raise InvalidInput(f"index {name!r} was built with {index.model!r}, a {manifest.kind} with no text tower; "
@@ -108,7 +99,7 @@ async def _search(index: SearchIndex, query: np.ndarray, k: int, where: dict[str
 
 @router.post("/search", response_model=SearchResponse, summary="Nearest neighbours of a vector, an id, an image or a text")
 async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
-    _check_k(registry, body.k)
+    check_k(body.k, registry.settings)
     if body.vector is not None:
         check_vector_length(body.vector, registry.settings, "vector")
     if body.text is not None:
@@ -120,7 +111,7 @@ async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_
     elif body.id is not None:
         query = _query_from_id(index, name, body.id)
     elif body.image is not None:
-        query = await _query_from_image(registry, index, name, decode_base64(body.image, 0))
+        query = await _query_from_image(registry, index, decode_base64(body.image, 0))
     else:
         query = await _query_from_text(registry, index, name, body.text)
     return await _search(index, query, body.k, body.where)
@@ -133,7 +124,7 @@ async def search_image(
     index: Annotated[str | None, Form(description="index to search; the default when omitted")] = None,
     k: Annotated[int, Form(ge=1, description="how many neighbours")] = 10,
 ) -> Response:
-    _check_k(registry, k)
+    check_k(k, registry.settings)
     vector_index = await registry.index(index)
-    query = await _query_from_image(registry, vector_index, vector_index.manifest.name, await file.read())
+    query = await _query_from_image(registry, vector_index, await file.read())
     return await _search(vector_index, query, k)

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from serving.dependencies import get_registry
-from serving.errors import InvalidInput, UnknownWord, error_responses
+from serving.errors import UnknownWord, error_responses
 from serving.registry import Registry
+from serving.requests import check_k
 
 router = APIRouter(tags=["words"], responses=error_responses(404, 503))
 
@@ -37,8 +38,7 @@ class AnalogyResponse(WordsResponse):
 
 
 def _check(registry: Registry, k: int, vectors, *words: str) -> None:
-    if k > registry.settings.max_k:
-        raise InvalidInput(f"k={k} is more than the server allows ({registry.settings.max_k}); ask for fewer")
+    check_k(k, registry.settings)
     unknown = vectors.unknown(*words)
     if unknown:
         raise UnknownWord(f"not in the vocabulary: {', '.join(repr(w) for w in unknown)}")
