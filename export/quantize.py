@@ -44,7 +44,7 @@ SPEED_BATCH, SPEED_CALLS, SPEED_SECONDS = 32, (2, 12), 2.0
 # Static int8 quantises the ops that carry the compute; LayerNorm, Softmax and the final
 # normalisation stay float (quantising them costs accuracy and saves nothing measurable). So does
 # the last of these ops before the output (the centring's whitening, a projection head): its
-# rounding lands on the embedding unaveraged, and on the demo's MAE it cost a point of top-1 alone.
+# rounding lands on the embedding unaveraged, and alone it costs top-1 visibly.
 STATIC_OP_TYPES = ("Conv", "MatMul", "Gemm")
 ROWWISE = "dynamic-rowwise"  # the technique name of quantize_rowwise_int8's copies (PrecisionVariant.technique)
 
@@ -88,9 +88,8 @@ def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
     (a token, or an image's patch) by its own largest magnitude, as uint8 around 128. A row's scale
     comes from that row alone, so an item's vector is the same whatever it is batched with, and the
     model runs batched. onnxruntime's own dynamic quantiser scales each activation tensor by its
-    range over the whole batch: a short text beside a long one moved to cosine 0.988 of itself
-    alone, so those copies had to run one item at a time. Per row is also closer to fp32 (lowest
-    cosine 0.995 against 0.979 on 32 short texts through MiniLM) and as fast.
+    range over the whole batch, so an item's vector would change with its neighbours and each item
+    would have to run alone; per row is also closer to fp32, and as fast.
 
     The int8 product runs in onnxruntime's MatMulIntegerToFloat (uint8 x int8 with the weight
     scales applied, the VNNI kernel where the CPU has it); each row's scale multiplies it after."""
@@ -353,9 +352,9 @@ class WrittenVariant:
 def int8_technique(arch: str) -> str:
     """How an image encoder of architecture `arch` ("resnet", "vit") is quantised to int8.
 
-    A ViT is a transformer: dynamic int8 (integer MatMuls) ran the demo's MAE 1.5x as fast as fp32
-    on this 2-core VNNI CPU at a 0.2-point top-1 cost, where static QDQ ran it at 0.85x (the Q/DQ
-    pairs around every LayerNorm, Softmax and GELU cost more than the int8 matmuls saved).
+    A ViT is a transformer: dynamic int8 (integer MatMuls) runs it faster than fp32, where static
+    QDQ runs it slower (the Q/DQ pairs around every LayerNorm, Softmax and GELU cost more than the
+    int8 matmuls save).
     Convolutions have no fast dynamic kernel (ConvInteger), so CNNs take static QDQ (QLinearConv)."""
     return ROWWISE if arch == "vit" else "static-qdq"
 
