@@ -359,6 +359,26 @@ def int8_technique(arch: str) -> str:
     return ROWWISE if arch == "vit" else "static-qdq"
 
 
+def _write_copy(fp32_path: Path, precision: str, int8: str = ROWWISE, input_name: str = "",
+                calibration: np.ndarray | None = None) -> tuple[Path, str, int] | None:
+    """Write `fp32_path`'s `precision` copy beside it: (its path, its technique, the calibration
+    images it took), or None for a copy not written (static int8 without `calibration`, an fp16
+    copy that write_fp16_copy refused). `int8` is the technique for int8 (int8_technique)."""
+    path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
+    if precision == "int8" and int8 == ROWWISE:
+        quantize_rowwise_int8(fp32_path, path)
+        return path, ROWWISE, 0
+    if precision == "int8":
+        if calibration is None:
+            log.warning("%s: no int8 variant without calibration images", fp32_path.name)
+            return None
+        quantize_static_int8(fp32_path, path, input_name, calibration)
+        return path, "static-qdq", len(calibration)
+    if precision == "fp16":
+        return (path, "float16", 0) if write_fp16_copy(fp32_path, path) is not None else None
+    raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
+
+
 def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisions: Sequence[str],
                            calibration: np.ndarray | None, data: LabelledImages | None,
                            probe: np.ndarray, int8: str = "static-qdq") -> list[WrittenVariant]:
@@ -370,22 +390,10 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
     reference, fp32_top1 = _scored(fp32_path, data, probe)
     written = []
     for precision in precisions:
-        path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
-        if precision == "int8" and int8 == ROWWISE:
-            quantize_rowwise_int8(fp32_path, path)
-            technique, calibrated = ROWWISE, 0
-        elif precision == "int8":
-            if calibration is None:
-                log.warning("%s: no int8 variant without calibration images", fp32_path.name)
-                continue
-            quantize_static_int8(fp32_path, path, input_name, calibration)
-            technique, calibrated = "static-qdq", len(calibration)
-        elif precision == "fp16":
-            if write_fp16_copy(fp32_path, path) is None:
-                continue
-            technique, calibrated = "float16", 0
-        else:
-            raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
+        copy = _write_copy(fp32_path, precision, int8, input_name, calibration)
+        if copy is None:
+            continue
+        path, technique, calibrated = copy
         outputs, top1 = _scored(path, data, probe)
         low, mean = _agreement(reference, outputs)
         variant = PrecisionVariant(
@@ -425,16 +433,10 @@ def text_encoder_variants(fp32_path: Path, role: str, precisions: Sequence[str],
     fp32_top1 = top1_of(fp32_path) if top1_of else None
     written = []
     for precision in precisions:
-        path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
-        if precision == "int8":
-            quantize_rowwise_int8(fp32_path, path)
-            technique = ROWWISE
-        elif precision == "fp16":
-            if write_fp16_copy(fp32_path, path) is None:
-                continue
-            technique = "float16"
-        else:
-            raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
+        copy = _write_copy(fp32_path, precision)  # int8 row by row: a text tower is a transformer
+        if copy is None:
+            continue
+        path, technique, _ = copy
         low, mean = _agreement(reference, run_batched(path, list(tokens)))
         top1 = top1_of(path) if top1_of else None
         evaluation = f"cosine to fp32 on {len(tokens[0])} texts"
