@@ -66,6 +66,14 @@ RELOAD_MARKER = ".reload"
 
 
 @dataclass(frozen=True)
+class WordModel:
+    """A word-vectors model: what /similar and /analogy need."""
+
+    manifest: Manifest
+    vectors: WordVectors  # its vocabulary and a FAISS index over its unit vectors
+
+
+@dataclass(frozen=True)
 class ImageModel:
     """An image encoder, or a CLIP bundle's image side: what /embed/image, /zero-shot and image search need."""
 
@@ -437,7 +445,7 @@ class Registry:
     def ready(self) -> bool:
         return bool(self.manifests)
 
-    def word_model(self, name: str | None) -> tuple[Manifest, WordVectors]:
+    def word_model(self, name: str | None) -> WordModel:
         """The word-vectors model `name`, or the default one (the setting, else the only/first)."""
         _check_model_name(name)
         name = name or self.settings.default_word_model or next(iter(sorted(self.words)), None)
@@ -448,7 +456,7 @@ class Registry:
                                    "into its artifacts folder, then POST /admin/reload")
             known = ", ".join(sorted(self.words)) or "none loaded"
             raise UnknownModel(f"no word-vectors model named {name!r}; available: {known}")
-        return self.manifests[name], self.words[name]
+        return WordModel(self.manifests[name], self.words[name])
 
     def _raise_if_failed(self, name: str | None) -> None:
         if name in self.failed:
