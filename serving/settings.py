@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         "querybank", description="/zero-shot default: querybank (subtract each class's query-bank offset, "
                                  "when the model has a bank) or none (plain CLIP cosines)"
     )
+    auto_truncate: bool = Field(
+        False, description="embed a text longer than the model reads (its context, in tokens) by its first tokens "
+                           "instead of answering 422; a request's `truncate` field (/embed/text, /v1/embeddings) "
+                           "wins over it, and /zero-shot, /explain and /search by text follow it"
+    )
     execution_providers: str = Field(
         "auto", description="onnxruntime providers, comma-separated, or auto (TensorRT, CUDA, CPU as available)"
     )

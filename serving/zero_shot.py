@@ -93,7 +93,8 @@ async def class_matrix(registry: Registry, model: TextModel, classes: list[str],
     async def encode_prompts(prompts: list[str]) -> np.ndarray:
         # the cache orders prompts class by class, template by template: name them the same way
         names = [f"the prompt for class {c!r} from template {t!r}" for c in classes for t in templates]
-        tokens = await tokenize(prompts, model, names)  # (C * K, 2, T); 422 for a prompt over the context
+        # (C * K, 2, T); 422 for a prompt over the context unless the server truncates
+        tokens = await tokenize(prompts, model, names, registry.settings.auto_truncate)
         # the batcher sends a large matrix a batch at a time, sharing the tower with other requests
         return await model.batcher.submit(tokens)  # (C * K, D), as the tower gives them: the class matrix normalises
 

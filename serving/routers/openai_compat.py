@@ -6,7 +6,9 @@ text tower, or data URLs of images (`data:image/png;base64,...`), embedded by it
 one request alike; a text encoder (an imported sentence-transformers model) takes texts only, an
 image encoder data URLs only. `encoding_format` "base64" (the stock
 client's default) sends each vector as little-endian float32 bytes. `dimensions` keeps the
-first n components, re-normalised. Errors come in OpenAI's shape (serving.errors).
+first n components, re-normalised. `truncate` (not OpenAI's; text-embeddings-inference's name)
+embeds a text longer than the model reads by its first tokens instead of answering 422. Errors
+come in OpenAI's shape (serving.errors).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class EmbeddingsRequest(JsonRequest):
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32 bytes")
     dimensions: int | None = Field(None, ge=1, description="keep the first n components, re-normalised")
     user: str | None = Field(None, max_length=256, description="accepted and ignored")
+    truncate: bool | None = Field(None, description="true: embed a text longer than the model reads by its first tokens "
+                                                    "instead of answering 422; the server's auto_truncate when omitted")
 
 
 class Embedding(BaseModel):
@@ -83,7 +87,7 @@ def _inputs(body: EmbeddingsRequest, registry: Registry) -> list[str]:
     return inputs
 
 
-async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.ndarray, int]:
+async def _embed(registry: Registry, model: str, inputs: list[str], truncate: bool) -> tuple[np.ndarray, int]:
     """(unit embeddings (n, D), prompt tokens) for texts and data URLs mixed."""
     images = [i for i, text in enumerate(inputs) if text.startswith(DATA_URL)]
     texts = [i for i, text in enumerate(inputs) if not text.startswith(DATA_URL)]
@@ -109,7 +113,7 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
         vectors[images] = await embed_images(blobs, image_model.manifest, image_model.batcher, registry.images)
     if texts:
         text_model = registry.text_model(model)
-        batch = await tokenize([inputs[i] for i in texts], text_model, [f"input {i}" for i in texts])  # (n, 2, T)
+        batch = await tokenize([inputs[i] for i in texts], text_model, [f"input {i}" for i in texts], truncate)  # (n, 2, T)
         vectors[texts] = unit_rows(await text_model.batcher.submit(batch))
         tokens = int(batch[:, 1].sum())  # the attention masks: the tokens the tower read
     return vectors, tokens
@@ -120,7 +124,8 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
 async def embeddings(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     body = await read_json_body(request, EmbeddingsRequest, '{"model": name, "input": text or [texts or data URLs]}')
     inputs = _inputs(body, registry)
-    vectors, tokens = await _embed(registry, body.model, inputs)  # (n, D)
+    truncate = registry.settings.auto_truncate if body.truncate is None else body.truncate
+    vectors, tokens = await _embed(registry, body.model, inputs, truncate)  # (n, D)
     name = body.model
     if body.dimensions is not None:
         if body.dimensions > vectors.shape[1]:

@@ -77,7 +77,7 @@ async def _query_from_text(registry: Registry, index: SearchIndex, name: str, te
         raise InvalidInput(f"index {name!r} was built with {index.model!r}, a {manifest.kind} with no text tower; "
                            "search it by image, vector or id, or build the index with a CLIP model")
     model = registry.text_model(index.model, index.model_version)
-    return (await embed_texts([text], model, ["the query text"]))[0]  # (D,)
+    return (await embed_texts([text], model, ["the query text"], registry.settings.auto_truncate))[0]  # (D,)
 
 
 async def _search(index: SearchIndex, query: np.ndarray, k: int, where: dict[str, Any] | None = None) -> Response:

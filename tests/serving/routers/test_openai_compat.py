@@ -103,3 +103,15 @@ def test_token_ids_are_refused_with_what_to_send_instead(client: TestClient):
             stock_client(client).embeddings.create(model="clip", input=ids)
         message = str(refused.value)
         assert "own tokenizer" in message and "check_embedding_ctx_length=False" in message
+
+
+def test_truncate_embeds_a_long_input_as_embed_text_does_and_without_it_says_it_exists(client: TestClient):
+    long = "a sneaker with white laces " * 10
+    key = {"Authorization": "Bearer sk-test"}
+    refused = client.post("/v1/embeddings", json={"model": "clip", "input": long}, headers=key)
+    assert refused.status_code == 422 and '"truncate": true' in refused.json()["error"]["message"]
+    response = client.post("/v1/embeddings", json={"model": "clip", "input": [long], "truncate": True}, headers=key)
+    assert response.status_code == 200, response.text
+    expected = native(client, "/embed/text", {"texts": [long], "truncate": True})
+    np.testing.assert_allclose(response.json()["data"][0]["embedding"], expected[0], atol=1e-5)
+    assert response.json()["usage"]["prompt_tokens"] == 24  # the context length: what the tower read
