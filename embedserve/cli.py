@@ -12,10 +12,16 @@ import logging
 import os
 import runpy
 import sys
+from contextlib import AbstractContextManager, closing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from embedserve.config_args import add_config_arguments, config_from_args
 from embedserve.settings_args import add_settings_arguments, settings_environment
+
+if TYPE_CHECKING:  # imported inside the commands that use them, so that the others start fast
+    from index.store import IndexStore
+    from serving.settings import Settings
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 ARTIFACTS_HELP = "folder of models/, indexes/, checkpoints/ (default: ./artifacts)"
@@ -79,27 +85,29 @@ def _import_sentence_transformers(args: argparse.Namespace) -> None:
         print(f"  {v.precision} copy ({v.technique}): mean cosine to fp32 {v.mean_cosine:.4f}, lowest {v.min_cosine:.4f}")
 
 
+def _index_store(settings: Settings) -> AbstractContextManager[IndexStore]:
+    """The index store the server's settings name (FAISS folders or Milvus), closed when the `with` ends."""
+    from index.store import open_index_store
+
+    return closing(open_index_store(settings.artifacts_dir, settings.index_config()))
+
+
 def _index_build(args: argparse.Namespace) -> None:
     from index.build import build_image_index
-    from index.store import open_index_store
     from serving.settings import Settings
 
     # The server's settings: the index lands where it will be served (FAISS files or Milvus), and its
     # images embed at the precision and within the limits the server's queries use
     settings = Settings(artifacts_dir=args.artifacts)
-    indexes = open_index_store(args.artifacts, settings.index_config())
-    try:
+    with _index_store(settings) as indexes:
         version = build_image_index(args.artifacts, args.name, args.model, args.source, batch_size=args.batch_size,
                                     limit=args.limit, kind=args.kind, runtime=settings.runtime_config(),
                                     limits=settings.image_limits(), indexes=indexes)
-    finally:
-        indexes.close()
     print(f"wrote index {args.name} version {version} ({settings.index_backend}), now its current version")
 
 
 def _jobs_run(args: argparse.Namespace) -> None:
     from index.jobs import JobSpec, JobStore, run_job
-    from index.store import open_index_store
     from serving.settings import Settings
 
     spec = JobSpec(source=args.source, model=args.model, index=args.index, model_version=args.model_version,
@@ -115,12 +123,9 @@ def _jobs_run(args: argparse.Namespace) -> None:
                         ship_bundle=args.ray_ship_bundle)
     # The same settings as the server's jobs: where indexes live (FAISS or Milvus), which precision runs
     settings = Settings(artifacts_dir=args.artifacts)
-    indexes = open_index_store(args.artifacts, settings.index_config())
-    try:
+    with _index_store(settings) as indexes:
         status = run_job(status.id, store, args.artifacts, settings.runtime_config(), settings.image_limits(),
                          progress=True, ray=ray, indexes=indexes)
-    finally:
-        indexes.close()
     print(json.dumps(status.to_dict(), indent=2))
     if status.state != "succeeded":
         raise ValueError(f"job {status.id} {status.state}: {status.error}")
@@ -128,17 +133,13 @@ def _jobs_run(args: argparse.Namespace) -> None:
 
 def _plot_index(args: argparse.Namespace) -> None:
     from index.plot import IndexMapConfig, plot_index_map
-    from index.store import open_index_store
     from serving.settings import Settings
 
     config = IndexMapConfig(method=args.method, color_by=args.color_by, max_points=args.max_points, seed=args.seed)
     # the server's settings say where indexes live (FAISS folders or Milvus), as for `jobs run`
-    indexes = open_index_store(args.artifacts, Settings(artifacts_dir=args.artifacts).index_config())
-    try:
+    with _index_store(Settings(artifacts_dir=args.artifacts)) as indexes:
         path = plot_index_map(indexes.open(args.name, args.version),
                               args.out or args.artifacts / "plots" / f"{args.name}-{args.method}.png", config)
-    finally:
-        indexes.close()
     print(f"wrote {path}")
 
 

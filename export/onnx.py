@@ -108,12 +108,6 @@ def onnx_input_names(onnx_path: Path | str) -> list[str]:
     return [i.name for i in graph.input if i.name not in initializers]
 
 
-def onnx_io_names(onnx_path: Path | str) -> tuple[str, str]:
-    """(first input name, first output name) of an ONNX file."""
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return onnx_input_names(onnx_path)[0], graph.output[0].name
-
-
 def run_onnx(onnx_path: Path | str, inputs: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     """The ONNX model's first output for `inputs` (one array, or one per model input in order),
     on onnxruntime's CPU provider."""

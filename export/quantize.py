@@ -44,10 +44,9 @@ SPEED_BATCH, SPEED_CALLS, SPEED_SECONDS = 32, (2, 12), 2.0
 # Static int8 quantises the ops that carry the compute; LayerNorm, Softmax and the final
 # normalisation stay float (quantising them costs accuracy and saves nothing measurable). So does
 # the last of these ops before the output (the centring's whitening, a projection head): its
-# rounding lands on the embedding unaveraged, and on the demo's MAE it cost a point of top-1 alone.
+# rounding lands on the embedding unaveraged, and alone it costs top-1 visibly.
 STATIC_OP_TYPES = ("Conv", "MatMul", "Gemm")
 ROWWISE = "dynamic-rowwise"  # the technique name of quantize_rowwise_int8's copies (PrecisionVariant.technique)
-FILE_SUFFIX = {"int8": "int8", "fp16": "fp16"}  # image_encoder.onnx -> image_encoder.int8.onnx
 
 
 def variant_file_role(role: str, precision: str) -> str:
@@ -58,7 +57,7 @@ def variant_file_role(role: str, precision: str) -> str:
 def variant_file_name(fp32_file: str, precision: str) -> str:
     """image_encoder.onnx -> image_encoder.int8.onnx."""
     stem = fp32_file[: -len(".onnx")] if fp32_file.endswith(".onnx") else fp32_file
-    return f"{stem}.{FILE_SUFFIX[precision]}.onnx"
+    return f"{stem}.{precision}.onnx"
 
 
 # ---- writing the variants ----
@@ -89,9 +88,8 @@ def quantize_rowwise_int8(fp32_path: Path | str, int8_path: Path | str) -> Path:
     (a token, or an image's patch) by its own largest magnitude, as uint8 around 128. A row's scale
     comes from that row alone, so an item's vector is the same whatever it is batched with, and the
     model runs batched. onnxruntime's own dynamic quantiser scales each activation tensor by its
-    range over the whole batch: a short text beside a long one moved to cosine 0.988 of itself
-    alone, so those copies had to run one item at a time. Per row is also closer to fp32 (lowest
-    cosine 0.995 against 0.979 on 32 short texts through MiniLM) and as fast.
+    range over the whole batch, so an item's vector would change with its neighbours and each item
+    would have to run alone; per row is also closer to fp32, and as fast.
 
     The int8 product runs in onnxruntime's MatMulIntegerToFloat (uint8 x int8 with the weight
     scales applied, the VNNI kernel where the CPU has it); each row's scale multiplies it after."""
@@ -354,11 +352,31 @@ class WrittenVariant:
 def int8_technique(arch: str) -> str:
     """How an image encoder of architecture `arch` ("resnet", "vit") is quantised to int8.
 
-    A ViT is a transformer: dynamic int8 (integer MatMuls) ran the demo's MAE 1.5x as fast as fp32
-    on this 2-core VNNI CPU at a 0.2-point top-1 cost, where static QDQ ran it at 0.85x (the Q/DQ
-    pairs around every LayerNorm, Softmax and GELU cost more than the int8 matmuls saved).
+    A ViT is a transformer: dynamic int8 (integer MatMuls) runs it faster than fp32, where static
+    QDQ runs it slower (the Q/DQ pairs around every LayerNorm, Softmax and GELU cost more than the
+    int8 matmuls save).
     Convolutions have no fast dynamic kernel (ConvInteger), so CNNs take static QDQ (QLinearConv)."""
     return ROWWISE if arch == "vit" else "static-qdq"
+
+
+def _write_copy(fp32_path: Path, precision: str, int8: str = ROWWISE, input_name: str = "",
+                calibration: np.ndarray | None = None) -> tuple[Path, str, int] | None:
+    """Write `fp32_path`'s `precision` copy beside it: (its path, its technique, the calibration
+    images it took), or None for a copy not written (static int8 without `calibration`, an fp16
+    copy that write_fp16_copy refused). `int8` is the technique for int8 (int8_technique)."""
+    path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
+    if precision == "int8" and int8 == ROWWISE:
+        quantize_rowwise_int8(fp32_path, path)
+        return path, ROWWISE, 0
+    if precision == "int8":
+        if calibration is None:
+            log.warning("%s: no int8 variant without calibration images", fp32_path.name)
+            return None
+        quantize_static_int8(fp32_path, path, input_name, calibration)
+        return path, "static-qdq", len(calibration)
+    if precision == "fp16":
+        return (path, "float16", 0) if write_fp16_copy(fp32_path, path) is not None else None
+    raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
 
 
 def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisions: Sequence[str],
@@ -372,22 +390,10 @@ def image_encoder_variants(fp32_path: Path, role: str, input_name: str, precisio
     reference, fp32_top1 = _scored(fp32_path, data, probe)
     written = []
     for precision in precisions:
-        path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
-        if precision == "int8" and int8 == ROWWISE:
-            quantize_rowwise_int8(fp32_path, path)
-            technique, calibrated = ROWWISE, 0
-        elif precision == "int8":
-            if calibration is None:
-                log.warning("%s: no int8 variant without calibration images", fp32_path.name)
-                continue
-            quantize_static_int8(fp32_path, path, input_name, calibration)
-            technique, calibrated = "static-qdq", len(calibration)
-        elif precision == "fp16":
-            if write_fp16_copy(fp32_path, path) is None:
-                continue
-            technique, calibrated = "float16", 0
-        else:
-            raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
+        copy = _write_copy(fp32_path, precision, int8, input_name, calibration)
+        if copy is None:
+            continue
+        path, technique, calibrated = copy
         outputs, top1 = _scored(path, data, probe)
         low, mean = _agreement(reference, outputs)
         variant = PrecisionVariant(
@@ -427,16 +433,10 @@ def text_encoder_variants(fp32_path: Path, role: str, precisions: Sequence[str],
     fp32_top1 = top1_of(fp32_path) if top1_of else None
     written = []
     for precision in precisions:
-        path = fp32_path.with_name(variant_file_name(fp32_path.name, precision))
-        if precision == "int8":
-            quantize_rowwise_int8(fp32_path, path)
-            technique = ROWWISE
-        elif precision == "fp16":
-            if write_fp16_copy(fp32_path, path) is None:
-                continue
-            technique = "float16"
-        else:
-            raise ValueError(f"unknown precision {precision!r}; variants are int8 and fp16")
+        copy = _write_copy(fp32_path, precision)  # int8 row by row: a text tower is a transformer
+        if copy is None:
+            continue
+        path, technique, _ = copy
         low, mean = _agreement(reference, run_batched(path, list(tokens)))
         top1 = top1_of(path) if top1_of else None
         evaluation = f"cosine to fp32 on {len(tokens[0])} texts"

@@ -50,12 +50,6 @@ def read_shard(path: Path) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray
     return table.column("id").to_numpy(), metadata, vectors.astype(np.float32, copy=False)
 
 
-def read_shards(folder: Path) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
-    """Every shard in `folder`, in shard order, concatenated."""
-    parts = [read_shard(path) for path in sorted(Path(folder).glob("shard-*.parquet"))]
-    return concatenate(parts)
-
-
 def concatenate(parts: list[tuple[np.ndarray, list[dict[str, Any]], np.ndarray]]) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
     """Shards' (ids, metadata, vectors) as one."""
     if not parts:

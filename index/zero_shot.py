@@ -73,22 +73,34 @@ def query_bank_offsets(bank: np.ndarray, class_matrix: np.ndarray, k: int = QUER
     return top.mean(axis=0).astype(np.float32)  # (C,)
 
 
-def classify(image_embeddings: np.ndarray, class_matrix: np.ndarray, logit_scale: float = 100.0,
-             offsets: np.ndarray | None = None) -> np.ndarray:
-    """(B, C) class probabilities: softmax over classes of logit_scale × (cosine(image, class) −
-    offset(class)); no offsets (None) is plain CLIP, query_bank_offsets gives query-bank normalisation."""
+def class_scores(image_embeddings: np.ndarray, class_matrix: np.ndarray,
+                 offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(cosines, scores), each (B, C) float64: cosine(image, class), and what the softmax ranks,
+    cosine − offset(class); no offsets (None) is plain CLIP, query_bank_offsets gives query-bank
+    normalisation."""
     images = unit_rows(image_embeddings, np.float64)  # (B, D)
     if images.ndim != 2 or images.shape[1] != class_matrix.shape[1]:
         raise ValueError(f"image embeddings {images.shape} do not match the class matrix {class_matrix.shape}")
-    scores = images @ np.asarray(class_matrix, dtype=np.float64).T  # (B, C) cosines
-    if offsets is not None:
-        if np.shape(offsets) != (len(class_matrix),):
-            raise ValueError(f"offsets {np.shape(offsets)} do not match the class matrix's {len(class_matrix)} classes")
-        scores -= np.asarray(offsets, dtype=np.float64)  # (B, C)
+    cosines = images @ np.asarray(class_matrix, dtype=np.float64).T  # (B, C)
+    if offsets is None:
+        return cosines, cosines
+    if np.shape(offsets) != (len(class_matrix),):
+        raise ValueError(f"offsets {np.shape(offsets)} do not match the class matrix's {len(class_matrix)} classes")
+    return cosines, cosines - np.asarray(offsets, dtype=np.float64)  # (B, C), (B, C)
+
+
+def class_probabilities(scores: np.ndarray, logit_scale: float = 100.0) -> np.ndarray:
+    """(B, C) float32: softmax over classes of logit_scale × `scores` (B, C) from class_scores."""
     logits = logit_scale * scores  # (B, C)
-    logits -= logits.max(axis=1, keepdims=True)  # softmax without overflow
+    logits = logits - logits.max(axis=1, keepdims=True)  # softmax without overflow
     probabilities = np.exp(logits)
     return (probabilities / probabilities.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def classify(image_embeddings: np.ndarray, class_matrix: np.ndarray, logit_scale: float = 100.0,
+             offsets: np.ndarray | None = None) -> np.ndarray:
+    """(B, C) class probabilities: class_probabilities of class_scores."""
+    return class_probabilities(class_scores(image_embeddings, class_matrix, offsets)[1], logit_scale)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ the manifest's layout: everything else reads typed fields (`manifest.preprocessi
 into place (runtime.files), so a reader never sees half of one, and a `current` file per name
 says which version is served.
 
-Schemas 2 and 3 are written (a bundle at the lowest that describes it). Schema-1 manifests (written before 2026-12) are read and upgraded in
-memory, so bundles already on a disk keep serving unchanged.
+Schemas 2 and 3 are written (a bundle at the lowest that describes it). Schema-1 manifests are
+read and upgraded in memory, so bundles already on a disk keep serving unchanged.
 """
 
 from __future__ import annotations
@@ -113,9 +113,6 @@ class CenteringSpec:
 TRAINING_CURVES_ROLE = "training_curves"
 
 
-PRECISIONS = ("fp32", "fp16", "int8")  # fp32 is each ONNX model itself; the others are PrecisionVariants of it
-
-
 @dataclass(frozen=True)
 class PrecisionVariant:
     """A lower-precision copy of one of the bundle's fp32 ONNX models (export.quantize), with the
@@ -125,7 +122,7 @@ class PrecisionVariant:
     role: str  # the fp32 model's file role, e.g. "image_encoder"; inputs and outputs are its (Manifest.onnx)
     precision: str  # "int8" (for CPUs) or "fp16" (for GPUs)
     file_role: str  # the variant file's role in Manifest.files, e.g. "image_encoder_int8"
-    technique: str  # how it was made: "dynamic-rowwise" or "static-qdq" int8 ("dynamic" before 2026-12), "float16"
+    technique: str  # how it was made: "dynamic-rowwise", "static-qdq" or "dynamic" (see one_at_a_time) int8, "float16"
     calibration_images: int = 0  # static int8: training images its activation ranges were calibrated on
     evaluation: str = ""  # what the figures below were measured on, for humans
     top1_pct: float | None = None  # the method's top-1 with this variant (kNN for image encoders, zero-shot for text towers)
@@ -137,10 +134,10 @@ class PrecisionVariant:
 
     @property
     def one_at_a_time(self) -> bool:
-        """Whether it must run each item alone: the "dynamic" int8 copies exported before 2026-12
-        (onnxruntime's quantiser) scale each activation tensor by its range over the whole batch at
-        run time, so in a batch an item's vector would depend on its neighbours. "dynamic-rowwise"
-        copies scale each row by its own range and run batched (export.quantize.quantize_rowwise_int8)."""
+        """Whether it must run each item alone: a "dynamic" int8 copy (onnxruntime's quantiser)
+        scales each activation tensor by its range over the whole batch at run time, so in a batch
+        an item's vector would depend on its neighbours. "dynamic-rowwise" copies scale each row by
+        its own range and run batched (export.quantize.quantize_rowwise_int8)."""
         return self.technique == "dynamic"
 
 
@@ -161,7 +158,7 @@ class Manifest:
     logit_scale: float | None = None  # CLIP: the learned temperature's inverse, for zero-shot softmax
     class_names: tuple[str, ...] = ()  # CLIP: the classes it was trained on, when known
     query_bank: QueryBankSpec | None = None  # CLIP: zero-shot normalisation's bank (file role "query_bank")
-    centering: CenteringSpec | None = None  # SimCLR/MAE: outputs centred and whitened in the graph; None: raw, as before 2026-12
+    centering: CenteringSpec | None = None  # SimCLR/MAE: outputs centred and whitened in the graph; None: raw
     training_config: dict[str, Any] = field(default_factory=dict)  # the config that trained it
     metrics: dict[str, Any] = field(default_factory=dict)  # evaluation results at export
     extra: dict[str, Any] = field(default_factory=dict)  # facts for humans (opset, parity cosines); no code reads it
@@ -169,7 +166,7 @@ class Manifest:
     source_checkpoint_sha256: str | None = None  # hash of the checkpoint it was exported from
     file_sha256: dict[str, str] = field(default_factory=dict)  # file name -> sha256, by write_bundle
     schema_version: int = SCHEMA_VERSION
-    variants: tuple[PrecisionVariant, ...] = ()  # int8/fp16 copies of the ONNX models; () before 2026-12: fp32 only
+    variants: tuple[PrecisionVariant, ...] = ()  # int8/fp16 copies of the ONNX models; (): fp32 only
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

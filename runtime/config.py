@@ -8,9 +8,8 @@ from pathlib import Path
 
 # How many threads one onnxruntime call uses by default: 0, onnxruntime's choice, one per physical
 # core. The server overlaps two batches per model (Settings.batches_in_flight), which share the
-# session's threads, and its event loop takes a core back whenever the model calls leave one idle:
-# on 2 cores this served 1.1-1.8x the requests/s of 1 thread with one batch at a time
-# (bench/text_vs_infinity.py, which runs both).
+# session's threads, and its event loop takes a core back whenever the model calls leave one idle
+# (bench/text_vs_infinity.py compares this with 1 thread and one batch at a time).
 SERVING_INTRA_OP_THREADS = 0
 PRECISION_SETTINGS = ("auto", "fp32", "fp16", "int8")  # what `precision` may say
 # auto runs a bundle's int8 variant on CPU only when export measured its top-1 this close to fp32's.

@@ -10,12 +10,11 @@ never waits (continuous batching, as text-embeddings-inference and infinity do).
 flight, the model and the event loop take turns: the loop answers a batch's callers and reads
 their next requests while the model sits idle, then the model runs while the loop has nothing to
 do. With two (the server's default), one batch is in the model while the loop answers the other's
-callers, and on a CPU the second batch uses the cores the first leaves: on 2 cores, with a thread
-per core, concurrent clients of one text each got 1.1-1.7x the requests/s of one batch at a time
-and one thread (bench/text_vs_infinity.py). `max_wait_ms` > 0 also
-holds a batch open that long after its first request arrived, trading latency for fuller batches
-(worth it on a GPU, where a batch of 32 costs little more than a batch of 1). With
-`enabled=False` every request calls the encoder on its own.
+callers, and on a CPU the second batch uses the cores the first leaves (bench/text_vs_infinity.py
+compares one batch at a time with two). `max_wait_ms` > 0 also holds a batch open that long after
+its first request arrived, trading latency for fuller batches (worth it on a GPU, where a batch of
+32 costs little more than a batch of 1). With `enabled=False` every request calls the encoder on
+its own.
 """
 
 from __future__ import annotations

@@ -9,11 +9,12 @@ query bank /zero-shot normalises with; a text encoder (a sentence-transformers m
 export.sentence_transformers) gets a text side only, which /embed/text and /v1/embeddings serve
 like a CLIP model's and /zero-shot refuses, having no image tower to classify with. It also loads the current version of every index under
 `artifacts/indexes/` (or in Milvus: `registry.index_store`, index/store.py), and the exact model version each index was built with when that is not
-the current one. Routers ask the registry for a model or index by name, or for the default of
-its kind.
+the current one. Routers ask the registry for a model (`image_model`, `text_model`, `word_model`)
+or an index (`index`, `indexes`: always the current version) by name, or for the default of its
+kind; writes to an index go through `write_index`.
 
 What it serves can change while the server runs: `reload` loads whatever `current` pointers
-changed (new model versions, new index versions) and `add_index` publishes an index a job just
+changed (new model versions, new index versions) and `publish` serves an index a job just
 wrote. A new index is published only after the model version it was built with is loaded, and a
 request takes the index once and embeds its query with that index's own model version, so no
 query is ever embedded by one version and searched against vectors of another. Versions nothing
@@ -43,8 +44,7 @@ import numpy as np
 
 from tokenizers import Tokenizer
 
-from index.store import IndexStore, open_index_store, writing
-from index.vector_index import VectorIndex
+from index.store import IndexStore, SearchIndex, open_index_store, writing
 from index.word_vectors import WordVectors
 from index.zero_shot import ClassMatrixCache, QueryBank, read_query_bank
 from runtime.bundle import Bundle, BundleError, Manifest, iter_current_bundles, models_dir, open_bundle, read_bundle
@@ -60,10 +60,25 @@ from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ENCODER_KINDS = ("image-encoder", "image-text-encoder")  # kinds whose image side the registry serves
 # Under the artifacts folder: the worker that answers POST /admin/reload rewrites it, and the
 # others reload when they see it change (serving.app), so a reload reaches every worker.
 RELOAD_MARKER = ".reload"
+
+
+@dataclass(frozen=True)
+class WordModel:
+    """A word-vectors model: what /similar and /analogy need."""
+
+    manifest: Manifest
+    vectors: WordVectors  # its vocabulary and a FAISS index over its unit vectors
+
+
+@dataclass(frozen=True)
+class ImageModel:
+    """An image encoder, or a CLIP bundle's image side: what /embed/image, /zero-shot and image search need."""
+
+    manifest: Manifest
+    batcher: MicroBatcher  # feeds the image encoder (B, C, H, W) float32, preprocessed as the manifest says
 
 
 @dataclass(frozen=True)
@@ -85,13 +100,12 @@ class Registry:
     settings: Settings
     words: dict[str, WordVectors] = field(default_factory=dict)  # word-vectors models by name
     manifests: dict[str, Manifest] = field(default_factory=dict)  # every loaded model's manifest
-    # image encoders' batchers by (name, version): current versions, plus older ones an index needs
-    image_batchers: dict[tuple[str, str], MicroBatcher] = field(default_factory=dict)
-    image_manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict)
+    # image sides by (name, version): current versions, plus older ones an index needs
+    image_models: dict[tuple[str, str], ImageModel] = field(default_factory=dict)
     # text sides by (name, version): CLIP models' (loaded alongside their image side) and text encoders'
     text_models: dict[tuple[str, str], TextModel] = field(default_factory=dict)
     class_matrices: ClassMatrixCache = field(default_factory=ClassMatrixCache)  # zero-shot class embeddings
-    indexes: dict[str, VectorIndex] = field(default_factory=dict)  # current version of each index, by name
+    _indexes: dict[str, SearchIndex] = field(default_factory=dict, repr=False)  # the served version of each index, by name
     metrics: Metrics | None = None  # where batchers record their batch sizes
     failed: dict[str, str] = field(default_factory=dict)  # models refused at load: name -> why
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one change of the tables at a time
@@ -123,11 +137,11 @@ class Registry:
                 registry.failed[name] = f"{type(e).__name__}: {e}"
         for name in registry.index_store.names():
             try:
-                registry.refresh_index(name)
+                registry._refresh(name)
             except Exception as e:  # one broken index must not keep the others from serving
                 log.warning("index %s is not served: %s", name, e)
         log.info("loaded models: %s", ", ".join(sorted(registry.manifests)) or "none")
-        log.info("loaded indexes: %s", ", ".join(sorted(registry.indexes)) or "none")
+        log.info("loaded indexes: %s", ", ".join(sorted(registry._indexes)) or "none")
         return registry
 
     def add(self, bundle: Bundle) -> None:
@@ -179,9 +193,7 @@ class Registry:
         encoder = load_encoder(bundle, self.settings.runtime_config(), role)
         if manifest.preprocessing is not None:
             _probe(encoder, np.ones((1, *manifest.preprocessing.input_shape), np.float32))  # a plain, non-zero input
-        key = (manifest.name, manifest.version)
-        self.image_manifests[key] = manifest
-        self.image_batchers[key] = self._batcher(encoder, manifest.name)
+        self.image_models[(manifest.name, manifest.version)] = ImageModel(manifest, self._batcher(encoder, manifest.name))
 
     def _text_model(self, bundle: Bundle, query_bank: QueryBank | None = None, metrics_label: str | None = None) -> TextModel:
         """The text side of a bundle (its `text_encoder` model and tokenizer), probed, with its own batcher."""
@@ -209,44 +221,75 @@ class Registry:
         self._add_image_encoder(bundle, "image_encoder")
         self.text_models[(manifest.name, manifest.version)] = text_model
 
-    def add_index(self, index: VectorIndex, stamp: Hashable | None = None) -> None:
-        """Serve `index` under its name: first load the model version it was built with, if that
-        is not loaded yet, then publish it (a dict assignment: a request sees the old or the new).
-        `stamp` is its `current` pointer's as it was read (IndexStore.stamp); without one, the next
-        request for it reads the pointer again."""
-        name = index.manifest.name
-        key = (index.model, index.model_version)
-        with self._lock:
-            if index.model is not None and key not in self.image_batchers:
-                try:
-                    self._load(open_bundle(self.settings.artifacts_dir, index.model, index.model_version))
-                except Exception as e:  # the index still serves vector and id queries
-                    log.warning("index %s: cannot load its model %s %s (%s); image and text queries will fail", name, *key, e)
-            batcher = self.image_batchers.get(key)
-            built_at, queried_at = index_precision(index), batcher.encoder.precision if batcher else None
-            if built_at and queried_at and built_at != queried_at:
-                log.warning("index %s was embedded at %s but its image queries run at %s (EMBEDSERVE_PRECISION): "
-                            "cosines shift slightly; rebuild it, or serve at %s", name, built_at, queried_at, built_at)
-            self.indexes[name] = index
-            self._index_stamps[name] = stamp
+    async def index(self, name: str | None) -> SearchIndex:
+        """The index `name`, or the default one (the setting, else the only one loaded), at its
+        current version: loaded first if another process made a newer one current since this one
+        read it. A version that cannot be read is logged and the served one kept."""
+        wanted = self._index_name(name)
+        if wanted is not None:
+            check_name(wanted, "index name")  # a 422 before the name touches a file
+        if wanted is not None and self._changed(wanted):
+            retire_later(await asyncio.to_thread(self._refresh_or_keep, wanted))
+        return self._served(name)
 
-    def publish(self, index: VectorIndex) -> None:
+    async def indexes(self) -> dict[str, SearchIndex]:
+        """Every index by name, each at its current version (see `index`), including ones another
+        process created."""
+        changed = [n for n in self.index_store.names() if self._changed(n)]
+        if changed:
+            retire_later(await asyncio.to_thread(lambda: [b for n in changed for b in self._refresh_or_keep(n)]))
+        return dict(self._indexes)
+
+    def write_index(self, name: str, prepared_on: SearchIndex, change: Callable[[SearchIndex], None]) -> tuple[SearchIndex, str]:
+        """Apply `change(index)` to index `name`'s current version and save the result as its next
+        version, under the index's write lock, which every process that writes it takes. So a change
+        is never applied to a version another worker has replaced (losing that one's change). A
+        request prepared (its vectors embedded) on `prepared_on` is refused with a 409 when the
+        current version holds another model version's vectors. Returns the index and its new
+        version; run it off the event loop."""
+        with writing(self.settings.artifacts_dir, name):
+            self._refresh(name)
+            index = self._served(name)
+            if (index.model, index.model_version, index.dim) != (prepared_on.model, prepared_on.model_version, prepared_on.dim):
+                raise Conflict(f"index {name!r} is now version {index.manifest.version}, of model {index.model} "
+                               f"{index.model_version}: this request was embedded for {prepared_on.model_version}; send it again")
+            change(index)
+            version = self.index_store.save(index, name, extra=index.manifest.extra if index.manifest else None)
+            self._index_stamps[name] = self.index_store.stamp(name)
+            self.index_store.prune(name, self.settings.index_keep_previous)
+            return index, version
+
+    def publish(self, index: SearchIndex) -> None:
         """Serve a version this process has just saved and made current, while it holds the index's
         write lock (a job's): the pointer read now is the one it wrote."""
-        self.add_index(index, self.index_store.stamp(index.manifest.name))
+        self._add_index(index, self.index_store.stamp(index.manifest.name))
 
-    def index_changed(self, name: str) -> bool:
+    def _served(self, name: str | None) -> SearchIndex:
+        """The version of index `name` (or the default) this process serves now, without a look at its pointer."""
+        known = ", ".join(sorted(self._indexes)) or "none loaded"
+        name = self._index_name(name)
+        if name is None:
+            raise UnknownIndex(f"name the index to search (several or none are loaded); available: {known}")
+        if name not in self._indexes:
+            raise UnknownIndex(f"no index named {name!r}; available: {known}")
+        return self._indexes[name]
+
+    def _index_name(self, name: str | None) -> str | None:
+        """The index a request means: `name`, else the setting's default, else the only one loaded."""
+        return name or self.settings.default_index or (next(iter(self._indexes)) if len(self._indexes) == 1 else None)
+
+    def _changed(self, name: str) -> bool:
         """Whether index `name`'s `current` pointer moved since the served version was read (another
         worker, a job or the CLI saved a newer one), or it appeared; one `stat`, for every request."""
         stamp = self.index_store.stamp(name)
         return stamp is not None and stamp != self._index_stamps.get(name)
 
-    def refresh_index(self, name: str) -> bool:
+    def _refresh(self, name: str) -> bool:
         """Serve index `name`'s current version if it is not the one served; True if that changed.
         Slow (a FAISS file, maybe a model version): run it off the event loop."""
         with self._refreshing:
             stamp = self.index_store.stamp(name)  # before reading the version: a move after it is seen next time
-            served = self.indexes.get(name)
+            served = self._indexes.get(name)
             if served is not None and stamp is not None and stamp == self._index_stamps.get(name):
                 return False
             version = self.index_store.current_version(name)
@@ -256,56 +299,39 @@ class Registry:
             index = self.index_store.open(name, version)
             if index.manifest.name != name:  # served under the name asked for, or not at all
                 raise BundleError(f"index {name!r} version {version}: its manifest names it {index.manifest.name[:80]!r}")
-            self.add_index(index, stamp)
+            self._add_index(index, stamp)
             log.info("now serving index %s %s", name, version)
             return True
 
-    async def fresh_index(self, name: str | None) -> VectorIndex:
-        """`index(name)`, after loading its current version if another process made a newer one
-        current: what every request for an index uses. A version that cannot be read is logged and
-        the served one kept."""
-        wanted = self._index_name(name)
-        if wanted is not None:
-            check_name(wanted, "index name")  # a 422 before the name touches a file
-        if wanted is not None and self.index_changed(wanted):
-            retire_later(await asyncio.to_thread(self._refresh_or_keep, wanted))
-        return self.index(name)
-
-    async def fresh_indexes(self) -> dict[str, VectorIndex]:
-        """Every index, each at its current version (see `fresh_index`), including ones another
-        process created."""
-        changed = [n for n in self.index_store.names() if self.index_changed(n)]
-        if changed:
-            retire_later(await asyncio.to_thread(lambda: [b for n in changed for b in self._refresh_or_keep(n)]))
-        return dict(self.indexes)
-
     def _refresh_or_keep(self, name: str) -> list[MicroBatcher]:
         try:
-            self.refresh_index(name)
+            self._refresh(name)
         except Exception as e:  # a broken or vanished version: keep serving the last good one
             log.warning("index %s: its current version cannot be loaded (%s); still serving %s", name, e,
-                        self.indexes[name].manifest.version if name in self.indexes else "none")
+                        self._indexes[name].manifest.version if name in self._indexes else "none")
             self._index_stamps[name] = self.index_store.stamp(name)  # once per change, not at every request
         return self.unused_batchers()
 
-    def write_index(self, name: str, prepared_on: VectorIndex, change: Callable[[VectorIndex], None]) -> tuple[VectorIndex, str]:
-        """Apply `change(index)` to index `name`'s current version and save the result as its next
-        version, under the index's write lock, which every process that writes it takes. So a change
-        is never applied to a version another worker has replaced (losing that one's change). A
-        request prepared (its vectors embedded) on `prepared_on` is refused with a 409 when the
-        current version holds another model version's vectors. Returns the index and its new
-        version; run it off the event loop."""
-        with writing(self.settings.artifacts_dir, name):
-            self.refresh_index(name)
-            index = self.index(name)
-            if (index.model, index.model_version, index.dim) != (prepared_on.model, prepared_on.model_version, prepared_on.dim):
-                raise Conflict(f"index {name!r} is now version {index.manifest.version}, of model {index.model} "
-                               f"{index.model_version}: this request was embedded for {prepared_on.model_version}; send it again")
-            change(index)
-            version = self.index_store.save(index, name, extra=index.manifest.extra if index.manifest else None)
-            self._index_stamps[name] = self.index_store.stamp(name)
-            self.index_store.prune(name, self.settings.index_keep_previous)
-            return index, version
+    def _add_index(self, index: SearchIndex, stamp: Hashable | None = None) -> None:
+        """Serve `index` under its name: first load the model version it was built with, if that
+        is not loaded yet, then publish it (a dict assignment: a request sees the old or the new).
+        `stamp` is its `current` pointer's as it was read (IndexStore.stamp); without one, the next
+        request for it reads the pointer again."""
+        name = index.manifest.name
+        key = (index.model, index.model_version)
+        with self._lock:
+            if index.model is not None and key not in self.image_models:
+                try:
+                    self._load(open_bundle(self.settings.artifacts_dir, index.model, index.model_version))
+                except Exception as e:  # the index still serves vector and id queries
+                    log.warning("index %s: cannot load its model %s %s (%s); image and text queries will fail", name, *key, e)
+            image_model = self.image_models.get(key)
+            built_at, queried_at = index_precision(index), image_model.batcher.encoder.precision if image_model else None
+            if built_at and queried_at and built_at != queried_at:
+                log.warning("index %s was embedded at %s but its image queries run at %s (EMBEDSERVE_PRECISION): "
+                            "cosines shift slightly; rebuild it, or serve at %s", name, built_at, queried_at, built_at)
+            self._indexes[name] = index
+            self._index_stamps[name] = stamp
 
     def reload(self) -> tuple[list[str], list[MicroBatcher]]:
         """Load every model and index whose `current` version changed on disk. Returns what changed
@@ -325,8 +351,8 @@ class Registry:
                         self.failed[bundle.manifest.name] = f"{type(e).__name__}: {e}"
         for name in self.index_store.names():
             try:
-                if self.refresh_index(name):
-                    changed.append(f"index {name} {self.indexes[name].manifest.version}")
+                if self._refresh(name):
+                    changed.append(f"index {name} {self._indexes[name].manifest.version}")
             except Exception as e:
                 log.warning("reload: skipping index %s: %s", name, e)
         return changed, self.unused_batchers()
@@ -353,13 +379,11 @@ class Registry:
         """Take out of the tables the model versions that are neither current nor used by an index."""
         with self._lock:
             wanted = {(n, m.version) for n, m in self.manifests.items()}
-            wanted |= {(i.model, i.model_version) for i in self.indexes.values() if i.model is not None}
+            wanted |= {(i.model, i.model_version) for i in self._indexes.values() if i.model is not None}
             unused = []
-            for table in (self.image_batchers, self.text_models):
+            for table in (self.image_models, self.text_models):
                 for key in [k for k in table if k not in wanted]:
-                    entry = table.pop(key)
-                    unused.append(entry.batcher if isinstance(entry, TextModel) else entry)
-                    self.image_manifests.pop(key, None)
+                    unused.append(table.pop(key).batcher)
             return unused
 
     def _resolve(self, table: dict[tuple[str, str], object], name: str | None, default: str | None,
@@ -373,17 +397,19 @@ class Registry:
         name = name or default or next(iter(sorted(current)), None)
         return (name, version or current.get(name)), ", ".join(sorted(current)) or "none loaded"
 
-    def image_model(self, name: str | None, version: str | None = None) -> tuple[Manifest, MicroBatcher]:
-        """The image encoder `name` (current version unless `version`), or the default one."""
-        key, known = self._resolve(self.image_batchers, name, self.settings.default_image_model, version)
-        if key not in self.image_batchers:
-            self._raise_if_failed(key[0])
-            kind = self.manifests[key[0]].kind if key[0] in self.manifests else None
-            if kind == "text-encoder":  # loaded, so not a 404: it cannot do what was asked
-                raise InvalidInput(f"model {key[0]!r} is a text encoder: it embeds texts only and has no image tower, "
-                                   f"which embedding images and zero-shot need; name a model that has one: {known}")
-            raise UnknownModel(f"no image encoder named {_wanted(key[0], version)}; available: {known}")
-        return self.image_manifests[key], self.image_batchers[key]
+    def image_model(self, name: str | None, version: str | None = None) -> ImageModel:
+        """The image model `name` (current version unless `version`): an image encoder or a CLIP
+        model's image side. Without a name, the default one: the setting, else the first by name. A
+        loaded text encoder is a 422, not a 404."""
+        key, known = self._resolve(self.image_models, name, self.settings.default_image_model, version)
+        if key in self.image_models:
+            return self.image_models[key]
+        name = key[0]
+        self._raise_if_failed(name)
+        if name in self.manifests and self.manifests[name].kind == "text-encoder":  # loaded, so not a 404
+            raise InvalidInput(f"model {name!r} is a text encoder: it embeds texts only and has no image tower, "
+                               f"which embedding images and zero-shot need; name a model that has one: {known}")
+        raise UnknownModel(f"no image encoder named {_wanted(name, version)}; available: {known}")
 
     def text_model(self, name: str | None, version: str | None = None) -> TextModel:
         """The text model `name` (current version unless `version`): a CLIP model's text side or a
@@ -403,23 +429,9 @@ class Registry:
                                f"name a text model (a CLIP model or a text encoder): {known}")
         raise UnknownModel(f"no text model named {_wanted(name, version)}; available: {known}")
 
-    def index(self, name: str | None) -> VectorIndex:
-        """The index `name`, or the default one (the setting, else the only one loaded)."""
-        known = ", ".join(sorted(self.indexes)) or "none loaded"
-        name = self._index_name(name)
-        if name is None:
-            raise UnknownIndex(f"name the index to search (several or none are loaded); available: {known}")
-        if name not in self.indexes:
-            raise UnknownIndex(f"no index named {name!r}; available: {known}")
-        return self.indexes[name]
-
-    def _index_name(self, name: str | None) -> str | None:
-        """The index a request means: `name`, else the setting's default, else the only one loaded."""
-        return name or self.settings.default_index or (next(iter(self.indexes)) if len(self.indexes) == 1 else None)
-
     @property
     def batchers(self) -> list[MicroBatcher]:
-        return [*list(self.image_batchers.values()), *(m.batcher for m in list(self.text_models.values()))]
+        return [m.batcher for m in [*list(self.image_models.values()), *list(self.text_models.values())]]
 
     async def start(self) -> None:
         for batcher in self.batchers:
@@ -433,7 +445,7 @@ class Registry:
     def ready(self) -> bool:
         return bool(self.manifests)
 
-    def word_model(self, name: str | None) -> tuple[Manifest, WordVectors]:
+    def word_model(self, name: str | None) -> WordModel:
         """The word-vectors model `name`, or the default one (the setting, else the only/first)."""
         _check_model_name(name)
         name = name or self.settings.default_word_model or next(iter(sorted(self.words)), None)
@@ -444,7 +456,7 @@ class Registry:
                                    "into its artifacts folder, then POST /admin/reload")
             known = ", ".join(sorted(self.words)) or "none loaded"
             raise UnknownModel(f"no word-vectors model named {name!r}; available: {known}")
-        return self.manifests[name], self.words[name]
+        return WordModel(self.manifests[name], self.words[name])
 
     def _raise_if_failed(self, name: str | None) -> None:
         if name in self.failed:
@@ -461,7 +473,15 @@ class Registry:
 _retiring: set[asyncio.Task] = set()  # the event loop keeps only weak references to its tasks
 
 
-def index_precision(index: VectorIndex) -> str | None:
+def index_model(index: SearchIndex, embedded: str, instead: str) -> tuple[str, str | None]:
+    """(model, model version) that `index` was built with, which must embed `embedded` for it; an
+    index of vectors sent by clients records none: InvalidInput saying what to send `instead`."""
+    if index.model is None:
+        raise InvalidInput(f"index {index.manifest.name!r} records no model, so {embedded} cannot be embedded for it; {instead}")
+    return index.model, index.model_version
+
+
+def index_precision(index: SearchIndex) -> str | None:
     """The precision an index's vectors were embedded at (index builds and jobs record it), or None
     for an index of vectors sent by clients or built before precisions were recorded."""
     return (index.manifest.extra or {}).get("precision") if index.manifest else None

@@ -128,6 +128,12 @@ def unit_vector(values: list[float], dim: int, what: str, index: str) -> np.ndar
     return (scaled / np.linalg.norm(scaled)).astype(np.float32)
 
 
+def check_k(k: int, settings: Settings) -> None:
+    """InvalidInput for more neighbours than EMBEDSERVE_MAX_K, before any search runs."""
+    if k > settings.max_k:
+        raise InvalidInput(f"k={k} is more than the server allows ({settings.max_k}); ask for fewer")
+
+
 def check_vector_length(values: list[float], settings: Settings, what: str) -> None:
     """PayloadTooLarge for a vector past EMBEDSERVE_MAX_VECTOR_DIM, before any work is done on it."""
     if len(values) > settings.max_vector_dim:

@@ -2,9 +2,8 @@
 
 Handed a model by a route with a response model, FastAPI dumps it to Python objects, validates
 those against the response model once more and serialises the result. For a response that
-carries embeddings (hundreds of floats) that second pass costs the event loop about 0.25 ms per
-request on this project's 2-core machine — more than a small image model takes to run — and the
-event loop is what limits a CPU server. Routes that return `model_response(...)` keep their
+carries embeddings (hundreds of floats) that second pass can cost the event loop more than a small
+image model takes to run, and the event loop is what limits a CPU server. Routes that return `model_response(...)` keep their
 `response_model` for the OpenAPI schema; the model was validated when it was built.
 """
 

@@ -21,10 +21,9 @@ from runtime.preprocessing import ImageLimits
 if TYPE_CHECKING:
     from index.jobs_ray import RayConfig
 
-# A text model's batch on a CPU: all-MiniLM-L6-v2 at int8 on one core of this project's 2-core
-# VNNI machine ran most texts per second at 256-512 tokens a batch (32 texts of 15 tokens, 16 of
-# 32, 2-4 of 128) and a quarter fewer at 4,096 (32 texts of 128), whose activations outgrow the
-# caches; fp32 the same way, by a tenth. A GPU wants its batches as large as they come.
+# A text model's batch on a CPU: a small transformer runs most texts per second at a few hundred
+# tokens a batch, and fewer at thousands, whose activations outgrow the caches. A GPU wants its
+# batches as large as they come.
 CPU_BATCH_TOKENS = 512
 
 

@@ -25,7 +25,7 @@ class PrecisionChoice:
     precision: str  # what runs: "fp32", "fp16" or "int8"
     file_role: str  # the bundle file that holds it
     reason: str  # why, for the log line
-    one_at_a_time: bool = False  # an int8 copy exported before 2026-12: run each item alone (PrecisionVariant.one_at_a_time)
+    one_at_a_time: bool = False  # an int8 copy whose scales span the batch: run each item alone (PrecisionVariant.one_at_a_time)
 
 
 def int8_within_bound(variant: PrecisionVariant, max_top1_drop_pct: float = INT8_MAX_TOP1_DROP_PCT) -> tuple[bool, str]:

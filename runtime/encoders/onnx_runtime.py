@@ -89,14 +89,13 @@ class OnnxEncoder(Encoder):
     engines between restarts (building one takes minutes) outside the bundle, which stays read-only
     so its hashes hold. `intra_op_threads` is the threads per model call (see `session_options`).
 
-    `one_at_a_time` runs each item of a batch alone, on its own tokens. It is for the int8 copies
-    exported before 2026-12 (onnxruntime's dynamic quantiser, PrecisionVariant.one_at_a_time):
-    they scale each activation tensor by its range over the batch at run time, so in a batch one
-    item's scale would come from its neighbours (a short text beside a long one moved to cosine
-    0.988 of itself alone). Alone, an item's vector never depends on what it was batched with.
-    Items being independent then, the `intra_op_threads` budget runs that many items at once, one
-    thread each, rather than splitting one item's small matrices between threads. Copies exported
-    since scale each row by its own range and run batched like fp32.
+    `one_at_a_time` runs each item of a batch alone, on its own tokens. It is for "dynamic" int8
+    copies (onnxruntime's dynamic quantiser, PrecisionVariant.one_at_a_time): they scale each
+    activation tensor by its range over the batch at run time, so in a batch one item's scale
+    would come from its neighbours and its vector would change with them. Alone, an item's vector
+    never depends on what it was batched with. Items being independent then, the
+    `intra_op_threads` budget runs that many items at once, one thread each, rather than splitting
+    one item's small matrices between threads. Every other copy runs batched like fp32.
     """
 
     def __init__(self, bundle: Bundle, role: str, providers: str | Sequence[str] = "auto", trt_cache_dir: Path | None = None,

@@ -55,7 +55,8 @@ async def embed_image(
 ) -> Response:
     settings = registry.settings
     blobs, body_model = await read_images(request, settings)
-    manifest, batcher = registry.image_model(model or body_model)
-    embeddings = await embed_images(blobs, manifest, batcher, registry.images)  # (n, D)
+    image_model = registry.image_model(model or body_model)
+    manifest = image_model.manifest
+    embeddings = await embed_images(blobs, manifest, image_model.batcher, registry.images)  # (n, D)
     return model_response(EmbedResponse(model=manifest.name, version=manifest.version, dim=embeddings.shape[1],
                                         embeddings=embeddings.tolist()))

@@ -22,14 +22,13 @@ from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from index.zero_shot import classify
-from runtime.bundle import Manifest
 from runtime.occlusion import drop_map, grid_shape, input_view, occlusion_batch, occlusion_count, overlay_png
 from runtime.vectors import unit_rows
 from serving.batching import MicroBatcher
 from serving.dependencies import get_registry
 from serving.embedding import model_input
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
-from serving.registry import Registry, TextModel
+from serving.registry import ImageModel, Registry, TextModel, index_model
 from serving.requests import JsonRequest, check_text_chars, decode_base64
 from serving.responses import model_response
 from serving.settings import Settings
@@ -138,7 +137,7 @@ def clip_model(registry: Registry, name: str | None) -> TextModel:
                        f"image and a text tower{hint}; name one of: {clip}")
 
 
-async def zero_shot_target(registry: Registry, body: ExplainRequest) -> tuple[Manifest, MicroBatcher, ExplainTarget, Scores]:
+async def zero_shot_target(registry: Registry, body: ExplainRequest) -> tuple[ImageModel, ExplainTarget, Scores]:
     """The image side of the request's CLIP model, what is explained, and the score of each embedding."""
     settings = registry.settings
     check_text_chars([body.label], settings, ["label"])
@@ -156,7 +155,7 @@ async def zero_shot_target(registry: Registry, body: ExplainRequest) -> tuple[Ma
         raise InvalidInput("normalization applies to label's probability among classes: send classes too, or leave "
                            "normalization out to explain the plain cosine")
     model = clip_model(registry, body.model)
-    manifest, batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
+    image_model = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
     if body.classes is None:
         matrix, _ = await class_matrix(registry, model, classes, templates, "none")  # (1, D)
         target = ExplainTarget(kind="zero-shot", label=label, templates=templates)
@@ -166,31 +165,29 @@ async def zero_shot_target(registry: Registry, body: ExplainRequest) -> tuple[Ma
     else:
         normalization = check_normalization(body.normalization, model, settings)
         matrix, offsets = await class_matrix(registry, model, classes, templates, normalization)  # (C, D), (C,)
-        scale = logit_scale(manifest)
+        scale = logit_scale(image_model.manifest)
         target = ExplainTarget(kind="zero-shot", label=classes[position], classes=classes, templates=templates,
                                normalization=normalization)
 
         def scores(embeddings: np.ndarray) -> np.ndarray:
             return classify(embeddings, matrix, scale, offsets)[:, position]  # (n,) label's probability
-    return manifest, batcher, target, scores
+    return image_model, target, scores
 
 
-async def neighbour_target(registry: Registry, body: ExplainRequest) -> tuple[Manifest, MicroBatcher, ExplainTarget, Scores]:
+async def neighbour_target(registry: Registry, body: ExplainRequest) -> tuple[ImageModel, ExplainTarget, Scores]:
     """The image model the index was built with, what is explained, and the score of each embedding."""
-    index = await registry.fresh_index(body.index)  # taken once: the item and the model are this version's
+    index = await registry.index(body.index)  # taken once: the item and the model are this version's
     name = index.manifest.name
     try:
         item = unit_rows(await asyncio.to_thread(index.vector, body.id))  # (D,)
     except KeyError:
         raise UnknownId(f"id {body.id} is not in index {name!r}; name an item it holds") from None
-    if index.model is None:
-        raise InvalidInput(f"index {name!r} records no model, so the image cannot be embedded to compare with its items")
-    manifest, batcher = registry.image_model(index.model, index.model_version)
+    image_model = registry.image_model(*index_model(index, "the image", "explain a class of a CLIP model instead (label)"))
     target = ExplainTarget(kind="neighbour", index=name, index_version=index.manifest.version, id=body.id)
 
     def scores(embeddings: np.ndarray) -> np.ndarray:
         return unit_rows(embeddings) @ item  # (n,) cosines
-    return manifest, batcher, target, scores
+    return image_model, target, scores
 
 
 async def occlusion_scores(image: np.ndarray, rows: int, cols: int, batcher: MicroBatcher, scores: Scores) -> np.ndarray:
@@ -215,7 +212,8 @@ async def explain(body: ExplainRequest, registry: Annotated[Registry, Depends(ge
     check_grid(body.grid, registry.settings)
     blob = decode_base64(body.image, 0)
     target_for = zero_shot_target if body.label is not None else neighbour_target
-    manifest, batcher, target, scores = await target_for(registry, body)
+    image_model, target, scores = await target_for(registry, body)
+    manifest, batcher = image_model.manifest, image_model.batcher
     image = (await model_input([blob], manifest, registry.images))[0]  # (C, H, W), normalised as the model takes it
     rows, cols = grid_shape(image.shape[1], image.shape[2], body.grid)
     score, drops = drop_map(await occlusion_scores(image, rows, cols, batcher, scores), rows, cols)  # (rows, cols)

@@ -19,8 +19,8 @@ def healthz() -> dict[str, str]:
 
 def _encoders(registry, name: str, version: str) -> list:
     key = (name, version)
-    batchers = [registry.image_batchers.get(key), getattr(registry.text_models.get(key), "batcher", None)]
-    return [b.encoder for b in batchers if b is not None]
+    models = [registry.image_models.get(key), registry.text_models.get(key)]
+    return [m.batcher.encoder for m in models if m is not None]
 
 
 def model_precisions(registry, name: str, version: str) -> dict[str, str]:
@@ -36,7 +36,7 @@ def model_runtimes(registry, name: str, version: str) -> dict[str, str]:
 
 @router.get("/readyz", summary="Models are loaded and requests can be served", response_model=ReadyResponse,
             responses={503: {"model": ReadyResponse, "description": "not ready: models still loading, or some failed"}})
-def readyz(request: Request) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     registry = getattr(request.app.state, "registry", None)
     settings = request.app.state.settings
     if registry is None or not registry.ready:
@@ -52,7 +52,7 @@ def readyz(request: Request) -> JSONResponse:
         for m in sorted(list(registry.manifests.values()), key=lambda m: m.name)
     ] + [{"name": n, "state": "failed", "error": without_server_folders(e, settings)} for n, e in sorted(registry.failed.items())]
     indexes = [{"name": name, "version": index.manifest.version, "model": index.model, "model_version": index.model_version}
-               for name, index in sorted(list(registry.indexes.items()))]
+               for name, index in sorted((await registry.indexes()).items())]
     ready = not registry.failed or registry.settings.ready_with_failures
     counts = {"models_loaded": len(models) - len(registry.failed), "models_failed": len(registry.failed),
               "indexes": len(indexes)}

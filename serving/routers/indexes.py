@@ -24,14 +24,14 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from index.vector_index import VectorIndex
+from index.store import SearchIndex
 from runtime.preprocessing import ImageError, normalize_image
 from runtime.sources import SourceError, read_item
 from serving.dependencies import get_registry
 from serving.embedding import embed_images
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
-from serving.registry import Registry, index_precision, retire_later
-from serving.requests import JsonRequest, check_vector_length, decode_base64, exactly_one_of, unit_vector
+from serving.registry import Registry, index_model, index_precision, retire_later
+from serving.requests import JsonRequest, check_image_count, check_vector_length, decode_base64, exactly_one_of, unit_vector
 from serving.settings import Settings
 
 router = APIRouter(tags=["indexes"], responses=error_responses(503))
@@ -60,7 +60,8 @@ class Item(JsonRequest):
 
 
 class AddItemsRequest(JsonRequest):
-    items: list[Item] = Field(max_length=MAX_ITEMS_PER_REQUEST, json_schema_extra={"minItems": 1}, description=f"at most {MAX_ITEMS_PER_REQUEST} items (images count against the image limit)")
+    # the limits are documented here and checked in add_items, which answers them as errors.py says (413, 422)
+    items: list[Item] = Field(json_schema_extra={"minItems": 1, "maxItems": MAX_ITEMS_PER_REQUEST}, description=f"at most {MAX_ITEMS_PER_REQUEST} items (images count against the image limit)")
 
 
 @router.get("/indexes", summary="Each index served: its version, model and model version, count and kind")
@@ -69,11 +70,11 @@ async def list_indexes(registry: Annotated[Registry, Depends(get_registry)]) -> 
         {"name": name, "version": index.manifest.version, "model": index.model, "model_version": index.model_version,
          "count": len(index), "dim": index.dim, "kind": index.kind, "created_at": index.manifest.created_at,
          "precision": index_precision(index)}  # what its vectors were embedded at (fp32, fp16, int8), when recorded
-        for name, index in sorted((await registry.fresh_indexes()).items())
+        for name, index in sorted((await registry.indexes()).items())
     ]}
 
 
-async def _write(registry: Registry, name: str, prepared_on: VectorIndex, change) -> tuple[VectorIndex, str]:
+async def _write(registry: Registry, name: str, prepared_on: SearchIndex, change) -> tuple[SearchIndex, str]:
     """Apply `change(index)` to index `name`'s current version and write it as its next version
     (Registry.write_index); returns the index and that version."""
     async with _writers[name]:  # this process's writers queue here rather than each holding a thread
@@ -94,7 +95,7 @@ def _check_items(items: list[Item], settings: Settings) -> None:
                                   "(EMBEDSERVE_MAX_METADATA_BYTES): keep large data elsewhere and store a reference to it")
 
 
-async def _vectors(registry: Registry, index: VectorIndex, name: str, items: list[Item]) -> np.ndarray:
+async def _vectors(registry: Registry, index: SearchIndex, name: str, items: list[Item]) -> np.ndarray:
     """(N, D) for the items: their own vectors, or their images embedded with the index's model version."""
     vectors = np.zeros((len(items), index.dim), np.float32)
     images = [(i, item.image) for i, item in enumerate(items) if item.image is not None]
@@ -102,13 +103,10 @@ async def _vectors(registry: Registry, index: VectorIndex, name: str, items: lis
         if item.vector is not None:
             vectors[i] = unit_vector(item.vector, index.dim, f"item {i}'s vector", name)
     if images:
-        if len(images) > registry.settings.max_images_per_request:
-            raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {registry.settings.max_images_per_request}")
-        if index.model is None:
-            raise InvalidInput(f"index {name!r} records no model, so images cannot be embedded for it; send vectors")
-        manifest, batcher = registry.image_model(index.model, index.model_version)
+        check_image_count(len(images), registry.settings)
+        model = registry.image_model(*index_model(index, "images", "send vectors"))
         blobs = [decode_base64(text, i) for i, text in images]
-        vectors[[i for i, _ in images]] = await embed_images(blobs, manifest, batcher, registry.images)
+        vectors[[i for i, _ in images]] = await embed_images(blobs, model.manifest, model.batcher, registry.images)
     return vectors
 
 
@@ -120,14 +118,14 @@ async def add_items(name: str, body: AddItemsRequest, registry: Annotated[Regist
     if len(body.items) > MAX_ITEMS_PER_REQUEST:
         raise PayloadTooLarge(f"{len(body.items)} items in one request; the limit is {MAX_ITEMS_PER_REQUEST}: split them")
     _check_items(body.items, registry.settings)
-    index = await registry.fresh_index(name)
+    index = await registry.index(name)
     ids = np.array([item.id for item in body.items], np.int64)
     taken = [int(i) for i in ids if int(i) in index]
     if taken or len(set(ids.tolist())) != len(ids):
         raise InvalidInput(f"ids must be new to index {name!r} and distinct; taken or repeated: {taken[:10] or 'repeated'}")
     vectors = await _vectors(registry, index, name, body.items)
 
-    def add(index: VectorIndex) -> None:
+    def add(index: SearchIndex) -> None:
         try:
             index.add(ids, vectors, [item.metadata for item in body.items])
         except ValueError as e:  # an id another request took meanwhile
@@ -144,11 +142,11 @@ async def remove_item(
     item_id: Annotated[int, Path(ge=-(2**63), lt=2**63, description="the item's id (int64)")],
     registry: Annotated[Registry, Depends(get_registry)],
 ) -> dict[str, Any]:
-    index = await registry.fresh_index(name)
+    index = await registry.index(name)
     if item_id not in index:
         raise UnknownId(f"id {item_id} is not in index {name!r}")
 
-    def remove(index: VectorIndex) -> None:
+    def remove(index: SearchIndex) -> None:
         if item_id not in index:  # another request removed it meanwhile
             raise UnknownId(f"id {item_id} is not in index {name!r}")
         index.remove([item_id])
@@ -157,7 +155,7 @@ async def remove_item(
     return {"index": name, "version": version, "removed": 1, "count": len(index)}
 
 
-def _thumbnail(index: VectorIndex, name: str, item_id: int, size: int, registry: Registry) -> bytes:
+def _thumbnail(index: SearchIndex, name: str, item_id: int, size: int, registry: Registry) -> bytes:
     """The PNG of item `item_id`'s image, read again from the source its metadata records (under the
     server's data roots and image limits, as a job reads it), shrunk to fit `size` × `size`."""
     record = index.metadata([item_id])[0] or {}
@@ -195,7 +193,7 @@ async def item_image(
     registry: Annotated[Registry, Depends(get_registry)],
     size: Annotated[int, Query(ge=8, le=MAX_THUMBNAIL_PX, description="the longest side, in pixels")] = 128,
 ) -> Response:
-    index = await registry.fresh_index(name)
+    index = await registry.index(name)
     if item_id not in index:
         raise UnknownId(f"id {item_id} is not in index {name!r}")
     png = await run_in_threadpool(_thumbnail, index, name, item_id, size, registry)

@@ -27,7 +27,7 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_images, tokenize
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownModel, error_responses
 from serving.registry import Registry
-from serving.requests import JsonRequest, check_text_chars, decode_base64, json_body_doc, read_json_body
+from serving.requests import JsonRequest, check_image_count, check_text_chars, decode_base64, json_body_doc, read_json_body
 from serving.responses import model_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=error_responses(503, openai=True))
@@ -103,14 +103,14 @@ async def _embed(registry: Registry, model: str, inputs: list[str], truncate: bo
     if images and manifest.kind == "text-encoder":
         raise InvalidInput(f"model {model!r} embeds texts only, and input {images[0]} is a data URL (an image): "
                            "send texts, or name a model that embeds images")
-    if len(images) > registry.settings.max_images_per_request:
-        raise PayloadTooLarge(f"{len(images)} images in one request; the limit is {registry.settings.max_images_per_request}")
+    if images:
+        check_image_count(len(images), registry.settings)
     vectors = np.zeros((len(inputs), manifest.dim), np.float32)
     tokens = 0
     if images:
-        image_manifest, batcher = registry.image_model(model)
+        image_model = registry.image_model(model)
         blobs = [decode_base64(inputs[i], i) for i in images]
-        vectors[images] = await embed_images(blobs, image_manifest, batcher, registry.images)
+        vectors[images] = await embed_images(blobs, image_model.manifest, image_model.batcher, registry.images)
     if texts:
         text_model = registry.text_model(model)
         batch = await tokenize([inputs[i] for i in texts], text_model, [f"input {i}" for i in texts], truncate)  # (n, 2, T)

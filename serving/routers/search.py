@@ -11,13 +11,13 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
-from index.vector_index import VectorIndex
+from index.store import SearchIndex
 from serving.dependencies import get_registry
 from serving.errors import InvalidInput, UnknownId, error_responses
-from serving.registry import Registry
+from serving.registry import Registry, index_model
 from serving.responses import model_response
 from serving.embedding import embed_images, embed_texts
-from serving.requests import (JsonRequest, check_text_chars, check_vector_length, decode_base64, exactly_one_of,
+from serving.requests import (JsonRequest, check_k, check_text_chars, check_vector_length, decode_base64, exactly_one_of,
                               unit_vector)
 
 router = APIRouter(tags=["search"], responses=error_responses(404, 415, 429, 503))
@@ -58,29 +58,21 @@ class SearchResponse(BaseModel):
     hits: list[Hit]
 
 
-def _check_k(registry: Registry, k: int) -> None:
-    if k > registry.settings.max_k:
-        raise InvalidInput(f"k={k} is more than the server allows ({registry.settings.max_k}); ask for fewer")
-
-
-def _query_from_id(index: VectorIndex, name: str, id: int) -> np.ndarray:
+def _query_from_id(index: SearchIndex, name: str, id: int) -> np.ndarray:
     try:
         return index.vector(id)  # (D,)
     except KeyError:
         raise UnknownId(f"id {id} is not in index {name!r}; search by vector or image instead") from None
 
 
-async def _query_from_image(registry: Registry, index: VectorIndex, name: str, data: bytes) -> np.ndarray:
-    if index.model is None:
-        raise InvalidInput(f"index {name!r} records no model, so an image cannot be embedded for it; search by vector or id")
-    manifest, batcher = registry.image_model(index.model, index.model_version)
-    return (await embed_images([data], manifest, batcher, registry.images))[0]  # (D,)
+async def _query_from_image(registry: Registry, index: SearchIndex, data: bytes) -> np.ndarray:
+    model = registry.image_model(*index_model(index, "an image", "search by vector or id"))
+    return (await embed_images([data], model.manifest, model.batcher, registry.images))[0]  # (D,)
 
 
-async def _query_from_text(registry: Registry, index: VectorIndex, name: str, text: str) -> np.ndarray:
-    if index.model is None:
-        raise InvalidInput(f"index {name!r} records no model, so a text cannot be embedded for it; search by vector or id")
-    manifest = registry.image_manifests.get((index.model, index.model_version))
+async def _query_from_text(registry: Registry, index: SearchIndex, name: str, text: str) -> np.ndarray:
+    image_model = registry.image_models.get(index_model(index, "a text", "search by vector or id"))
+    manifest = image_model.manifest if image_model else None
     if manifest is not None and manifest.kind != "image-text-encoder":
         raise InvalidInput(f"index {name!r} was built with {index.model!r}, a {manifest.kind} with no text tower; "
                            "search it by image, vector or id, or build the index with a CLIP model")
@@ -88,7 +80,7 @@ async def _query_from_text(registry: Registry, index: VectorIndex, name: str, te
     return (await embed_texts([text], model, ["the query text"], registry.settings.auto_truncate))[0]  # (D,)
 
 
-async def _search(index: VectorIndex, query: np.ndarray, k: int, where: dict[str, Any] | None = None) -> Response:
+async def _search(index: SearchIndex, query: np.ndarray, k: int, where: dict[str, Any] | None = None) -> Response:
     def run() -> list[Hit]:
         try:
             scores, ids = index.search(query[None, :], k, where=where)  # (1, k), (1, k)
@@ -107,19 +99,19 @@ async def _search(index: VectorIndex, query: np.ndarray, k: int, where: dict[str
 
 @router.post("/search", response_model=SearchResponse, summary="Nearest neighbours of a vector, an id, an image or a text")
 async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
-    _check_k(registry, body.k)
+    check_k(body.k, registry.settings)
     if body.vector is not None:
         check_vector_length(body.vector, registry.settings, "vector")
     if body.text is not None:
         check_text_chars([body.text], registry.settings, ["text"])
-    index = await registry.fresh_index(body.index)
+    index = await registry.index(body.index)
     name = index.manifest.name
     if body.vector is not None:
         query = unit_vector(body.vector, index.dim, "vector", name)  # (D,)
     elif body.id is not None:
         query = _query_from_id(index, name, body.id)
     elif body.image is not None:
-        query = await _query_from_image(registry, index, name, decode_base64(body.image, 0))
+        query = await _query_from_image(registry, index, decode_base64(body.image, 0))
     else:
         query = await _query_from_text(registry, index, name, body.text)
     return await _search(index, query, body.k, body.where)
@@ -132,7 +124,7 @@ async def search_image(
     index: Annotated[str | None, Form(description="index to search; the default when omitted")] = None,
     k: Annotated[int, Form(ge=1, description="how many neighbours")] = 10,
 ) -> Response:
-    _check_k(registry, k)
-    vector_index = await registry.fresh_index(index)
-    query = await _query_from_image(registry, vector_index, vector_index.manifest.name, await file.read())
+    check_k(k, registry.settings)
+    vector_index = await registry.index(index)
+    query = await _query_from_image(registry, vector_index, await file.read())
     return await _search(vector_index, query, k)

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from serving.dependencies import get_registry
-from serving.errors import InvalidInput, UnknownWord, error_responses
+from serving.errors import UnknownWord, error_responses
 from serving.registry import Registry
+from serving.requests import check_k
 
 router = APIRouter(tags=["words"], responses=error_responses(404, 503))
 
@@ -37,8 +38,7 @@ class AnalogyResponse(WordsResponse):
 
 
 def _check(registry: Registry, k: int, vectors, *words: str) -> None:
-    if k > registry.settings.max_k:
-        raise InvalidInput(f"k={k} is more than the server allows ({registry.settings.max_k}); ask for fewer")
+    check_k(k, registry.settings)
     unknown = vectors.unknown(*words)
     if unknown:
         raise UnknownWord(f"not in the vocabulary: {', '.join(repr(w) for w in unknown)}")
@@ -54,12 +54,12 @@ def analogy(
     method: Annotated[Literal["3cosadd", "3cosmul"], Query(description="3CosAdd or 3CosMul")] = "3cosadd",
     model: ModelName = None,
 ) -> AnalogyResponse:
-    manifest, vectors = registry.word_model(model)
-    _check(registry, k, vectors, a, b, c)
-    hits = vectors.analogy(a, b, c, k=k, method=method)
+    words = registry.word_model(model)
+    _check(registry, k, words.vectors, a, b, c)
+    hits = words.vectors.analogy(a, b, c, k=k, method=method)
     return AnalogyResponse(
-        model=manifest.name,
-        version=manifest.version,
+        model=words.manifest.name,
+        version=words.manifest.version,
         a=a,
         b=b,
         c=c,
@@ -75,9 +75,9 @@ def similar(
     k: K = 10,
     model: ModelName = None,
 ) -> WordsResponse:
-    manifest, vectors = registry.word_model(model)
-    _check(registry, k, vectors, word)
-    hits = vectors.similar(word, k=k)
+    words = registry.word_model(model)
+    _check(registry, k, words.vectors, word)
+    hits = words.vectors.similar(word, k=k)
     return WordsResponse(
-        model=manifest.name, version=manifest.version, results=[WordResult(word=h.word, score=h.score) for h in hits]
+        model=words.manifest.name, version=words.manifest.version, results=[WordResult(word=h.word, score=h.score) for h in hits]
     )

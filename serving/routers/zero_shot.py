@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from index.zero_shot import NORMALIZATIONS, classify
+from index.zero_shot import NORMALIZATIONS, class_probabilities, class_scores
 from serving.dependencies import get_registry
 from serving.embedding import embed_images
 from serving.errors import error_responses
@@ -122,13 +122,13 @@ async def zero_shot(
     check_prompts(classes, templates, settings)
     model = registry.text_model(model_query or body.model)
     normalization = check_normalization(body.normalization, model, settings)
-    manifest, image_batcher = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
+    image_model = registry.image_model(model.manifest.name, model.manifest.version)  # the same bundle's image side
+    manifest = image_model.manifest
 
     matrix, offsets = await class_matrix(registry, model, classes, templates, normalization)  # (C, D), (C,)
-    images = await embed_images(blobs, manifest, image_batcher, registry.images)  # (B, D), unit rows
-    cosines = images @ matrix.T  # (B, C)
-    scores = cosines - offsets if offsets is not None else cosines  # (B, C): what the softmax ranks
-    probabilities = classify(images, matrix, logit_scale(manifest), offsets)  # (B, C)
+    images = await embed_images(blobs, manifest, image_model.batcher, registry.images)  # (B, D), unit rows
+    cosines, scores = class_scores(images, matrix, offsets)  # (B, C), (B, C): scores are what the softmax ranks
+    probabilities = class_probabilities(scores, logit_scale(manifest))  # (B, C)
     results = []
     for row_cosines, row_scores, row_probabilities in zip(cosines, scores, probabilities):
         order = np.argsort(-row_probabilities, kind="stable")  # (C,) most probable first, highest score first

@@ -1,11 +1,12 @@
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
-from export.onnx import ParityError, check_parity, export_onnx, onnx_io_names, run_onnx, write_fp16_copy
+from export.onnx import ParityError, check_parity, export_onnx, onnx_input_names, run_onnx, write_fp16_copy
 
 
 def _small_cnn() -> nn.Module:
@@ -26,7 +27,8 @@ def exported(tmp_path: Path) -> tuple[nn.Module, Path]:
 def test_export_writes_named_io_and_no_temp_files(exported, tmp_path: Path):
     _, path = exported
     assert path == tmp_path / "m.onnx" and path.is_file()
-    assert onnx_io_names(path) == ("images", "embeddings")
+    assert onnx_input_names(path) == ["images"]
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["embeddings"]
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 

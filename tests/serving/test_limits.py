@@ -119,6 +119,17 @@ def test_item_metadata_past_the_limit_is_refused_before_it_is_stored(image_artif
         assert small.status_code == 200, small.text
 
 
+def test_more_items_than_one_request_may_add_is_a_413_that_says_to_split_them(image_artifacts):
+    from serving.routers.indexes import MAX_ITEMS_PER_REQUEST
+
+    items = [{"id": 100 + i, "vector": [0.5] * 16} for i in range(MAX_ITEMS_PER_REQUEST + 1)]
+    with _index_client(image_artifacts) as c:
+        answer = c.post("/indexes/pics/items", json={"items": items})
+        assert answer.status_code == 413 and "split them" in answer.json()["detail"], answer.text
+        assert c.get("/indexes").json()["indexes"][0]["count"] == 3
+        assert c.post("/indexes/pics/items", json={"items": items[:-1]}).status_code == 200
+
+
 def test_a_filter_integer_past_int64_is_a_422(image_artifacts):
     with _index_client(image_artifacts) as c:
         answer = c.post("/search", json={"index": "pics", "id": 0, "where": {"n": 10**30}})

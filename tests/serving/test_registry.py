@@ -61,6 +61,14 @@ def test_a_removal_through_one_worker_shows_in_the_others_next_request(workers):
     assert count(b) == 3
 
 
+def test_readyz_reports_the_index_version_another_worker_made_current(workers):
+    a, b = workers
+    response = a.post("/indexes/vecs/items", json={"items": [{"id": 100, "vector": unit(5)}]})
+    written = response.json()["version"]
+    [index] = [i for i in b.get("/readyz").json()["indexes"] if i["name"] == "vecs"]
+    assert index["version"] == written
+
+
 def test_an_index_another_worker_created_is_served_at_once(workers, image_artifacts: Path):
     a, b = workers
     VectorIndex.build(np.arange(2), np.eye(DIM, dtype=np.float32)[:2], None, "flat", None, None).save(image_artifacts, "later")
@@ -83,8 +91,7 @@ def test_a_reload_asked_of_one_worker_reaches_the_other(workers, image_artifacts
 def test_a_write_embedded_for_a_model_version_the_index_no_longer_holds_is_a_409(workers):
     a, _ = workers
     registry = a.app.state.registry
-    index = registry.index("vecs")
-    stale = SimpleNamespace(model="tiny", model_version="v0", dim=index.dim)  # what a request embedded before a job's swap
+    stale = SimpleNamespace(model="tiny", model_version="v0", dim=DIM)  # what a request embedded before a job's swap
     with pytest.raises(Conflict, match="send it again"):
         registry.write_index("vecs", stale, lambda index: pytest.fail("applied to the wrong version"))
     assert count(a) == 4

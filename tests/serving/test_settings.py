@@ -20,5 +20,5 @@ def test_each_models_batcher_overlaps_the_batches_the_settings_say(image_artifac
 
     for settings, expected in [(Settings(artifacts_dir=image_artifacts), 2), (Settings(artifacts_dir=image_artifacts, batches_in_flight=1), 1)]:
         with TestClient(create_app(settings)) as client:
-            batchers = list(client.app.state.registry.image_batchers.values())
+            batchers = [m.batcher for m in client.app.state.registry.image_models.values()]
             assert batchers and all(b.batches_in_flight == expected for b in batchers)

@@ -145,7 +145,7 @@ def client(artifacts: Path):
 @pytest.fixture
 def calls(client: TestClient, monkeypatch):
     """What reaches corner's image model during a test: the rows of each submit and of each encode call."""
-    batcher = client.app.state.registry.image_batchers[("corner", "v1")]
+    batcher = client.app.state.registry.image_models[("corner", "v1")].batcher
     seen = {"submitted": [], "encoded": []}
     submit, encode = batcher.submit, batcher.encoder.encode
 

@@ -12,7 +12,6 @@ from runtime.bundle import open_bundle
 from export.clip import export_clip
 from runtime.templates import EVAL_TEMPLATES
 from runtime.tokens import encode_batch, load_tokenizer
-from index.zero_shot import build_class_matrix
 from serving.app import create_app
 from runtime.preprocessing import decode_image, preprocess_batch
 from serving.settings import Settings
@@ -34,18 +33,21 @@ def b64(data: bytes) -> str:
 def expected_ranking(artifacts: Path, images: list[bytes], classes: list[str], templates=EVAL_TEMPLATES,
                      normalization: str = "querybank", model: str = "clip"):
     """Zero-shot computed independently of the server: onnxruntime sessions, the bundle's tokenizer,
-    index.zero_shot.build_class_matrix and, for querybank, offsets from the bundle's query_bank.npy.
-    Returns (cosines (B, C), scores (B, C): cosines less the offsets, probabilities (B, C))."""
+    the class matrix in numpy by hand (CLIP's prompt ensembling: each class's row the normalised mean
+    of its prompts' normalised embeddings) and, for querybank, offsets from the bundle's
+    query_bank.npy. Returns (cosines (B, C), scores (B, C): cosines less the offsets, probabilities (B, C))."""
     bundle = open_bundle(artifacts, model)
     text = ort.InferenceSession(str(bundle.file("text_encoder")), providers=["CPUExecutionProvider"])
     image = ort.InferenceSession(str(bundle.file("image_encoder")), providers=["CPUExecutionProvider"])
     tokenizer = load_tokenizer(bundle.file("tokenizer"))
 
-    def encode_texts(prompts):
-        ids, mask = encode_batch(tokenizer, prompts)
-        return text.run(None, {"ids": ids, "attention_mask": mask})[0]
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
-    matrix = build_class_matrix(encode_texts, classes, templates)  # (C, D)
+    prompts = [template.format(c) for c in classes for template in templates]  # class by class, template by template
+    ids, mask = encode_batch(tokenizer, prompts)
+    per_prompt = unit(text.run(None, {"ids": ids, "attention_mask": mask})[0].astype(np.float64))  # (C * K, D)
+    matrix = unit(per_prompt.reshape(len(classes), len(templates), -1).mean(axis=1))  # (C, D)
     batch = preprocess_batch([decode_image(b) for b in images], bundle.manifest.preprocessing)
     embeddings = image.run(None, {"images": batch})[0]
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)  # (B, D)
