@@ -22,6 +22,7 @@ COPY runtime runtime
 COPY training training
 COPY export export
 COPY index index
+COPY jobs jobs
 COPY serving serving
 COPY embedserve embedserve
 # The GPU runtimes only: onnxruntime-gpu without onnxruntime (the two are one module, and with

@@ -1,7 +1,7 @@
 """Benchmark: a batch re-embedding job over the 70,000 Fashion-MNIST images beside a raw
 onnxruntime loop on the same batches, and `/search` and `/embed/image` latency with and without a job running.
 
-The job is `index.jobs.run_job`, what `embedserve jobs run` and `POST /jobs` run: it reads and
+The job is `jobs.run.run_job`, what `embedserve jobs run` and `POST /jobs` run: it reads and
 preprocesses each image, embeds it, writes Parquet shards and builds the index version at the
 end; its images/s are counted over all of that. The same two jobs then run on a local Ray
 (`run_job(..., ray=RayConfig("local"))`, Ray started once beforehand, not timed): Ray Data hands
@@ -41,9 +41,9 @@ from bench.http_client import HOST, free_port, latency_summary, start_gateway, s
 from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from bench.serve_images import fashion_mnist_folder, find_image_bundle, sample_pngs, write_small_cnn_bundle  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
-from index.jobs import JobSpec, JobStore, run_job  # noqa: E402
+from jobs.run import JobSpec, JobStore, run_job  # noqa: E402
 from index.vector_index import open_index  # noqa: E402
-from index.jobs_ray import RayConfig  # noqa: E402
+from jobs.ray_runner import RayConfig  # noqa: E402
 from runtime.bundle import Bundle, models_dir  # noqa: E402
 from runtime.config import RuntimeConfig  # noqa: E402
 from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402

@@ -107,7 +107,7 @@ def _index_build(args: argparse.Namespace) -> None:
 
 
 def _jobs_run(args: argparse.Namespace) -> None:
-    from index.jobs import JobSpec, JobStore, run_job
+    from jobs.run import JobSpec, JobStore, run_job
     from serving.settings import Settings
 
     spec = JobSpec(source=args.source, model=args.model, index=args.index, model_version=args.model_version,
@@ -117,7 +117,7 @@ def _jobs_run(args: argparse.Namespace) -> None:
     print(f"job {status.id}: {spec.source} with {spec.model} into index {spec.index}", flush=True)
     ray = None
     if args.ray:
-        from index.jobs_ray import RayConfig
+        from jobs.ray_runner import RayConfig
 
         ray = RayConfig(address=args.ray, replicas=args.ray_replicas, gpus_per_replica=args.ray_gpus_per_replica,
                         ship_bundle=args.ray_ship_bundle)

@@ -1,4 +1,4 @@
-"""The server's job runner: batch re-embedding jobs (index/jobs.py) in a bounded background
+"""The server's job runner: batch re-embedding jobs (jobs/run.py) in a bounded background
 worker, and the live switch to the index each one writes.
 
 One job runs at a time, in a worker thread whose scheduling priority is lowered (Linux `nice`),
@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable
 
-from index.jobs import INDEX_PREFIX, JobQueueFull, JobSpec, JobStatus, JobStore, claim, request_cancel, run_job
+from jobs.run import INDEX_PREFIX, JobQueueFull, JobSpec, JobStatus, JobStore, claim, request_cancel, run_job
 from index.store import IndexStore, SearchIndex, open_index_store
 from runtime.bundle import BundleError, open_bundle
 from runtime.sources import check_source

@@ -19,7 +19,7 @@ from runtime.config import RuntimeConfig
 from runtime.preprocessing import ImageLimits
 
 if TYPE_CHECKING:
-    from index.jobs_ray import RayConfig
+    from jobs.ray_runner import RayConfig
 
 # A text model's batch on a CPU: a small transformer runs most texts per second at a few hundred
 # tokens a batch, and fewer at thousands, whose activations outgrow the caches. A GPU wants its
@@ -217,7 +217,7 @@ class Settings(BaseSettings):
         """Where jobs run on Ray, or None: in this process."""
         if not self.ray_address:
             return None
-        from index.jobs_ray import RayConfig  # its module only where a job may run on Ray
+        from jobs.ray_runner import RayConfig  # its module only where a job may run on Ray
 
         return RayConfig(address=self.ray_address, replicas=self.ray_replicas, cpus_per_replica=self.ray_cpus_per_replica,
                          gpus_per_replica=self.ray_gpus_per_replica, ship_bundle=self.ray_ship_bundle)

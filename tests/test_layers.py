@@ -15,8 +15,9 @@ ALLOWED = {
     "training": {"runtime"},
     "export": {"training", "runtime"},
     "index": {"runtime"},
-    "serving": {"index", "runtime"},
-    "embedserve": {"runtime", "training", "export", "index", "serving"},
+    "jobs": {"index", "runtime"},
+    "serving": {"jobs", "index", "runtime"},
+    "embedserve": {"runtime", "training", "export", "index", "jobs", "serving"},
 }
 TORCH = {"torch", "torchvision"}
 

@@ -286,7 +286,7 @@ def test_an_import_that_disagrees_with_the_library_writes_nothing(hf_clip_folder
 
 def test_a_job_indexes_photos_with_it_and_search_by_text_and_explain_serve_it(hf_clip_artifacts: Path, hf_reference,
                                                                              tmp_path: Path):
-    from tests.jobs import wait_for_job
+    from tests.jobs.driving import wait_for_job
 
     artifacts = Path(shutil.copytree(hf_clip_artifacts, tmp_path / "artifacts"))
     folder = tmp_path / "data" / "photos"

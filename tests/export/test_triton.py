@@ -146,7 +146,7 @@ import os, sys
 folder, third_party = sys.argv[1:3]
 sys.path[:0] = [folder, *third_party.split(os.pathsep)]
 import embedserve_preprocessing
-project = {"runtime", "training", "export", "serving", "index", "embedserve"}
+project = {"runtime", "training", "export", "serving", "jobs", "index", "embedserve"}
 print(*sorted(m for m in sys.modules if m.split(".")[0] in project))
 """
 

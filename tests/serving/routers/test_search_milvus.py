@@ -13,7 +13,7 @@ from index.milvus_index import alias_for
 from serving.app import create_app
 from serving.settings import Settings
 from tests import images
-from tests.jobs import wait_for_job
+from tests.jobs.driving import wait_for_job
 
 
 def write_pngs(folder: Path, count: int, seed: int) -> Path:

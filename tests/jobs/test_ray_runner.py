@@ -11,12 +11,12 @@ import pytest
 import ray
 from PIL import Image
 
-import index.jobs_ray
-from index.jobs import JobSpec, JobStore, run_job
-from index.jobs_ray import RayConfig
-from index.shards import read_shard, write_shard
+import jobs.ray_runner
+from jobs.run import JobSpec, JobStore, run_job
+from jobs.ray_runner import RayConfig
+from jobs.shards import read_shard, write_shard
 from index.vector_index import open_index
-from tests.jobs import cancel_at_check
+from tests.jobs.driving import cancel_at_check
 
 RAY = RayConfig(address="local", replicas=2, cpus_per_replica=1)
 IMAGES, CORRUPT = 300, (7, 151)
@@ -71,14 +71,14 @@ def test_a_job_on_ray_writes_the_same_index_as_the_local_runner(image_artifacts:
     # an index: source re-read on the workers, with the model's next version shipped to them: once
     # its files are read for sending, the bundle leaves its folder, so only the copy sent can serve
     write_image_bundle(image_artifacts, "tiny", seed=5)  # tiny v2
-    bundle_files, hidden = index.jobs_ray._bundle_files, image_artifacts / "elsewhere"
+    bundle_files, hidden = jobs.ray_runner._bundle_files, image_artifacts / "elsewhere"
 
     def send_then_hide(bundle):
         files = bundle_files(bundle)
         bundle.path.rename(hidden)
         return files
 
-    monkeypatch.setattr(index.jobs_ray, "_bundle_files", send_then_hide)
+    monkeypatch.setattr(jobs.ray_runner, "_bundle_files", send_then_hide)
     again = run_job(store.create(JobSpec(source="index:on-ray", model="tiny", index="on-ray", batch_size=64)).id, store,
                     image_artifacts, ray=RayConfig(address="local", replicas=1, ship_bundle=True))
     assert again.state == "succeeded" and (again.index_version, again.model_version) == ("v2", "v2"), again.error
@@ -134,8 +134,8 @@ def test_ray_address_in_the_environment_sends_the_cli_s_jobs_to_ray(image_artifa
     from embedserve.cli import main
 
     runs = []
-    real = index.jobs_ray.embed_on_ray
-    monkeypatch.setattr(index.jobs_ray, "embed_on_ray", lambda config, *rest: runs.append(config) or real(config, *rest))
+    real = jobs.ray_runner.embed_on_ray
+    monkeypatch.setattr(jobs.ray_runner, "embed_on_ray", lambda config, *rest: runs.append(config) or real(config, *rest))
     monkeypatch.setenv("EMBEDSERVE_RAY_ADDRESS", "local")
     assert main(["jobs", "run", "--source", str(images), "--model", "tiny", "--index", "cli", "--batch-size", "100",
                  "--artifacts", str(image_artifacts), "--ray-replicas", "2"]) == 0
@@ -157,13 +157,13 @@ def test_a_job_whose_workers_cannot_read_the_bundle_fails_with_the_reason(image_
                                                                          monkeypatch):
     store = JobStore(image_artifacts)
     bundle, hidden = image_artifacts / "models" / "tiny" / "v1", image_artifacts / "elsewhere"
-    connect = index.jobs_ray.connect
+    connect = jobs.ray_runner.connect
 
     def connect_then_hide(address):  # the driver has read the bundle; the workers do not find it at its path
         connect(address)
         bundle.rename(hidden)
 
-    monkeypatch.setattr(index.jobs_ray, "connect", connect_then_hide)
+    monkeypatch.setattr(jobs.ray_runner, "connect", connect_then_hide)
     status = run_job(store.create(JobSpec(source=str(images), model="tiny", index="pics")).id, store, image_artifacts, ray=RAY)
     hidden.rename(bundle)
     assert status.state == "failed" and "Ray Data pipeline failed" in status.error and "no manifest.json" in status.error
@@ -200,7 +200,7 @@ def test_a_job_on_ray_reads_and_writes_a_milvus_index(image_artifacts: Path, ima
 
 def test_a_replica_runs_as_many_onnxruntime_threads_as_the_cpus_it_reserves():
     from runtime.config import RuntimeConfig
-    from index.jobs_ray import replica_runtime
+    from jobs.ray_runner import replica_runtime
 
     assert replica_runtime(RuntimeConfig(), RayConfig(address="auto", cpus_per_replica=2)).intra_op_threads == 2
     assert replica_runtime(RuntimeConfig(), RayConfig(address="auto", cpus_per_replica=0.5)).intra_op_threads == 1

@@ -2,7 +2,7 @@
 version of an index from the result and make it current.
 
 A job's state lives in SQLite (`artifacts/jobs/jobs.sqlite`), its embeddings in Parquet shards
-under `artifacts/jobs/<id>/` (index/shards.py), one shard per batch of source positions, each
+under `artifacts/jobs/<id>/` (jobs/shards.py), one shard per batch of source positions, each
 written atomically. So a process killed mid-job (even by `kill -9`) resumes where it stopped: the
 shards it finished are kept, only the rest is embedded, and no item lands in the index twice. An
 item that cannot be read is recorded with its error and the job goes on. Cancelling discards
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from index.shards import concatenate, read_shard, shard_path, write_shard
+from jobs.shards import concatenate, read_shard, shard_path, write_shard
 from index.store import FaissStore, IndexStore, SearchIndex, writing
 from runtime.bundle import Bundle, BundleError, open_bundle
 from runtime.config import RuntimeConfig
@@ -43,7 +43,7 @@ from runtime.preprocessing import ImageLimits, PreprocessingSpec, preprocess_arr
 from runtime.sources import ImageSource, Roots, SourceError, open_source, read_item
 
 if TYPE_CHECKING:  # Ray and its config only for the jobs that run on it
-    from index.jobs_ray import RayConfig
+    from jobs.ray_runner import RayConfig
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class _Batch:
 
 def prepare_batch(source: ImageSource, preprocessing: PreprocessingSpec, number: int, size: int) -> _Batch:
     """Shard `number` of `source` (its positions number*size onwards), read and preprocessed: what
-    a job embeds, here or on a Ray worker (index/jobs_ray.py), so an item embeds the same in both."""
+    a job embeds, here or on a Ray worker (jobs/ray_runner.py), so an item embeds the same in both."""
     count = source.count
     positions = range(number * size, min((number + 1) * size, count))
     fast = preprocess_arrays(source.arrays(positions), preprocessing) if source.arrays else None
@@ -292,7 +292,7 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
     `publish(index)`, when given, is called with the new index version before the job is marked
     succeeded, so whoever sees it succeeded already finds the index served (the server's runner).
     `indexes` is where the version is written (FAISS folders under `artifacts` by default, or Milvus).
-    With `ray`, the shards are embedded by a Ray Data pipeline (index/jobs_ray.py); the rest is the same."""
+    With `ray`, the shards are embedded by a Ray Data pipeline (jobs/ray_runner.py); the rest is the same."""
     status = store.get(job_id)
     if status.state in FINISHED:  # e.g. cancelled while it waited in the queue
         return status
@@ -332,7 +332,7 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
         # the model replicas of a Ray Data pipeline), the last one written (its shard, then its
         # progress) in its own thread.
         if ray is not None:
-            from index.jobs_ray import embed_on_ray  # Ray is imported only by the jobs that run on it
+            from jobs.ray_runner import embed_on_ray  # Ray is imported only by the jobs that run on it
 
             batches = embed_on_ray(ray, spec, todo, bundle, source, runtime)
         else:

@@ -1,6 +1,6 @@
 """Batch re-embedding jobs on Ray Data: the shards a job lacks are read, preprocessed and embedded
 by an actor pool of model replicas on a Ray cluster (or an in-process Ray), and handed back to
-index.jobs.run_job, which writes the same Parquet shards, keeps the same status and promotes the
+jobs.run.run_job, which writes the same Parquet shards, keeps the same status and promotes the
 index version the same way as for a job that runs here.
 
 Ray is imported in this module only, and this module only by a job that runs on Ray. The source
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from index.jobs import JobSpec, _Batch, prepare_batch
+from jobs.run import JobSpec, _Batch, prepare_batch
 from runtime.bundle import Bundle, read_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import index.jobs
-from index.jobs import JobSpec, JobStore, request_cancel, run_job
-from index.shards import read_shard
+import jobs.run
+from jobs.run import JobSpec, JobStore, request_cancel, run_job
+from jobs.shards import read_shard
 from index.vector_index import open_index
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
 from runtime.sources import SourceForbidden, confine
 from tests.images import write_pngs
-from tests.jobs import cancel_at_check
+from tests.jobs.driving import cancel_at_check
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_fashion_mnist = pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_ROOT / "t10k-images-idx3-ubyte.gz").is_file()
@@ -29,7 +29,7 @@ class CountingEncoders:
 
     def __init__(self, monkeypatch):
         self.rows = 0
-        real = index.jobs.load_encoder
+        real = jobs.run.load_encoder
 
         def load(*args, **kwargs):
             encoder = real(*args, **kwargs)
@@ -42,7 +42,7 @@ class CountingEncoders:
             encoder.encode = counting
             return encoder
 
-        monkeypatch.setattr(index.jobs, "load_encoder", load)
+        monkeypatch.setattr(jobs.run, "load_encoder", load)
 
 
 def test_a_job_embeds_a_folder_into_a_new_current_index_version(image_artifacts: Path, tmp_path: Path, monkeypatch,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 
-from index.jobs import JobStore, request_cancel
+from jobs.run import JobStore, request_cancel
 
 
 def cancel_at_check(store: JobStore, job_id: str, check: int = 2) -> Callable[[], bool]:
