@@ -41,9 +41,10 @@ from bench.http_client import HOST, free_port, latency_summary, start_gateway, s
 from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from bench.serve_images import fashion_mnist_folder, find_image_bundle, sample_pngs, write_small_cnn_bundle  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
-from jobs.run import JobSpec, JobStore, run_job  # noqa: E402
 from index.vector_index import open_index  # noqa: E402
 from jobs.ray_runner import RayConfig  # noqa: E402
+from jobs.run import run_job  # noqa: E402
+from jobs.store import JobSpec, JobStore  # noqa: E402
 from runtime.bundle import Bundle, models_dir  # noqa: E402
 from runtime.config import RuntimeConfig  # noqa: E402
 from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402

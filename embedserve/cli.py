@@ -107,7 +107,8 @@ def _index_build(args: argparse.Namespace) -> None:
 
 
 def _jobs_run(args: argparse.Namespace) -> None:
-    from jobs.run import JobSpec, JobStore, run_job
+    from jobs.run import run_job
+    from jobs.store import JobSpec, JobStore
     from serving.settings import Settings
 
     spec = JobSpec(source=args.source, model=args.model, index=args.index, model_version=args.model_version,

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from jobs.run import JobSpec, _Batch, prepare_batch
+from index.batches import Batch, prepare_batch
+from jobs.store import JobSpec
 from runtime.bundle import Bundle, read_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
@@ -107,11 +108,11 @@ class _Replica:
         return pa.Table.from_pylist(rows, schema=SHARD_ROW)
 
 
-def _batch_from_row(row: dict[str, Any], dim: int) -> tuple[_Batch, np.ndarray]:
+def _batch_from_row(row: dict[str, Any], dim: int) -> tuple[Batch, np.ndarray]:
     ids = np.frombuffer(row["ids"], np.int64)
     vectors = np.frombuffer(row["vectors"], np.float32).reshape(len(ids), dim)  # (n, D)
     errors = {int(p): e for p, e in json.loads(row["errors"]).items()}
-    return _Batch(int(row["number"]), ids, json.loads(row["metadata"]), np.empty(0, np.float32), errors), vectors
+    return Batch(int(row["number"]), ids, json.loads(row["metadata"]), np.empty(0, np.float32), errors), vectors
 
 
 def _last_line(text: str) -> str:
@@ -130,7 +131,7 @@ def replica_runtime(runtime: RuntimeConfig, config: RayConfig) -> RuntimeConfig:
 
 
 def embed_on_ray(config: RayConfig, spec: JobSpec, todo: list[int], bundle: Bundle, source: ImageSource,
-                 runtime: RuntimeConfig) -> Iterator[tuple[_Batch, np.ndarray]]:
+                 runtime: RuntimeConfig) -> Iterator[tuple[Batch, np.ndarray]]:
     """(batch, vectors (n, D)) of each shard number in `todo`, in the order the replicas finish
     them: a Ray Data pipeline of the shard numbers, one block each, through `map_batches` with an
     actor pool of `config.replicas` replicas. Closing the iterator (a cancel, a stop) ends the

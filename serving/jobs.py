@@ -17,8 +17,9 @@ import os
 import threading
 from collections.abc import Callable
 
-from jobs.run import INDEX_PREFIX, JobQueueFull, JobSpec, JobStatus, JobStore, claim, request_cancel, run_job
 from index.store import IndexStore, SearchIndex, open_index_store
+from jobs.run import claim, request_cancel, run_job
+from jobs.store import INDEX_PREFIX, JobQueueFull, JobSpec, JobStatus, JobStore
 from runtime.bundle import BundleError, open_bundle
 from runtime.sources import check_source
 from serving.errors import JobsFull, UnknownIndex

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field, field_validator
 
-from jobs.run import INDEX_PREFIX, MAX_BATCH_SIZE, JobSpec
+from jobs.store import INDEX_PREFIX, MAX_BATCH_SIZE, JobSpec
 from serving.errors import InvalidInput, NotReady, UnknownJob, error_responses, without_server_folders
 from serving.jobs import JobRunner
 from serving.requests import JsonRequest, Name, plain_name

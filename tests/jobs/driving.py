@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 
-from jobs.run import JobStore, request_cancel
+from jobs.run import request_cancel
+from jobs.store import JobStore
 
 
 def cancel_at_check(store: JobStore, job_id: str, check: int = 2) -> Callable[[], bool]:

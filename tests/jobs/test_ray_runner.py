@@ -11,11 +11,12 @@ import pytest
 import ray
 from PIL import Image
 
-import jobs.ray_runner
-from jobs.run import JobSpec, JobStore, run_job
-from jobs.ray_runner import RayConfig
-from jobs.shards import read_shard, write_shard
 from index.vector_index import open_index
+import jobs.ray_runner
+from jobs.ray_runner import RayConfig
+from jobs.run import run_job
+from jobs.shards import read_shard, write_shard
+from jobs.store import JobSpec, JobStore
 from tests.jobs.driving import cancel_at_check
 
 RAY = RayConfig(address="local", replicas=2, cpus_per_replica=1)

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import jobs.run
-from jobs.run import JobSpec, JobStore, request_cancel, run_job
-from jobs.shards import read_shard
 from index.vector_index import open_index
+import jobs.run
+from jobs.run import request_cancel, run_job
+from jobs.shards import read_shard
+from jobs.store import JobSpec, JobStore
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
 from runtime.sources import SourceForbidden, confine
 from tests.images import write_pngs

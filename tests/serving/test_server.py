@@ -11,7 +11,7 @@ import urllib.request
 
 from PIL import Image
 
-from jobs.run import JobStore
+from jobs.store import JobStore
 
 
 def test_headers_that_come_too_slowly_get_a_408_and_the_connection_closed(image_artifacts, start_server):

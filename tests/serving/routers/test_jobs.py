@@ -162,7 +162,7 @@ def test_added_and_removed_items_are_searchable_at_once_and_survive_a_restart(im
 
 
 def test_a_job_left_unfinished_by_a_crash_resumes_when_the_server_starts(image_artifacts: Path, tmp_path: Path):
-    from jobs.run import JobSpec, JobStore
+    from jobs.store import JobSpec, JobStore
 
     folder = write_pngs(tmp_path / "data", 8)
     store = JobStore(image_artifacts)
@@ -177,7 +177,8 @@ def test_a_job_left_unfinished_by_a_crash_resumes_when_the_server_starts(image_a
 def test_a_job_another_worker_runs_is_left_to_it(image_artifacts: Path, tmp_path: Path):
     """Two workers on one folder both find an unfinished job at start-up: the one holding its lock
     runs it, the other leaves it alone (not a second run writing the same shards)."""
-    from jobs.run import JobSpec, JobStore, claim
+    from jobs.run import claim
+    from jobs.store import JobSpec, JobStore
 
     folder = write_pngs(tmp_path / "data", 8)
     store = JobStore(image_artifacts)
@@ -214,7 +215,7 @@ def test_past_the_queue_limit_a_job_is_refused_429_and_jobs_says_how_many_wait(i
 
 
 def test_a_jobs_error_texts_do_not_show_the_servers_folders(image_artifacts: Path, tmp_path: Path):
-    from jobs.run import JobSpec, JobStore
+    from jobs.store import JobSpec, JobStore
 
     store = JobStore(image_artifacts)
     job = store.create(JobSpec(source="fashion-mnist:test", model="tiny", index="pics"))
