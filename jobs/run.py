@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, closing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from index.batches import Batch, prepare_batch
 from index.store import FaissStore, IndexStore, SearchIndex, writing
 from jobs.shards import concatenate, read_shard, shard_path, write_shard
-from jobs.store import FINISHED, INDEX_PREFIX, JobStatus, JobStore, jobs_dir, now
+from jobs.store import FINISHED, INDEX_PREFIX, JobSpec, JobStatus, JobStore, jobs_dir, now
 from runtime.bundle import Bundle, BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder, planned_precision
@@ -96,82 +97,147 @@ def run_job(job_id: str, store: JobStore, artifacts: Path, runtime: RuntimeConfi
     status = store.get(job_id)
     if status.state in FINISHED:  # e.g. cancelled while it waited in the queue
         return status
-    spec = status.spec
-    shards = jobs_dir(artifacts) / job_id
-    started = time.perf_counter()
-    status = store.update(job_id, state="running", started_at=now(), error=None)
+    spec, shards, started = status.spec, jobs_dir(artifacts) / job_id, time.perf_counter()
+    store.update(job_id, state="running", started_at=now(), error=None)
     try:
-        bundle = open_bundle(artifacts, spec.model, spec.model_version)
-        manifest = bundle.manifest
-        if manifest.kind not in ("image-encoder", "image-text-encoder") or manifest.preprocessing is None:
-            raise BundleError(f"model {spec.model!r} is a {manifest.kind}; a job embeds images with an image encoder")
+        bundle = _open_image_encoder(artifacts, spec)
         source = open_job_source(spec.source, artifacts, limits, roots, indexes)
-        count, size = source.count, spec.batch_size
-        numbers = range((count + size - 1) // size)
-        todo = [n for n in numbers if not shard_path(shards, n).is_file()]
-        done = count - sum(min(size, count - n * size) for n in todo)
-        failed = store.error_count(job_id)
-        status = store.update(job_id, total=count, done=done, failed=failed, model_version=manifest.version)
-        resumed_at = done
-
-        embedded: dict[int, tuple] = {}  # this run's shards, kept in memory for the index: no reading them back
-
-        def finish(batch: Batch, vectors: np.ndarray) -> JobStatus:
-            nonlocal done, failed
-            store.record_errors(job_id, batch.errors)  # before the shard: a resumed batch re-records, never loses them
-            write_shard(shard_path(shards, batch.number), batch.ids, batch.metadata, manifest.version, vectors)
-            embedded[batch.number] = (batch.ids, batch.metadata, vectors)
-            done += len(batch.ids) + len(batch.errors)
-            failed += len(batch.errors)
-            bar.update(len(batch.ids) + len(batch.errors))
-            rate = (done - resumed_at) / max(time.perf_counter() - started, 1e-9)
-            return store.update(job_id, done=done, failed=failed, items_per_second=round(rate, 1),
-                                eta_s=round((count - done) / rate, 1) if rate > 0 else None)
-
-        # Three stages overlap: the next batch is read and preprocessed, this one embedded (here, or by
-        # the model replicas of a Ray Data pipeline), the last one written (its shard, then its
-        # progress) in its own thread.
-        if ray is not None:
-            from jobs.ray_runner import embed_on_ray  # Ray is imported only by the jobs that run on it
-
-            batches = embed_on_ray(ray, spec, todo, bundle, source, runtime)
-        else:
-            batches = _embed_here(job_id, todo, lambda n: prepare_batch(source, manifest.preprocessing, n, size),
-                                  bundle, runtime)
-        with closing(batches), ThreadPoolExecutor(1, thread_name_prefix=f"job-{job_id}-write") as writer, \
-                tqdm(total=count, initial=done, desc=f"job {job_id} {spec.source}", unit="img", disable=not progress) as bar:
-            written = None
-            for i, (batch, vectors) in enumerate(batches):
-                if written is not None:
-                    status = written.result()  # one batch in writing at a time: its errors surface here
-                    if status.cancel_requested:
-                        return _cancel(store, job_id, shards)
-                written = writer.submit(finish, batch, vectors)
-                if should_stop() and i + 1 < len(todo):
-                    # the process is stopping: what is embedded is written, the job resumes at the next start
-                    return written.result()
-            if written is not None:
-                status = written.result()
+        run, status = _resume(store, job_id, spec, bundle, source, shards, started)
+        status = _write_shards(run, status, _embed(run, runtime, ray), progress, should_stop)
+        if run.stopped:  # the process is stopping: what is embedded is written, the job resumes at the next start
+            return status
         if status.cancel_requested:
             return _cancel(store, job_id, shards)
-        # every shard in order: this run's from memory, those a killed run finished from disk
-        ids, metadata, vectors = concatenate([embedded.get(n) or read_shard(shard_path(shards, n)) for n in numbers])
-        if len(ids) == 0:
-            raise SourceError(f"no item of {spec.source!r} could be embedded ({failed} failed); see the job's errors")
+        ids, metadata, vectors = _collect(run)
         indexes = indexes or FaissStore(artifacts)
-        index = indexes.build(spec.index, ids, vectors, metadata, model=manifest.name, model_version=manifest.version)
-        precision = planned_precision(manifest, runtime, "image_encoder")  # so a server can tell its queries differ
-        with writing(artifacts, spec.index):  # item writes wait, then apply to this version (Registry.write_index)
-            version = indexes.save(index, spec.index, extra={"source": source.description, "job": job_id, "precision": precision})
-            if publish is not None:
-                publish(index)
+        version = _save_index(run, ids, metadata, vectors, artifacts, indexes, runtime, publish)
         indexes.prune(spec.index, keep_previous)
         shutil.rmtree(shards, ignore_errors=True)
-        log.info("job %s: index %s %s, %d items (%d failed)", job_id, spec.index, version, len(ids), failed)
+        log.info("job %s: index %s %s, %d items (%d failed)", job_id, spec.index, version, len(ids), run.failed)
         return store.update(job_id, state="succeeded", index_version=version, finished_at=now(), eta_s=0.0)
     except (BundleError, SourceError, ValueError, OSError, RuntimeError) as e:
         log.warning("job %s failed: %s", job_id, e)
         return store.update(job_id, state="failed", error=str(e), finished_at=now())
+
+
+@dataclass
+class _Run:
+    """One run of a job: what it embeds with, what the shards of earlier runs already hold, and
+    how far it has come."""
+
+    job_id: str
+    store: JobStore
+    spec: JobSpec
+    bundle: Bundle
+    source: ImageSource
+    shards: Path  # the job's folder of Parquet shards, one per batch of source positions
+    todo: list[int]  # the shard numbers this run embeds: those no earlier run finished
+    done: int  # items processed (embedded or failed), earlier runs' included
+    failed: int  # items that could not be read or embedded, earlier runs' included
+    resumed_at: int  # `done` when this run began: its rate counts only its own items
+    started: float  # time.perf_counter() when this run began
+    embedded: dict[int, tuple] = field(default_factory=dict)  # this run's shards, kept in memory for the index: no reading them back
+    stopped: bool = False  # the process stopped the run before its last batch
+
+    @property
+    def numbers(self) -> range:
+        """Every shard number of the source, in order."""
+        size = self.spec.batch_size
+        return range((self.source.count + size - 1) // size)
+
+    def write(self, batch: Batch, vectors: np.ndarray, bar: tqdm) -> JobStatus:
+        """Record batch `batch`'s errors, write its shard and the job's progress; the status written."""
+        count, manifest = self.source.count, self.bundle.manifest
+        self.store.record_errors(self.job_id, batch.errors)  # before the shard: a resumed batch re-records, never loses them
+        write_shard(shard_path(self.shards, batch.number), batch.ids, batch.metadata, manifest.version, vectors)
+        self.embedded[batch.number] = (batch.ids, batch.metadata, vectors)
+        self.done += len(batch.ids) + len(batch.errors)
+        self.failed += len(batch.errors)
+        bar.update(len(batch.ids) + len(batch.errors))
+        rate = (self.done - self.resumed_at) / max(time.perf_counter() - self.started, 1e-9)
+        return self.store.update(self.job_id, done=self.done, failed=self.failed, items_per_second=round(rate, 1),
+                                 eta_s=round((count - self.done) / rate, 1) if rate > 0 else None)
+
+
+def _open_image_encoder(artifacts: Path, spec: JobSpec) -> Bundle:
+    """The model bundle the job embeds with; BundleError unless it is an image encoder."""
+    bundle = open_bundle(artifacts, spec.model, spec.model_version)
+    manifest = bundle.manifest
+    if manifest.kind not in ("image-encoder", "image-text-encoder") or manifest.preprocessing is None:
+        raise BundleError(f"model {spec.model!r} is a {manifest.kind}; a job embeds images with an image encoder")
+    return bundle
+
+
+def _resume(store: JobStore, job_id: str, spec: JobSpec, bundle: Bundle, source: ImageSource, shards: Path,
+            started: float) -> tuple[_Run, JobStatus]:
+    """This run of the job, and its status: the shards an earlier run finished are kept, so the
+    items they hold (and the errors it recorded) count as done."""
+    count, size = source.count, spec.batch_size
+    todo = [n for n in range((count + size - 1) // size) if not shard_path(shards, n).is_file()]
+    done = count - sum(min(size, count - n * size) for n in todo)
+    failed = store.error_count(job_id)
+    status = store.update(job_id, total=count, done=done, failed=failed, model_version=bundle.manifest.version)
+    return _Run(job_id, store, spec, bundle, source, shards, todo, done, failed, resumed_at=done, started=started), status
+
+
+def _embed(run: _Run, runtime: RuntimeConfig, ray: RayConfig | None) -> Iterator[tuple[Batch, np.ndarray]]:
+    """(batch, vectors (n, D)) of each shard number the run has to do, by the model replicas of a
+    Ray Data pipeline with `ray`, else in this process."""
+    if ray is not None:
+        from jobs.ray_runner import embed_on_ray  # Ray is imported only by the jobs that run on it
+
+        return embed_on_ray(ray, run.spec, run.todo, run.bundle, run.source, runtime)
+    preprocessing, size = run.bundle.manifest.preprocessing, run.spec.batch_size
+    return _embed_here(run.job_id, run.todo, lambda n: prepare_batch(run.source, preprocessing, n, size),
+                       run.bundle, runtime)
+
+
+def _write_shards(run: _Run, status: JobStatus, batches: Iterator[tuple[Batch, np.ndarray]], progress: bool,
+                  should_stop: Callable[[], bool]) -> JobStatus:
+    """Write each batch's shard and progress as `batches` hands them over; the status last written.
+    Three stages overlap: the next batch is read and preprocessed, this one embedded (in `batches`),
+    the last one written in its own thread. Ends early, `batches` closed, when a cancel is asked
+    for (the status returned says so) or when `should_stop()` says so (`run.stopped` set)."""
+    spec = run.spec
+    with closing(batches), ThreadPoolExecutor(1, thread_name_prefix=f"job-{run.job_id}-write") as writer, \
+            tqdm(total=run.source.count, initial=run.done, desc=f"job {run.job_id} {spec.source}", unit="img",
+                 disable=not progress) as bar:
+        written = None
+        for i, (batch, vectors) in enumerate(batches):
+            if written is not None:
+                status = written.result()  # one batch in writing at a time: its errors surface here
+                if status.cancel_requested:
+                    return status
+            written = writer.submit(run.write, batch, vectors, bar)
+            if should_stop() and i + 1 < len(run.todo):
+                run.stopped = True
+                return written.result()
+        return written.result() if written is not None else status
+
+
+def _collect(run: _Run) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
+    """(ids (N,), metadata records, vectors (N, D)) of every shard in order: this run's from memory,
+    those a killed run finished from disk; SourceError when no item could be embedded."""
+    ids, metadata, vectors = concatenate([run.embedded.get(n) or read_shard(shard_path(run.shards, n))
+                                          for n in run.numbers])
+    if len(ids) == 0:
+        raise SourceError(f"no item of {run.spec.source!r} could be embedded ({run.failed} failed); see the job's errors")
+    return ids, metadata, vectors
+
+
+def _save_index(run: _Run, ids: np.ndarray, metadata: list[dict[str, Any]], vectors: np.ndarray, artifacts: Path,
+                indexes: IndexStore, runtime: RuntimeConfig, publish: Callable[[SearchIndex], None] | None) -> str:
+    """Build the job's index from its items, save it as the index's next version and publish it
+    while item writes wait; the version saved."""
+    spec, manifest = run.spec, run.bundle.manifest
+    index = indexes.build(spec.index, ids, vectors, metadata, model=manifest.name, model_version=manifest.version)
+    precision = planned_precision(manifest, runtime, "image_encoder")  # so a server can tell its queries differ
+    with writing(artifacts, spec.index):  # item writes wait, then apply to this version (Registry.write_index)
+        version = indexes.save(index, spec.index, extra={"source": run.source.description, "job": run.job_id,
+                                                         "precision": precision})
+        if publish is not None:
+            publish(index)
+    return version
 
 
 def _cancel(store: JobStore, job_id: str, shards: Path) -> JobStatus:
