@@ -64,6 +64,22 @@ def test_the_preprocessing_module_imports_nothing_of_ours():
     assert ours == []
 
 
+def test_no_module_of_ours_imports_itself_back():
+    # a circle (a imports b, b imports a), lazy imports included, means neither can be read alone
+    module_of = {".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): path
+                 for package in ALLOWED for path in modules(package)}
+    reaches = {name: {m for _, m in imports(path) if m in module_of} - {name} for name, path in module_of.items()}
+    circles = []
+    for start in sorted(module_of):
+        seen, frontier = set(), set(reaches[start])
+        while frontier:
+            seen |= frontier
+            frontier = {m for f in frontier for m in reaches[f]} - seen
+        if start in seen:
+            circles.append(start)
+    assert not circles, "modules that import themselves back through others: " + ", ".join(circles)
+
+
 def test_the_check_sees_lazy_imports(tmp_path: Path):
     path = tmp_path / "lazy.py"
     path.write_text("def f():\n    import torch\n    from serving.app import create_app\n")
