@@ -35,7 +35,11 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+# Run as a script from anywhere: the repository on the path, and this script's folder off it, since
+# its name would hide the jobs package, here and on the Ray workers (Ray gives them the driver's
+# script folder when the driver's path holds it).
+sys.path[:] = [str(Path(__file__).resolve().parents[1])] + [
+    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from bench.http_client import HOST, free_port, latency_summary, start_gateway, stop, wait_ready  # noqa: E402
 from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
