@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from training.data.image_defaults import with_data_defaults
 from training.data.images import ImageDataConfig, open_image_dataset
 from training.data.transforms import SimCLRTransform
 from training.evaluation.knn_monitor import KnnMonitor
@@ -46,7 +47,7 @@ class SimCLRConfig(ImageDataConfig, LoopConfig):
     def quick(cls, **overrides: Any) -> SimCLRConfig:
         """CPU profile (2-3 minutes on 2 idle cores): 8-wide ResNet (64-d embedding), 160 steps over a
         20k-image subset, milder crops and no blur, which learn faster in so few steps."""
-        quick = cls(width=8, proj_hidden_dim=256, subset=20_000, epochs=4, batch_size=256, max_steps_per_epoch=40,
+        quick = cls(width=8, proj_hidden_dim=256, subset=20_000, epochs=4, batch_size=256, max_steps_per_epoch=40, min_steps_per_epoch=10,
                     min_crop_scale=0.3, blur_prob=0.0, warmup_epochs=0.25, num_workers=0,
                     checkpoint_path="artifacts/checkpoints/simclr-quick.pt", log_path="artifacts/logs/simclr-quick.jsonl")
         return replace(quick, **overrides)
@@ -58,7 +59,7 @@ class SimCLR:
     name = "simclr"
 
     def __init__(self, config: SimCLRConfig):
-        self.config = config
+        self.config = config = with_data_defaults(config)
         self.encoder_spec = resnet_spec(config, prefix="encoder.")  # built here, recorded in the checkpoint
         encoder = self.encoder_spec.build()
         head = SimCLRProjectionHead(encoder.dim, config.proj_hidden_dim, config.proj_dim)
@@ -89,9 +90,11 @@ class SimCLR:
 def train_simclr(config: SimCLRConfig, resume: bool = False) -> dict[str, Any]:
     """Train SimCLR and save its checkpoint at config.checkpoint_path; returns the loop's summary
     plus "checkpoint_path". Resume continues a run interrupted after a saved epoch."""
+    config = with_data_defaults(config)  # colour, size, mean and std from the data where not given
     transform = SimCLRTransform(config.image_size, config.mode, config.mean, config.std,
                                 min_scale=config.min_crop_scale, blur_prob=config.blur_prob)
-    dataset = open_image_dataset(config.data, "train", config.mode, transform, config.data_root, config.subset, config.seed)
+    dataset = open_image_dataset(config.data, "train", config.mode, transform, config.data_root, config.subset, config.seed,
+                                 config.held_out_fraction)
     torch.manual_seed(config.seed)  # the same initial weights for the same seed
     method = SimCLR(config)
     summary = fit(method, dataset, config.loop_config(), resume=resume)
