@@ -138,15 +138,31 @@ def _jobs_client(args: argparse.Namespace) -> None:
     import urllib.error
     import urllib.request
 
-    path, method = {"list": ("/jobs", "GET"), "show": (f"/jobs/{args.id}", "GET"),
-                    "cancel": (f"/jobs/{args.id}", "DELETE")}[args.action]
+    import urllib.parse
+
+    if args.action == "list":
+        path, method = "/jobs", "GET"
+    else:
+        path, method = f"/jobs/{urllib.parse.quote(args.id, safe='')}", "DELETE" if args.action == "cancel" else "GET"
+    url = args.url or _settings_url()
     try:
-        with urllib.request.urlopen(urllib.request.Request(args.url.rstrip("/") + path, method=method), timeout=30) as r:
+        with urllib.request.urlopen(urllib.request.Request(url.rstrip("/") + path, method=method), timeout=30) as r:
             print(json.dumps(json.loads(r.read()), indent=2))
     except urllib.error.HTTPError as e:
         raise ValueError(f"{method} {path}: {e.code} {e.read().decode(errors='replace')}") from None
     except urllib.error.URLError as e:
-        raise FileNotFoundError(f"no server at {args.url} ({e.reason}); start one with `embedserve serve`") from None
+        raise FileNotFoundError(f"no server at {url} ({e.reason}); start one with `embedserve serve`, "
+                                "or name it with --url") from None
+
+
+def _settings_url() -> str:
+    """The address `embedserve serve` binds with the settings of this environment (EMBEDSERVE_HOST,
+    EMBEDSERVE_PORT), as a client reaches it: a server on every interface answers on loopback."""
+    from serving.settings import Settings
+
+    settings = Settings()
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -308,7 +324,8 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
         client = jobs_actions.add_parser(action, help=about)
         if action != "list":
             client.add_argument("id", help="the job id POST /jobs answered")
-        client.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
+        client.add_argument("--url", help="the server (default: the address `embedserve serve` binds with these "
+                                           "settings, $EMBEDSERVE_HOST and $EMBEDSERVE_PORT; unset: http://127.0.0.1:8000)")
         client.set_defaults(func=_jobs_client)
 
     serve = commands.add_parser("serve", help="serve every bundle under the artifacts folder (no torch)")

@@ -28,7 +28,7 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.curves import RunLog, write_curves
 from training.device import choose_device, seed_everything
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)  # `log` is fit's metrics-log writer
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,10 @@ def fitted_batch_size(examples: int, config: LoopConfig) -> int:
 def warn_if_too_little(examples: int, total_steps: int, config: LoopConfig) -> None:
     """Say in the log when a run has too few examples or steps to learn much, and what to change."""
     if examples < FEW_EXAMPLES:
-        log.warning("only %d training examples: these methods learn from thousands, so expect a weak model; "
+        logger.warning("only %d training examples: these methods learn from thousands, so expect a weak model; "
                     "watch the held-out score, and add images if you can", examples)
     if total_steps < FEW_STEPS:
-        log.warning("only %d optimiser steps (%d epochs of %d): too few to learn much; raise --epochs%s",
+        logger.warning("only %d optimiser steps (%d epochs of %d): too few to learn much; raise --epochs%s",
                     total_steps, config.epochs, total_steps // max(1, config.epochs),
                     "" if config.min_steps_per_epoch else " or --min-steps-per-epoch (smaller batches)")
 
@@ -179,7 +179,7 @@ def fit(method: Method, data: Dataset | DataLoader, config: LoopConfig, resume: 
     own_loader = not isinstance(data, DataLoader)
     examples = len(data) if own_loader else len(data.dataset)
     if own_loader and (fitted := fitted_batch_size(examples, config)) != config.batch_size:
-        log.info("batch size %d rather than %d, so that %d examples give %d steps per epoch (--min-steps-per-epoch)",
+        logger.info("batch size %d rather than %d, so that %d examples give %d steps per epoch (--min-steps-per-epoch)",
                  fitted, config.batch_size, examples, examples // fitted)
         config = dataclasses.replace(config, batch_size=fitted)  # the checkpoint records the batch size used
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.num_workers,
