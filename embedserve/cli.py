@@ -74,12 +74,18 @@ def _index_build(args: argparse.Namespace) -> None:
     settings = Settings(artifacts_dir=args.artifacts)
     indexes = open_index_store(args.artifacts, settings.index_config())
     try:
-        version = build_image_index(args.artifacts, args.name, args.model, args.source, batch_size=args.batch_size,
-                                    limit=args.limit, kind=args.kind, runtime=settings.runtime_config(),
-                                    limits=settings.image_limits(), indexes=indexes)
+        built = build_image_index(args.artifacts, args.name, args.model, args.source, batch_size=args.batch_size,
+                                  limit=args.limit, kind=args.kind, runtime=settings.runtime_config(),
+                                  limits=settings.image_limits(), indexes=indexes)
     finally:
         indexes.close()
-    print(f"wrote index {args.name} version {version} ({settings.index_backend}), now its current version")
+    print(f"wrote index {args.name} version {built.version} ({settings.index_backend}), now its current version: "
+          f"{built.indexed} images indexed, {len(built.skipped)} skipped")
+    shown = 5  # the first few reasons; the count says how many more
+    for reason in list(built.skipped.values())[:shown]:
+        print(f"  skipped {reason}")
+    if len(built.skipped) > shown:
+        print(f"  ... and {len(built.skipped) - shown} more")
 
 
 def _jobs_run(args: argparse.Namespace) -> None:

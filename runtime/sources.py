@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, FASHION_MNIST_CLASSES, load_fashion_mnist
-from runtime.preprocessing import ImageLimits, ImageTooLarge, decode_image
+from runtime.preprocessing import ImageLimits, ImageTooLarge, bytes_over_limit, decode_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 FASHION_MNIST_PREFIX = "fashion-mnist:"
@@ -97,7 +97,7 @@ def _read_file(path: Path, limits: ImageLimits, roots: Roots, resize: int | None
     real = confine(path, roots)
     size = real.stat().st_size
     if size > limits.max_bytes:
-        raise ImageTooLarge(f"{path}: image is {size:,} bytes; the limit is {limits.max_bytes:,} bytes")
+        raise ImageTooLarge(f"{path}: {bytes_over_limit(size, limits.max_bytes)}")
     try:
         with open(real, "rb") as f:
             return decode_image(f.read(limits.max_bytes + 1), limits, resize)  # + 1: a file grown since is refused too
