@@ -70,13 +70,15 @@ def _index_build(args: argparse.Namespace) -> None:
     from serving.settings import Settings
 
     # The server's settings: the index lands where it will be served (FAISS files or Milvus), and its
-    # images embed at the precision and within the limits the server's queries use
+    # images embed at the precision and within the limits the server's queries use, read under its data
+    # roots where it names some (so that its thumbnails can read them again)
     settings = Settings(artifacts_dir=args.artifacts)
     indexes = open_index_store(args.artifacts, settings.index_config())
     try:
         built = build_image_index(args.artifacts, args.name, args.model, args.source, batch_size=args.batch_size,
                                   limit=args.limit, kind=args.kind, runtime=settings.runtime_config(),
-                                  limits=settings.image_limits(), indexes=indexes)
+                                  limits=settings.image_limits(), indexes=indexes,
+                                  roots=settings.data_root_paths() or None)
     finally:
         indexes.close()
     print(f"wrote index {args.name} version {built.version} ({settings.index_backend}), now its current version: "
@@ -104,12 +106,13 @@ def _jobs_run(args: argparse.Namespace) -> None:
 
         ray = RayConfig(address=args.ray, replicas=args.ray_replicas, gpus_per_replica=args.ray_gpus_per_replica,
                         ship_bundle=args.ray_ship_bundle)
-    # The same settings as the server's jobs: where indexes live (FAISS or Milvus), which precision runs
+    # The same settings as the server's jobs: where indexes live (FAISS or Milvus), which precision runs, and
+    # the data roots paths must lie under where it names some
     settings = Settings(artifacts_dir=args.artifacts)
     indexes = open_index_store(args.artifacts, settings.index_config())
     try:
         status = run_job(status.id, store, args.artifacts, settings.runtime_config(), settings.image_limits(),
-                         progress=True, ray=ray, indexes=indexes)
+                         roots=settings.data_root_paths() or None, progress=True, ray=ray, indexes=indexes)
     finally:
         indexes.close()
     print(json.dumps(status.to_dict(), indent=2))

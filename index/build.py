@@ -21,7 +21,7 @@ from runtime.bundle import BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder
 from runtime.preprocessing import ImageLimits
-from runtime.sources import SourceError, open_source
+from runtime.sources import Roots, SourceError, open_source
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,12 @@ def build_image_index(
     runtime: RuntimeConfig = RuntimeConfig(),
     limits: ImageLimits = ImageLimits(),
     indexes: IndexStore | None = None,
+    roots: Roots = None,
 ) -> BuiltIndex:
     """Embed the first `limit` (default all) images of `source` with `model_name`'s current bundle
     and save them as index `index_name` in `indexes` (FAISS files under `artifacts_dir` when None);
-    ids are positions in the source. An image that cannot be read (corrupt, over `limits`, outside
-    the data roots) is skipped and counted, as a job does (index.jobs.prepare_batch reads both);
+    ids are positions in the source, read only under `roots` when given (runtime.sources.confine).
+    An image that cannot be read (corrupt, over `limits`, outside the data roots) is skipped and counted, as a job does (index.jobs.prepare_batch reads both);
     a source none of whose images can be read is a SourceError."""
     if batch_size < 1 or (limit is not None and limit < 1):
         raise ValueError(f"batch_size ({batch_size}) and limit ({limit}) must be at least 1")
@@ -62,7 +63,7 @@ def build_image_index(
             f"model {model_name!r} is a {manifest.kind} bundle; an image index needs an image encoder "
             "(image-encoder or a CLIP image-text-encoder) with preprocessing"
         )
-    images = open_source(source, limits)
+    images = open_source(source, limits, roots)
     images = replace(images, count=images.count if limit is None else min(limit, images.count))
     encoder = load_encoder(bundle, runtime, role="image_encoder")  # a CLIP bundle's image tower
     ids, vectors, metadata, skipped = [], [], [], {}

@@ -7,13 +7,16 @@ folders through `list_images` too.
 
 A server reads client-named paths only under its data roots (`roots`): every path is resolved,
 symlinks followed and `..` collapsed, and one that lands outside every root is a
-`SourceForbidden` before a byte of it is read.
+`SourceForbidden` before a byte of it is read. So a symbolic link is followed where it points
+inside a data root, never out of them; the message names the link and where it points.
+docs/training-on-your-images.md writes the policy down.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,13 +47,32 @@ class SourceForbidden(SourceError):
 
 def confine(path: Path | str, roots: Roots) -> Path:
     """`path` resolved (symlinks followed, `..` collapsed); SourceForbidden when `roots` is given
-    and the real path lies under none of them."""
+    and the real path lies under none of them, saying which symbolic link led out and where to."""
     real = Path(path).resolve()
-    if roots is not None and not any(real.is_relative_to(Path(root).resolve()) for root in roots):
+    if roots is not None and not _inside(real, roots):
         allowed = ", ".join(str(r) for r in roots) or "none (EMBEDSERVE_DATA_ROOTS is empty)"
-        raise SourceForbidden(f"{path} is outside the folders this server may read ({allowed}); "
-                              "name a file under one of them, a data set, or an index:<name> source")
+        link = _link_out(Path(path), roots)
+        if link is None:
+            raise SourceForbidden(f"{path} is outside the folders this server may read ({allowed}); name a file under "
+                                  "one of them, a data set, or an index:<name> source, or add its folder to "
+                                  "EMBEDSERVE_DATA_ROOTS")
+        where = "is a symbolic link" if link == Path(path) else f"lies in {link}, a symbolic link"
+        raise SourceForbidden(f"{path} {where} to {os.readlink(link)} (really {real}), outside the folders this server "
+                              f"may read ({allowed}): links are followed only within them. Add a folder holding "
+                              f"{real.parent} to EMBEDSERVE_DATA_ROOTS, or put a copy in place of the link")
     return real
+
+
+def _inside(real: Path, roots: Sequence[Path]) -> bool:
+    return any(real.is_relative_to(Path(root).resolve()) for root in roots)
+
+
+def _link_out(path: Path, roots: Sequence[Path]) -> Path | None:
+    """The outermost symbolic link among `path`'s folders and `path` itself that points outside
+    `roots`; None when no link leads out (the path itself is elsewhere)."""
+    absolute = Path(os.path.abspath(path))  # `..` collapsed without following links
+    return next((p for p in [*reversed(absolute.parents), absolute] if p.is_symlink() and not _inside(p.resolve(), roots)),
+                None)
 
 
 @dataclass(frozen=True)
