@@ -97,21 +97,26 @@ def distinct_images(root: Path, categories: list[str], per_category: int,
     return chosen, {"files": files, "distinct": len(found), "under_two_categories": sum(len(by) > 1 for by in found.values())}
 
 
-def write_dataset(root: Path, items: list[tuple[Path, str, str]], out: Path) -> tuple[Path, Path]:
-    """The chosen images as out/<category>/<hash>.png (RGBA kept, shrunk to LARGEST_SIDE) and a
-    manifest out/train.csv (path,caption,category; captions from the original file names)."""
-    rows = []
+def write_dataset(root: Path, items: list[tuple[Path, str, str]], out: Path) -> tuple[Path, Path, list[str]]:
+    """The chosen images as out/<category>/<hash>.png (RGBA kept, shrunk to LARGEST_SIDE), a
+    manifest out/train.csv (path,caption,category; captions from the original file names), and
+    the files left out because they cannot be decoded (the package has a 623-megapixel one)."""
+    rows, unreadable = [], []
     for path, category, digest in items:
         target = out / category / f"{digest[:16]}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(path) as img:
-            img.thumbnail((LARGEST_SIDE, LARGEST_SIDE))
-            img.save(target)
+        try:
+            with Image.open(path) as img:
+                img.thumbnail((LARGEST_SIDE, LARGEST_SIDE))
+                img.save(target)
+        except (Image.DecompressionBombError, OSError, ValueError) as e:
+            unreadable.append(f"{path}: {e}")
+            continue
         rows.append((target.relative_to(out).as_posix(), openclipart_caption(path.relative_to(root)), category.replace("_", " ")))
     manifest = out / "train.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("path", "caption", "category"), *rows])
-    return out, manifest
+    return out, manifest, unreadable
 
 
 def _split(data: str, preprocessing, split: str):
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         work = Path(tmp)
         started = time.perf_counter()
         items, counts = distinct_images(root, categories, args.per_category or profile.per_category)
-        folder, manifest = write_dataset(root, items, work / "images")
+        folder, manifest, unreadable = write_dataset(root, items, work / "images")
         prepare_s = time.perf_counter() - started
         simclr = run_simclr(folder, work, profile)
         clip = run_clip(manifest, work, profile)
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "own_images", "profile": "smoke" if args.smoke else "full", "date": utc_now(),
         "machine": machine_info("torch", "torchvision", "transformers"), "note": args.note,
-        "data": {"root": str(root), "categories": categories, "images": len(items), **counts,
+        "data": {"root": str(root), "categories": categories, "images": len(items) - len(unreadable), **counts, "unreadable": unreadable,
                  "largest_side_px": LARGEST_SIDE, "held_out_fraction": HELD_OUT_FRACTION, "prepare_s": round(prepare_s, 1)},
         "simclr": simclr, "clip": clip, "targets": targets, "table": table,
     }
