@@ -88,7 +88,8 @@ def distinct_images(root: Path, categories: list[str], per_category: int,
     for category in categories:
         folder = root / category
         if not folder.is_dir():
-            raise FileNotFoundError(f"no category folder {folder}; install the Debian package openclipart-png or give --folder")
+            raise FileNotFoundError(f"no category folder {folder}; install the Debian package openclipart-png, "
+                                    "or give --folder")
         for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
             files += 1
             found.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), {}).setdefault(category, path)
@@ -116,7 +117,8 @@ def write_dataset(root: Path, items: list[tuple[Path, str, str]], out: Path) -> 
         except (Image.DecompressionBombError, OSError, ValueError) as e:
             unreadable.append(f"{path}: {e}")
             continue
-        rows.append((target.relative_to(out).as_posix(), openclipart_caption(path.relative_to(root)), category.replace("_", " ")))
+        caption = openclipart_caption(path.relative_to(root))
+        rows.append((target.relative_to(out).as_posix(), caption, category.replace("_", " ")))
     manifest = out / "train.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("path", "caption", "category"), *rows])
@@ -136,13 +138,17 @@ def _embed(encoder, images: torch.Tensor) -> np.ndarray:
         return torch.cat([encoder(images[i:i + 256]).float() for i in range(0, len(images), 256)]).numpy()
 
 
+def _options(data: Path, work: Path, profile: Profile, method: str, epochs: int, batch_size: int) -> dict:
+    """What the bench sets on SimCLR's and CLIP's quick profiles: its data, split, sizes and files."""
+    return dict(data=str(data), held_out_fraction=HELD_OUT_FRACTION, width=profile.width, image_size=profile.image_size,
+                epochs=epochs, batch_size=batch_size, max_steps_per_epoch=None, min_steps_per_epoch=0, warmup_epochs=1.0,
+                device="cpu", progress=False, checkpoint_path=str(work / f"{method}.pt"),
+                log_path=str(work / f"{method}.jsonl"))
+
+
 def run_simclr(folder: Path, work: Path, profile: Profile) -> dict:
     """Train SimCLR on the folder; held-out kNN top-1 of it, of its network at random init, and of raw pixels."""
-    config = SimCLRConfig.quick(data=str(folder), held_out_fraction=HELD_OUT_FRACTION, width=profile.width,
-                                image_size=profile.image_size,
-                                epochs=profile.simclr_epochs, batch_size=profile.simclr_batch, max_steps_per_epoch=None,
-                                min_steps_per_epoch=0, warmup_epochs=1.0, device="cpu", progress=False,
-                                checkpoint_path=str(work / "simclr.pt"), log_path=str(work / "simclr.jsonl"))
+    config = SimCLRConfig.quick(**_options(folder, work, profile, "simclr", profile.simclr_epochs, profile.simclr_batch))
     summary = train_simclr(config)
     encoder, info = load_image_encoder(summary["checkpoint_path"])
     torch.manual_seed(0)
@@ -164,11 +170,7 @@ def run_simclr(folder: Path, work: Path, profile: Profile) -> dict:
 
 def run_clip(manifest: Path, work: Path, profile: Profile) -> dict:
     """Train CLIP on the manifest; zero-shot top-1 on the held-out images' categories, and chance."""
-    config = ClipConfig.quick(data=str(manifest), held_out_fraction=HELD_OUT_FRACTION, width=profile.width,
-                              image_size=profile.image_size,
-                              epochs=profile.clip_epochs, batch_size=profile.clip_batch, max_steps_per_epoch=None,
-                              min_steps_per_epoch=0, warmup_epochs=1.0, device="cpu", progress=False,
-                              checkpoint_path=str(work / "clip.pt"), log_path=str(work / "clip.jsonl"))
+    config = ClipConfig.quick(**_options(manifest, work, profile, "clip", profile.clip_epochs, profile.clip_batch))
     summary = train_clip(config)
     image_tower, text_tower, info = load_clip_towers(summary["checkpoint_path"])
     images, labels, classes = _split(str(manifest), info.preprocessing, HELD_OUT)
@@ -195,7 +197,8 @@ def format_table(simclr: dict, clip: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="the same path on a handful of images per category")
-    parser.add_argument("--folder", type=Path, help="a labelled image folder (a subfolder per category) instead of Open Clip Art")
+    parser.add_argument("--folder", type=Path,
+                        help="a labelled image folder (a subfolder per category) instead of Open Clip Art")
     parser.add_argument("--categories", nargs="+", help=f"Open Clip Art categories (default: {' '.join(CATEGORIES)})")
     parser.add_argument("--per-category", type=int, help="distinct images per category (default: the profile's)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'cores shared')")
@@ -229,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "benchmark": "own_images", "profile": "smoke" if args.smoke else "full", "date": utc_now(),
         "machine": machine_info("torch", "torchvision", "transformers"), "note": args.note,
-        "data": {"root": str(root), "categories": categories, "images": len(items) - len(unreadable), **counts, "unreadable": unreadable,
+        "data": {"root": str(root), "categories": categories, "images": len(items) - len(unreadable), **counts,
+                 "unreadable": unreadable,
                  "largest_side_px": LARGEST_SIDE, "held_out_fraction": HELD_OUT_FRACTION, "prepare_s": round(prepare_s, 1)},
         "simclr": simclr, "clip": clip, "targets": targets, "table": table,
     }

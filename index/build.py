@@ -52,7 +52,8 @@ def build_image_index(
     """Embed the first `limit` (default all) images of `source` with `model_name`'s current bundle
     and save them as index `index_name` in `indexes` (FAISS files under `artifacts_dir` when None);
     ids are positions in the source, read only under `roots` when given (runtime.sources.confine).
-    An image that cannot be read (corrupt, over `limits`, outside the data roots) is skipped and counted, as a job does (index.jobs.prepare_batch reads both);
+    An image that cannot be read (corrupt, over `limits`, outside the data roots) is skipped and
+    counted, as a job does (index.jobs.prepare_batch reads both);
     a source none of whose images can be read is a SourceError."""
     if batch_size < 1 or (limit is not None and limit < 1):
         raise ValueError(f"batch_size ({batch_size}) and limit ({limit}) must be at least 1")

@@ -36,7 +36,8 @@ def image_folder(tmp_path: Path) -> Path:
 
 def test_folder_index_finds_each_image_by_its_own_id(artifacts: Path, image_folder: Path):
     built = build_image_index(artifacts, "pets", "tiny", image_folder, batch_size=3, progress=False)
-    assert built.version == "v1" and built.indexed == 7 and built.skipped == {} and (artifacts / "indexes" / "pets" / "v1").is_dir()
+    assert built.version == "v1" and built.indexed == 7 and built.skipped == {}
+    assert (artifacts / "indexes" / "pets" / "v1").is_dir()
     index = open_index(artifacts, "pets")
     assert len(index) == 7 and index.model == "tiny" and index.model_version == "v1"
     assert index.manifest.extra["source"] == str(image_folder.resolve())
@@ -66,7 +67,8 @@ def test_unreadable_and_oversized_images_are_skipped_and_counted_and_the_cli_say
     assert main(["index", "build", "--name", "pets", "--model", "tiny", "--source", str(image_folder),
                  "--artifacts", str(artifacts)]) == 0
     out = capsys.readouterr().out
-    assert "6 images indexed, 2 skipped" in out and out.count("\n  skipped ") == 2 and "h.png: image is 50x50 = 2,500 pixels" in out
+    assert "6 images indexed, 2 skipped" in out and out.count("\n  skipped ") == 2
+    assert "h.png: image is 50x50 = 2,500 pixels" in out
     for path in image_folder.rglob("*.*"):
         path.write_bytes(b"broken")
     with pytest.raises(SourceError, match=r"no image of .* could be read \(8 skipped; the first: "):

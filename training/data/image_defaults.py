@@ -40,7 +40,8 @@ def _has_colour(img) -> bool:
     if img.mode != "RGB":  # in-memory data sets hand over their own greyscale images
         return False
     pixels = np.asarray(img, dtype=np.int16)  # (H, W, 3)
-    return float(np.abs(pixels[..., 0] - pixels[..., 1]).mean() + np.abs(pixels[..., 1] - pixels[..., 2]).mean()) > COLOUR_LEVELS
+    spread = np.abs(pixels[..., 0] - pixels[..., 1]).mean() + np.abs(pixels[..., 1] - pixels[..., 2]).mean()
+    return float(spread) > COLOUR_LEVELS
 
 
 def with_data_defaults(config: C) -> C:

@@ -77,9 +77,10 @@ class ClipConfig(ImageDataConfig, LoopConfig):
     @classmethod
     def quick(cls, **overrides: Any) -> ClipConfig:
         """CPU profile (~335 CPU-seconds, so about 3-4 minutes on 2 free cores): width-8 ResNet, locked MiniLM
-        with no text head (images map into its space), 110 steps of 256 pairs."""
-        quick = cls(width=8, subset=30_000, epochs=1, batch_size=256, max_steps_per_epoch=110, min_steps_per_epoch=10, lr=2e-3,
-                    text_projection=False,
+        with no text head (images map into its space), 110 steps of 256 pairs (on a small manifest, batches
+        small enough for 10 steps an epoch)."""
+        quick = cls(width=8, subset=30_000, epochs=1, batch_size=256, max_steps_per_epoch=110, min_steps_per_epoch=10,
+                    lr=2e-3, text_projection=False,
                     warmup_epochs=0.1, num_workers=0, checkpoint_path="artifacts/checkpoints/clip-quick.pt",
                     log_path="artifacts/logs/clip-quick.jsonl")
         return replace(quick, **overrides)

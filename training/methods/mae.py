@@ -57,9 +57,11 @@ class MAEConfig(ImageDataConfig, LoopConfig):
 
     @classmethod
     def quick(cls, **overrides: Any) -> MAEConfig:
-        """CPU profile (about 2 minutes on 2 idle cores): a 4-block 128-wide ViT, 5 epochs of a 20k-image subset."""
+        """CPU profile (about 2 minutes on 2 idle cores): a 4-block 128-wide ViT, 5 epochs of a 20k-image subset
+        (on a small folder, batches small enough for 10 steps an epoch)."""
         quick = cls(dim=128, depth=4, num_heads=4, decoder_dim=64, decoder_depth=1, subset=20_000, epochs=5,
-                    batch_size=256, max_steps_per_epoch=None, min_steps_per_epoch=10, warmup_epochs=0.5, num_workers=0,
+                    batch_size=256, max_steps_per_epoch=None, min_steps_per_epoch=10, warmup_epochs=0.5,
+                    num_workers=0,
                     checkpoint_path="artifacts/checkpoints/mae-quick.pt", log_path="artifacts/logs/mae-quick.jsonl")
         return replace(quick, **overrides)
 

@@ -46,9 +46,10 @@ class SimCLRConfig(ImageDataConfig, LoopConfig):
     @classmethod
     def quick(cls, **overrides: Any) -> SimCLRConfig:
         """CPU profile (2-3 minutes on 2 idle cores): 8-wide ResNet (64-d embedding), 160 steps over a
-        20k-image subset, milder crops and no blur, which learn faster in so few steps."""
-        quick = cls(width=8, proj_hidden_dim=256, subset=20_000, epochs=4, batch_size=256, max_steps_per_epoch=40, min_steps_per_epoch=10,
-                    min_crop_scale=0.3, blur_prob=0.0, warmup_epochs=0.25, num_workers=0,
+        20k-image subset, milder crops and no blur, which learn faster in so few steps; on a small folder,
+        smaller batches, so an epoch still takes 10 steps."""
+        quick = cls(width=8, proj_hidden_dim=256, subset=20_000, epochs=4, batch_size=256, max_steps_per_epoch=40,
+                    min_steps_per_epoch=10, min_crop_scale=0.3, blur_prob=0.0, warmup_epochs=0.25, num_workers=0,
                     checkpoint_path="artifacts/checkpoints/simclr-quick.pt", log_path="artifacts/logs/simclr-quick.jsonl")
         return replace(quick, **overrides)
 
