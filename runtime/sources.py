@@ -15,9 +15,10 @@ docs/training-on-your-images.md writes the policy down.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,16 +222,35 @@ def fashion_mnist_source(split: str, root: Path = DEFAULT_FASHION_MNIST_ROOT) ->
                        arrays=lambda positions: images[positions.start:positions.stop])
 
 
+SAMPLED_FILES = 16  # a folder's files check_source looks at: a folder of links out of the roots is refused at once
+
+
 def check_source(source: str | Path, roots: Roots = None) -> Path | str:
     """What `open_source` checks before it reads anything: a Fashion-MNIST split's name (returned),
-    or a path under `roots` (returned resolved). Cheap: a server runs it before queueing a job."""
+    or a path under `roots` (returned resolved), and for a folder, that not all of its first
+    SAMPLED_FILES images are links out of the roots (then every item would fail: SourceForbidden
+    now, naming the first). Cheap: a server runs it before queueing a job."""
     text = str(source)
     if text.startswith(FASHION_MNIST_PREFIX):
         split = text[len(FASHION_MNIST_PREFIX):]
         if split not in ("train", "test"):
             raise SourceError(f"source {text!r}: the Fashion-MNIST splits are fashion-mnist:train and fashion-mnist:test")
         return split
-    return confine(text, roots)
+    real = confine(text, roots)
+    if roots is not None and real.is_dir():
+        sampled = list(itertools.islice(_image_files(real), SAMPLED_FILES))
+        refused = [p for p in sampled if not _inside(p.resolve(), roots)]
+        if sampled and len(refused) == len(sampled):
+            confine(refused[0], roots)  # raises, saying which link leads where
+    return real
+
+
+def _image_files(folder: Path) -> Iterator[Path]:
+    """The image files under `folder`, in the order the directory walk meets them (links not descended)."""
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield Path(parent) / name
 
 
 def open_source(source: str | Path, limits: ImageLimits = ImageLimits(), roots: Roots = None) -> ImageSource:

@@ -93,8 +93,8 @@ def warn_if_too_little(examples: int, total_steps: int, config: LoopConfig) -> N
         logger.warning("only %d training examples: these methods learn from thousands, so expect a weak model; "
                     "watch the held-out score, and add images if you can", examples)
     if total_steps < FEW_STEPS:
-        logger.warning("only %d optimiser steps (%d epochs of %d): too few to learn much; raise --epochs%s",
-                    total_steps, config.epochs, total_steps // max(1, config.epochs),
+        logger.warning("only %d optimiser steps in all (%d an epoch): too few to learn much; raise --epochs%s",
+                    total_steps, total_steps // config.epochs,
                     "" if config.min_steps_per_epoch else " or --min-steps-per-epoch (smaller batches)")
 
 

@@ -66,3 +66,17 @@ def test_a_link_is_followed_within_the_roots_and_refused_out_of_them_with_where_
         read_item({"source": str(folder), "path": "more/b.png"}, roots=roots)
     with pytest.raises(SourceForbidden, match="add its folder to EMBEDSERVE_DATA_ROOTS"):  # no link: just elsewhere
         read_item({"source": str(outside), "path": "b.png"}, roots=roots)
+
+
+def test_a_folder_of_links_out_of_the_roots_is_refused_before_a_job_is_queued(folder: Path, tmp_path: Path):
+    from runtime.sources import check_source
+
+    links = tmp_path / "links"
+    links.mkdir()
+    for name in ("cat", "dog"):
+        (links / f"{name}.png").symlink_to(folder / name / "a.png")  # every file points out of the root below
+    with pytest.raises(SourceForbidden, match=r"links/(cat|dog)\.png is a symbolic link to .*pics/(cat|dog)/a\.png"):
+        check_source(links, roots=[links])
+    (links / "own.png").write_bytes((folder / "cat" / "a.png").read_bytes())  # one file of its own: the job may go on
+    assert check_source(links, roots=[links]) == links.resolve()
+    assert check_source(links) == links.resolve()  # no roots (the command line's user): links are followed
