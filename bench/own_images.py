@@ -7,8 +7,9 @@ training's own held-out split (--held-out-fraction) keeps part of them out of tr
 
 - SimCLR, trained on the folder: held-out kNN top-1 beside raw pixels and the same network at
   random initialisation (references: the training part; queries: the held-out part);
-- CLIP, trained on the manifest (captions from the file names, never the category): zero-shot
-  top-1 on the held-out images' categories beside chance.
+- CLIP, trained on the manifest (captions: the file name's words, then the category, as a
+  user's captions would name it): zero-shot top-1 on the held-out images' categories, in
+  prompts it never trained on, beside chance.
 
 Prints one table and writes bench/results/own_images.json (machine and date) and its chart.
 
@@ -63,16 +64,18 @@ class Profile:
     width: int  # ResNet base width of both image encoders
     simclr_epochs: int
     simclr_batch: int
+    simclr_jitter: float  # SimCLR's colour jitter strength: clip art's colours tell its categories apart
+    simclr_grayscale: float  # chance a SimCLR view loses its colour
     clip_epochs: int
     clip_batch: int
 
 
 PROFILES = {
     # 32 px and width 8: what trains in a few minutes per model on two shared CPU cores
-    "full": Profile(per_category=100, image_size=32, width=8, simclr_epochs=25, simclr_batch=64, clip_epochs=15,
-                    clip_batch=64),
-    "smoke": Profile(per_category=8, image_size=None, width=4, simclr_epochs=1, simclr_batch=16, clip_epochs=1,
-                     clip_batch=16),
+    "full": Profile(per_category=100, image_size=32, width=8, simclr_epochs=25, simclr_batch=64, simclr_jitter=0.1,
+                    simclr_grayscale=0.0, clip_epochs=15, clip_batch=64),
+    "smoke": Profile(per_category=8, image_size=None, width=4, simclr_epochs=1, simclr_batch=16, simclr_jitter=0.1,
+                     simclr_grayscale=0.0, clip_epochs=1, clip_batch=16),
 }
 
 
@@ -104,7 +107,8 @@ def distinct_images(root: Path, categories: list[str], per_category: int,
 
 def write_dataset(root: Path, items: list[tuple[Path, str, str]], out: Path) -> tuple[Path, Path, list[str]]:
     """The chosen images as out/<category>/<hash>.png (RGBA kept, shrunk to LARGEST_SIDE), a
-    manifest out/train.csv (path,caption,category; captions from the original file names), and
+    manifest out/train.csv (path,caption,category; a caption is the original file name's words and
+    the category: "a drawing of a red apple, food"), and
     the files left out because they cannot be decoded (the package has a 623-megapixel one)."""
     rows, unreadable = [], []
     for path, category, digest in items:
@@ -117,8 +121,8 @@ def write_dataset(root: Path, items: list[tuple[Path, str, str]], out: Path) -> 
         except (Image.DecompressionBombError, OSError, ValueError) as e:
             unreadable.append(f"{path}: {e}")
             continue
-        caption = openclipart_caption(path.relative_to(root))
-        rows.append((target.relative_to(out).as_posix(), caption, category.replace("_", " ")))
+        name = category.replace("_", " ")
+        rows.append((target.relative_to(out).as_posix(), f"{openclipart_caption(path.relative_to(root))}, {name}", name))
     manifest = out / "train.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("path", "caption", "category"), *rows])
@@ -148,7 +152,8 @@ def _options(data: Path, work: Path, profile: Profile, method: str, epochs: int,
 
 def run_simclr(folder: Path, work: Path, profile: Profile) -> dict:
     """Train SimCLR on the folder; held-out kNN top-1 of it, of its network at random init, and of raw pixels."""
-    config = SimCLRConfig.quick(**_options(folder, work, profile, "simclr", profile.simclr_epochs, profile.simclr_batch))
+    config = SimCLRConfig.quick(**_options(folder, work, profile, "simclr", profile.simclr_epochs, profile.simclr_batch),
+                                jitter_strength=profile.simclr_jitter, grayscale_prob=profile.simclr_grayscale)
     summary = train_simclr(config)
     encoder, info = load_image_encoder(summary["checkpoint_path"])
     torch.manual_seed(0)
@@ -165,6 +170,7 @@ def run_simclr(folder: Path, work: Path, profile: Profile) -> dict:
             "train_images": len(train_x), "held_out_images": len(test_x), "image_size": info.preprocessing.crop,
             "mode": info.preprocessing.mode, "mean": info.preprocessing.mean, "std": info.preprocessing.std,
             "steps": summary["step"], "epochs": config.epochs, "batch_size": config.batch_size, "width": config.width,
+            "jitter_strength": config.jitter_strength, "grayscale_prob": config.grayscale_prob,
             "knn_k": k, "train_time_s": round(summary["train_time_s"], 1)}
 
 

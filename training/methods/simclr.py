@@ -28,6 +28,8 @@ class SimCLRConfig(ImageDataConfig, LoopConfig):
     # data: the fields of ImageDataConfig (data, data_root, subset, image_size, mode, mean, std), then
     min_crop_scale: float = 0.2  # smallest random crop, as a fraction of the image area
     blur_prob: float = 0.5  # chance of Gaussian blur per view
+    jitter_strength: float = 0.4  # colour jitter (brightness, contrast, saturation; hue a quarter of it); lower where colour tells classes apart
+    grayscale_prob: float = 0.2  # chance a colour view is made grey; 0 where colour tells classes apart
     # model and loss
     width: int = 64  # ResNet-18 base width: 64 = standard (512-d embedding); smaller for CPU
     proj_hidden_dim: int = 512  # projection head's hidden layer
@@ -93,7 +95,8 @@ def train_simclr(config: SimCLRConfig, resume: bool = False) -> dict[str, Any]:
     plus "checkpoint_path". Resume continues a run interrupted after a saved epoch."""
     config = with_data_defaults(config)  # colour, size, mean and std from the data where not given
     transform = SimCLRTransform(config.image_size, config.mode, config.mean, config.std,
-                                min_scale=config.min_crop_scale, blur_prob=config.blur_prob)
+                                min_scale=config.min_crop_scale, blur_prob=config.blur_prob,
+                                jitter_strength=config.jitter_strength, grayscale_prob=config.grayscale_prob)
     dataset = open_image_dataset(config.data, "train", config.mode, transform, config.data_root, config.subset, config.seed,
                                  config.held_out_fraction)
     torch.manual_seed(config.seed)  # the same initial weights for the same seed
