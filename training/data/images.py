@@ -18,7 +18,7 @@ from PIL import Image
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist
 from runtime.preprocessing import MODES, normalize_image
 from runtime.sources import IMAGE_EXTENSIONS, list_images, to_pil
-from training.data.pairs import MANIFEST_TYPES, category_labels, is_pairs_source, read_manifest_rows
+from training.data.pairs import MANIFEST_TYPES, category_labels, is_pairs_source, read_manifest_rows, relative_key
 
 NAMED_DATA = ("fashion-mnist", "digits")  # the in-memory data sets, each with a test split of its own
 HELD_OUT = "held-out"  # the split of a labelled folder or manifest that training never sees
@@ -111,7 +111,7 @@ class ImageFolder:
 
     def keys(self) -> list[str]:
         """Each image's path relative to the folder (or manifest), what the held-out split hashes."""
-        return [_relative_key(path, self.root) for path, _ in self.samples]
+        return [relative_key(path, self.root) for path, _ in self.samples]
 
     def keep(self, positions: Sequence[int]) -> None:
         """Keep only the images at `positions`, in their order."""
@@ -156,13 +156,6 @@ def load_image_arrays(name: str, split: str = "train", root: Path | str | None =
     raise ValueError(f"unknown image data set {name!r}: use 'fashion-mnist' or 'digits' (or an image folder path)")
 
 
-def _relative_key(path: Path, root: Path) -> str:
-    try:
-        return Path(path).relative_to(root).as_posix()
-    except ValueError:  # a manifest may name files elsewhere
-        return Path(path).as_posix()
-
-
 def held_out_mask(keys: Sequence[str], fraction: float) -> np.ndarray:
     """bool (N,): True for the items kept out of training, about `fraction` of them, chosen by a
     hash of each item's key (its relative path), so an item stays on its side of the split
@@ -175,10 +168,11 @@ def held_out_mask(keys: Sequence[str], fraction: float) -> np.ndarray:
 
 def split_positions(keys: Sequence[str], labels: Sequence[int], split: str, fraction: float) -> np.ndarray:
     """Positions of the training part ("train") or the held-out part (HELD_OUT or "test") of items
-    with these keys and labels (-1: none). Only data with two or more labelled classes is split;
-    otherwise "train" is every item and the held-out part is empty."""
-    labelled = len({label for label in labels if label >= 0}) >= 2
-    held_out = held_out_mask(keys, fraction if labelled else 0.0)
+    with these keys and labels (-1: none). Only labelled items of data with two or more classes are
+    held out; otherwise "train" is every item and the held-out part is empty."""
+    labels = np.asarray(labels, dtype=np.int64)
+    labelled = len(set(labels[labels >= 0].tolist())) >= 2
+    held_out = held_out_mask(keys, fraction if labelled else 0.0) & (labels >= 0)
     if split == "train":
         return np.flatnonzero(~held_out)
     if split in (HELD_OUT, "test"):

@@ -75,6 +75,13 @@ def read_manifest_rows(path: str | Path, check_files: bool = True) -> list[tuple
     return pairs
 
 
+def relative_key(path: Path, folder: Path) -> str:
+    """`path` relative to `folder` where it lies under it (else whole), with "/": what the held-out
+    split hashes, so an item keeps its side wherever the folder is moved."""
+    path = Path(path)
+    return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else path.as_posix()
+
+
 def category_labels(categories: list[str | None]) -> tuple[list[int], list[str]]:
     """(label per row, classes): a row's label is its category's index in the sorted distinct
     categories, -1 for a row without one."""
@@ -95,8 +102,7 @@ class ManifestPairs:
 
     def keys(self) -> list[str]:
         """Each row's image path relative to the manifest's folder: what the held-out split hashes."""
-        return [p.relative_to(self.folder).as_posix() if p.is_relative_to(self.folder) else p.as_posix()
-                for p, _ in self.pairs]
+        return [relative_key(p, self.folder) for p, _ in self.pairs]
 
     def keep(self, positions) -> None:
         """Keep only the rows at `positions` (a training or held-out part), in their order."""
