@@ -26,6 +26,7 @@ import hashlib
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,9 +116,11 @@ def write_dataset(root: Path, items: list[tuple[Path, str, str]], out: Path) -> 
         target = out / category / f"{digest[:16]}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with Image.open(path) as img:
-                img.thumbnail((LARGEST_SIDE, LARGEST_SIDE))
-                img.save(target)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # a large drawing, shrunk at once
+                with Image.open(path) as img:
+                    img.thumbnail((LARGEST_SIDE, LARGEST_SIDE))
+                    img.save(target)
         except (Image.DecompressionBombError, OSError, ValueError) as e:
             unreadable.append(f"{path}: {e}")
             continue
