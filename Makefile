@@ -25,7 +25,7 @@ FUZZ_EXAMPLES ?= 500
 fuzz: setup-dev
 	EMBEDSERVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/serving/test_openapi_fuzz.py
 
-# The README's pictures of the playground (docs/screenshots/*.png): its browser test, one screenshot
+# The playground's pictures in docs/playground.md (docs/screenshots/*.png): its browser test, one screenshot
 # per tab, on the demo's models when `make demo` has made them (else on the test's tiny ones).
 DEMO_CLIP_INDEX := artifacts/indexes/fashion-mnist-test-clip/current
 screenshots: setup-dev browser

@@ -101,6 +101,35 @@ def text_vs_infinity(result: Result, plt):
     return figure
 
 
+
+def images_vs_infinity(result: Result, plt):
+    """Items/s against concurrency, photos and texts: embedserve's servers beside infinity, raw onnxruntime as the ceiling."""
+    rows, raw = result["results"], result.get("raw_onnxruntime", [])
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    model = result.get("model") or {}
+    figure, panels = _figure(plt, 2, result, f"CLIP over HTTP ({model.get('shape', '')}): embedserve against infinity, "
+                             "OpenAI-style /embeddings")
+    ours, peers = iter(("tab:blue", "tab:cyan", "navy", "tab:purple")), iter((PEER, "tab:red", "sienna"))
+    styles = {s: dict(color=next(peers), linestyle="--") if s.startswith("infinity") else dict(color=next(ours), linestyle="-")
+              for s in servers}
+    for axes, modality, batched in ((panels[0], "photo", "8 photos"), (panels[1], "text", None)):
+        for server in servers:
+            cells = sorted((r for r in rows if r["server"] == server and r["input"] == modality), key=lambda r: r["concurrency"])
+            axes.plot([r["concurrency"] for r in cells], [r["items_per_s"] for r in cells], marker="o", label=server,
+                      **styles[server])
+            for r in (r for r in rows if r["server"] == server and r["input"] == batched):
+                axes.plot([r["concurrency"]], [r["items_per_s"]], marker="*", markersize=13, linestyle="none",
+                          color=styles[server]["color"])
+        for variant, shade in zip(dict.fromkeys(r["variants"] for r in raw), (BASELINE, "silver")):
+            cells = sorted((r for r in raw if r["variants"] == variant and r["input"] == modality), key=lambda r: r["concurrency"])
+            axes.plot([r["concurrency"] for r in cells], [r["items_per_s"] for r in cells], color=shade, linestyle=":",
+                      marker="o", label=f"raw onnxruntime {variant} (no HTTP)")
+        _concurrency_axis(axes, {r["concurrency"] for r in rows})
+        axes.set(title=f"{modality}s, one per request" + (f" (stars: {batched} per request)" if batched else ""),
+                 ylabel=f"{modality}s / s", ylim=(0, None))
+    panels[0].legend(fontsize="small")
+    return figure
+
 # ---- benches without concurrency: their natural picture ----
 
 def soak(result: Result, plt):
@@ -314,8 +343,8 @@ def _median(value: Any) -> float:
 
 
 CHARTS: dict[str, Callable[[Result, Any], Any]] = {f.__name__: f for f in (
-    serve_images, text_vs_infinity, soak, runtimes, index_search, jobs, word2vec_vs_gensim, vision_ssl, zero_shot, scores,
-    own_images)}
+    serve_images, text_vs_infinity, images_vs_infinity, soak, runtimes, index_search, jobs, word2vec_vs_gensim, vision_ssl,
+    zero_shot, scores, own_images)}
 
 
 def bench_name(path: Path, result: Result) -> str | None:

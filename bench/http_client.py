@@ -1,6 +1,8 @@
-"""The benchmarks' HTTP/1.1 client: prebuilt request bytes over keep-alive connections on loopback,
-as light as a client can be, since it shares the machine's CPU with the server it measures; and
-what a run reports (latency percentiles, the CPU the client and the server used).
+"""The benchmarks' HTTP side: the servers they start on loopback (embedserve's app under uvicorn,
+started, waited for and stopped alike for every bench); their HTTP/1.1 client, prebuilt request
+bytes over keep-alive connections, as light as a client can be, since it shares the machine's CPU
+with the server it measures; and what a run reports (latency percentiles, the CPU the client and
+the server used).
 
 Uvicorn answers every request with a Content-Length, so a response is read as its head and then
 exactly that many bytes; a response without one is refused rather than guessed at.
@@ -11,19 +13,70 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 HOST = "127.0.0.1"  # loopback only: a benchmark never listens on a public address
+ROOT = Path(__file__).resolve().parents[1]  # the checkout, whose serving/ the servers run
+# a peer may export its model when it starts (infinity's optimum engine does); a dead server ends the wait sooner
+STARTUP_TIMEOUT_S = 600.0
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def start_gateway(env: dict[str, str], port: int, workers: int = 1, log=None) -> subprocess.Popen:
+    """embedserve's app (serving.app) under uvicorn on HOST:`port` in a child process whose
+    environment is `env` (its EMBEDSERVE_* settings), `workers` processes; its output to `log`
+    (a file), else to this process's."""
+    command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST,
+               "--port", str(port), "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
+    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT if log else None)
+
+
+async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, path: str = "/readyz", what: str = "the server", *,
+                     model: str | None = None, in_a_row: int = 1, timeout_s: float = STARTUP_TIMEOUT_S) -> float:
+    """Seconds until `server` is ready: `path` answers 200, or, with `model`, its answer (embedserve's
+    /readyz) lists `model` as loaded, whatever the other models under the artifacts folder do (they
+    make /readyz answer 503 but do not concern a bench of one model). `in_a_row` answers in a row,
+    each on a fresh connection: with several workers each connection may land on another one, and
+    each loads the models on its own. RuntimeError if the server exits or takes longer than `timeout_s`."""
+    start, ready_in_a_row = time.monotonic(), 0
+    while time.monotonic() - start < timeout_s:
+        if server.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {server.returncode} before it was ready")
+        try:
+            answer = await client.get(path, headers={"Connection": "close"})
+            if model is None:
+                ready = answer.status_code == 200
+            else:
+                ready = any(m["name"] == model and m["state"] == "loaded" for m in answer.json().get("models", []))
+        except (httpx.TransportError, ValueError):
+            ready = False
+        ready_in_a_row = ready_in_a_row + 1 if ready else 0
+        if ready_in_a_row >= in_a_row:
+            return time.monotonic() - start
+        await asyncio.sleep(0.05 if ready else 0.2)
+    raise RuntimeError(f"{what} was not ready within {timeout_s:.0f} s")
+
+
+def stop(server: subprocess.Popen, timeout_s: float = 20.0) -> int:
+    """SIGTERM `server`, then SIGKILL if it has not exited within `timeout_s`; its exit code."""
+    server.terminate()
+    try:
+        return server.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        return server.wait()
 
 
 def http_request(method: str, path: str, port: int, body: bytes | None = None, content_type: str | None = None) -> bytes:

@@ -15,6 +15,7 @@ search settings (HNSW efSearch, IVF nprobe) to show where recall@10 reaches 0.95
     python bench/index_search.py                                   # 1M x 128 and artifacts/
     python bench/index_search.py --n 100000 --artifacts /tmp/demo/artifacts
     python bench/index_search.py --n 20000 --milvus-max-n 0        # quick, without Milvus
+    python bench/index_search.py --smoke                           # 1000 vectors, 20 queries, no trained indexes: seconds
 
 Writes bench/results/index_search.json with the machine (and its load) and the date.
 """
@@ -38,7 +39,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from bench.report import utc_now, write_report  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from index.config import IndexConfig  # noqa: E402
 from index.vector_index import VectorIndex, iter_current_indexes  # noqa: E402
@@ -48,7 +49,7 @@ K = 10
 TARGET = {"recall_at_10": 0.95, "speedup_vs_flat": 10.0}  # the issue's: an approximate index at both
 HNSW_EF_SWEEP = (64, 128, 256)  # 64 is the server's efSearch
 IVF_NPROBE_SWEEP = (16, 64)  # 16 is the server's nprobe
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "index_search.json"
+SMOKE = {"n": 1000, "queries": 20, "max_seconds": 0.2}  # --smoke's sizes
 
 
 def synthetic(n: int, queries: int, dim: int = 128, clusters: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +139,7 @@ def bench_dataset(name: str, base: np.ndarray, queries: np.ndarray, args: argpar
         del index, inner
         faiss.omp_set_num_threads(args.build_threads)
 
-    if "milvus" in args.kinds and n <= args.milvus_max_n:
+    if "milvus" in args.kinds and n <= args.milvus_max_n and milvus_installed():
         from index.milvus_index import MilvusStore  # the milvus extra
 
         store = MilvusStore(IndexConfig(backend="milvus", milvus_uri=str(milvus_dir / f"{name.replace('/', '_')}.db")))
@@ -152,13 +153,20 @@ def bench_dataset(name: str, base: np.ndarray, queries: np.ndarray, args: argpar
                 store.client.drop_collection(index.collection)
         finally:
             store.close()
-    elif "milvus" in args.kinds:
+    elif "milvus" in args.kinds and n > args.milvus_max_n:
         print(f"  Milvus Lite skipped: n={n} is above --milvus-max-n {args.milvus_max_n}", flush=True)
 
     flat_qps = next(r["queries_per_s"] for r in rows if r["method"] == "faiss Flat")
     for r in rows:
         r["speedup_vs_flat"] = round(r["queries_per_s"] / flat_qps, 2)
     return rows
+
+
+def milvus_installed() -> bool:
+    """Whether the milvus extra (pymilvus and Milvus Lite) is installed; without it the Milvus rows are left out."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("pymilvus", "milvus_lite"))
 
 
 def real_embeddings(artifacts: Path, queries: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -204,18 +212,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kinds", default="hnsw,ivfpq,milvus", help="beside numpy and FAISS Flat (comma-separated)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of other data sets already in --out (a large run added to a smaller one)")
-    parser.add_argument("--out", type=Path, default=RESULTS_PATH)
+    parser.add_argument("--smoke", action="store_true",
+                        help=SMOKE_HELP + f"; {SMOKE['n']} synthetic vectors, {SMOKE['queries']} queries, not --artifacts' indexes")
+    parser.add_argument("--out", type=Path, help="default: bench/results/index_search.json")
     args = parser.parse_args(argv)
     args.kinds = {k.strip() for k in args.kinds.split(",") if k.strip()}
+    if args.smoke:
+        args.n, args.queries, args.max_seconds = SMOKE["n"], SMOKE["queries"], SMOKE["max_seconds"]
+    args.out = result_path(args.out, "index_search", args.smoke)
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     rows: list[dict] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="index-search-") as tmp:
-        datasets = real_embeddings(args.artifacts, args.queries) if (args.artifacts / "indexes").is_dir() else []
-        if not datasets:
+        datasets = real_embeddings(args.artifacts, args.queries) if (args.artifacts / "indexes").is_dir() and not args.smoke else []
+        if args.smoke:
+            notes.append("--smoke: the indexes of trained models not run")
+        elif not datasets:
             notes.append(f"no index of a trained model under {args.artifacts}: real embeddings not run")
+        if "milvus" in args.kinds and not milvus_installed():
+            notes.append("Milvus Lite not run: pymilvus and milvus-lite are not installed (the milvus extra)")
         for name, base, queries in datasets:
             rows += bench_dataset(name, base, queries, args, Path(tmp))
         if args.n:
@@ -237,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     for note in notes:
         print("note:", note)
     result = {
-        "benchmark": "index_search", "date": utc_now(),
+        "benchmark": "index_search", "date": utc_now(), "smoke": args.smoke,
         "command": " ".join(["python", *sys.argv]), "machine": machine_info("faiss-cpu", "pymilvus", "milvus-lite"),
         "load_average_before_1_5_15min": load_before, "wall_s": round(time.perf_counter() - started, 1), "runs": runs,
         "k": K, "queries_per_dataset": args.queries, "max_seconds_per_row": args.max_seconds,

@@ -16,6 +16,8 @@ with the machine and date, to bench/results/jobs.json.
     python bench/jobs.py                                           # the demo's first image model, else a small CNN stand-in
     python bench/jobs.py --artifacts artifacts --model simclr-fmnist
     python bench/jobs.py --ray-replicas 4                          # replicas of the Ray row (default: one per core)
+    python bench/jobs.py --ray-replicas 0                          # no Ray row (Ray's start takes seconds)
+    python bench/jobs.py --smoke                                   # a few hundred images as folders of PNGs, no Ray: seconds
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +37,9 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.report import utc_now, write_report  # noqa: E402
+from bench.http_client import HOST, free_port, latency_summary, start_gateway, stop, wait_ready  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
+from bench.serve_images import fashion_mnist_folder, find_image_bundle, sample_pngs, write_small_cnn_bundle  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from index.jobs import JobSpec, JobStore, run_job  # noqa: E402
 from index.vector_index import open_index  # noqa: E402
@@ -47,10 +50,9 @@ from runtime.encoders.onnx_runtime import resolve_providers, session_options  # 
 from runtime.idx import load_fashion_mnist  # noqa: E402
 from runtime.preprocessing import preprocess_batch  # noqa: E402
 from runtime.sources import to_pil  # noqa: E402
-from bench.http_client import HOST, free_port, latency_summary  # noqa: E402
-from serve_images import find_image_bundle, sample_pngs, wait_ready, write_small_cnn_bundle  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "results" / "jobs.json"
+SPLITS = ("train", "test")  # two jobs; the server's background job re-embeds the first
+SMOKE_IMAGES = {"train": 256, "test": 128}  # --smoke: the first images of each split, as folders of PNGs
 
 
 def copy_model(bundle: Bundle, artifacts: Path) -> None:
@@ -60,12 +62,26 @@ def copy_model(bundle: Bundle, artifacts: Path) -> None:
     (target / "current").write_text(bundle.manifest.version + "\n")
 
 
-def bench_raw(bundle: Bundle, batch_size: int) -> dict:
-    """The model alone: every batch preprocessed first (untimed), then session.run over them all."""
+def job_sources(scratch: Path, smoke: bool) -> dict[str, tuple[str, np.ndarray]]:
+    """Per split, the source its job reads and the same images as arrays (N, 28, 28) for the raw
+    loop: Fashion-MNIST's splits, or with `smoke` their first SMOKE_IMAGES written as folders of
+    PNGs under `scratch` (a job reads a folder as it reads any other source)."""
+    sources = {}
+    for split in SPLITS:
+        images = load_fashion_mnist(split=split)[0]
+        if smoke:
+            images = images[:SMOKE_IMAGES[split]]
+            sources[split] = (str(fashion_mnist_folder(split, len(images), scratch / "images" / split)), images)
+        else:
+            sources[split] = (f"fashion-mnist:{split}", images)
+    return sources
+
+
+def bench_raw(bundle: Bundle, batch_size: int, images: np.ndarray) -> dict:
+    """The model alone on `images` (N, 28, 28): every batch preprocessed first (untimed), then session.run over them all."""
     session = ort.InferenceSession(str(bundle.file("image_encoder")), sess_options=session_options(RuntimeConfig().intra_op_threads),
                                    providers=resolve_providers("auto"))
     name = bundle.manifest.onnx_io("image_encoder").inputs[0]
-    images = np.concatenate([load_fashion_mnist(split=s)[0] for s in ("train", "test")])  # (70000, 28, 28)
     spec = bundle.manifest.preprocessing
     batches = [preprocess_batch([to_pil(im) for im in images[i:i + batch_size]], spec) for i in range(0, len(images), batch_size)]
     start = time.perf_counter()
@@ -75,14 +91,15 @@ def bench_raw(bundle: Bundle, batch_size: int) -> dict:
     return {"images": len(images), "wall_s": round(wall_s, 2), "images_per_s": round(len(images) / wall_s, 1)}
 
 
-def bench_job(artifacts: Path, model: str, batch_size: int, ray: RayConfig | None = None, prefix: str = "fm") -> dict:
-    """Both Fashion-MNIST splits as two jobs, timed end to end (index writes included); on Ray
+def bench_job(artifacts: Path, model: str, batch_size: int, sources: dict[str, str], ray: RayConfig | None = None,
+              prefix: str = "fm") -> dict:
+    """Both splits' `sources` as two jobs, timed end to end (index writes included); on Ray
     with `ray`. Each job's time is split in three: until its first shard is handed back (on Ray:
     the replicas start), from there to its last shard (the streaming rate), and the rest (the
     index version built, saved and made current)."""
     store, total, start, rows, phases = JobStore(artifacts), 0, time.perf_counter(), [], []
-    for split in ("train", "test"):
-        job = store.create(JobSpec(source=f"fashion-mnist:{split}", model=model, index=f"{prefix}-{split}", batch_size=batch_size))
+    for split in SPLITS:
+        job = store.create(JobSpec(source=sources[split], model=model, index=f"{prefix}-{split}", batch_size=batch_size))
         began, shards = time.perf_counter(), []
 
         def note_shard() -> bool:  # called by run_job after each shard is handed to its writer
@@ -103,7 +120,7 @@ def bench_job(artifacts: Path, model: str, batch_size: int, ray: RayConfig | Non
             "first_shard_s": [p["first_shard_s"] for p in phases], "phases": phases, "jobs": rows}
 
 
-def bench_ray_job(artifacts: Path, model: str, batch_size: int, replicas: int) -> dict:
+def bench_ray_job(artifacts: Path, model: str, batch_size: int, sources: dict[str, str], replicas: int) -> dict:
     """bench_job on a local Ray of one CPU per core, `replicas` model replicas; Ray's own start is timed apart."""
     import ray
 
@@ -114,29 +131,33 @@ def bench_ray_job(artifacts: Path, model: str, batch_size: int, replicas: int) -
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     start_s = time.perf_counter() - began
     try:
-        result = bench_job(artifacts, model, batch_size, RayConfig(address="local", replicas=replicas), prefix="ray")
+        result = bench_job(artifacts, model, batch_size, sources, RayConfig(address="local", replicas=replicas), prefix="ray")
     finally:
         ray.shutdown()
     same = all(np.array_equal(open_index(artifacts, f"fm-{split}").ids(), open_index(artifacts, f"ray-{split}").ids())
-               for split in ("train", "test"))
+               for split in SPLITS)
     probe = [open_index(artifacts, f"{p}-test") for p in ("fm", "ray")]
+    item = min(1234, len(probe[0].ids()) - 1)
     return {**result, "replicas": replicas, "ray_start_s": round(start_s, 2), "ray_version": ray.__version__,
-            "same_ids_as_local": same, "same_vectors_as_local": bool(np.array_equal(probe[0].vector(1234), probe[1].vector(1234)))}
+            "same_ids_as_local": same, "same_vectors_as_local": bool(np.array_equal(probe[0].vector(item), probe[1].vector(item)))}
 
 
-async def drive(client: httpx.AsyncClient, requests: int, concurrency: int, until=None) -> dict:
-    """`requests` requests from `concurrency` clients (or until `until()` is false), alternating a
-    search by id and an embedding of a small PNG."""
+async def drive(client: httpx.AsyncClient, requests: int, concurrency: int, items: int, until=None) -> dict:
+    """`requests` requests from `concurrency` clients (or until `until()` is false, each client's
+    first request sent regardless, so that a job quicker than expected still leaves a figure),
+    alternating a search by id (among the `items` of index fm-test) and an embedding of a small PNG."""
     latencies, sent = {"search": [], "embed": []}, 0
     png = sample_pngs(1, 28)[0]
 
     async def worker() -> None:
         nonlocal sent
-        while sent < requests and (until is None or until()):
+        first = True
+        while sent < requests and (until is None or until() or first):
+            first = False
             sent += 1
             began = time.perf_counter()
             if sent % 2:
-                response = await client.post("/search", json={"index": "fm-test", "id": sent % 10_000, "k": 10})
+                response = await client.post("/search", json={"index": "fm-test", "id": sent % items, "k": 10})
             else:
                 response = await client.post("/embed/image", files=[("files", ("a.png", png, "image/png"))])
             response.raise_for_status()
@@ -148,19 +169,22 @@ async def drive(client: httpx.AsyncClient, requests: int, concurrency: int, unti
     return {kind: latency_summary(values, len(values), wall_s, "images") for kind, values in latencies.items()}
 
 
-async def bench_search(artifacts: Path, model: str, requests: int, concurrency: int, batch_size: int) -> dict:
+async def bench_search(artifacts: Path, model: str, requests: int, concurrency: int, batch_size: int, background_source: str,
+                       items: int, warm_up: int = 200) -> dict:
+    """The server idle, then while a job of `background_source` runs in it; `items` in index fm-test."""
     port = free_port()
-    env = {**os.environ, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts)}
-    command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST, "--port", str(port),
-               "--log-level", "warning", "--no-access-log"]
-    server = subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1])
+    # data roots: --smoke's folders of images lie in the scratch artifacts folder (the splits are always readable)
+    env = {**os.environ, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_DATA_ROOTS": str(artifacts)}
+    server = start_gateway(env, port)
     try:
         async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60) as client:
-            await wait_ready(client, server)
-            await drive(client, 200, concurrency)  # warm-up
-            idle = await drive(client, requests, concurrency)
-            job = (await client.post("/jobs", json={"source": "fashion-mnist:train", "model": model, "index": "bg",
-                                                    "batch_size": batch_size})).json()
+            await wait_ready(client, server, model=model)
+            await drive(client, warm_up, concurrency, items)
+            idle = await drive(client, requests, concurrency, items)
+            answer = await client.post("/jobs", json={"source": background_source, "model": model, "index": "bg",
+                                                      "batch_size": batch_size})
+            answer.raise_for_status()
+            job = answer.json()
             state = {"running": True}
 
             async def watch() -> None:
@@ -172,14 +196,45 @@ async def bench_search(artifacts: Path, model: str, requests: int, concurrency: 
 
             watcher = asyncio.create_task(watch())
             await asyncio.sleep(0.5)  # the job is under way
-            busy = await drive(client, requests, concurrency, until=lambda: state["running"])
+            busy = await drive(client, requests, concurrency, items, until=lambda: state["running"])
             still_running = state["running"]  # False: the job ended first, and fewer searches were timed
             watcher.cancel()
             return {"idle": idle, "with_job": busy, "job_still_running_at_the_end": still_running,
                     "job": state.get("status")}
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server, timeout_s=30)
+
+
+def table_rows(raw: dict, job: dict, on_ray: dict | None, search: dict) -> list[dict]:
+    """The printed table, row by row: images/s with their ratio to the raw loop, and the
+    requests' p50 and p99 with the p99's ratio to the idle server's."""
+    rows = [{"measurement": "raw onnxruntime loop", "images_per_s": raw["images_per_s"], "ratio": 1.0},
+            {"measurement": "re-embedding job (read, preprocess, embed, shards, index)", "images_per_s": job["images_per_s"]}]
+    if on_ray is not None:
+        rows.append({"measurement": f"the same job on a local Ray ({on_ray['replicas']} replicas; first shard after "
+                                    f"{' s, '.join(str(s) for s in on_ray['first_shard_s'])} s)",
+                     "images_per_s": on_ray["images_per_s"]})
+    for name, result in (("job", job), ("job on Ray", on_ray)):
+        if result is not None:
+            train = result["phases"][0]  # the training split's job: past the start, at what rate shards stream
+            rows.append({"measurement": f"{name}, train split from its first shard to its last",
+                         "images_per_s": train["streaming_images_per_s"]})
+    for row in rows:
+        row["ratio"] = round(row["images_per_s"] / raw["images_per_s"], 3)
+    idle, busy = search["idle"], search["with_job"]
+    for kind, route in (("search", "/search"), ("embed", "/embed/image")):
+        rows.append({"measurement": f"{route}, idle", "p50_ms": idle[kind]["p50_ms"], "p99_ms": idle[kind]["p99_ms"], "ratio": 1.0})
+        rows.append({"measurement": f"{route}, job running", "p50_ms": busy[kind]["p50_ms"], "p99_ms": busy[kind]["p99_ms"],
+                     "ratio": round(busy[kind]["p99_ms"] / idle[kind]["p99_ms"], 3)})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| measurement | images/s | p50 ms | p99 ms | ratio |\n| --- | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        rate = f"{row['images_per_s']:,.0f}" if "images_per_s" in row else ""
+        ratio = f"{row['ratio']:.2f}" + (" (p99)" if "p99_ms" in row and row["ratio"] != 1.0 else "")
+        print(f"| {row['measurement']} | {rate} | {row.get('p50_ms', '')} | {row.get('p99_ms', '')} | {ratio} |")
 
 
 def main() -> None:
@@ -190,46 +245,54 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--requests", type=int, default=2000, help="searches per measurement")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--ray-replicas", type=int, default=os.cpu_count(), help="model replicas of the Ray row (default: one per core)")
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--ray-replicas", type=int,
+                        help="model replicas of the Ray row; 0: no Ray row (default: one per core; with --smoke, 0)")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
+    parser.add_argument("--out", type=Path, help="default: bench/results/jobs.json")
     args = parser.parse_args()
+    if args.ray_replicas is None:
+        args.ray_replicas = 0 if args.smoke else os.cpu_count()
+    if args.ray_replicas < 0:
+        parser.error(f"--ray-replicas must be 0 (no Ray row) or more, not {args.ray_replicas}")
+    if args.smoke:  # a few shards per job, a few requests
+        args.batch_size, args.requests = 64, 20
+    out = result_path(args.out, "jobs", args.smoke)
 
     load_at_start = list(os.getloadavg())  # machine_info's is taken at the end
     with tempfile.TemporaryDirectory(prefix="embedserve-bench-jobs-") as scratch:
         artifacts = Path(scratch)
-        bundle = find_image_bundle(args.artifacts, args.model) if (args.artifacts / "models").is_dir() else None
+        # a smoke run embeds with the stand-in, whatever the user's artifacts hold
+        bundle = find_image_bundle(args.artifacts, args.model) if (args.artifacts / "models").is_dir() and not args.smoke else None
         bundle = bundle or write_small_cnn_bundle(Path(scratch) / "source")
         copy_model(bundle, artifacts)
         model = bundle.manifest.name
-        raw = bench_raw(bundle, args.batch_size)
-        job = bench_job(artifacts, model, args.batch_size)
-        on_ray = bench_ray_job(artifacts, model, args.batch_size, args.ray_replicas)
-        search = asyncio.run(bench_search(artifacts, model, args.requests, args.concurrency, args.batch_size))
+        data = job_sources(artifacts, args.smoke)
+        sources = {split: source for split, (source, _) in data.items()}
+        images = {split: len(pixels) for split, (_, pixels) in data.items()}
+        raw = bench_raw(bundle, args.batch_size, np.concatenate([pixels for _, pixels in data.values()]))
+        job = bench_job(artifacts, model, args.batch_size, sources)
+        on_ray = bench_ray_job(artifacts, model, args.batch_size, sources, args.ray_replicas) if args.ray_replicas else None
+        search = asyncio.run(bench_search(artifacts, model, args.requests, args.concurrency, args.batch_size, sources["train"],
+                                          images["test"], warm_up=10 if args.smoke else 200))
 
-    ratio = job["images_per_s"] / raw["images_per_s"]
-    ray_ratio = on_ray["images_per_s"] / raw["images_per_s"]
-    idle, busy = search["idle"], search["with_job"]
-    p99 = {kind: busy[kind]["p99_ms"] / idle[kind]["p99_ms"] for kind in ("search", "embed")}
-    print(f"\nmodel {model} {bundle.manifest.version}, batch {args.batch_size}, 70,000 Fashion-MNIST images; "
-          f"requests at concurrency {args.concurrency}")
-    print("| measurement | images/s | p50 ms | p99 ms | ratio |\n| --- | ---: | ---: | ---: | ---: |")
-    print(f"| raw onnxruntime loop | {raw['images_per_s']:,.0f} | | | 1.00 |")
-    print(f"| re-embedding job (read, preprocess, embed, shards, index) | {job['images_per_s']:,.0f} | | | {ratio:.2f} |")
-    print(f"| the same job on a local Ray ({on_ray['replicas']} replicas; first shard after "
-          f"{' s, '.join(str(s) for s in on_ray['first_shard_s'])} s) | {on_ray['images_per_s']:,.0f} | | | {ray_ratio:.2f} |")
-    for name, result in (("job", job), ("job on Ray", on_ray)):
-        train = result["phases"][0]  # the 60,000-image job: past the start, at what rate shards stream
-        print(f"| {name}, train split from its first shard to its last | {train['streaming_images_per_s']:,.0f} | | | "
-              f"{train['streaming_images_per_s'] / raw['images_per_s']:.2f} |")
-    for kind, route in (("search", "/search"), ("embed", "/embed/image")):
-        print(f"| {route}, idle | | {idle[kind]['p50_ms']} | {idle[kind]['p99_ms']} | 1.00 |")
-        print(f"| {route}, job running | | {busy[kind]['p50_ms']} | {busy[kind]['p99_ms']} | {p99[kind]:.2f} (p99) |")
-    result = {"benchmark": "jobs", "date": utc_now(),
-              "machine": machine_info("onnxruntime", "faiss-cpu", "pyarrow", "ray"), "load_average_at_start": load_at_start, "model": f"{model} {bundle.manifest.version}",
-              "batch_size": args.batch_size, "raw_onnxruntime": raw, "job": job, "ray_job": on_ray, "search": search,
-              "job_over_raw": round(ratio, 3), "ray_job_over_raw": round(ray_ratio, 3),
-              "p99_with_job_over_idle": {kind: round(r, 3) for kind, r in p99.items()}}
-    write_report(args.out, result)
+    rows = table_rows(raw, job, on_ray, search)
+    print(f"\nmodel {model} {bundle.manifest.version}, batch {args.batch_size}, {sum(images.values()):,} Fashion-MNIST images "
+          f"({' + '.join(f'{n:,} {split}' for split, n in images.items())}); requests at concurrency {args.concurrency}")
+    print_table(rows)
+    if on_ray is None:
+        print("no Ray row (--ray-replicas 0)")
+    result = {"benchmark": "jobs", "date": utc_now(), "smoke": args.smoke,
+              "machine": machine_info("onnxruntime", "faiss-cpu", "pyarrow", "ray"), "load_average_at_start": load_at_start,
+              "model": f"{model} {bundle.manifest.version}", "batch_size": args.batch_size, "images": images,
+              "concurrency": args.concurrency, "rows": rows, "raw_onnxruntime": raw, "job": job, "search": search,
+              "job_over_raw": round(job["images_per_s"] / raw["images_per_s"], 3),
+              "p99_with_job_over_idle": {kind: round(search["with_job"][kind]["p99_ms"] / search["idle"][kind]["p99_ms"], 3)
+                                         for kind in ("search", "embed")}}
+    if on_ray is not None:
+        result |= {"ray_job": on_ray, "ray_job_over_raw": round(on_ray["images_per_s"] / raw["images_per_s"], 3)}
+    else:
+        result["not_measured"] = {"ray_job": "--ray-replicas 0"}
+    write_report(out, result)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.report import utc_now, write_report  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.sources import IMAGE_EXTENSIONS  # noqa: E402
 from training.data.captions import openclipart_caption  # noqa: E402
@@ -205,13 +205,13 @@ def format_table(simclr: dict, clip: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="the same path on a handful of images per category")
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     parser.add_argument("--folder", type=Path,
                         help="a labelled image folder (a subfolder per category) instead of Open Clip Art")
     parser.add_argument("--categories", nargs="+", help=f"Open Clip Art categories (default: {' '.join(CATEGORIES)})")
     parser.add_argument("--per-category", type=int, help="distinct images per category (default: the profile's)")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'cores shared')")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "own_images.json"))
+    parser.add_argument("--out", help="the result JSON (default: bench/results/own_images.json; --smoke: a temporary folder)")
     args = parser.parse_args(argv)
     profile = PROFILES["smoke" if args.smoke else "full"]
     root = args.folder or OPENCLIPART
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "largest_side_px": LARGEST_SIDE, "held_out_fraction": HELD_OUT_FRACTION, "prepare_s": round(prepare_s, 1)},
         "simclr": simclr, "clip": clip, "targets": targets, "table": table,
     }
-    write_report(args.out, result)
+    write_report(result_path(args.out, "own_images", args.smoke), result)
     return result
 
 

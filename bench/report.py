@@ -1,15 +1,33 @@
 """Where a benchmark's figures go: `bench/results/<name>.json`, written whole or not at all, with
-its chart beside it (bench/charts.py). Every bench writes its results through here."""
+its chart beside it (bench/charts.py). Every bench writes its results through here.
+
+Every bench also takes `--smoke`: the same code path end to end at its smallest sizes, in seconds,
+on tiny models it makes itself, peers left out when they are not installed; its JSON goes to a
+temporary folder unless `--out` says where, never over the recorded results. The suite runs each
+bench so (tests/bench/test_smoke.py).
+"""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench.charts import write_chart
+from bench.charts import RESULTS, write_chart
 from runtime.files import atomic_write_text
+
+SMOKE_HELP = ("run the same code end to end at the smallest sizes, in seconds, on tiny models the bench makes (a check "
+              "that the bench runs, not a measurement); its JSON goes to a temporary folder unless --out says where")
+
+
+def result_path(out: Path | str | None, name: str, smoke: bool) -> Path:
+    """Where bench `name` writes: `out` when given, else bench/results/<name>.json, or for a smoke
+    run a temporary folder's <name>.json (a smoke run's figures mean nothing)."""
+    if out is not None:
+        return Path(out)
+    return (Path(tempfile.gettempdir()) / "embedserve-bench-smoke" if smoke else RESULTS) / f"{name}.json"
 
 
 def utc_now() -> str:

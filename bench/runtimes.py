@@ -11,6 +11,7 @@ the machine, the date and the load average, to bench/results/runtimes.json.
 
     python bench/runtimes.py --artifacts artifacts            # the demo's models (embedserve demo --no-serve)
     python bench/runtimes.py --artifacts artifacts --models simclr-fmnist --seconds 1 --threads 2
+    python bench/runtimes.py --smoke                          # a tiny SimCLR trained two steps and exported: seconds
 
 Torch eager needs the checkpoint the bundle was exported from, artifacts/checkpoints/<name>.pt
 (where the demo and `embedserve train` put it); without it that row is skipped.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +33,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.report import utc_now, write_report  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, open_bundle  # noqa: E402
 from runtime.encoders.onnx_runtime import OnnxEncoder  # noqa: E402
@@ -218,6 +220,22 @@ def print_table(rows: list[dict]) -> None:
           "text), in points; cos: lowest cosine of its outputs here to torch eager's")
 
 
+def smoke_artifacts(artifacts: Path, name: str = "simclr-smoke") -> str:
+    """A tiny SimCLR (bench/vision_ssl.py's smoke configuration, two steps) trained into
+    `artifacts`/checkpoints and exported as bundle `name` with its int8 and fp16 copies; returns `name`."""
+    from dataclasses import replace
+
+    from bench.vision_ssl import PROFILES
+    from export.image_encoder import export_image_encoder
+    from training.methods.simclr import train_simclr
+
+    checkpoint = artifacts / "checkpoints" / f"{name}.pt"
+    train_simclr(replace(PROFILES["smoke"]["simclr"], checkpoint_path=str(checkpoint),
+                         log_path=str(artifacts / "logs" / f"{name}.jsonl")))
+    export_image_encoder(checkpoint, artifacts, name, centering_images=256)
+    return name
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
@@ -227,12 +245,19 @@ def main(argv: list[str] | None = None) -> None:
                              "server's default, EMBEDSERVE_ONNX_INTRA_OP_THREADS=0, runs onnxruntime)")
     parser.add_argument("--seconds", type=float, default=5.0, help="timing per runtime and batch size, split over the rounds")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; each runtime keeps its fastest call")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "runtimes.json")
+    parser.add_argument("--smoke", action="store_true",
+                        help=SMOKE_HELP + "; a tiny SimCLR trained and exported into a temporary folder, one short round")
+    parser.add_argument("--out", type=Path, help="default: bench/results/runtimes.json")
     args = parser.parse_args(argv)
+    args.out = result_path(args.out, "runtimes", args.smoke)
 
     load_before = [round(x, 2) for x in os.getloadavg()]
     started = time.perf_counter()
     rows, notes = [], []
+    scratch = tempfile.TemporaryDirectory(prefix="embedserve-bench-runtimes-")
+    if args.smoke:
+        args.artifacts = Path(scratch.name)
+        args.models, args.seconds, args.rounds = smoke_artifacts(args.artifacts), 0.05, 1
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         bundle = open_bundle(args.artifacts, name)
         roles = ("image_encoder", "text_encoder") if bundle.manifest.kind == "image-text-encoder" else ("image_encoder",)
@@ -242,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
                                                   args.seconds, args.rounds)
             rows += tower_rows
             notes += tower_notes
+    scratch.cleanup()
     add_ratios(rows)
     print_table(rows)
     verdicts = check_targets(rows)
@@ -250,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     for note in dict.fromkeys(notes):
         print("note:", note)
     result = {
-        "benchmark": "runtimes", "date": utc_now(),
+        "benchmark": "runtimes", "date": utc_now(), "smoke": args.smoke,
         "command": " ".join(["python", *sys.argv]), "artifacts": str(args.artifacts),
         "machine": machine_info("onnxruntime", "torch"), "load_average_before_1_5_15min": load_before,
         "wall_s": round(time.perf_counter() - started, 1), "threads_per_call": args.threads, "rounds": args.rounds,

@@ -9,6 +9,7 @@ Prints one table and writes it, with the machine and date, to bench/results/scor
 
     python bench/scores.py --checkpoint artifacts/checkpoints/simclr-fmnist.pt \\
         --checkpoint artifacts/checkpoints/mae-fmnist.pt --clip-checkpoint artifacts/checkpoints/clip-fmnist.pt
+    python bench/scores.py --smoke      # tiny SimCLR and CLIP models trained two steps (vision_ssl's and zero_shot's): seconds
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.report import utc_now, write_report  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
+from bench.serve_images import fashion_mnist_folder  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from export.image_encoder import CENTERING_IMAGES, export_image_encoder  # noqa: E402
 from index.build import build_image_index  # noqa: E402
@@ -39,6 +41,8 @@ from training.evaluation.linear_probe import linear_probe  # noqa: E402
 
 RANKS = (1, 2, 10, 100, 1000)  # rank 1 of a query by id is the item itself
 INDEX_SOURCE = "fashion-mnist:test"
+SMOKE_CENTERING_IMAGES = 256  # --smoke: the training images a centring mean comes from
+SMOKE_INDEX_IMAGES = 1000  # --smoke: the test images indexed and ranked (at least the largest of RANKS)
 
 
 def bundle_embeddings(bundle: Bundle, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -59,21 +63,26 @@ def score_ranks(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 
 def image_encoder_rows(checkpoint: str, work: Path, query_id: int, queries: int, knn_train: int | None,
-                       linear: bool = False) -> dict:
-    """Before/after figures of one SimCLR or MAE checkpoint."""
+                       linear: bool = False, variants: bool = True, centering_images: int = CENTERING_IMAGES,
+                       index_images: int | None = None) -> dict:
+    """Before/after figures of one SimCLR or MAE checkpoint; `variants`: export its int8 and fp16
+    copies too, as `embedserve export` does (a smoke run leaves them out: quantising and scoring
+    them is most of an export's time); `index_images`: index only the first test images, as a
+    folder (None: the whole test split)."""
     train = load_image_arrays("fashion-mnist", "train")
     keep = random_subset(len(train[0]), knn_train, 0)
     train = train if keep is None else (train[0][keep], train[1][keep])
-    test_labels = load_image_arrays("fashion-mnist", "test")[1]
+    test_labels = load_image_arrays("fashion-mnist", "test")[1][:index_images]
+    source = INDEX_SOURCE if index_images is None else fashion_mnist_folder("test", index_images, work / "test-images")
     sample = np.random.default_rng(0).choice(len(test_labels), queries, replace=False)
     out = {}
-    for variant, images in (("before", 0), ("after", CENTERING_IMAGES)):
+    for variant, images in (("before", 0), ("after", centering_images)):
         artifacts = work / variant
-        bundle = export_image_encoder(checkpoint, artifacts, "model", centering_images=images)
-        build_image_index(artifacts, "fashion-mnist-test", "model", INDEX_SOURCE, progress=False)
+        bundle = export_image_encoder(checkpoint, artifacts, "model", centering_images=images, int8=variants, fp16=variants)
+        build_image_index(artifacts, "fashion-mnist-test", "model", source, progress=False)
         index = open_index(artifacts, "fashion-mnist-test")
         scores, ids = index.search(index.vector(query_id)[None, :], max(RANKS))  # what POST /search {"id": ...} ranks
-        served = np.stack([index.vector(i) for i in range(len(test_labels))])  # (10000, D) the index's unit vectors
+        served = np.stack([index.vector(i) for i in range(len(test_labels))])  # (N, D) the index's unit vectors
         ranks = score_ranks(served, sample)  # (Q, len(RANKS))
         out[variant] = {
             "method": bundle.manifest.method,
@@ -91,7 +100,8 @@ def image_encoder_rows(checkpoint: str, work: Path, query_id: int, queries: int,
     return out
 
 
-def clip_rows(checkpoint: str, texts: int = 2048, retrieval_size: int = 1000, seed: int = 0) -> dict:
+def clip_rows(checkpoint: str, texts: int = 2048, retrieval_size: int = 1000, seed: int = 0, test_images: int | None = None,
+              mean_images: int = CENTERING_IMAGES) -> dict:
     """Zero-shot top-1 (plain cosines), text->image recall and score ranks of a CLIP model with its
     towers' outputs left as trained, each centred on its own training mean, or only the images centred."""
     import torch  # only the CLIP part runs torch: its towers are compared before any export
@@ -106,8 +116,9 @@ def clip_rows(checkpoint: str, texts: int = 2048, retrieval_size: int = 1000, se
     encode_texts = text_encoder_fn(text_tower, info.tokenizer_json)
     transform = EvalTransform.from_spec(info.preprocessing)
     images, labels = load_image_arrays("fashion-mnist", "test", info.config.get("data_root"))
+    images, labels = images[:test_images], labels[:test_images]  # None: all 10,000
     test = embed_images(image_tower, torch.stack([transform(to_pil(im)) for im in images]))  # (10000, dim)
-    image_mean = query_bank_embeddings(image_tower, info, CENTERING_IMAGES, seed).mean(axis=0)  # training images
+    image_mean = query_bank_embeddings(image_tower, info, mean_images, seed).mean(axis=0)  # training images
     rng = random.Random(seed)
     train_captions = [fashion_mnist_caption(rng.randrange(10), rng, TRAIN_TEMPLATES) for _ in range(texts)]
     text_mean = encode_texts(train_captions).mean(axis=0)  # training-style captions
@@ -139,6 +150,23 @@ def clip_rows(checkpoint: str, texts: int = 2048, retrieval_size: int = 1000, se
     return out
 
 
+def smoke_checkpoints(folder: Path) -> tuple[str, str]:
+    """A tiny SimCLR and a tiny CLIP checkpoint under `folder`, trained two steps each with the
+    smoke configurations of bench/vision_ssl.py and bench/zero_shot.py."""
+    from dataclasses import replace
+
+    from bench.vision_ssl import PROFILES
+    from bench.zero_shot import SMOKE_CONFIG
+    from training.methods.clip import ClipConfig, train_clip
+    from training.methods.simclr import train_simclr
+
+    simclr = replace(PROFILES["smoke"]["simclr"], checkpoint_path=str(folder / "simclr.pt"), log_path=str(folder / "simclr.jsonl"))
+    train_simclr(simclr)
+    clip = ClipConfig.quick(checkpoint_path=str(folder / "clip.pt"), log_path=str(folder / "clip.jsonl"), **SMOKE_CONFIG)
+    train_clip(clip)
+    return simclr.checkpoint_path, clip.checkpoint_path
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", default=[], help="a SimCLR or MAE checkpoint (repeatable)")
@@ -147,19 +175,30 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--queries", type=int, default=500, help="random test images whose median scores are reported")
     parser.add_argument("--knn-train", type=int, default=10_000, help="training images the kNN votes over (0: all 60k)")
     parser.add_argument("--linear-probe", action="store_true", help="also a linear probe at 10%% and 100%% of the labels")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "scores.json"))
+    parser.add_argument("--smoke", action="store_true",
+                        help=SMOKE_HELP + "; trains its own two checkpoints, 50 queries, kNN over 1000 training images")
+    parser.add_argument("--out", help="default: bench/results/scores.json")
     args = parser.parse_args(argv)
+    args.out = result_path(args.out, "scores", args.smoke)
 
     results: dict = {"machine": machine_info("onnxruntime", "faiss-cpu", "torch"),
                      "date": utc_now(),
                      "centering_images": CENTERING_IMAGES, "knn_train": args.knn_train or 60_000, "knn_test": 10_000,
-                     "image_encoders": {}, "clip": None}
+                     "image_encoders": {}, "clip": None, "smoke": args.smoke}
     with tempfile.TemporaryDirectory(prefix="embedserve-scores-") as scratch:
+        if args.smoke:
+            simclr, args.clip_checkpoint = smoke_checkpoints(Path(scratch) / "checkpoints")
+            args.checkpoint, args.queries, args.knn_train, args.linear_probe = [simclr], 50, 1000, False
+            results |= {"centering_images": SMOKE_CENTERING_IMAGES, "knn_train": args.knn_train, "knn_test": SMOKE_INDEX_IMAGES}
         for n, checkpoint in enumerate(args.checkpoint):
             results["image_encoders"][checkpoint] = image_encoder_rows(
-                checkpoint, Path(scratch) / str(n), args.query_id, args.queries, args.knn_train or None, args.linear_probe)
-    if args.clip_checkpoint:
-        results["clip"] = {args.clip_checkpoint: clip_rows(args.clip_checkpoint)}
+                checkpoint, Path(scratch) / str(n), args.query_id, args.queries, args.knn_train or None, args.linear_probe,
+                variants=not args.smoke, centering_images=SMOKE_CENTERING_IMAGES if args.smoke else CENTERING_IMAGES,
+                index_images=SMOKE_INDEX_IMAGES if args.smoke else None)
+        if args.clip_checkpoint:
+            sizes = {"texts": 256, "retrieval_size": 100, "test_images": SMOKE_INDEX_IMAGES,
+                     "mean_images": SMOKE_CENTERING_IMAGES} if args.smoke else {}
+            results["clip"] = {args.clip_checkpoint: clip_rows(args.clip_checkpoint, **sizes)}
     results["machine"]["load_average_at_end"] = machine_info()["load_average_1_5_15min"]
 
     header = (f"{'model':<24} {'variant':<16} {'id ' + str(args.query_id) + ' @1/2/10/100/1000':<34} "

@@ -12,6 +12,7 @@ bench/results/serve_images.json.
     python bench/serve_images.py                                  # an image encoder under artifacts/, else a small CNN bundle
     python bench/serve_images.py --artifacts artifacts --model simclr-fmnist --requests 512
     python bench/serve_images.py --no-triton                      # without the Triton row
+    python bench/serve_images.py --smoke                          # the stand-in CNN, concurrency 1, a few requests: seconds
 """
 
 from __future__ import annotations
@@ -33,20 +34,21 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.report import utc_now, write_report  # noqa: E402
-from bench.http_client import HOST, KeepAliveConnections, free_port, http_request, latency_summary  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
+from bench.http_client import (HOST, KeepAliveConnections, free_port, http_request, latency_summary, start_gateway,  # noqa: E402
+                               stop, wait_ready)
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, Manifest, OnnxIO, iter_current_bundles, open_bundle, write_bundle  # noqa: E402
 from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
 from runtime.preprocessing import PreprocessingSpec, decode_image, preprocess_batch  # noqa: E402
 from export.triton import write_triton_repository  # noqa: E402
 from serving.settings import Settings  # noqa: E402
-from tests.triton_server import PYTRITON, TritonServer  # noqa: E402
+from tests.triton_server import KIT_DIR, PYTRITON, TritonServer  # noqa: E402
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+SMOKE_CONCURRENCY = (1,)
 TRITON_MODE = "batched, on Triton"
-STARTUP_TIMEOUT_S = 60.0
 
 
 def write_small_cnn_bundle(artifacts: Path, name: str = "bench-cnn") -> Bundle:
@@ -105,38 +107,26 @@ def sample_pngs(count: int, size: int) -> list[bytes]:
     return out
 
 
+def fashion_mnist_folder(split: str, count: int, folder: Path) -> Path:
+    """The first `count` images of a Fashion-MNIST split as PNG files in `folder` (made), named in
+    order so that a folder source reads them at the positions they have in the split: a source of a
+    few hundred images for a smoke run, which jobs and index builds read as they read a split."""
+    folder.mkdir(parents=True)
+    for i, pixels in enumerate(load_fashion_mnist(DEFAULT_FASHION_MNIST_ROOT, split)[0][:count]):
+        Image.fromarray(pixels, "L").save(folder / f"{i:05d}.png")
+    return folder
+
+
 def start_server(artifacts: Path, model: str, batching: bool, workers: int, port: int, max_batch_size: int,
                  max_wait_ms: float, triton_url: str | None = None) -> subprocess.Popen:
+    """The gateway serving `model` from `artifacts` as this bench runs it (fp32, batching on or off)."""
     env = {**os.environ, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_DEFAULT_IMAGE_MODEL": model,
            "EMBEDSERVE_BATCHING": str(batching).lower(), "EMBEDSERVE_MAX_BATCH_SIZE": str(max_batch_size),
            "EMBEDSERVE_MAX_WAIT_MS": str(max_wait_ms),
            "EMBEDSERVE_PRECISION": "fp32"}  # the variant Triton's repository holds, and the raw session's
     if triton_url:
         env["EMBEDSERVE_TRITON_URL"] = triton_url
-    command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST,
-               "--port", str(port), "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
-    return subprocess.Popen(command, env=env, cwd=Path(__file__).resolve().parents[1])
-
-
-async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, model: str, workers: int = 1) -> None:
-    """Until /readyz lists `model` as loaded on several fresh connections in a row: with several
-    workers, each connection may land on a different one, and each loads the models on its own.
-    The other models under the artifacts folder may fail (on Triton, a repository holds only the
-    bench's model), which makes /readyz answer 503 but does not concern this bench."""
-    deadline, in_a_row = time.monotonic() + STARTUP_TIMEOUT_S, 0
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with code {server.returncode} before it was ready")
-        try:
-            answer = (await client.get("/readyz", headers={"Connection": "close"})).json()
-            ready = any(m["name"] == model and m["state"] == "loaded" for m in answer.get("models", []))
-        except (httpx.TransportError, ValueError):
-            ready = False
-        in_a_row = in_a_row + 1 if ready else 0
-        if in_a_row >= 8 * workers:
-            return
-        await asyncio.sleep(0.05 if ready else 0.2)
-    raise RuntimeError(f"the server was not ready within {STARTUP_TIMEOUT_S:.0f} s")
+    return start_gateway(env, port, workers)
 
 
 def multipart_request(png: bytes, port: int) -> bytes:
@@ -188,6 +178,7 @@ def start_triton(bundle: Bundle, scratch: Path, max_batch_size: int) -> TritonSe
 
 async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests: int, args,
                         triton: TritonServer | None = None) -> dict:
+    """Each server in turn at each of `args.concurrency`."""
     results = {}
     servers = [("batched", True, 1, None), ("unbatched", False, 1, None)]
     if args.workers > 1:
@@ -200,30 +191,27 @@ async def bench_gateway(artifacts: Path, model: str, pngs: list[bytes], requests
                               triton_server.url if triton_server else None)
         server_pids = (server.pid, triton_server.process.pid) if triton_server else (server.pid,)
         try:
-            limits = httpx.Limits(max_connections=max(CONCURRENCY), max_keepalive_connections=max(CONCURRENCY))
+            limits = httpx.Limits(max_connections=max(args.concurrency), max_keepalive_connections=max(args.concurrency))
             async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60.0, limits=limits) as client:
-                await wait_ready(client, server, model, workers)
+                # several fresh connections in a row: with several workers, each may land on another one
+                await wait_ready(client, server, model=model, in_a_row=8 * workers)
                 requests_bytes = [multipart_request(png, port) for png in pngs]
-                for c in CONCURRENCY:
+                for c in args.concurrency:
                     results[(mode, c)] = await drive(port, requests_bytes, c, requests, client, server_pids, count_batches=workers == 1)
                     print(f"  gateway {mode} c={c}: {results[(mode, c)]}", flush=True)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server, timeout_s=15)
     return results
 
 
-def bench_raw(bundle: Bundle, pngs: list[bytes], requests: int) -> dict:
-    """The model alone: onnxruntime in this process on already-preprocessed batches of c images."""
+def bench_raw(bundle: Bundle, pngs: list[bytes], requests: int, concurrency: tuple[int, ...] = CONCURRENCY) -> dict:
+    """The model alone: onnxruntime in this process on already-preprocessed batches of c images, c in `concurrency`."""
     session = ort.InferenceSession(str(bundle.file("image_encoder")), sess_options=session_options(Settings().onnx_intra_op_threads),
                                    providers=resolve_providers("auto"))
     input_name = session.get_inputs()[0].name
     images = [decode_image(p) for p in pngs]
     results = {}
-    for c in CONCURRENCY:
+    for c in concurrency:
         batch = preprocess_batch([images[i % len(images)] for i in range(c)], bundle.manifest.preprocessing)  # (c, C, H, W)
         session.run(None, {input_name: batch})  # warm-up
         calls = max(1, requests // c)
@@ -261,12 +249,25 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="server processes of the extra batched server (default: one per core; 1: no extra server)")
     parser.add_argument("--no-triton", action="store_true", help="leave out the row whose model runs on a Triton server")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "serve_images.json")
+    parser.add_argument("--smoke", action="store_true",
+                        help=SMOKE_HELP + "; concurrency 1, one worker, Triton only when its kit is prepared")
+    parser.add_argument("--out", type=Path, help="default: bench/results/serve_images.json")
     args = parser.parse_args()
+    args.concurrency = SMOKE_CONCURRENCY if args.smoke else CONCURRENCY
+    not_measured = {}
+    if args.smoke:
+        args.requests, args.workers = 16, 1
+        if not args.no_triton and not (KIT_DIR / "bin" / "tritonserver").is_file():
+            args.no_triton = True  # preparing Triton's kit downloads and installs packages: minutes, not a smoke run's
+            not_measured[TRITON_MODE] = f"Triton's kit is not prepared at {KIT_DIR} (the Triton tests prepare it)"
+    elif args.no_triton:
+        not_measured[TRITON_MODE] = "--no-triton"
+    out = result_path(args.out, "serve_images", args.smoke)
 
     with tempfile.TemporaryDirectory(prefix="serve-images-bench-") as scratch:
         artifacts = args.artifacts.resolve()
-        bundle = find_image_bundle(artifacts, args.model) if artifacts.is_dir() else None
+        # a smoke run serves the stand-in, whatever the user's artifacts hold
+        bundle = find_image_bundle(artifacts, args.model) if artifacts.is_dir() and not args.smoke else None
         stand_in = bundle is None
         if stand_in:
             artifacts = Path(scratch)
@@ -281,9 +282,9 @@ def main() -> None:
         finally:
             if triton is not None:
                 triton.stop()
-        results |= bench_raw(bundle, pngs, args.requests)
+        results |= bench_raw(bundle, pngs, args.requests, args.concurrency)
 
-    top = max(CONCURRENCY)
+    top = max(args.concurrency)
     ratios = {
         f"batched/unbatched images/s at c={top}": results[("batched", top)]["images_per_s"] / results[("unbatched", top)]["images_per_s"],
         f"gateway (batched)/raw onnxruntime images/s at c={top}": results[("batched", top)]["images_per_s"] / results[("raw onnxruntime", top)]["images_per_s"],
@@ -303,9 +304,13 @@ def main() -> None:
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
 
-    write_report(args.out, {
+    for name, why in not_measured.items():
+        print(f"not measured: {name}: {why}")
+
+    write_report(out, {
         "benchmark": "serve_images",
         "date": utc_now(),
+        "smoke": args.smoke,
         "machine": machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx", "tritonclient"),
         "model": {"name": m.name, "version": m.version, "method": m.method, "dim": m.dim, "stand_in": stand_in},
         "settings": {"requests_per_cell": args.requests, "max_batch_size": args.max_batch_size,
@@ -320,6 +325,7 @@ def main() -> None:
                      "client": "raw asyncio streams in the bench process, prebuilt multipart requests, one keep-alive connection per concurrent request; client_cpu and server_cpu are the cores each process used"},
         "results": [{"mode": mode, "concurrency": c, **r} for (mode, c), r in results.items()],
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "not_measured": not_measured,
     })
 
 

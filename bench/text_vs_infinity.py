@@ -16,6 +16,7 @@ the machine, the load average and the date, to bench/results/text_vs_infinity.js
 
     python bench/text_vs_infinity.py                      # installs infinity on the first run (minutes)
     python bench/text_vs_infinity.py --requests 128 --engines torch
+    python bench/text_vs_infinity.py --smoke              # a tiny text model, concurrency 1, infinity when installed: seconds
 """
 
 from __future__ import annotations
@@ -40,20 +41,21 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.report import utc_now, write_report  # noqa: E402
-from bench.http_client import HOST, KeepAliveConnections, free_port, http_request, latency_summary  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
+from bench.http_client import (HOST, KeepAliveConnections, free_port, http_request, latency_summary, start_gateway,  # noqa: E402
+                               stop, wait_ready)
 from embedserve.machine import machine_info  # noqa: E402
-from runtime.bundle import Bundle, BundleError, open_bundle  # noqa: E402
+from runtime.bundle import Bundle, BundleError, Manifest, OnnxIO, TokenizerSpec, open_bundle, write_bundle  # noqa: E402
 from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
 from runtime.tokens import encode_batch, load_tokenizer, used_length  # noqa: E402
 from runtime.vectors import rowwise_cosine  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+SMOKE_CONCURRENCY = (1,)
 WARM_UP_REQUESTS = 64  # untimed requests before each cell (at least two per connection)
 MODEL = "minilm"  # the name both servers serve the model under
 LONG_TOKENS = 128  # tokens per long text, [CLS] and [SEP] included
-STARTUP_TIMEOUT_S = 600.0  # infinity's optimum engine exports the model to ONNX when it starts
 INFINITY_PACKAGE = "infinity-emb[server,torch,optimum]"
 SHORT_TEXTS = [
     "How do I reset my password?", "A man is playing a guitar.", "The weather is lovely today.",
@@ -116,6 +118,49 @@ def imported_bundle(artifacts: Path, folder: Path) -> Bundle:
 
 
 # --- infinity, in its own venv -----------------------------------------------------------------
+
+def write_tiny_text_bundle(artifacts: Path, folder: Path, dim: int = 8) -> Bundle:
+    """A stand-in text encoder for --smoke, under the name MODEL: `folder`'s tokenizer, then a random
+    embedding table, the mean over the text's tokens and unit length, in ONNX: the inputs and output
+    of an imported sentence encoder at a tiny fraction of its cost (and of its import's)."""
+    from onnx import TensorProto, helper, numpy_helper, save
+    from tokenizers import Tokenizer
+
+    from training.data.tokenizer import set_context_length
+
+    tokenizer = set_context_length(Tokenizer.from_file(str(folder / "tokenizer.json")), 2 * LONG_TOKENS)
+    table = np.random.default_rng(0).normal(size=(tokenizer.get_vocab_size(), dim)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["tokens"]),  # (B, T, D)
+        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask", "last"], ["mask3"]),  # (B, T, 1)
+        helper.make_node("Mul", ["tokens", "mask3"], ["kept"]),
+        helper.make_node("ReduceSum", ["kept", "one"], ["summed"], keepdims=0),  # (B, D)
+        helper.make_node("ReduceL2", ["summed", "last"], ["norm"], keepdims=1),  # (B, 1)
+        helper.make_node("Div", ["summed", "norm"], ["embeddings"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_text",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", dim])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([-1], np.int64), "last"),
+         numpy_helper.from_array(np.array([1], np.int64), "one")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    manifest = Manifest(name=MODEL, kind="text-encoder", method="sentence-transformers", dim=dim, normalized=True,
+                        files={"text_encoder": "text_encoder.onnx", "tokenizer": "tokenizer.json"},
+                        tokenizer=TokenizerSpec(file="tokenizer.json", context_length=2 * LONG_TOKENS),
+                        onnx={"text_encoder": OnnxIO(("ids", "attention_mask"), "embeddings")},
+                        extra={"note": "random-weight stand-in written by bench/text_vs_infinity.py --smoke"})
+
+    def write_files(target: Path) -> None:
+        save(model, str(target / "text_encoder.onnx"))
+        tokenizer.save(str(target / "tokenizer.json"))
+
+    return write_bundle(artifacts, manifest, write_files)
+
 
 def local_torch_wheel() -> str | None:
     """A CPU torch wheel on this machine's pip find-links, if any: installing it first keeps pip
@@ -200,15 +245,14 @@ class Setup:
 
 
 def start_embedserve(artifacts: Path, setup: Setup, precision: str, port: int, log) -> subprocess.Popen:
+    """embedserve serving MODEL from `artifacts` at `precision` with `setup`, its output to `log`."""
     env = {**os.environ, **OFFLINE, "EMBEDSERVE_ARTIFACTS_DIR": str(artifacts), "EMBEDSERVE_DEFAULT_TEXT_MODEL": MODEL,
            "EMBEDSERVE_PRECISION": precision}
     for name in ("EMBEDSERVE_ONNX_INTRA_OP_THREADS", "EMBEDSERVE_BATCHES_IN_FLIGHT"):
         env.pop(name, None)
     if not setup.default:
         env |= {"EMBEDSERVE_ONNX_INTRA_OP_THREADS": str(setup.threads), "EMBEDSERVE_BATCHES_IN_FLIGHT": str(setup.batches_in_flight)}
-    command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", HOST,
-               "--port", str(port), "--log-level", "warning", "--no-access-log"]
-    return subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return start_gateway(env, port, log=log)
 
 
 def start_infinity(command: Path, folder: Path, engine: str, port: int, scratch: Path, log) -> subprocess.Popen:
@@ -222,30 +266,6 @@ def start_infinity(command: Path, folder: Path, engine: str, port: int, scratch:
     return subprocess.Popen(argv, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
 
 
-async def wait_ready(client: httpx.AsyncClient, server: subprocess.Popen, path: str, what: str) -> float:
-    """Seconds until `path` answers 200; RuntimeError if the server exits or takes too long."""
-    start = time.monotonic()
-    while time.monotonic() - start < STARTUP_TIMEOUT_S:
-        if server.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {server.returncode} before it was ready")
-        try:
-            if (await client.get(path)).status_code == 200:
-                return time.monotonic() - start
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.5)
-    raise RuntimeError(f"{what} was not ready within {STARTUP_TIMEOUT_S:.0f} s")
-
-
-def stop(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
 # --- the client --------------------------------------------------------------------------------
 
 def embeddings_request(path: str, port: int, text: str) -> bytes:
@@ -254,12 +274,13 @@ def embeddings_request(path: str, port: int, text: str) -> bytes:
     return http_request("POST", path, port, body, "application/json")
 
 
-async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, server_pid: int) -> dict:
+async def drive(port: int, requests_bytes: list[bytes], concurrency: int, requests: int, server_pid: int,
+                warm_up_requests: int = WARM_UP_REQUESTS) -> dict:
     """`requests` one-text POSTs, `concurrency` in flight at a time; every answer must be 200."""
     async with KeepAliveConnections(port, concurrency) as connections:
         # lazy initialisation and first batches: at least 64 requests, so a cell of one connection
         # does not time a server's first moments (the first cell of a run was the slowest in every run)
-        await connections.warm_up(requests_bytes, rounds=max(2, WARM_UP_REQUESTS // concurrency))
+        await connections.warm_up(requests_bytes, rounds=max(2, warm_up_requests // concurrency))
         run = await connections.drive(requests_bytes, requests, (server_pid,))
     # server_cpu: the cores it used meanwhile; cpu_ms_per_request: its CPU time per answer, which depends
     # far less than requests/s on how much of the machine other work left it
@@ -268,7 +289,8 @@ async def drive(port: int, requests_bytes: list[bytes], concurrency: int, reques
 
 
 async def bench_server(name: str, start, ready_path: str, embed_path: str, inputs: dict[str, list[str]],
-                       requests: dict[str, int], reference: np.ndarray, reference_texts: list[str], scratch: Path) -> dict:
+                       requests: dict[str, int], reference: np.ndarray, reference_texts: list[str], scratch: Path,
+                       concurrency: tuple[int, ...] = CONCURRENCY, warm_up_requests: int = WARM_UP_REQUESTS) -> dict:
     """Start one server, check that it embeds like the reference, drive every (input, concurrency) cell, stop it."""
     port = free_port()
     log_path = scratch / f"{name.replace(' ', '-')}.log"
@@ -285,9 +307,10 @@ async def bench_server(name: str, start, ready_path: str, embed_path: str, input
             results = {"startup_s": round(startup_s, 1), "min_cosine_to_raw_onnxruntime": round(cosine, 6), "cells": {}}
             for kind, texts in inputs.items():
                 prebuilt = [embeddings_request(embed_path, port, t) for t in texts]
-                for c in CONCURRENCY:
+                for c in concurrency:
                     load = os.getloadavg()[0]
-                    cell = await drive(port, prebuilt, c, requests[kind], server.pid) | {"load_average_1min": round(load, 2)}
+                    cell = await drive(port, prebuilt, c, requests[kind], server.pid, warm_up_requests) | {
+                        "load_average_1min": round(load, 2)}
                     results["cells"][(kind, c)] = cell
                     print(f"  {name} {kind} c={c}: {cell}", flush=True)
             return results
@@ -297,7 +320,8 @@ async def bench_server(name: str, start, ready_path: str, embed_path: str, input
             stop(server)
 
 
-def bench_raw(bundle: Bundle, precision: str, setup: Setup, inputs: dict[str, list[str]], requests: dict[str, int]) -> dict:
+def bench_raw(bundle: Bundle, precision: str, setup: Setup, inputs: dict[str, list[str]], requests: dict[str, int],
+              concurrency: tuple[int, ...] = CONCURRENCY) -> dict:
     """The model alone: onnxruntime in this process, the server's session options, the precision's
     file, on pre-tokenised batches cut to the tokens they use, as the server's encoder runs them.
     At concurrency c, min(c, batches in flight) callers run side by side, each calling batches of
@@ -311,7 +335,7 @@ def bench_raw(bundle: Bundle, precision: str, setup: Setup, inputs: dict[str, li
     tokenizer = load_tokenizer(bundle.file("tokenizer"))
     cells = {}
     for kind, texts in inputs.items():
-        for c in CONCURRENCY:
+        for c in concurrency:
             callers = min(c, setup.batches_in_flight)
             rows = c // callers
             ids, mask = encode_batch(tokenizer, [texts[i % len(texts)] for i in range(rows)])  # (rows, T)
@@ -421,14 +445,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="times every server runs every cell; each cell reports its median round")
     parser.add_argument("--requests", type=int, default=256, help="requests per cell of short texts")
     parser.add_argument("--long-requests", type=int, default=128, help=f"requests per cell of {LONG_TOKENS}-token texts")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "text_vs_infinity.json")
+    parser.add_argument("--smoke", action="store_true",
+                        help=SMOKE_HELP + "; int8 and the earlier setup left out, concurrency 1, one round, infinity's "
+                                          "engines only when its venv is there already")
+    parser.add_argument("--out", type=Path, help="default: bench/results/text_vs_infinity.json")
     args = parser.parse_args()
+    concurrency, warm_up_requests, failures = CONCURRENCY, WARM_UP_REQUESTS, {}
+    if args.smoke:
+        concurrency, warm_up_requests = SMOKE_CONCURRENCY, 2
+        args.setups, args.precisions, args.rounds, args.requests, args.long_requests = "default", "fp32", 1, 8, 4
+        if args.engines and not (args.scratch / "infinity-venv" / "bin" / "infinity_emb").is_file():
+            # installing infinity takes minutes and a download: not a smoke run's
+            failures["install"] = f"no infinity venv under {args.scratch} (a run without --smoke installs it)"
+            args.engines = ""
+    out = result_path(args.out, "text_vs_infinity", args.smoke)
 
     scratch = args.scratch.resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     folder = (args.model_folder or packaged_model_folder()).resolve()
     machine_before = machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx")
-    bundle = imported_bundle(scratch / "artifacts", folder)
+    if args.smoke:  # its own artifacts folder: the imported model's stays as it is
+        bundle = write_tiny_text_bundle(scratch / "smoke-artifacts" / str(os.getpid()), folder)
+    else:
+        bundle = imported_bundle(scratch / "artifacts", folder)
+    artifacts = bundle.path.parents[2]
     tokenizer = load_tokenizer(bundle.file("tokenizer"))
     inputs = {"short": SHORT_TEXTS, f"{LONG_TOKENS}-token": long_texts(tokenizer, 16)}
     requests = {"short": args.requests, f"{LONG_TOKENS}-token": args.long_requests}
@@ -437,11 +477,10 @@ def main() -> None:
     reference = raw_embeddings(bundle, reference_texts)  # (6, 384)
     print(f"model {folder} as bundle {bundle.path}; short texts of {min(short_tokens)}-{max(short_tokens)} tokens", flush=True)
 
-    failures: dict[str, str] = {}
     setups = [Setup.parse(text) for text in dict.fromkeys(args.setups.split(","))]
     configs = {embedserve_name(setup, p): (setup, p) for p in dict.fromkeys(args.precisions.split(",")) for setup in setups}
     servers = {name: (lambda port, log, setup=setup, precision=precision: start_embedserve(
-        scratch / "artifacts", setup, precision, port, log), "/readyz", "/v1/embeddings")
+        artifacts, setup, precision, port, log), "/readyz", "/v1/embeddings")
         for name, (setup, precision) in configs.items()}
     engines = [e for e in args.engines.split(",") if e]
     version = None
@@ -472,7 +511,8 @@ def main() -> None:
                 continue
             try:
                 runs.setdefault(name, []).append(asyncio.run(bench_server(
-                    name, start, ready_path, embed_path, inputs, requests, reference, reference_texts, scratch)))
+                    name, start, ready_path, embed_path, inputs, requests, reference, reference_texts, scratch, concurrency,
+                    warm_up_requests)))
             except RuntimeError as e:
                 if not name.startswith("infinity"):
                     raise
@@ -480,7 +520,8 @@ def main() -> None:
                 runs.pop(name, None)
                 print(f"  {name} failed: {e}", flush=True)
         for setup, precision in configs.values():
-            raw_runs.setdefault(raw_name(precision, setup), []).append(bench_raw(bundle, precision, setup, inputs, requests))
+            raw_runs.setdefault(raw_name(precision, setup), []).append(bench_raw(bundle, precision, setup, inputs, requests,
+                                                                                 concurrency))
     results = {name: median_round(r) for name, r in runs.items()}
     raw = {name: median_round(r) for name, r in raw_runs.items()}
     machine = machine_info("onnxruntime", "uvicorn", "uvloop", "httptools", "httpx")
@@ -491,9 +532,12 @@ def main() -> None:
         print(f"{cell}: {entry}")
     for name, why in failures.items():
         print(f"not measured: {name}: {why}")
-    write_report(args.out, {
+    if args.smoke:
+        shutil.rmtree(artifacts, ignore_errors=True)
+    write_report(out, {
         "benchmark": "text_vs_infinity",
         "date": utc_now(),
+        "smoke": args.smoke,
         "machine": machine,
         "load_average_at_start_1_5_15min": machine_before["load_average_1_5_15min"],
         "note": ("the machine's 2 cores were shared with other work while this ran: each cell records the 1-minute load "

@@ -6,12 +6,14 @@ the machine and date, to bench/results/vision_ssl.json.
     python bench/vision_ssl.py --profile quick            # 1.5 min training per method on 2 CPU cores
     python bench/vision_ssl.py --profile cpu-long --out bench/results/vision_ssl_cpu_long.json   # ~40 min on 2 cores
     python bench/vision_ssl.py --profile full --reuse     # evaluate existing full checkpoints (GPU-sized)
+    python bench/vision_ssl.py --smoke                    # --profile smoke: tiny encoders, two steps each, 300 images: seconds
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.report import utc_now, write_report  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from training.data.images import load_image_arrays, random_subset  # noqa: E402
 from training.evaluation.encoder_eval import encoder_embed_fn, evaluate_encoder, raw_pixels  # noqa: E402
@@ -28,6 +30,7 @@ from training.methods.encoders import load_image_encoder  # noqa: E402
 from training.methods.mae import MAEConfig, train_mae  # noqa: E402
 from training.methods.simclr import SimCLRConfig, train_simclr  # noqa: E402
 
+SMOKE_DIR = Path(tempfile.gettempdir()) / "embedserve-bench-smoke" / "vision_ssl"
 # eval_train / eval_test: how many Fashion-MNIST images the kNN and probe use (None = all 60k / 10k)
 PROFILES = {
     "quick": {"simclr": SimCLRConfig.quick(), "mae": MAEConfig.quick(), "eval_train": 10_000, "eval_test": 2_000},
@@ -40,6 +43,17 @@ PROFILES = {
         "mae": MAEConfig.quick(subset=None, epochs=15, checkpoint_path="artifacts/checkpoints/mae-cpu-long.pt",
                                log_path="artifacts/logs/mae-cpu-long.jsonl"),
         "eval_train": None, "eval_test": None,
+    },
+    # --smoke: the same code on tiny encoders trained two steps, checkpoints in a temporary folder
+    "smoke": {
+        "simclr": SimCLRConfig.quick(width=4, proj_hidden_dim=32, subset=256, epochs=1, batch_size=32, max_steps_per_epoch=2,
+                                     eval_every_epochs=0, checkpoint_path=str(SMOKE_DIR / "simclr-smoke.pt"),
+                                     log_path=str(SMOKE_DIR / "simclr-smoke.jsonl")),
+        "mae": MAEConfig.quick(dim=32, depth=1, num_heads=2, decoder_dim=16, subset=256, epochs=1, batch_size=32,
+                               max_steps_per_epoch=2, eval_every_epochs=0, checkpoint_path=str(SMOKE_DIR / "mae-smoke.pt"),
+                               log_path=str(SMOKE_DIR / "mae-smoke.jsonl")),
+        # no 1% probe: 1% of 300 images cannot hold every class
+        "eval_train": 300, "eval_test": 100, "fractions": (0.1, 1.0),
     },
 }
 TRAINERS = {"simclr": train_simclr, "mae": train_mae}
@@ -60,7 +74,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lin = r["linear_top1_pct"]
         lines.append(f"{r['name']:<32} {cell(r['epochs']):>6} {cell(r['train_time_s'], '.0f'):>8} {r['dim']:>5} "
-                     f"{r['knn_top1_pct']:>9.2f} {lin['1%']:>7.2f} {lin['10%']:>8.2f} {lin['100%']:>9.2f}")
+                     f"{r['knn_top1_pct']:>9.2f} {cell(lin.get('1%'), '.2f'):>7} {cell(lin.get('10%'), '.2f'):>8} "
+                     f"{cell(lin.get('100%'), '.2f'):>9}")
     return "\n".join(lines)
 
 
@@ -71,16 +86,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reuse", action="store_true", help="evaluate existing checkpoints instead of training")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--note", default="", help="free text stored with the results (e.g. 'cores shared')")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "vision_ssl.json"))
+    parser.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; the same as --profile smoke")
+    parser.add_argument("--out", help="default: bench/results/vision_ssl.json")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.profile, args.reuse = "smoke", False
+    args.out = result_path(args.out, "vision_ssl", args.profile == "smoke")
     profile = PROFILES[args.profile]
+    fractions = profile.get("fractions", FRACTIONS)
 
     train = fixed_subset(load_image_arrays("fashion-mnist", "train"), profile["eval_train"], seed=1)
     test = fixed_subset(load_image_arrays("fashion-mnist", "test"), profile["eval_test"], seed=1)
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
 
     def evaluate(embed_fn) -> dict:
-        return evaluate_encoder(embed_fn, train, test, FRACTIONS)
+        return evaluate_encoder(embed_fn, train, test, fractions)
 
     rows = [{"name": "raw pixels", "method": None, "epochs": None, "train_time_s": None, **evaluate(raw_pixels)}]
     for name in args.methods:
@@ -109,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine_info("torch", "torchvision", "scikit-learn"), "note": args.note,
         "eval": {"data": "fashion-mnist", "train_images": len(train[0]), "test_images": len(test[0]), "knn_k": 200,
                  "knn_temperature": 0.1, "linear_probe": "sklearn LogisticRegression (C=1) on standardised embeddings",
-                 "label_fractions": list(FRACTIONS)},
+                 "label_fractions": list(fractions)},
         "rows": rows, "table": table,
     }
     write_report(args.out, result)

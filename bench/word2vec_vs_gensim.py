@@ -11,6 +11,7 @@ to bench/results/word2vec_vs_gensim.json.
     python bench/word2vec_vs_gensim.py                            # GCIDE, skip-gram and CBOW, 3 pairs each
     python bench/word2vec_vs_gensim.py --arch cbow --repeats 1    # one architecture, one pair
     python bench/word2vec_vs_gensim.py --max-words 1000000 --epochs 1   # a quick look
+    python bench/word2vec_vs_gensim.py --smoke             # 20,000 words, one epoch, one pair per architecture: seconds
 
 Training time excludes, for both, reading and encoding the corpus and building the vocabulary;
 ours also excludes the numba compile, which is cached on disk after the first run and
@@ -31,13 +32,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from bench.report import utc_now, write_report  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from training.data.text import iter_sentences  # noqa: E402
 from embedserve.pipelines import evaluate_word_vectors  # noqa: E402
 from training.methods.word2vec import ARCHITECTURES, Word2VecConfig, train_word2vec  # noqa: E402
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "word2vec_vs_gensim.json"
+SMOKE = {"max_words": 20_000, "epochs": 1, "repeats": 1, "min_count": 2}  # --smoke's sizes
 # Test sets that ship with gensim (gensim/test/test_data).
 
 
@@ -60,10 +61,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3,
                         help="pairs of runs (ours, gensim) per architecture; the spread over them is reported")  # fmt: skip
     parser.add_argument("--seed", type=int, default=defaults.seed, help="pair i is seeded with seed + i")
-    parser.add_argument("--out", type=Path, default=RESULTS_PATH)
+    parser.add_argument("--smoke", action="store_true",
+                        help=SMOKE_HELP + f"; {SMOKE['max_words']:,} words, {SMOKE['epochs']} epoch, {SMOKE['repeats']} pair")
+    parser.add_argument("--out", type=Path, help="default: bench/results/word2vec_vs_gensim.json")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, not {args.repeats}")
+    if args.smoke:
+        vars(args).update(SMOKE)
+    args.out = result_path(args.out, "word2vec_vs_gensim", args.smoke)
     return args
 
 
@@ -203,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": utc_now(),
         "command": " ".join(["python", "bench/word2vec_vs_gensim.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine_info("torch", "numba", "gensim"),
+        "smoke": args.smoke,
     }
     for arch, config in configs(args).items():
         pairs = run_pairs(config, args.repeats)

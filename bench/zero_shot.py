@@ -11,6 +11,7 @@ Prints one table and writes it, with the machine and date, to bench/results/zero
     python bench/zero_shot.py --train      # train both quick CPU models (about 40 s each on 2 free cores), then evaluate
     python bench/zero_shot.py              # evaluate the checkpoints already there
     python bench/zero_shot.py --train --epochs 4   # 4 epochs over all 60k images (about 3.5 min each); the 0.85 target
+    python bench/zero_shot.py --smoke              # train two tiny models two steps each, evaluate on small sets: seconds
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench.report import utc_now, write_report  # noqa: E402
+from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from export.clip import QUERY_BANK_IMAGES  # noqa: E402
 from index.zero_shot import QUERY_BANK_K, build_class_matrix, classify, query_bank_offsets  # noqa: E402
@@ -44,6 +46,12 @@ from training.methods.clip import (OPEN_VOCABULARY_HELD_OUT, ClipConfig, embed_i
 OPENCLIPART_ROOT = Path("/usr/share/openclipart/png")
 RECALL_KS = (1, 5, 10)
 MAX_OPENCLIPART_PIXELS = 16_000_000
+# --smoke: tiny towers (a width-4 ResNet, a one-block scratch text transformer) trained two steps; a
+# context long enough for the prompts the benches send (a server answers a longer text with a 422)
+SMOKE_CONFIG = {"text_tower": "scratch", "lock_text": False, "text_projection": True, "width": 4, "embed_dim": 16,
+                "text_width": 16, "text_layers": 1, "vocab_size": 200, "context_length": 64, "subset": 256, "batch_size": 32,
+                "max_steps_per_epoch": 2, "eval_every_epochs": 0}
+SMOKE_SIZES = {"retrieval_size": 100, "openclipart_per_category": 2, "test_images": 300, "bank_images": 128}
 
 
 def recall_at_k(similarity: np.ndarray, query_labels: np.ndarray, item_labels: np.ndarray, ks=RECALL_KS) -> dict:
@@ -72,14 +80,17 @@ def fashion_mnist_top1(predicted: np.ndarray, labels: np.ndarray, held_out: list
     }
 
 
-def evaluate(checkpoint: str, retrieval_size: int = 1000, openclipart_per_category: int = 40, seed: int = 0) -> dict:
+def evaluate(checkpoint: str, retrieval_size: int = 1000, openclipart_per_category: int = 40, seed: int = 0,
+             test_images: int | None = None, bank_images: int = QUERY_BANK_IMAGES) -> dict:
+    """Zero-shot, retrieval and Open Clip Art figures of a CLIP checkpoint; on the first `test_images`
+    of the Fashion-MNIST test set (None: all), with a query bank of `bank_images` training images."""
     image_tower, text_tower, info = load_clip_towers(checkpoint)
     config = info.config
     spec = info.preprocessing
     transform = EvalTransform.from_spec(spec)
     encode_texts = text_encoder_fn(text_tower, info.tokenizer_json)
     scale = info.logit_scale
-    bank = query_bank_embeddings(image_tower, info, QUERY_BANK_IMAGES, seed)  # (2048, dim): the bank export writes
+    bank = query_bank_embeddings(image_tower, info, bank_images, seed)  # (2048, dim) by default: the bank export writes
     results: dict = {"logit_scale": scale, "query_bank": {"images": len(bank), "k": QUERY_BANK_K}}
 
     def by_normalization(embeddings: np.ndarray, class_matrix: np.ndarray) -> dict[str, np.ndarray]:
@@ -90,6 +101,7 @@ def evaluate(checkpoint: str, retrieval_size: int = 1000, openclipart_per_catego
 
     # Fashion-MNIST zero-shot, 10-way, eval templates only
     images, labels = load_image_arrays("fashion-mnist", "test", config.get("data_root"))
+    images, labels = images[:test_images], labels[:test_images]
     image_embeddings = embed_images(image_tower, preprocess(images, transform))  # (10000, dim)
     class_matrix = build_class_matrix(encode_texts, FASHION_MNIST_CLASS_NAMES, EVAL_TEMPLATES)  # (10, dim)
     held_out = [FASHION_MNIST_CLASS_NAMES.index(c) for c in config["held_out_classes"]]
@@ -147,25 +159,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--text-tower", choices=["minilm", "scratch"], default="minilm")
     parser.add_argument("--unlock-text", action="store_true", help="fine-tune the text tower instead of locking it")
     parser.add_argument("--retrieval-size", type=int, default=1000)
+    parser.add_argument("--smoke", action="store_true",
+                        help=SMOKE_HELP + "; trains two tiny models into a temporary folder, 300 test images, 2 drawings a category")
     parser.add_argument("--out", help="default: bench/results/zero_shot.json, or zero_shot_<N>_epochs.json with --epochs N")
     args = parser.parse_args(argv)
     suffix = f"-{args.epochs}ep" if args.epochs else "-quick"
-    args.checkpoint = args.checkpoint or f"artifacts/checkpoints/clip{suffix}.pt"
-    args.open_vocabulary_checkpoint = args.open_vocabulary_checkpoint or f"artifacts/checkpoints/clip{suffix}-open-vocabulary.pt"
-    args.out = args.out or str(Path(__file__).parent / "results" / (f"zero_shot_{args.epochs}_epochs.json" if args.epochs else "zero_shot.json"))
+    folder = Path(tempfile.gettempdir()) / "embedserve-bench-smoke" / "zero_shot" if args.smoke else Path("artifacts")
+    args.checkpoint = args.checkpoint or str(folder / "checkpoints" / f"clip{suffix}.pt")
+    args.open_vocabulary_checkpoint = args.open_vocabulary_checkpoint or str(folder / "checkpoints" / f"clip{suffix}-open-vocabulary.pt")
+    args.out = result_path(args.out, f"zero_shot_{args.epochs}_epochs" if args.epochs else "zero_shot", args.smoke)
     longer = {"subset": None, "epochs": args.epochs, "max_steps_per_epoch": None, "warmup_epochs": 0.3} if args.epochs else {}
+    sizes = {"retrieval_size": args.retrieval_size, "openclipart_per_category": 40, "test_images": None}
+    if args.smoke:
+        args.train, longer = True, SMOKE_CONFIG
+        sizes = SMOKE_SIZES
 
     training = {}
     if args.train:
         for name, path, held_out in (("all_classes", args.checkpoint, ()),
                                      ("open_vocabulary", args.open_vocabulary_checkpoint, OPEN_VOCABULARY_HELD_OUT)):
-            config = ClipConfig.quick(checkpoint_path=path, held_out_classes=held_out, text_tower=args.text_tower,
-                                      lock_text=not args.unlock_text, log_path=f"artifacts/logs/{Path(path).stem}.jsonl", **longer)
+            towers = {"text_tower": args.text_tower, "lock_text": not args.unlock_text, **longer}  # --smoke's override
+            config = ClipConfig.quick(checkpoint_path=path, held_out_classes=held_out,
+                                      log_path=str(folder / "logs" / f"{Path(path).stem}.jsonl"), **towers)
             started = time.process_time()
             training[name] = {"config": asdict(config), **train_clip(config), "cpu_time_s": time.process_time() - started}
     started = time.perf_counter()
-    r = evaluate(args.checkpoint, args.retrieval_size)
-    open_vocabulary = evaluate(args.open_vocabulary_checkpoint, args.retrieval_size, openclipart_per_category=0)
+    r = evaluate(args.checkpoint, **sizes)
+    open_vocabulary = evaluate(args.open_vocabulary_checkpoint, **{**sizes, "openclipart_per_category": 0})
     eval_time_s = time.perf_counter() - started
 
     held = " + ".join(open_vocabulary["held_out_classes"])
@@ -203,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{shown(chance):>6}  {target}")
     print("\n".join(lines))
 
-    result = {"benchmark": "zero_shot", "date": utc_now(),
+    result = {"benchmark": "zero_shot", "date": utc_now(), "smoke": args.smoke,
               "machine": machine_info("torch", "torchvision", "transformers"), "checkpoints": {"all_classes": args.checkpoint, "open_vocabulary": args.open_vocabulary_checkpoint},
               "results": {"all_classes": r, "open_vocabulary": open_vocabulary}, "eval_time_s": eval_time_s,
               "training": training, "table": lines}

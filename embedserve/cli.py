@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from embedserve.config_args import add_config_arguments, config_from_args
+from embedserve.settings_args import add_settings_arguments, settings_environment
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 ARTIFACTS_HELP = "folder of models/, indexes/, checkpoints/ (default: ./artifacts)"
@@ -51,6 +52,20 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {bundle.path}")
     if note := curves_note(bundle):
         print(note)
+
+
+def _import_clip(args: argparse.Namespace) -> None:
+    from export.clip_import import import_clip
+
+    bundle = import_clip(args.folder, args.artifacts, args.name, version=args.version, int8=args.int8, fp16=args.fp16,
+                         query_bank=args.query_bank)
+    manifest = bundle.manifest
+    cosine, pixels = manifest.extra["parity_min_cosine"], manifest.extra["preprocessing_parity"] or {}
+    print(f"wrote {bundle.path}  (lowest cosine to {manifest.training_config['source']}: text {cosine['text_encoder']:.6f}, "
+          f"image {cosine['image_encoder']:.6f}; preprocessing: image cosine >= {pixels.get('min_cosine')}, "
+          f"largest pixel difference {pixels.get('max_pixel_difference')} levels)")
+    for v in manifest.variants:
+        print(f"  {v.role} {v.precision} copy ({v.technique}): mean cosine to fp32 {v.mean_cosine:.4f}, lowest {v.min_cosine:.4f}")
 
 
 def _import_sentence_transformers(args: argparse.Namespace) -> None:
@@ -181,11 +196,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     # Options win over the environment; they go into it because every worker process builds
     # its app (and reads its settings) on its own.
-    options = {"artifacts_dir": args.artifacts and args.artifacts.resolve(), "host": args.host, "port": args.port,
-               "workers": args.workers}
-    for field, value in options.items():
-        if value is not None:
-            os.environ[f"EMBEDSERVE_{field.upper()}"] = str(value)
+    os.environ.update(settings_environment(args))
     settings = Settings()
     check_exposure(settings)  # here, so that the refusal is one line rather than each worker's traceback
     serve(settings)
@@ -269,7 +280,8 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     export.set_defaults(func=_export)
 
     imports = commands.add_parser("import", help="turn a model another library saved into a bundle")
-    st = imports.add_subparsers(dest="library", required=True).add_parser(
+    libraries = imports.add_subparsers(dest="library", required=True)
+    st = libraries.add_parser(
         "sentence-transformers", help="a local sentence-transformers folder -> a text-encoder bundle (ONNX, parity-checked)")
     st.add_argument("folder", type=Path, help="the folder with modules.json, config.json, model.safetensors, tokenizer.json")
     st.add_argument("--name", required=True, help="bundle (model) name, as clients will ask for it")
@@ -278,6 +290,18 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
     st.add_argument("--no-int8", dest="int8", action="store_false", help="write no int8 copy (written by default, for CPUs)")
     st.add_argument("--fp16", action="store_true", help="also write an fp16 copy, for GPUs")
     st.set_defaults(func=_import_sentence_transformers)
+    clip = libraries.add_parser(
+        "clip", help="a Hugging Face CLIPModel folder or an open_clip folder -> a CLIP bundle (ONNX, parity-checked)")
+    clip.add_argument("folder", type=Path, help="a CLIPModel folder (config.json, model.safetensors, preprocessor_config.json, "
+                                                "tokenizer.json) or an open_clip one (open_clip_config.json, open_clip_model.safetensors)")
+    clip.add_argument("--name", required=True, help="bundle (model) name, as clients will ask for it")
+    clip.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help=ARTIFACTS_HELP)
+    clip.add_argument("--version", help="bundle version (default: the next vN)")
+    clip.add_argument("--no-int8", dest="int8", action="store_false", help="write no int8 copies (written by default, for CPUs)")
+    clip.add_argument("--fp16", action="store_true", help="also write fp16 copies, for GPUs")
+    clip.add_argument("--query-bank", type=Path, help="an image folder whose embeddings become the zero-shot query bank "
+                                                      "(normalization querybank); without it zero-shot is not normalised")
+    clip.set_defaults(func=_import_clip)
 
     index = commands.add_parser("index", help="build FAISS indexes").add_subparsers(dest="action", required=True)
     build = index.add_parser("build", help="embed a folder or data set with an image model into a named index")
@@ -337,11 +361,10 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
                                            "settings, $EMBEDSERVE_HOST and $EMBEDSERVE_PORT; unset: http://127.0.0.1:8000)")
         client.set_defaults(func=_jobs_client)
 
-    serve = commands.add_parser("serve", help="serve every bundle under the artifacts folder (no torch)")
-    serve.add_argument("--artifacts", type=Path, help="default: $EMBEDSERVE_ARTIFACTS_DIR or ./artifacts")
-    serve.add_argument("--host", help="default: $EMBEDSERVE_HOST or 127.0.0.1")
-    serve.add_argument("--port", type=int, help="default: $EMBEDSERVE_PORT or 8000")
-    serve.add_argument("--workers", type=_positive, help="server processes, each with every model (default: $EMBEDSERVE_WORKERS or 1)")
+    serve = commands.add_parser("serve", help="serve every bundle under the artifacts folder (no torch)",
+                                usage="%(prog)s [-h] [--SETTING VALUE ...]", description="Serve every bundle under the artifacts folder. Every setting is an option "
+                                            "and an environment variable (docs/configuration.md).")
+    add_settings_arguments(serve)
     serve.set_defaults(func=_serve)
 
     bench = commands.add_parser("bench", help="run bench/<name>.py with the remaining arguments")

@@ -17,7 +17,6 @@ class prompts (export.quantize), which `EMBEDSERVE_PRECISION=auto` reads to choo
 
 from __future__ import annotations
 
-import json
 import logging
 from importlib import metadata
 import os
@@ -33,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 from tokenizers import Tokenizer, normalizers
 
+from export.folders import FolderError, read_json
 from export.onnx import DEFAULT_MIN_COSINE, DEFAULT_OPSET, ParityError, export_onnx, run_onnx
 from export.quantize import check_fp16_agreement, text_encoder_variants
 from runtime.bundle import Bundle, Manifest, OnnxIO, TokenizerSpec, sha256_file, write_bundle
@@ -78,11 +78,6 @@ PARITY_TEXTS = (
 )
 
 
-class FolderError(ValueError):
-    """A folder that is not a sentence-transformers model this importer can read; the message
-    says what is missing or unsupported."""
-
-
 @dataclass(frozen=True)
 class SentenceTransformerFolder:
     """What a sentence-transformers folder declares, read from its JSON files without torch."""
@@ -94,15 +89,6 @@ class SentenceTransformerFolder:
     max_seq_length: int  # tokens the model reads per text, special tokens included
     do_lower_case: bool  # sentence-transformers lower-cases texts before its tokenizer sees them
     modules: tuple[str, ...]  # the module types in order, e.g. ("Transformer", "Pooling", "Normalize")
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any] | list[Any]:
-    if not path.is_file():
-        raise FolderError(f"{path} is missing: {what}")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FolderError(f"{path} is not valid JSON ({e}); restore it from the model's source") from None
 
 
 def _pooling_modes(config: dict[str, Any], path: Path) -> tuple[str, ...]:
@@ -125,7 +111,7 @@ def read_folder(folder: Path | str) -> SentenceTransformerFolder:
     path = Path(folder)
     if not path.is_dir():
         raise FolderError(f"{path} is not a folder; give the folder of a sentence-transformers model (with modules.json)")
-    entries = _read_json(path / "modules.json", "a sentence-transformers folder lists its modules there")
+    entries = read_json(path / "modules.json", "a sentence-transformers folder lists its modules there")
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "type" in e for e in entries):
         raise FolderError(f"{path / 'modules.json'} is not a list of modules with a 'type' each")
     types = tuple(str(e["type"]).rsplit(".", 1)[-1] for e in entries)
@@ -138,11 +124,11 @@ def read_folder(folder: Path | str) -> SentenceTransformerFolder:
                        (TOKENIZER_FILE, "the tokenizer, in the `tokenizers` format")):
         if not (transformer / name).is_file():
             raise FolderError(f"{transformer / name} is missing: {what}")
-    config = _read_json(transformer / "config.json", "the transformer's configuration")
+    config = read_json(transformer / "config.json", "the transformer's configuration")
     pooling_path = path / entries[1].get("path", "") / "config.json"
-    pooling = _pooling_modes(_read_json(pooling_path, "the Pooling module's configuration"), pooling_path)
+    pooling = _pooling_modes(read_json(pooling_path, "the Pooling module's configuration"), pooling_path)
     st_config_path = transformer / "sentence_bert_config.json"
-    st_config = _read_json(st_config_path, "") if st_config_path.is_file() else {}
+    st_config = read_json(st_config_path, "") if st_config_path.is_file() else {}
     max_seq_length = st_config.get("max_seq_length") or config.get("max_position_embeddings")
     if not isinstance(max_seq_length, int) or max_seq_length < 2:
         raise FolderError(f"{path}: no max_seq_length in sentence_bert_config.json nor max_position_embeddings in config.json")
@@ -203,7 +189,7 @@ def bundle_tokenizer(spec: SentenceTransformerFolder, context_length: int) -> To
 def _pad_token(folder: Path) -> str:
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if (folder / name).is_file():
-            token = _read_json(folder / name, "").get("pad_token")
+            token = read_json(folder / name, "").get("pad_token")
             if token:
                 return token["content"] if isinstance(token, dict) else str(token)
     raise FolderError(f"{folder}: the tokenizer names no pad token (tokenizer.json padding, special_tokens_map.json)")
@@ -277,7 +263,7 @@ def import_sentence_transformer(
         written = text_encoder_variants(onnx_path, "text_encoder", precisions, (scored_ids[:, :used], scored_mask[:, :used]),
                                         lambda batch: encode_batch(tokenizer, batch), zero_shot=None)
         check_fp16_agreement(written)
-        transformer_config = _read_json(spec.transformer_path / "config.json", "")
+        transformer_config = read_json(spec.transformer_path / "config.json", "")
         manifest = Manifest(
             name=name,
             kind="text-encoder",

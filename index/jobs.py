@@ -38,7 +38,7 @@ from index.store import FaissStore, IndexStore, SearchIndex, writing
 from runtime.bundle import Bundle, BundleError, open_bundle
 from runtime.config import RuntimeConfig
 from runtime.encoders.factory import load_encoder, planned_precision
-from runtime.files import exclusive, lock_file
+from runtime.files import check_name, exclusive, lock_file
 from runtime.preprocessing import ImageLimits, PreprocessingSpec, preprocess_arrays, preprocess_image
 from runtime.sources import ImageSource, Roots, SourceError, open_source, read_item
 
@@ -51,6 +51,14 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 INDEX_PREFIX = "index:"
 MAX_BATCH_SIZE = 4096  # a batch is one shard: rows held in memory at once
+
+
+class JobQueueFull(Exception):
+    """As many jobs wait as may: a new one is refused rather than queued behind them."""
+
+    def __init__(self, waiting: int):
+        super().__init__(f"{waiting} jobs are waiting")
+        self.waiting = waiting
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,10 @@ class JobSpec:
         for name in ("source", "model", "index"):
             if not getattr(self, name).strip():
                 raise ValueError(f"a job needs a {name}")
-        if "/" in self.index or self.index.startswith("."):
-            raise ValueError(f"index name {self.index!r} may not contain '/' or start with '.'")
+        check_name(self.index, "index name")
+        check_name(self.model, "model name")
+        if self.model_version is not None:
+            check_name(self.model_version, "model version")
 
 
 @dataclass(frozen=True)
@@ -130,9 +140,14 @@ class JobStore:
         with db:  # one transaction, committed (or rolled back) on the way out
             yield db
 
-    def create(self, spec: JobSpec) -> JobStatus:
+    def create(self, spec: JobSpec, max_waiting: int | None = None) -> JobStatus:
+        """Queue a job; JobQueueFull when `max_waiting` jobs already wait (counted and added in one
+        transaction, so processes sharing the store cannot together pass the limit)."""
         status = JobStatus(id=uuid.uuid4().hex[:12], spec=spec, state="queued", created_at=_now())
         with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            if max_waiting is not None and (waiting := self._waiting(db)) >= max_waiting:
+                raise JobQueueFull(waiting)
             db.execute("INSERT INTO jobs (id, created_at, status) VALUES (?, ?, ?)",
                        (status.id, status.created_at, json.dumps(status.to_dict())))
         return status
@@ -143,6 +158,15 @@ class JobStore:
         if row is None:
             raise KeyError(job_id)
         return _status_from_json(row[0])
+
+    def waiting(self) -> int:
+        """How many jobs are queued and not yet running."""
+        with self._db() as db:
+            return self._waiting(db)
+
+    @staticmethod
+    def _waiting(db: sqlite3.Connection) -> int:
+        return db.execute("SELECT COUNT(*) FROM jobs WHERE json_extract(status, '$.state') = 'queued'").fetchone()[0]
 
     def list(self) -> list[JobStatus]:
         with self._db() as db:

@@ -24,7 +24,7 @@ import numpy as np
 from index.config import IndexConfig
 from index.vector_index import IndexManifest, VectorIndex, indexes_dir, open_index
 from runtime.bundle import BundleError
-from runtime.files import CURRENT_FILE, VersionError, exclusive, file_stamp, lock_file, names_under, prune_versions, version_folder
+from runtime.files import CURRENT_FILE, VersionError, check_name, exclusive, file_stamp, lock_file, names_under, prune_versions, version_folder
 
 
 class SearchIndex(Protocol):
@@ -94,6 +94,7 @@ class FaissStore:
     def stamp(self, name: str) -> Hashable | None:
         """What changes whenever another process makes a new version of `name` current (its
         `current` pointer's inode and time), None while it has none: one `stat` a call."""
+        check_name(name, "index name")  # before the name becomes a path
         return file_stamp(indexes_dir(self.artifacts) / name / CURRENT_FILE)
 
     def close(self) -> None:

@@ -82,6 +82,8 @@ def check_where(where: dict[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"filter field {key!r}: a metadata field name is letters, digits and underscores")
         if not isinstance(value, (str, int, float, bool)):
             raise ValueError(f"filter on {key!r}: the value must be a string, number or boolean, not {type(value).__name__}")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:  # SQLite's integers are int64
+            raise ValueError(f"filter on {key!r}: an integer must fit in 64 bits (±9.2e18); send a smaller one")
     return dict(where or {})
 
 

@@ -7,7 +7,7 @@ the manifest's layout: everything else reads typed fields (`manifest.preprocessi
 into place (runtime.files), so a reader never sees half of one, and a `current` file per name
 says which version is served.
 
-Schema 2 is the one written. Schema-1 manifests (written before 2026-12) are read and upgraded in
+Schemas 2 and 3 are written (a bundle at the lowest that describes it). Schema-1 manifests (written before 2026-12) are read and upgraded in
 memory, so bundles already on a disk keep serving unchanged.
 """
 
@@ -29,7 +29,11 @@ from runtime.preprocessing import PreprocessingSpec
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # the newest schema this code reads and writes
+# Schema 3 adds to schema 2 only image preprocessing that CLIPs imported from other libraries use
+# (bicubic resizing, crop offsets rounded down, transparency dropped: runtime.preprocessing.PreprocessingSpec); a bundle
+# that uses none of it is written as schema 2, which earlier code reads and serves the same.
+PREPROCESSING_SCHEMA_2 = {"interpolation": "bilinear", "crop_offset": "round", "alpha": "white"}
 MANIFEST_FILE = "manifest.json"
 KINDS = ("image-encoder", "text-encoder", "image-text-encoder", "word-vectors")
 METHODS = ("simclr", "mae", "clip", "word2vec", "sentence-transformers")  # sentence-transformers: imported, not trained here
@@ -189,11 +193,11 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        """Read a manifest's JSON: schema 2 as written, schema 1 upgraded in memory."""
+        """Read a manifest's JSON: schemas 2 and 3 as written, schema 1 upgraded in memory."""
         schema = data.get("schema_version")
         if schema == 1:
             data = _upgrade_v1(data)
-        elif schema != SCHEMA_VERSION:
+        elif schema not in (2, SCHEMA_VERSION):
             raise BundleError(f"manifest schema {schema!r} is newer than this code reads ({SCHEMA_VERSION}): "
                               f"upgrade embedserve, or {REEXPORT_HINT}")
         data = dict(data)
@@ -234,7 +238,7 @@ def _upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     if tokenizer is not None and "file" not in tokenizer:  # v1 word vectors described their tokenisation here
         extra["tokenization"] = tokenizer
         data["tokenizer"] = None
-    data["extra"], data["schema_version"] = extra, SCHEMA_VERSION
+    data["extra"], data["schema_version"] = extra, 2  # what v1 described, schema 2 describes
     return data
 
 
@@ -288,6 +292,7 @@ def write_bundle(
         final = dataclasses.replace(
             manifest,
             version=version,
+            schema_version=_lowest_schema(manifest),
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             file_sha256={f: sha256_file(tmp / f) for f in sorted(manifest.files.values())},
         )
@@ -298,6 +303,13 @@ def write_bundle(
     except VersionError as e:
         raise BundleError(str(e)) from e
     return read_bundle(path)
+
+
+def _lowest_schema(manifest: Manifest) -> int:
+    """The oldest schema that describes `manifest`, so that code of that schema still serves it."""
+    spec = manifest.preprocessing
+    uses_3 = spec is not None and any(getattr(spec, k) != v for k, v in PREPROCESSING_SCHEMA_2.items())
+    return SCHEMA_VERSION if uses_3 else 2
 
 
 def read_manifest(path: Path, cls: type[T], what: str = "bundle") -> T:

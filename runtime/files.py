@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -20,10 +21,37 @@ from pathlib import Path
 FILE_MODE = 0o644  # owner writes, everyone reads
 DIR_MODE = 0o755  # owner writes, everyone lists and enters
 CURRENT_FILE = "current"
+# A model, version, index or job name: one folder (or file) under the artifacts folder, never a
+# path out of it, and short enough to be one (a file name is at most 255 bytes, a character at
+# most 4). The one rule for every name a client sends and every name read from a manifest or a
+# `current` pointer, checked before the name touches a file.
+NAME_MAX_CHARS = 63
+NAME_PATTERN = r"^[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]*$"
 
 
 class VersionError(Exception):
     """A versioned folder is missing, or a version asked for does not exist or already exists."""
+
+
+class InvalidName(ValueError):
+    """A name that is not one plain folder name (a path, a control character, too long)."""
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """`name` if it names one folder (NAME_PATTERN, NAME_MAX_CHARS, valid Unicode), else
+    InvalidName saying what to fix; `what` says which name it is ("index name")."""
+    if not isinstance(name, str) or not name:
+        raise InvalidName(f"{what} is empty; send a name")
+    if len(name) > NAME_MAX_CHARS:
+        raise InvalidName(f"{what} has {len(name):,} characters; a name has at most {NAME_MAX_CHARS}")
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise InvalidName(f"{what} {name[:80]!r} must be a name, not a path: no '/', '\\', control characters "
+                          "or leading '.'")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName(f"{what} holds a lone surrogate, which is no character: send valid Unicode") from None
+    return name
 
 
 @contextmanager
@@ -70,6 +98,7 @@ def exclusive(path: Path | str, wait: bool = True) -> Iterator[bool]:
 
 def lock_file(artifacts: Path | str, name: str) -> Path:
     """Where the lock `name` of an artifacts folder lives (`exclusive` takes it): every lock in one folder."""
+    check_name(name.partition(".")[2] or name, "lock name")  # "index.<name>", "job.<id>"
     return Path(artifacts) / "locks" / f"{name}.lock"
 
 
@@ -151,7 +180,8 @@ def current_version(parent: Path) -> str:
     """The version that `parent/current` names, or the highest vN if there is no pointer."""
     pointer = parent / CURRENT_FILE
     if pointer.is_file():
-        return pointer.read_text(encoding="utf-8").strip()
+        # a name read from disk is checked as a client's is: a pointer holding "../x" leads nowhere
+        return check_name(pointer.read_text(encoding="utf-8", errors="replace").strip()[:1000], f"the version {pointer} names")
     versions = _versions(parent)
     if not versions:
         raise VersionError(f"no versions under {parent}")
@@ -160,7 +190,11 @@ def current_version(parent: Path) -> str:
 
 def version_folder(root: Path, name: str, version: str | None = None, what: str = "model") -> Path:
     """The folder of `name` at `version` (its current one by default) under `root`, which holds
-    one folder per name; VersionError naming what is there when it is missing."""
+    one folder per name; VersionError naming what is there when it is missing, InvalidName for a
+    name or version that is not one folder name (before any file is touched)."""
+    check_name(name, f"{what} name")
+    if version is not None:
+        check_name(version, f"{what} version")
     parent = Path(root) / name
     if not parent.is_dir():
         known = ", ".join(sorted(names_under(root))) or "none"

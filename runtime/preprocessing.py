@@ -37,6 +37,10 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Inde
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow opens 16-bit greyscale as one of these
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 MODES = ("L", "RGB")  # what a model takes: 1 or 3 channels
+# The resampling a bundle's preprocessing may name, as Pillow's filters.
+INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+CROP_OFFSETS = ("round", "floor")  # PreprocessingSpec.crop_offset
+ALPHA_HANDLING = ("white", "drop")  # PreprocessingSpec.alpha
 # A big image is decoded at about this multiple of the model's resize on its shorter side: enough
 # that the final bilinear resize still averages over several source pixels (what it does at full size)
 DECODE_MARGIN = 2
@@ -63,11 +67,19 @@ class PreprocessingSpec:
     """How a model's input is made from an image: EvalTransform, as a bundle records it."""
 
     mode: str  # "L" (1 channel) or "RGB" (3 channels)
-    resize: int  # the shorter side is resized to this (Pillow bilinear)
+    resize: int  # the shorter side is resized to this (Pillow, with `interpolation`)
     crop: int  # then a centred square of this side is cut: the model's input is (C, crop, crop)
     mean: tuple[float, ...]  # per-channel mean subtracted after scaling pixels to [0, 1]
     std: tuple[float, ...]  # per-channel standard deviation divided by
-    interpolation: str = "bilinear"  # the only resampling training uses
+    interpolation: str = "bilinear"  # one of INTERPOLATIONS: training resizes bilinear, CLIPs imported from elsewhere bicubic
+    # Where the crop starts when the margin (resized side - crop) is odd: at half of it rounded as
+    # Python rounds ("round": torchvision's CenterCrop, so training and open_clip) or rounded down
+    # ("floor": transformers' CLIPImageProcessor). One pixel apart, but a whole photo shifted by one.
+    crop_offset: str = "round"
+    # What becomes of transparency in an RGB model's input: composited on white ("white": training,
+    # transformers' convert_to_rgb) or dropped after the resize and crop, the colour under it kept
+    # ("drop": open_clip's transform, which converts to RGB last).
+    alpha: str = "white"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -75,8 +87,12 @@ class PreprocessingSpec:
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError(f"mode {self.mode!r} has {self.channels} channel(s) but mean/std have "
                              f"{len(self.mean)}/{len(self.std)} values")
-        if self.interpolation != "bilinear":
-            raise ValueError(f"only bilinear interpolation is supported, not {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, not {self.interpolation!r}")
+        if self.alpha not in ALPHA_HANDLING:
+            raise ValueError(f"alpha must be one of {ALPHA_HANDLING}, not {self.alpha!r}")
+        if self.crop_offset not in CROP_OFFSETS:
+            raise ValueError(f"crop_offset must be one of {CROP_OFFSETS}, not {self.crop_offset!r}")
         if not 1 <= self.crop <= self.resize:
             raise ValueError(f"crop {self.crop} must be between 1 and resize {self.resize}")
 
@@ -90,14 +106,16 @@ class PreprocessingSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "resize": self.resize, "crop": self.crop, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation, "channels": self.channels}
+                "std": list(self.std), "interpolation": self.interpolation, "crop_offset": self.crop_offset,
+                "alpha": self.alpha, "channels": self.channels}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessingSpec:
         """Read `to_dict`'s output, or a schema-1 manifest's dict (which also held image_size)."""
         spec = cls(mode=data["mode"], resize=int(data["resize"]), crop=int(data["crop"]),
                    mean=tuple(float(m) for m in data["mean"]), std=tuple(float(s) for s in data["std"]),
-                   interpolation=data.get("interpolation", "bilinear"))
+                   interpolation=data.get("interpolation", "bilinear"), crop_offset=data.get("crop_offset", "round"),
+                   alpha=data.get("alpha", "white"))
         if "channels" in data and int(data["channels"]) != spec.channels:
             raise ValueError(f"preprocessing says {data['channels']} channels for mode {spec.mode!r}")
         return spec
@@ -286,25 +304,40 @@ def normalize_image(img: Image.Image, mode: str = "RGB") -> Image.Image:
 
 def preprocess_image(img: Image.Image, spec: PreprocessingSpec) -> np.ndarray:
     """One decoded image to model input, float32 (C, crop, crop). Exactly:
-    normalize_image(img, spec.mode); resize with Pillow BILINEAR so the shorter side is
+    normalize_image(img, spec.mode); resize with Pillow's spec.interpolation so the shorter side is
     spec.resize and the longer int(resize * long / short) (skipped when already that size);
     centre crop spec.crop square with top = int(round((H - crop) / 2)) and left likewise
-    (Python's round); /255; (x - mean[c]) / std[c]."""
-    img = normalize_image(img, spec.mode)
+    (Python's round; with crop_offset "floor", (H - crop) // 2); /255; (x - mean[c]) / std[c].
+    With alpha "drop", a transparent image is resized and cropped with its alpha (upright, palette
+    expanded), which is then dropped, as open_clip does, instead of composited first."""
+    if spec.alpha == "drop" and spec.mode == "RGB" and _transparent(img):
+        img = ImageOps.exif_transpose(img)
+        img = img.convert("RGBA") if img.mode in ("P", "PA") else img
+    else:
+        img = normalize_image(img, spec.mode)
     width, height = img.size
     short, long = min(width, height), max(width, height)
     new_short, new_long = spec.resize, int(spec.resize * long / short)
     new_size = (new_short, new_long) if width <= height else (new_long, new_short)  # (W, H)
     if new_size != img.size:
-        img = img.resize(new_size, Image.Resampling.BILINEAR)
+        img = img.resize(new_size, INTERPOLATIONS[spec.interpolation])
     crop = spec.crop
-    top, left = int(round((img.height - crop) / 2.0)), int(round((img.width - crop) / 2.0))
+    if spec.crop_offset == "floor":
+        top, left = (img.height - crop) // 2, (img.width - crop) // 2
+    else:
+        top, left = int(round((img.height - crop) / 2.0)), int(round((img.width - crop) / 2.0))
     img = img.crop((left, top, left + crop, top + crop))
+    if img.mode != spec.mode:  # alpha "drop": the transparency goes here
+        img = img.convert(spec.mode)
     pixels = np.asarray(img, dtype=np.float32) / 255.0  # (H, W) or (H, W, C)
     pixels = pixels.reshape(crop, crop, -1).transpose(2, 0, 1)  # (C, H, W)
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
     return np.ascontiguousarray((pixels - mean) / std, dtype=np.float32)
+
+
+def _transparent(img: Image.Image) -> bool:
+    return img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
 
 
 def preprocess_batch(images: Sequence[Image.Image], spec: PreprocessingSpec) -> np.ndarray:

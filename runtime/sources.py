@@ -49,8 +49,11 @@ class SourceForbidden(SourceError):
 def confine(path: Path | str, roots: Roots) -> Path:
     """`path` resolved (symlinks followed, `..` collapsed); SourceForbidden when `roots` is given
     and the real path lies under none of them, saying which symbolic link led out and where to."""
-    real = Path(path).resolve()
-    if roots is not None and not _inside(real, roots):
+    try:
+        real = Path(path).resolve()
+    except (ValueError, OSError) as e:  # a NUL in it, or a name too long for the file system
+        raise SourceError(f"{str(path)[:200]!r} is not a path this server can read ({e}); name a file under its data roots") from None
+    if roots is not None and not _under(real, roots):
         allowed = ", ".join(str(r) for r in roots) or "none (EMBEDSERVE_DATA_ROOTS is empty)"
         link = _link_out(Path(path), roots)
         if link is None:
@@ -64,7 +67,8 @@ def confine(path: Path | str, roots: Roots) -> Path:
     return real
 
 
-def _inside(real: Path, roots: Sequence[Path]) -> bool:
+def _under(real: Path, roots: Sequence[Path]) -> bool:
+    """Whether the resolved path `real` lies under one of `roots`."""
     return any(real.is_relative_to(Path(root).resolve()) for root in roots)
 
 
@@ -72,8 +76,16 @@ def _link_out(path: Path, roots: Sequence[Path]) -> Path | None:
     """The outermost symbolic link among `path`'s folders and `path` itself that points outside
     `roots`; None when no link leads out (the path itself is elsewhere)."""
     absolute = Path(os.path.abspath(path))  # `..` collapsed without following links
-    return next((p for p in [*reversed(absolute.parents), absolute] if p.is_symlink() and not _inside(p.resolve(), roots)),
+    return next((p for p in [*reversed(absolute.parents), absolute] if p.is_symlink() and not _under(p.resolve(), roots)),
                 None)
+
+
+def _inside(path: Path, roots: Sequence[Path]) -> bool:
+    try:
+        confine(path, roots)
+    except SourceError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,8 @@ def folder_source(root: Path, limits: ImageLimits = ImageLimits(), roots: Roots 
     the class folder."""
     root = confine(root, roots)
     samples, classes = list_images(root)
+    if roots is not None:  # files reached through symlinks out of the roots are not listed, not even by name
+        samples = [(path, label) for path, label in samples if _inside(path, roots)]
 
     def metadata(position: int) -> dict[str, Any]:
         path, label = samples[position]
@@ -190,7 +204,10 @@ def read_item(record: dict[str, Any], limits: ImageLimits = ImageLimits(), roots
     source = str(record.get("source") or default_source or "")
     if source.startswith(FASHION_MNIST_PREFIX):
         images, _ = _fashion_mnist(source[len(FASHION_MNIST_PREFIX):], fashion_mnist_root)
-        return to_pil(images[int(record["position"])])
+        position = int(record["position"])
+        if not 0 <= position < len(images):  # a record is data (an item's metadata): -1 is no position
+            raise IndexError(f"position {position} is not in the data set's {len(images):,} images")
+        return to_pil(images[position])
     if not source or "path" not in record:
         raise SourceError("the item records no source it can be read from again (index built before sources were recorded?)")
     base = Path(source)
@@ -239,7 +256,7 @@ def check_source(source: str | Path, roots: Roots = None) -> Path | str:
     real = confine(text, roots)
     if roots is not None and real.is_dir():
         sampled = list(itertools.islice(_image_files(real), SAMPLED_FILES))
-        refused = [p for p in sampled if not _inside(p.resolve(), roots)]
+        refused = [p for p in sampled if not _inside(p, roots)]
         if sampled and len(refused) == len(sampled):
             confine(refused[0], roots)  # raises, saying which link leads where
     return real

@@ -15,6 +15,10 @@ class InvalidText(ValueError):
     says which one and what to fix."""
 
 
+class TextTooLong(InvalidText):
+    """A text longer than the model reads, where truncation was not asked for."""
+
+
 def load_tokenizer(source: str | Path) -> Tokenizer:
     """A tokenizer from a tokenizer.json path or from its JSON text (as a checkpoint stores it)."""
     text = str(source)
@@ -56,21 +60,24 @@ def describe_text(position: int, text: str) -> str:
     return f"text {position} ({shown!r})"
 
 
-def text_encoder_batch(tokenizer: Tokenizer, texts: Sequence[str], names: Sequence[str] | None = None) -> np.ndarray:
+def text_encoder_batch(tokenizer: Tokenizer, texts: Sequence[str], names: Sequence[str] | None = None,
+                       truncate: bool = False, too_long_hint: str = "shorten it") -> np.ndarray:
     """Texts -> a text encoder's batch (n, 2, T) int64: token ids and attention mask stacked, the
-    way an Encoder takes a model of two inputs. A text that is empty, or that the tokenizer would
-    truncate, is an InvalidText rather than silently cut (its embedding would describe a text
-    nobody sent); `names[i]` says how the error names text i (default: its position and start)."""
+    way an Encoder takes a model of two inputs. An empty text is an InvalidText; so is a text that
+    the tokenizer would truncate (TextTooLong, its message ending in `too_long_hint`) rather than
+    silently cut, its embedding describing a text nobody sent, unless the caller asks to
+    `truncate`: then it is its first context-length tokens, end token included, as the model's own
+    library cuts it. `names[i]` says how an error names text i (default: its position and start)."""
     names = names or [describe_text(i, t) for i, t in enumerate(texts)]
     for name, text in zip(names, texts):
         if not text.strip():
             raise InvalidText(f"{name} is empty; send words to embed")
     # (n, T) int64 each: exactly what training fed the tower; truncated (n,): texts cut to fit the context
     ids, mask, truncated = encode_batch(tokenizer, texts, with_truncation=True)
-    if truncated.any():
+    if truncated.any() and not truncate:
         name = names[int(np.flatnonzero(truncated)[0])]
-        raise InvalidText(f"{name} is longer than the {context_length(tokenizer)} tokens the model reads "
-                          "(special tokens included); shorten it")
+        raise TextTooLong(f"{name} is longer than the {context_length(tokenizer)} tokens the model reads "
+                          f"(special tokens included); {too_long_hint}")
     return np.stack([ids, mask], axis=1)  # (n, 2, T)
 
 

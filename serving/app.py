@@ -100,15 +100,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = None
     app.state.jobs = None
     install_error_handlers(app)
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
-    if origins:
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["authorization", "content-type"])
     inflight = Inflight(settings.max_inflight_requests, settings.max_inflight_bytes)
     app.add_middleware(RequestLimitsMiddleware, max_bytes=settings.max_request_bytes, inflight=inflight)
     app.add_middleware(AccessMiddleware, settings=settings)  # inside the metrics: refusals are counted too
     app.add_middleware(RequestLifetimeMiddleware, request_timeout_s=settings.request_timeout_s,
                        body_timeout_s=settings.body_timeout_s)  # disconnects and deadlines, counted too
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # outside the key check: a browser's preflight carries no key, and a 401 needs CORS headers to be read
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["authorization", "content-type"])
     metrics = install_metrics(app)
     metrics.inflight_requests.set_function(lambda: inflight.requests)
     metrics.inflight_bytes.set_function(lambda: inflight.bytes)

@@ -58,7 +58,7 @@ class MicroBatcher:
         max_wait_ms: float = 0.0,  # extra time a batch stays open after its first request arrived
         enabled: bool = True,  # False: each request calls encode directly (still in a thread)
         on_batch: Callable[[int], None] | None = None,  # told each batch's row count (metrics)
-        max_queue_rows: int | None = None,  # rows waiting (queued or in a batch) before submit answers Overloaded
+        max_queue_rows: int | None = None,  # rows queued or in a batch before a new request answers Overloaded
         max_batch_tokens: int | None = None,  # a text model: most rows x longest row's tokens in one call (None: rows only)
         batches_in_flight: int = 1,  # encode calls running at once; the next batch forms while they run
     ):
@@ -74,7 +74,7 @@ class MicroBatcher:
         self.max_queue_rows = max_queue_rows
         self.max_batch_tokens = max_batch_tokens
         self.batches_in_flight = batches_in_flight
-        self._waiting_rows = 0  # rows submitted and not yet answered
+        self._waiting_rows = 0  # rows of pieces queued or in a batch, not yet answered
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
         self._computing: set[asyncio.Task] = set()  # the batches being encoded
@@ -87,7 +87,8 @@ class MicroBatcher:
 
     @property
     def waiting_rows(self) -> int:
-        """Rows submitted and not yet answered: queued, or in the batch being computed."""
+        """Rows queued or in a batch being computed: a large request's pieces count as they are
+        queued, one at a time, not all at once."""
         return self._waiting_rows
 
     async def start(self) -> None:
@@ -119,15 +120,13 @@ class MicroBatcher:
         if len(items) == 0:
             raise ValueError("submit needs at least one item")
         limit = self.max_queue_rows
-        if limit is not None and self._waiting_rows and self._waiting_rows + len(items) > limit:
-            # a full queue answers now rather than holding memory and time for an answer that comes too late
+        first_piece = min(len(items), self.max_batch_size)  # what it queues at once: a large request queues a piece at a time
+        if limit is not None and self._waiting_rows and self._waiting_rows + first_piece > limit:
+            # a queue full of other requests' rows answers now rather than holding memory and time for an
+            # answer that comes too late; a request that got in keeps its turn for each of its pieces
             raise Overloaded(f"model {self.encoder.name} has {self._waiting_rows} rows waiting (the limit is {limit}); "
                              "retry after a moment")
-        self._waiting_rows += len(items)
-        try:
-            return await self._submit(items)
-        finally:
-            self._waiting_rows -= len(items)
+        return await self._submit(items)
 
     async def _submit(self, items: np.ndarray) -> np.ndarray:
         if not self.enabled:
@@ -137,7 +136,8 @@ class MicroBatcher:
         # A request larger than a batch is split, and its pieces are queued one at a time, each once
         # the one before it is answered: whatever other requests queued meanwhile goes first, so a
         # large request (a thousand-prompt class matrix, 256 texts) shares the model with them
-        # rather than holding it for all its batches. A lone large request loses a hop of the event
+        # rather than holding it for all its batches, and its rows count against max_queue_rows a
+        # piece at a time, so it never fills the queue that others are admitted by. A lone large request loses a hop of the event
         # loop between its batches, and the overlap of its batches when more than one may run.
         parts = [await self._submit_piece(items[start:end], tokens) for start, end, tokens in self._pieces(items)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)  # (n, D)
@@ -165,6 +165,7 @@ class MicroBatcher:
         piece = _Pending(rows, loop.create_future(), loop.time(), tokens)
         self._queue.put_nowait(piece)
         self._queued_rows += len(rows)
+        self._waiting_rows += len(rows)
         waiter = self._waiter
         if waiter is not None and not waiter.done() and self._queued_rows >= self._wanted_rows:
             waiter.set_result(None)  # the batch being collected can now be filled: wake the worker
@@ -173,12 +174,18 @@ class MicroBatcher:
         except BaseException:
             piece.future.cancel()  # the caller is gone (or failed): the worker skips a cancelled piece
             raise
+        finally:
+            self._waiting_rows -= len(rows)
 
     async def _encode_unbatched(self, items: np.ndarray) -> np.ndarray:
         parts = []
         for start, end, _ in self._pieces(items):
             self._observe(end - start)
-            parts.append(self._checked(await asyncio.to_thread(self.encoder.encode, items[start:end]), end - start))
+            self._waiting_rows += end - start
+            try:
+                parts.append(self._checked(await asyncio.to_thread(self.encoder.encode, items[start:end]), end - start))
+            finally:
+                self._waiting_rows -= end - start
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     async def _run(self) -> None:

@@ -24,6 +24,9 @@ from serving.registry import TextModel
 # short ones took 550 µs).
 INLINE_TOKENIZE_MAX_TEXTS = 4
 INLINE_TOKENIZE_MAX_CHARS = 256  # in all
+# What the 422 for a text longer than the model reads tells the client it can do.
+TOO_LONG_HINT = ('shorten it, or ask for it to be cut to the model\'s first tokens: "truncate": true in the '
+                 "request (/embed/text, /v1/embeddings), or EMBEDSERVE_AUTO_TRUNCATE=true on the server")
 
 
 async def model_input(blobs: list[bytes], manifest: Manifest, decoder: ImageDecoder) -> np.ndarray:
@@ -39,16 +42,18 @@ async def embed_images(blobs: list[bytes], manifest: Manifest, batcher: MicroBat
     return unit_rows(await batcher.submit(await model_input(blobs, manifest, decoder)))  # (n, D)
 
 
-async def tokenize(texts: Sequence[str], model: TextModel, names: Sequence[str] | None = None) -> np.ndarray:
+async def tokenize(texts: Sequence[str], model: TextModel, names: Sequence[str] | None = None,
+                   truncate: bool = False) -> np.ndarray:
     """Texts → the text tower's batch (n, 2, T) int64 (ids and attention mask), in a thread unless
     they are few and short (INLINE_TOKENIZE_MAX_TEXTS, INLINE_TOKENIZE_MAX_CHARS). A text that is
-    empty or longer than the model reads is refused (runtime.tokens.InvalidText, a 422);
-    `names[i]` says how the error names text i."""
+    empty is refused (runtime.tokens.InvalidText, a 422), and so is one longer than the model
+    reads unless `truncate`; `names[i]` says how the error names text i."""
     if len(texts) <= INLINE_TOKENIZE_MAX_TEXTS and sum(len(t) for t in texts) <= INLINE_TOKENIZE_MAX_CHARS:
-        return text_encoder_batch(model.tokenizer, texts, names)
-    return await asyncio.to_thread(text_encoder_batch, model.tokenizer, texts, names)
+        return text_encoder_batch(model.tokenizer, texts, names, truncate, TOO_LONG_HINT)
+    return await asyncio.to_thread(text_encoder_batch, model.tokenizer, texts, names, truncate, TOO_LONG_HINT)
 
 
-async def embed_texts(texts: Sequence[str], model: TextModel, names: Sequence[str] | None = None) -> np.ndarray:
+async def embed_texts(texts: Sequence[str], model: TextModel, names: Sequence[str] | None = None,
+                      truncate: bool = False) -> np.ndarray:
     """Texts → L2-normalised embeddings (n, D), through the model's text micro-batcher."""
-    return unit_rows(await model.batcher.submit(await tokenize(texts, model, names)))  # (n, D)
+    return unit_rows(await model.batcher.submit(await tokenize(texts, model, names, truncate)))  # (n, D)

@@ -20,6 +20,7 @@ from starlette.types import Scope, Send
 
 from runtime.bundle import BundleError
 from runtime.encoders.base import EncoderUnavailable
+from runtime.files import InvalidName
 from runtime.preprocessing import ImageTooLarge, InvalidImage, UnsupportedImage
 from runtime.sources import SourceError, SourceForbidden
 from runtime.tokens import InvalidText
@@ -97,6 +98,12 @@ class Overloaded(ServingError):
     headers = {"Retry-After": "1"}
 
 
+class JobsFull(Overloaded):
+    """The jobs queue is full: a job takes seconds to minutes, so the client waits longer than for a model."""
+
+    headers = {"Retry-After": "30"}
+
+
 class NotReady(ServingError):
     status_code = 503
     error = "not_ready"
@@ -108,6 +115,7 @@ RUNTIME_ERRORS: dict[type[Exception], type[ServingError]] = {
     ImageTooLarge: PayloadTooLarge,
     UnsupportedImage: UnsupportedMediaType,
     InvalidText: InvalidInput,
+    InvalidName: InvalidInput,  # a name that is a path, checked before it touches a file
     SourceForbidden: Forbidden,
     SourceError: InvalidInput,
     EncoderUnavailable: NotReady,
@@ -166,16 +174,18 @@ class OpenAIErrorResponse(BaseModel):
 
 # What each error status means on this server, for the OpenAPI.
 _ERROR_DESCRIPTIONS = {
-    400: "a Host header the server does not answer to, or a body that cannot be parsed",
+    400: "a Host header the server does not answer to (or two of them), or a body that cannot be parsed",
     401: "no API key (when the server has keys): send Authorization: Bearer <key>",
     403: "an API key that is not accepted, or a path outside the server's data roots",
     404: "no such model, index, word, item, job or route",
     408: "the request body did not arrive within EMBEDSERVE_BODY_TIMEOUT_S",
     409: "the index moved to another model version while the request was being embedded: send it again",
-    413: "more than a limit allows: body bytes, images, pixels, texts, tokens, classes × templates, items",
+    413: "more than a limit allows: body bytes, images, pixels, texts, characters, vector values, metadata bytes, "
+         "classes × templates, items",
     415: "a content type or image format the route does not take",
     422: "a request that is not valid: the message says which field and why",
-    429: "the model's queue is full, or the server holds as many request bodies as it may: retry after Retry-After seconds",
+    429: "the model's queue (or the jobs queue) is full, or the server holds as many request bodies as it may: retry after "
+         "Retry-After seconds",
     503: "not ready: models still loading, a model that failed to load, or a request past its time limit",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
@@ -197,7 +207,7 @@ def error_responses(*statuses: int, openai: bool = False, common: tuple[int, ...
 
 def _respond(request: Request, status_code: int, error: str, message: str,
              headers: dict[str, str] | None = None) -> JSONResponse:
-    message = _without_server_folders(message, request)
+    message = without_server_folders(message, getattr(request.app.state, "settings", None))
     return JSONResponse(status_code=status_code, content=error_body(request.url.path, status_code, error, message),
                         headers=headers)
 
@@ -206,11 +216,11 @@ async def _handle_serving_error(request: Request, exc: ServingError) -> JSONResp
     return _respond(request, exc.status_code, exc.error, exc.message, exc.headers or None)
 
 
-def _without_server_folders(message: str, request: Request) -> str:
+def without_server_folders(message: str, settings) -> str:
     """`message` with the server's own folders named, not shown: the inference core words its
     errors for the command line, where the artifacts folder's path helps; a client it would tell
-    only how the server's disk is laid out."""
-    settings = getattr(request.app.state, "settings", None)
+    only how the server's disk is laid out. Every text a client is shown that may hold a path
+    passes here: errors, job errors, /readyz's load errors."""
     if settings is None:
         return message
     folders = {str(Path(settings.artifacts_dir).resolve()): "artifacts"}

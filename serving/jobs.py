@@ -17,11 +17,11 @@ import os
 import threading
 from collections.abc import Callable
 
-from index.jobs import INDEX_PREFIX, JobSpec, JobStatus, JobStore, claim, request_cancel, run_job
+from index.jobs import INDEX_PREFIX, JobQueueFull, JobSpec, JobStatus, JobStore, claim, request_cancel, run_job
 from index.store import IndexStore, SearchIndex, open_index_store
 from runtime.bundle import BundleError, open_bundle
 from runtime.sources import check_source
-from serving.errors import UnknownIndex
+from serving.errors import JobsFull, UnknownIndex
 from serving.registry import Registry, retire_later
 from serving.settings import Settings
 
@@ -87,10 +87,23 @@ class JobRunner:
             check_source(spec.source, self.settings.data_root_paths())
 
     def submit(self, spec: JobSpec) -> JobStatus:
+        """Queue a job, or JobsFull (a 429) when EMBEDSERVE_MAX_QUEUED_JOBS wait already: each costs
+        CPU and a new index version, so the queue is bounded as the models' are."""
+        limit = self.settings.max_queued_jobs
+        if self.store.waiting() >= limit:  # before the model and source are checked: the cheap answer first
+            raise self._full(limit)
         self.check(spec)
-        status = self.store.create(spec)
+        try:
+            status = self.store.create(spec, max_waiting=limit)
+        except JobQueueFull:
+            raise self._full(limit) from None
         self._queue.put_nowait(status.id)
         return status
+
+    @staticmethod
+    def _full(limit: int) -> JobsFull:
+        return JobsFull(f"{limit} jobs are waiting to run, the limit (EMBEDSERVE_MAX_QUEUED_JOBS); retry once some "
+                        "have run (GET /jobs says how many wait)")
 
     def cancel(self, job_id: str) -> JobStatus:
         return request_cancel(self.store, job_id)

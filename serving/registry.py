@@ -47,10 +47,10 @@ from index.store import IndexStore, open_index_store, writing
 from index.vector_index import VectorIndex
 from index.word_vectors import WordVectors
 from index.zero_shot import ClassMatrixCache, QueryBank, read_query_bank
-from runtime.bundle import Bundle, Manifest, iter_current_bundles, models_dir, open_bundle, read_bundle
+from runtime.bundle import Bundle, BundleError, Manifest, iter_current_bundles, models_dir, open_bundle, read_bundle
 from runtime.encoders.base import Encoder
 from runtime.encoders.factory import load_encoder
-from runtime.files import atomic_write_text, file_stamp, names_under, version_folder
+from runtime.files import atomic_write_text, check_name, file_stamp, names_under, version_folder
 from runtime.tokens import load_tokenizer, text_encoder_batch
 from serving.batching import MicroBatcher
 from serving.decoding import ImageDecoder
@@ -138,8 +138,13 @@ class Registry:
                 self.failed.pop(bundle.manifest.name, None)
 
     def _load(self, bundle: Bundle) -> bool:
-        """Build what serves `bundle`, by its kind; False (and a warning) for a kind not served."""
+        """Build what serves `bundle`, by its kind; False (and a warning) for a kind not served. Its
+        manifest must name the folder it was read from: a manifest is data, and the name and version
+        it holds are what requests and indexes will ask for."""
         manifest = bundle.manifest
+        if (manifest.name, manifest.version) != (bundle.path.parent.name, bundle.path.name):
+            raise BundleError(f"the manifest in {bundle.path} names model {manifest.name[:80]!r} version "
+                              f"{manifest.version[:80]!r}, not its folder's; re-export it")
         if manifest.kind == "word-vectors":
             self.words[manifest.name] = WordVectors.from_bundle(bundle)
         elif manifest.kind == "image-encoder":
@@ -248,7 +253,10 @@ class Registry:
             if served is not None and served.manifest.version == version:
                 self._index_stamps[name] = stamp
                 return False
-            self.add_index(self.index_store.open(name, version), stamp)
+            index = self.index_store.open(name, version)
+            if index.manifest.name != name:  # served under the name asked for, or not at all
+                raise BundleError(f"index {name!r} version {version}: its manifest names it {index.manifest.name[:80]!r}")
+            self.add_index(index, stamp)
             log.info("now serving index %s %s", name, version)
             return True
 
@@ -257,6 +265,8 @@ class Registry:
         current: what every request for an index uses. A version that cannot be read is logged and
         the served one kept."""
         wanted = self._index_name(name)
+        if wanted is not None:
+            check_name(wanted, "index name")  # a 422 before the name touches a file
         if wanted is not None and self.index_changed(wanted):
             retire_later(await asyncio.to_thread(self._refresh_or_keep, wanted))
         return self.index(name)
@@ -357,6 +367,7 @@ class Registry:
         """The (name, version) key of `table` a request means: `name`, else `default`, else the
         first loaded by name; `version`, else that model's current one. Also the loaded names, for
         the error message when the key is not in `table`."""
+        _check_model_name(name, version)
         manifests = dict(self.manifests)  # snapshots: a reload may change the tables meanwhile
         current = {n: v for n, v in list(table) if n in manifests and manifests[n].version == v}
         name = name or default or next(iter(sorted(current)), None)
@@ -424,6 +435,7 @@ class Registry:
 
     def word_model(self, name: str | None) -> tuple[Manifest, WordVectors]:
         """The word-vectors model `name`, or the default one (the setting, else the only/first)."""
+        _check_model_name(name)
         name = name or self.settings.default_word_model or next(iter(sorted(self.words)), None)
         if name is None or name not in self.words:
             self._raise_if_failed(name)
@@ -481,6 +493,15 @@ def _probe(encoder: Encoder, batch: np.ndarray) -> None:
     if not np.isfinite(out).all() or not np.any(out):
         raise ValueError(f"model {encoder.manifest.name} {encoder.manifest.version} answers a probe with "
                          f"{'non-finite' if not np.isfinite(out).all() else 'all-zero'} embeddings; re-export it")
+
+
+def _check_model_name(name: str | None, version: str | None = None) -> None:
+    """InvalidName (a 422) for a model name or version a request sent that is not a plain name, the
+    one rule every name a client sends passes, though these are looked up in memory only."""
+    if name is not None:
+        check_name(name, "model name")
+    if version is not None:
+        check_name(version, "model version")
 
 
 def _wanted(name: str | None, version: str | None) -> str:

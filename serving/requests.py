@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 import math
-import re
+from collections.abc import Sequence
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -18,6 +18,7 @@ from fastapi import Request
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from starlette.datastructures import FormData, UploadFile
 
+from runtime.files import NAME_MAX_CHARS, NAME_PATTERN, check_name
 from serving.errors import InvalidInput, PayloadTooLarge, unsupported_content_type
 from serving.settings import Settings
 
@@ -26,26 +27,18 @@ FILES_SCHEMA = {"type": "array", "items": {"type": "string", "format": "binary"}
 JsonBody = TypeVar("JsonBody", bound=BaseModel)
 
 
-# A model, version or index name: one folder under the artifacts folder, never a path out of it,
-# and short enough to be one (a file name is at most 255 bytes, a character at most 4).
-NAME_MAX_CHARS = 63
-NAME_PATTERN = r"^[^./\\\x00-\x1f][^/\\\x00-\x1f]*$"
-
-
 def plain_name(name: str) -> str:
-    """`name` if it names one folder (NAME_PATTERN, NAME_MAX_CHARS), else ValueError saying what to fix."""
-    if len(name) > NAME_MAX_CHARS:
-        raise ValueError(f"a name has at most {NAME_MAX_CHARS} characters")
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise ValueError("must be a name, not a path: no '/', '\\', control characters or leading '.'")
-    return name
+    """`name` if it names one folder (runtime.files.check_name), else ValueError saying what to fix."""
+    return check_name(name)
 
 
+# A client's model, version, index or job name, checked as the request is read (a 422 naming the field).
 Name = Annotated[str, Field(max_length=NAME_MAX_CHARS, json_schema_extra={"pattern": NAME_PATTERN}),
                  AfterValidator(plain_name)]
 
 
 MAX_JSON_DEPTH = 32  # nesting a request body may have; metadata deeper than this cannot be served back
+FAST_CHECK_MIN_ITEMS = 64  # lists longer than this (vectors) are first checked as numbers in one pass
 
 
 def check_json(value: Any) -> None:
@@ -71,7 +64,20 @@ def check_json(value: Any) -> None:
         elif isinstance(item, dict):
             stack.extend((child, depth + 1) for child in (*item.keys(), *item.values()))
         elif isinstance(item, list):
+            if len(item) > FAST_CHECK_MIN_ITEMS and _finite_numbers(item):
+                continue  # a vector: its numbers checked at C speed, not one by one
             stack.extend((child, depth + 1) for child in item)
+
+
+
+def _finite_numbers(items: list) -> bool:
+    """Whether `items` are all finite numbers (or numeric strings, which hold no surrogate either);
+    False sends the list to check_json's walk, which says precisely what is wrong."""
+    try:
+        values = np.fromiter(items, np.float64, len(items))  # (N,)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return bool(np.isfinite(values).all())
 
 
 class JsonRequest(BaseModel):
@@ -112,14 +118,30 @@ def unit_vector(values: list[float], dim: int, what: str, index: str) -> np.ndar
     """A vector a request sent, as the (dim,) float32 unit vector that `index` compares, or
     InvalidInput naming `what`. Scaled by its largest component first: 1e300s and 1e-300s are
     directions too, whose squares would overflow to inf or vanish to zero."""
+    if len(values) != dim:  # before a copy is made of what may be millions of values
+        raise InvalidInput(f"{what} has {len(values):,} values; index {index!r} holds {dim}-dimensional vectors")
     vector = np.asarray(values, np.float64)  # (D,)
-    if vector.shape != (dim,):
-        raise InvalidInput(f"{what} has {len(values)} values; index {index!r} holds {dim}-dimensional vectors")
     scale = np.abs(vector).max() if np.isfinite(vector).all() else 0.0
     if not scale > 0:
         raise InvalidInput(f"{what} must be finite and not all zeros: it is a direction, compared by cosine")
     scaled = vector / scale  # (D,) within [-1, 1], one component ±1
     return (scaled / np.linalg.norm(scaled)).astype(np.float32)
+
+
+def check_vector_length(values: list[float], settings: Settings, what: str) -> None:
+    """PayloadTooLarge for a vector past EMBEDSERVE_MAX_VECTOR_DIM, before any work is done on it."""
+    if len(values) > settings.max_vector_dim:
+        raise PayloadTooLarge(f"{what} has {len(values):,} values; the limit is {settings.max_vector_dim:,} "
+                              "(EMBEDSERVE_MAX_VECTOR_DIM), and it must be the index's dimension")
+
+
+def check_text_chars(texts: Sequence[str], settings: Settings, names: Sequence[str]) -> None:
+    """PayloadTooLarge for a text longer than EMBEDSERVE_MAX_TEXT_CHARS, before it is tokenised;
+    `names[i]` says how the error names text i ("text 3", "class 0")."""
+    long = next((i for i, text in enumerate(texts) if len(text) > settings.max_text_chars), None)
+    if long is not None:
+        raise PayloadTooLarge(f"{names[long]} has {len(texts[long]):,} characters; the limit is "
+                              f"{settings.max_text_chars:,} (EMBEDSERVE_MAX_TEXT_CHARS): shorten it")
 
 
 def check_image_count(count: int, settings: Settings) -> None:
@@ -164,6 +186,10 @@ def form_list(values: list, field: str) -> list[str]:
                                'send ["a", "b"] or repeat the field once per value') from None
         if not isinstance(parsed, list) or any(not isinstance(v, str) for v in parsed):
             raise InvalidInput(f"multipart field {field!r} must be a JSON list of strings")
+        try:
+            check_json(parsed)  # JSON in a form field is read as strictly as a JSON body
+        except ValueError as e:
+            raise InvalidInput(f"multipart field {field!r}: {e}") from None
         return parsed
     return list(values)
 

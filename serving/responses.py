@@ -40,6 +40,9 @@ class ModelState(BaseModel):
     method: str | None = None
     dim: int | None = None
     precision: dict[str, str] | None = Field(None, description="loaded encoders: the variant each runs (fp32, fp16, int8), by role")
+    runs_on: dict[str, str] | None = Field(None, description="loaded encoders: the onnxruntime execution provider each session "
+                                           "really runs on (CPUExecutionProvider where CUDA was listed but did not start), "
+                                           "or triton, by role")
     error: str | None = Field(None, description="why a failed model was refused")
 
 
@@ -50,9 +53,17 @@ class IndexState(BaseModel):
     model_version: str | None
 
 
+class ReadyCounts(BaseModel):
+    models_loaded: int
+    models_failed: int
+    indexes: int
+
+
 class ReadyResponse(BaseModel):
-    """What /readyz answers, 200 when ready and 503 when not."""
+    """What /readyz answers, 200 when ready and 503 when not. Without a key (on a server with keys)
+    only the status and counts: names, versions and load errors are for the server's users."""
 
     status: Literal["ready", "not ready"]
-    models: list[ModelState]
-    indexes: list[IndexState] = Field(default_factory=list)
+    counts: ReadyCounts
+    models: list[ModelState] | None = Field(None, description="each model, with an API key (or on a server without keys)")
+    indexes: list[IndexState] | None = Field(None, description="each index, with an API key (or on a server without keys)")

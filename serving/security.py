@@ -18,6 +18,7 @@ import ipaddress
 import json
 from pathlib import Path
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.errors import error_body
@@ -26,6 +27,7 @@ from serving.settings import Settings
 
 OPEN_PATHS = ("/healthz", "/readyz")  # load balancers and orchestrators probe these without a key
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+KEY_HELD = "embedserve.key_held"  # the request state's flag: an accepted key was sent
 
 
 def key_digest(key: str) -> str:
@@ -91,6 +93,8 @@ class AccessMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        if sum(name == b"host" for name, _ in scope["headers"]) > 1:  # which one a proxy read is anyone's guess
+            return await _refuse(scope, send, 400, "bad_host", "the request has more than one Host header; send one")
         if not self.any_host:
             host = headers.get(b"host", b"").decode("latin-1").lower()
             if host.startswith("["):  # [::1]:8000 -> ::1
@@ -100,15 +104,25 @@ class AccessMiddleware:
             if name not in self.hosts:
                 return await _refuse(scope, send, 400, "bad_host", f"Host {host!r} is not served here; the server answers to "
                                      f"{', '.join(sorted(self.hosts))} (EMBEDSERVE_ALLOWED_HOSTS)")
-        if self.digests and scope["path"] not in self.open_paths:
+        if self.digests:
             scheme, _, key = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-            if scheme.lower() != "bearer" or not key.strip():
-                return await _refuse(scope, send, 401, "unauthorized", "send an API key: Authorization: Bearer <key>",
-                                     [(b"www-authenticate", b'Bearer realm="embedserve"')])
-            digest = key_digest(key.strip()).encode()
+            sent = scheme.lower() == "bearer" and bool(key.strip())
             matched = False
-            for known in self.digests:  # every digest compared, in constant time each
-                matched |= hmac.compare_digest(digest, known)
-            if not matched:
-                return await _refuse(scope, send, 403, "forbidden", "this API key is not accepted here")
+            if sent:
+                digest = key_digest(key.strip()).encode()
+                for known in self.digests:  # every digest compared, in constant time each
+                    matched |= hmac.compare_digest(digest, known)
+            if scope["path"] not in self.open_paths:
+                if not sent:
+                    return await _refuse(scope, send, 401, "unauthorized", "send an API key: Authorization: Bearer <key>",
+                                         [(b"www-authenticate", b'Bearer realm="embedserve"')])
+                if not matched:
+                    return await _refuse(scope, send, 403, "forbidden", "this API key is not accepted here")
+            scope.setdefault("state", {})[KEY_HELD] = matched  # what an open route may show (/readyz)
         await self.app(scope, receive, send)
+
+
+def holds_key(request: Request) -> bool:
+    """Whether a request may see what the server holds: it sent an accepted key, or the server has
+    no keys. Open routes (/readyz) answer the rest with less."""
+    return request.scope.get("state", {}).get(KEY_HELD, True)

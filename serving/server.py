@@ -4,6 +4,10 @@
 - a deadline on each request's headers (`header_timeout_s`): uvicorn has none, so a client that
   sends a byte every few seconds (slowloris) would hold a connection and its buffers forever.
   Bodies have their own deadline, and requests theirs, in serving.lifetime;
+- a limit on each request's line and headers together (`max_header_bytes`): uvicorn's httptools
+  parser has none, and joins a header's pieces as they arrive, so one header of tens of MB took
+  seconds of the event loop, every other request waiting. Past the limit the client gets a 431
+  and the connection is closed, as the bytes arrive, before more of them are parsed;
 - idle keep-alive connections closed after `keep_alive_s`;
 - on SIGTERM (what `docker stop` and Kubernetes send): stop accepting, let the requests in
   flight finish (for up to `shutdown_timeout_s`), run the app's shutdown, which lets a running
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import signal
 import sys
 from functools import partial
@@ -26,15 +31,45 @@ _TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconn
               b"content-length: 38\r\n\r\nthe request's headers came too slowly\n")
 
 
-class HeaderDeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol (httptools), with a deadline on every request's headers: from
-    the connection's start, or from a request's first byte on a kept-alive connection, to the end
-    of its headers. Past it the client gets a 408 and the connection is closed."""
+def _too_large(limit: int) -> bytes:
+    body = json.dumps({"detail": f"the request line and headers pass {limit:,} bytes, the limit "
+                                 "(EMBEDSERVE_MAX_HEADER_BYTES): send fewer or shorter headers",
+                       "error": "headers_too_large"}).encode()
+    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
-    def __init__(self, *args, header_timeout_s: float, **kwargs) -> None:
+
+class HeaderLimitsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools), with limits on every request's headers:
+    - a deadline, from the connection's start, or from a request's first byte on a kept-alive
+      connection, to the end of its headers; past it the client gets a 408;
+    - a size: the bytes of its request line and headers, counted as they arrive and handed to the
+      parser no further than the limit; past it the client gets a 431.
+    Either way the connection is closed."""
+
+    def __init__(self, *args, header_timeout_s: float, max_header_bytes: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.header_timeout_s = header_timeout_s
+        self.max_header_bytes = max_header_bytes
         self._header_deadline = None
+        self._header_room: int | None = max_header_bytes  # bytes the headers may still take; None once they ended
+
+    def data_received(self, data: bytes) -> None:
+        while self._header_room is not None and data:
+            if self.transport.is_closing():
+                return
+            piece, data = data[:self._header_room], data[self._header_room:]
+            self._header_room -= len(piece)
+            super().data_received(piece)
+            if self._header_room is not None and self._header_room <= 0:  # the limit reached inside the headers
+                self._refuse(_too_large(self.max_header_bytes))
+                return
+        if data and not self.transport.is_closing():
+            super().data_received(data)  # a body (or a pipelined request past this chunk's headers: a chunk at most)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._header_room = self.max_header_bytes  # the next request on this connection starts its own count
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -47,6 +82,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
+        self._header_room = None
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -63,8 +99,11 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def _headers_too_slow(self) -> None:
         self._header_deadline = None
+        self._refuse(_TIMED_OUT)
+
+    def _refuse(self, answer: bytes) -> None:
         if not self.transport.is_closing():
-            self.transport.write(_TIMED_OUT)
+            self.transport.write(answer)
             self.transport.close()
 
 
@@ -118,5 +157,6 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run("serving.app:create_app", factory=True, host=settings.host, port=settings.port,
                 workers=settings.workers, log_level=settings.log_level,
-                http=partial(HeaderDeadlineProtocol, header_timeout_s=settings.header_timeout_s),
+                http=partial(HeaderLimitsProtocol, header_timeout_s=settings.header_timeout_s,
+                             max_header_bytes=settings.max_header_bytes),
                 timeout_keep_alive=settings.keep_alive_s, timeout_graceful_shutdown=settings.shutdown_timeout_s)

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(
         60.0, gt=0, description="a request unanswered after this long is stopped and answered 503 (writes exempt)"
     )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="request line and headers together; past it the connection is answered 431 and "
+                                        "closed as the bytes arrive, before they are held whole"
+    )
     body_timeout_s: float = Field(60.0, gt=0, description="a request body must have arrived this long after it began (else 408)")
     header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must have arrived this long after it began (else 408)")
     keep_alive_s: float = Field(5.0, gt=0, description="an idle kept-alive connection is closed after this long")
@@ -86,6 +90,20 @@ class Settings(BaseSettings):
     )
     max_k: int = Field(1000, ge=1, description="most neighbours one request may ask for")
     max_texts_per_request: int = Field(256, ge=1, description="most texts one /embed/text request may send")
+    max_text_chars: int = Field(
+        100_000, ge=1, description="longest text, class name or template a request may send, in characters: checked "
+                                   "before it is tokenised (a model reads at most its context length of tokens anyway)"
+    )
+    max_vector_dim: int = Field(
+        65_536, ge=1, description="most values a vector in a request may hold (a query or an item's); it must also be "
+                                  "the index's dimension"
+    )
+    max_metadata_bytes: int = Field(
+        64 * 1024, ge=2, description="largest metadata of one index item, as JSON: it is stored, and served with every hit"
+    )
+    max_queued_jobs: int = Field(
+        16, ge=1, description="jobs waiting to run (all workers together); past it POST /jobs answers 429 with Retry-After"
+    )
     max_classes: int = Field(1000, ge=1, description="most classes one /zero-shot request may name")
     max_templates: int = Field(64, ge=1, description="most prompt templates one /zero-shot request may send")
     max_prompts: int = Field(
@@ -98,6 +116,11 @@ class Settings(BaseSettings):
     zero_shot_normalization: Literal["querybank", "none"] = Field(
         "querybank", description="/zero-shot default: querybank (subtract each class's query-bank offset, "
                                  "when the model has a bank) or none (plain CLIP cosines)"
+    )
+    auto_truncate: bool = Field(
+        False, description="embed a text longer than the model reads (its context, in tokens) by its first tokens "
+                           "instead of answering 422; a request's `truncate` field (/embed/text, /v1/embeddings) "
+                           "wins over it, and /zero-shot, /explain and /search by text follow it"
     )
     execution_providers: str = Field(
         "auto", description="onnxruntime providers, comma-separated, or auto (TensorRT, CUDA, CPU as available)"

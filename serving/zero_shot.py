@@ -13,6 +13,7 @@ from runtime.templates import EVAL_TEMPLATES
 from serving.embedding import tokenize
 from serving.errors import InvalidInput, PayloadTooLarge
 from serving.registry import Registry, TextModel
+from serving.requests import check_text_chars
 from serving.settings import Settings
 
 DEFAULT_LOGIT_SCALE = 100.0  # CLIP's cap, for a bundle that records none
@@ -30,6 +31,7 @@ def check_classes(classes: list[str], settings: Settings) -> list[str]:
         raise InvalidInput(f"{got}: name two or more classes to choose between, e.g. \"classes\": [\"a sneaker\", \"a bag\"]")
     if len(classes) > settings.max_classes:
         raise PayloadTooLarge(f"{len(classes)} classes in one request; the limit is {settings.max_classes}: send fewer")
+    check_text_chars(classes, settings, [f"class {i}" for i in range(len(classes))])
     names = [c.strip() for c in classes]
     empty = [i for i, c in enumerate(names) if not c]
     if empty:
@@ -51,6 +53,7 @@ def check_templates(templates: list[str] | None, settings: Settings) -> list[str
         raise InvalidInput("templates is empty: send at least one, such as \"a photo of a {}.\", or leave it out for the defaults")
     if len(templates) > settings.max_templates:
         raise PayloadTooLarge(f"{len(templates)} templates in one request; the limit is {settings.max_templates}: send fewer")
+    check_text_chars(templates, settings, [f"template {i}" for i in range(len(templates))])
     for i, template in enumerate(templates):
         if template.count("{}") != 1 or template.replace("{}", "").count("{") or template.replace("{}", "").count("}"):
             raise InvalidInput(f"template {i} ({template!r}) must hold exactly one '{{}}' where the class name goes, "
@@ -90,7 +93,8 @@ async def class_matrix(registry: Registry, model: TextModel, classes: list[str],
     async def encode_prompts(prompts: list[str]) -> np.ndarray:
         # the cache orders prompts class by class, template by template: name them the same way
         names = [f"the prompt for class {c!r} from template {t!r}" for c in classes for t in templates]
-        tokens = await tokenize(prompts, model, names)  # (C * K, 2, T); 422 for a prompt over the context
+        # (C * K, 2, T); 422 for a prompt over the context unless the server truncates
+        tokens = await tokenize(prompts, model, names, registry.settings.auto_truncate)
         # the batcher sends a large matrix a batch at a time, sharing the tower with other requests
         return await model.batcher.submit(tokens)  # (C * K, D), as the tower gives them: the class matrix normalises
 

@@ -270,3 +270,56 @@ def _write_variants_beside(artifacts: Path, scratch: Path, name: str, int8_top1_
 def write_variant_bundle():
     """write_tiny_variant_bundle(artifacts, name, int8_top1_change_pct, int8_technique): a tiny bundle with int8 and fp16 variants."""
     return write_tiny_variant_bundle
+
+
+# CLIPs another library saved, made tiny and random by that library itself (tests/clip_models.py),
+# imported once per session as `embedserve import clip` imports them. The import's own checks run
+# on three small synthetic photos (RGB, greyscale, transparent) to stay fast.
+
+
+@pytest.fixture(scope="session")
+def clip_photos(tmp_path_factory) -> list:
+    """The import's photos: RGB 50×40, greyscale 30×60, RGBA 64×64 (export.clip_parity.Photo)."""
+    from export.clip_parity import Photo
+    from tests.clip_models import photo_png
+
+    folder = tmp_path_factory.mktemp("clip-photos")
+    files = [photo_png(folder, "rgb.png", (50, 40)), photo_png(folder, "grey.png", (30, 60), "L"),
+             photo_png(folder, "rgba.png", (64, 64), "RGBA")]
+    return [Photo(f.name, f.read_bytes()) for f in files]
+
+
+@pytest.fixture(scope="session")
+def hf_clip_folder(tmp_path_factory) -> Path:
+    """A tiny random Hugging Face CLIPModel folder: model.safetensors and tokenizer.json."""
+    from tests.clip_models import write_transformers_clip
+
+    return write_transformers_clip(tmp_path_factory.mktemp("hf-clip") / "clip")
+
+
+@pytest.fixture(scope="session")
+def hf_clip_artifacts(tmp_path_factory, hf_clip_folder: Path, clip_photos: list) -> Path:
+    """`hf_clip_folder` imported as the CLIP bundle 'hf-clip', with its int8 copies."""
+    return _imported_clip(tmp_path_factory, hf_clip_folder, "hf-clip", clip_photos)
+
+
+@pytest.fixture(scope="session")
+def open_clip_folder(tmp_path_factory) -> Path:
+    """A tiny random open_clip CLIP folder: open_clip_config.json and open_clip_model.safetensors."""
+    from tests.clip_models import write_open_clip
+
+    return write_open_clip(tmp_path_factory.mktemp("open-clip") / "clip")
+
+
+@pytest.fixture(scope="session")
+def open_clip_artifacts(tmp_path_factory, open_clip_folder: Path, clip_photos: list) -> Path:
+    """`open_clip_folder` imported as the CLIP bundle 'open-clip', fp32 only."""
+    return _imported_clip(tmp_path_factory, open_clip_folder, "open-clip", clip_photos, int8=False)
+
+
+def _imported_clip(tmp_path_factory, folder: Path, name: str, photos: list, **options) -> Path:
+    from export.clip_import import import_clip
+
+    artifacts = tmp_path_factory.mktemp(f"{name}-artifacts")
+    import_clip(folder, artifacts, name, photos=photos, **options)
+    return artifacts

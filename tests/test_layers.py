@@ -1,4 +1,4 @@
-"""Imports run one way (ARCHITECTURE.md, "The layers"): every import in every module of ours,
+"""Imports run one way (docs/architecture.md, "The layers"): every import in every module of ours,
 lazy ones inside functions included, may only reach the layers below its own; runtime/ imports
 nothing of ours and no torch; no router imports another router."""
 

@@ -1,17 +1,23 @@
 """A real Triton Inference Server for the tests: the `tritonserver` binary and Python backend that
-the nvidia-pytriton wheel carries, started on 127.0.0.1 (free port) in an environment made here.
+the nvidia-pytriton wheel carries, started on 127.0.0.1 (free port) with the Python environment of
+the Triton image deploy/compose.yaml runs (deploy/triton.Dockerfile).
 
-That wheel cannot live in the project's venv (it pins numpy < 2, which the rest of the project
-outgrew), and the Python backend's stub crashes on numpy 2, so the first use prepares a kit in the
-venv (`<venv>/triton-kit`, once, with pip): a venv of its own whose site-packages hold the wheel
-and numpy < 2, then, through a .pth line, the project venv's site-packages for Pillow and
-onnxruntime. The stub runs Python isolated (PYTHONPATH is ignored) and finds its environment
-through `python3` on PATH, hence a venv; it links libpython, hence LD_LIBRARY_PATH.
+That image is the official one, whose Python has numpy < 2 and nothing else the models import, plus
+what deploy/triton.Dockerfile pip-installs (Pillow). The first use prepares a kit in the venv
+(`<venv>/triton-kit-<hash of its packages>`, once, with pip): a venv of its own whose site-packages
+hold the wheel, numpy < 2 and the Dockerfile's packages, so a preprocessing model that imports
+something the image lacks fails here as it would there; the project venv's Pillow is not on its
+path. One package comes from the project venv, through a .pth line: onnxruntime, for the ONNX models
+exported with `--triton-backend python`, which stand in for Triton's onnxruntime backend (the
+official image has it; pytriton's server does not). The stub runs Python isolated (PYTHONPATH is
+ignored) and finds its environment through `python3` on PATH, hence a venv; it links libpython,
+hence LD_LIBRARY_PATH.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -25,9 +31,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import onnxruntime
+
+from tests.dockerfiles import TRITON_DOCKERFILE, installed_requirements
+
 PYTRITON = "nvidia-pytriton==0.7.0"  # tritonserver 2.51 with the Python backend and stubs for Python 3.8-3.13
-STUB_NUMPY = "numpy<2"  # what the Python backend's stub was built against
-KIT_DIR = Path(sys.prefix) / "triton-kit"  # beside this venv's packages: `make clean` removes both
+STUB_NUMPY = "numpy<2"  # what the Python backend's stub was built against, and what the official image has
+# what the Triton image adds to the official one, read from its Dockerfile
+IMAGE_REQUIREMENTS = tuple(installed_requirements(TRITON_DOCKERFILE))
+KIT_PACKAGES = (PYTRITON, STUB_NUMPY, *IMAGE_REQUIREMENTS)
+# beside this venv's packages (`make clean` removes both), named after what it holds, so a change of
+# the image's packages prepares a new kit rather than testing with the old one
+KIT_DIR = Path(sys.prefix) / f"triton-kit-{hashlib.sha256(' '.join(KIT_PACKAGES).encode()).hexdigest()[:12]}"
 PREPARE_TIMEOUT_S = 900.0  # pip downloading about 75 MB on a first run
 STARTUP_TIMEOUT_S = 180.0  # every Python-backend model starts a stub process; two shared cores are slow
 STOP_TIMEOUT_S = 30.0
@@ -41,18 +56,23 @@ def _site_packages(venv: Path) -> Path:
 
 
 def _prepare(kit: Path) -> None:
-    """Write the kit into `kit` (a fresh folder): the stub's venv, the wheel, and backends/python."""
+    """Write the kit into `kit` (a fresh folder): the stub's venv with the wheel and the Triton
+    image's packages, onnxruntime from this venv, and backends/python."""
     env = kit / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True, capture_output=True)
     site_packages = _site_packages(env)
     pip = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--target", str(site_packages), PYTRITON, STUB_NUMPY],
+         "--target", str(site_packages), *KIT_PACKAGES],
         capture_output=True, text=True, timeout=PREPARE_TIMEOUT_S)
     if pip.returncode != 0:
-        raise RuntimeError(f"could not install {PYTRITON} and {STUB_NUMPY} for the Triton tests:\n{pip.stdout}{pip.stderr}")
-    # after the kit's own numpy: Pillow and onnxruntime (the exported models' imports) from this venv
-    (site_packages / "zz_project_site_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        raise RuntimeError(f"could not install {' '.join(KIT_PACKAGES)} for the Triton tests:\n{pip.stdout}{pip.stderr}")
+    # onnxruntime alone from this venv (a folder holding a link to it), after the kit's own packages;
+    # a .pth line is read relative to its site-packages, and the kit is renamed once prepared
+    onnxruntime_only = kit / "onnxruntime-from-venv"
+    onnxruntime_only.mkdir()
+    (onnxruntime_only / "onnxruntime").symlink_to(Path(onnxruntime.__file__).parent)
+    (site_packages / "zz_onnxruntime.pth").write_text(os.path.relpath(onnxruntime_only, site_packages) + "\n")
     server = site_packages / "pytriton" / "tritonserver"
     stub = server / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / "triton_python_backend_stub"
     if not stub.is_file():
@@ -64,6 +84,11 @@ def _prepare(kit: Path) -> None:
                    server / "backends" / "python" / "triton_python_backend_utils.py", stub):
         (backend / source.name).symlink_to(os.path.relpath(source, backend))
     (kit / "bin").symlink_to(os.path.relpath(server / "bin", kit))
+
+
+def kit_python(kit: Path) -> Path:
+    """The interpreter the kit's Python backend stubs run models with."""
+    return kit / "env" / "bin" / "python3"
 
 
 def triton_kit() -> Path:

@@ -98,9 +98,26 @@ def load_encoder(bundle: Bundle, config: RuntimeConfig = RuntimeConfig(), role: 
     fell_back = config.precision not in ("auto", "fp32") and choice.precision == "fp32"
     (log.warning if fell_back else log.info)("model %s %s %s runs %s: %s%s", manifest.name, manifest.version, role,
                                              choice.precision, choice.reason, "; falling back to fp32" if fell_back else "")
-    # TensorRT engines are cached outside the bundle, which stays byte-for-byte what export wrote;
-    # one folder per precision, as an fp16 engine is another engine
-    trt_cache_dir = (config.cache_dir / "tensorrt" / manifest.name / manifest.version / choice.precision
-                     if config.cache_dir else None)
-    return OnnxEncoder(bundle, role, providers, trt_cache_dir=trt_cache_dir, intra_op_threads=config.intra_op_threads,
-                       file_role=choice.file_role, precision=choice.precision, one_at_a_time=choice.one_at_a_time)
+
+    def session(providers: list[str], choice: PrecisionChoice) -> OnnxEncoder:
+        # TensorRT engines are cached outside the bundle, which stays byte-for-byte what export wrote;
+        # one folder per precision, as an fp16 engine is another engine
+        trt_cache_dir = (config.cache_dir / "tensorrt" / manifest.name / manifest.version / choice.precision
+                         if config.cache_dir else None)
+        return OnnxEncoder(bundle, role, providers, trt_cache_dir=trt_cache_dir, intra_op_threads=config.intra_op_threads,
+                           file_role=choice.file_role, precision=choice.precision, one_at_a_time=choice.one_at_a_time)
+
+    encoder = session(providers, choice)
+    # onnxruntime lists the providers it was built with; one whose libraries do not load (a CUDA or
+    # cuDNN of another major, no GPU) is dropped from the session with only a line of its own log
+    missing = [p for p in providers if p not in encoder.providers]
+    if missing:
+        runs = encoder.providers
+        actual = choose_precision(manifest, role, config.precision, runs, config.int8_max_top1_drop_pct)
+        log.warning("model %s %s %s: onnxruntime lists %s but could not start %s, so it runs on %s%s", manifest.name,
+                    manifest.version, role, ", ".join(providers), ", ".join(missing), runs[0],
+                    f"; precision {config.precision} for it: {actual.precision} ({actual.reason})" if actual != choice else "")
+        if actual != choice:
+            encoder.close()
+            encoder = session(runs, actual)
+    return encoder

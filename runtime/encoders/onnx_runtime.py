@@ -185,7 +185,11 @@ def _options_for(provider: str, trt_cache_dir: Path | None, precision: str = "fp
         return {}
     options = {"trt_fp16_enable": "True"} if precision == "fp16" else {}
     if trt_cache_dir is not None:
-        trt_cache_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            trt_cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a read-only or foreign-owned artifacts folder: the model still runs, uncached
+            log.warning("TensorRT engines are not cached, so each start builds them again: %s", e)
+            return options
         options |= {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(trt_cache_dir),
                     "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(trt_cache_dir)}
     return options

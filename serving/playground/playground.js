@@ -34,7 +34,7 @@ async function load() {
     setTimeout(load, 2000);
     return;
   }
-  server.models = ready.models.filter((m) => m.state === "loaded");
+  server.models = (ready.models || []).filter((m) => m.state === "loaded"); // none without a key: /indexes asks for one
   try {
     server.indexes = (await api("/indexes")).indexes;
     const openapi = await api("/openapi.json"); // which optional routes this server has

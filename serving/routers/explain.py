@@ -30,7 +30,7 @@ from serving.dependencies import get_registry
 from serving.embedding import model_input
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
 from serving.registry import Registry, TextModel
-from serving.requests import JsonRequest, decode_base64
+from serving.requests import JsonRequest, check_text_chars, decode_base64
 from serving.responses import model_response
 from serving.settings import Settings
 from serving.zero_shot import (check_classes, check_normalization, check_prompts, check_templates, class_matrix,
@@ -141,6 +141,7 @@ def clip_model(registry: Registry, name: str | None) -> TextModel:
 async def zero_shot_target(registry: Registry, body: ExplainRequest) -> tuple[Manifest, MicroBatcher, ExplainTarget, Scores]:
     """The image side of the request's CLIP model, what is explained, and the score of each embedding."""
     settings = registry.settings
+    check_text_chars([body.label], settings, ["label"])
     label = body.label.strip()
     if not label:
         raise InvalidInput("label is empty: name the class to explain, e.g. \"label\": \"a sneaker\"")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
 from collections import defaultdict
 from typing import Annotated, Any
@@ -30,7 +31,8 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_images
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownId, error_responses
 from serving.registry import Registry, index_precision, retire_later
-from serving.requests import JsonRequest, decode_base64, exactly_one_of, unit_vector
+from serving.requests import JsonRequest, check_vector_length, decode_base64, exactly_one_of, unit_vector
+from serving.settings import Settings
 
 router = APIRouter(tags=["indexes"], responses=error_responses(503))
 MAX_ITEMS_PER_REQUEST = 1000
@@ -45,9 +47,10 @@ class Item(JsonRequest):
     model_config = ConfigDict(json_schema_extra=exactly_one_of("vector", "image"))
 
     id: int = Field(ge=-(2**63), lt=2**63, description="the item's id (int64), new to the index")
-    vector: list[float] | None = Field(None, max_length=65_536, description="its embedding, of the index's dimension")
+    vector: list[float] | None = Field(None, description="its embedding, of the index's dimension")
     image: str | None = Field(None, description="or a base64 image, embedded with the index's model version")
-    metadata: dict[str, Any] = Field(default_factory=dict, description="returned with the item by /search")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="returned with the item by /search; at most "
+                                                                       "EMBEDSERVE_MAX_METADATA_BYTES as JSON")
 
     @model_validator(mode="after")
     def one_of_vector_or_image(self) -> "Item":
@@ -79,6 +82,18 @@ async def _write(registry: Registry, name: str, prepared_on: VectorIndex, change
     return written
 
 
+def _check_items(items: list[Item], settings: Settings) -> None:
+    """Each item's vector and metadata within the server's limits, before anything is embedded or stored:
+    metadata is kept on disk and sent with every hit that finds the item."""
+    for i, item in enumerate(items):
+        if item.vector is not None:
+            check_vector_length(item.vector, settings, f"item {i}'s vector")
+        size = len(json.dumps(item.metadata, ensure_ascii=False).encode())
+        if size > settings.max_metadata_bytes:
+            raise PayloadTooLarge(f"item {i}'s metadata is {size:,} bytes as JSON; the limit is {settings.max_metadata_bytes:,} "
+                                  "(EMBEDSERVE_MAX_METADATA_BYTES): keep large data elsewhere and store a reference to it")
+
+
 async def _vectors(registry: Registry, index: VectorIndex, name: str, items: list[Item]) -> np.ndarray:
     """(N, D) for the items: their own vectors, or their images embedded with the index's model version."""
     vectors = np.zeros((len(items), index.dim), np.float32)
@@ -104,6 +119,7 @@ async def add_items(name: str, body: AddItemsRequest, registry: Annotated[Regist
         raise InvalidInput('no items: send {"items": [{"id": 1, "vector": [...], "metadata": {...}}]}')
     if len(body.items) > MAX_ITEMS_PER_REQUEST:
         raise PayloadTooLarge(f"{len(body.items)} items in one request; the limit is {MAX_ITEMS_PER_REQUEST}: split them")
+    _check_items(body.items, registry.settings)
     index = await registry.fresh_index(name)
     ids = np.array([item.id for item in body.items], np.int64)
     taken = [int(i) for i in ids if int(i) in index]

@@ -11,12 +11,12 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, field_validator
 
 from index.jobs import INDEX_PREFIX, MAX_BATCH_SIZE, JobSpec
-from serving.errors import InvalidInput, NotReady, UnknownJob, error_responses
+from serving.errors import InvalidInput, NotReady, UnknownJob, error_responses, without_server_folders
 from serving.jobs import JobRunner
 from serving.requests import JsonRequest, Name, plain_name
 
 router = APIRouter(tags=["jobs"], responses=error_responses(503))
-JobId = Annotated[str, Path(max_length=64, description="the id POST /jobs answered")]
+JobId = Annotated[Name, Path(description="the id POST /jobs answered")]
 
 
 class JobRequest(JsonRequest):
@@ -48,7 +48,17 @@ def _status(runner: JobRunner, job_id: str) -> dict[str, Any]:
         status = runner.store.get(job_id)
     except KeyError:
         raise UnknownJob(f"no job {job_id!r}; GET /jobs lists them") from None
-    return {**status.to_dict(), "errors": runner.store.errors(job_id, limit=20)}
+    return _shown(runner, {**status.to_dict(), "errors": runner.store.errors(job_id, limit=20)})
+
+
+def _shown(runner: JobRunner, status: dict[str, Any]) -> dict[str, Any]:
+    """A job's status as a client sees it: its error texts without the server's folders, as every
+    other error (serving.errors)."""
+    settings = runner.settings
+    shown = {**status, "error": status["error"] and without_server_folders(status["error"], settings)}
+    if "errors" in status:
+        shown["errors"] = [{**e, "error": without_server_folders(e["error"], settings)} for e in status["errors"]]
+    return shown
 
 
 @router.post("/jobs", status_code=202, summary="Queue a batch re-embedding job",
@@ -62,9 +72,11 @@ def create_job(body: JobRequest, runner: Annotated[JobRunner, Depends(get_jobs)]
     return JSONResponse(status_code=202, content=status.to_dict(), headers={"Location": f"/jobs/{status.id}"})
 
 
-@router.get("/jobs", summary="Every job, oldest first")
+@router.get("/jobs", summary="Every job, oldest first, and how many wait to run")
 def list_jobs(runner: Annotated[JobRunner, Depends(get_jobs)]) -> dict[str, Any]:
-    return {"jobs": [s.to_dict() for s in runner.store.list()]}
+    jobs = [_shown(runner, s.to_dict()) for s in runner.store.list()]
+    return {"jobs": jobs, "waiting": sum(j["state"] == "queued" for j in jobs),
+            "max_waiting": runner.settings.max_queued_jobs}
 
 
 @router.get("/jobs/{job_id}", summary="A job's progress, and the first errors of items it could not embed",

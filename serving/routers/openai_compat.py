@@ -6,7 +6,9 @@ text tower, or data URLs of images (`data:image/png;base64,...`), embedded by it
 one request alike; a text encoder (an imported sentence-transformers model) takes texts only, an
 image encoder data URLs only. `encoding_format` "base64" (the stock
 client's default) sends each vector as little-endian float32 bytes. `dimensions` keeps the
-first n components, re-normalised. Errors come in OpenAI's shape (serving.errors).
+first n components, re-normalised. `truncate` (not OpenAI's; text-embeddings-inference's name)
+embeds a text longer than the model reads by its first tokens instead of answering 422. Errors
+come in OpenAI's shape (serving.errors).
 """
 
 from __future__ import annotations
@@ -19,27 +21,31 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
+from runtime.files import check_name
 from runtime.vectors import unit_rows
 from serving.dependencies import get_registry
 from serving.embedding import embed_images, tokenize
 from serving.errors import InvalidInput, PayloadTooLarge, UnknownModel, error_responses
 from serving.registry import Registry
-from serving.requests import JsonRequest, decode_base64, json_body_doc, read_json_body
+from serving.requests import JsonRequest, check_text_chars, decode_base64, json_body_doc, read_json_body
 from serving.responses import model_response
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=error_responses(503, openai=True))
 DATA_URL = "data:"
 EMBEDDING_KINDS = ("image-encoder", "image-text-encoder", "text-encoder")  # the bundle kinds /v1/embeddings serves
-MAX_INPUT_CHARS = 100_000  # a text longer than this cannot fit any context; refused before tokenising
 
 
 class EmbeddingsRequest(JsonRequest):
     model: str = Field(max_length=256, description="a CLIP model (texts and images), a text encoder (texts) or "
                                                   "an image encoder (images)")
-    input: str | list[str] = Field(description="a text or data URL, or a list of them")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        description="a text or data URL, or a list of them. Token ids (OpenAI's other forms) are refused with a 422: "
+                    "each model here reads text through its own tokenizer, and ids are another tokenizer's")
     encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32 bytes")
     dimensions: int | None = Field(None, ge=1, description="keep the first n components, re-normalised")
     user: str | None = Field(None, max_length=256, description="accepted and ignored")
+    truncate: bool | None = Field(None, description="true: embed a text longer than the model reads by its first tokens "
+                                                    "instead of answering 422; the server's auto_truncate when omitted")
 
 
 class Embedding(BaseModel):
@@ -60,24 +66,32 @@ class EmbeddingsResponse(BaseModel):
     usage: Usage
 
 
+# OpenAI's API also takes token ids (tiktoken's), and LangChain's OpenAIEmbeddings sends them by default.
+TOKEN_IDS = ("input holds token ids, which this server cannot read: it tokenises text itself, with each model's own "
+             "tokenizer, and ids from another tokenizer name other words. Send the texts as strings (in LangChain: "
+             "OpenAIEmbeddings(..., check_embedding_ctx_length=False))")
+
+
 def _inputs(body: EmbeddingsRequest, registry: Registry) -> list[str]:
     inputs = [body.input] if isinstance(body.input, str) else list(body.input)
+    if any(not isinstance(item, str) for item in inputs):
+        raise InvalidInput(TOKEN_IDS)
     settings = registry.settings
     limit = max(settings.max_texts_per_request, settings.max_images_per_request)
     if not inputs:
         raise InvalidInput("input is empty: send a string or a list of strings")
     if len(inputs) > limit:
         raise PayloadTooLarge(f"{len(inputs)} inputs in one request; the limit is {limit}: split them")
-    long = next((i for i, text in enumerate(inputs) if len(text) > MAX_INPUT_CHARS and not text.startswith(DATA_URL)), None)
-    if long is not None:
-        raise PayloadTooLarge(f"input {long} is longer than {MAX_INPUT_CHARS:,} characters; shorten it")
+    texts = [i for i, text in enumerate(inputs) if not text.startswith(DATA_URL)]  # images have their own limits
+    check_text_chars([inputs[i] for i in texts], settings, [f"input {i}" for i in texts])
     return inputs
 
 
-async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.ndarray, int]:
+async def _embed(registry: Registry, model: str, inputs: list[str], truncate: bool) -> tuple[np.ndarray, int]:
     """(unit embeddings (n, D), prompt tokens) for texts and data URLs mixed."""
     images = [i for i, text in enumerate(inputs) if text.startswith(DATA_URL)]
     texts = [i for i, text in enumerate(inputs) if not text.startswith(DATA_URL)]
+    check_name(model, "model name")  # the one rule for names, though this one is only looked up
     if model not in registry.manifests:
         raise UnknownModel(f"no model named {model!r}; GET /v1/models lists them")
     manifest = registry.manifests[model]
@@ -99,7 +113,7 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
         vectors[images] = await embed_images(blobs, image_manifest, batcher, registry.images)
     if texts:
         text_model = registry.text_model(model)
-        batch = await tokenize([inputs[i] for i in texts], text_model, [f"input {i}" for i in texts])  # (n, 2, T)
+        batch = await tokenize([inputs[i] for i in texts], text_model, [f"input {i}" for i in texts], truncate)  # (n, 2, T)
         vectors[texts] = unit_rows(await text_model.batcher.submit(batch))
         tokens = int(batch[:, 1].sum())  # the attention masks: the tokens the tower read
     return vectors, tokens
@@ -110,7 +124,8 @@ async def _embed(registry: Registry, model: str, inputs: list[str]) -> tuple[np.
 async def embeddings(request: Request, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     body = await read_json_body(request, EmbeddingsRequest, '{"model": name, "input": text or [texts or data URLs]}')
     inputs = _inputs(body, registry)
-    vectors, tokens = await _embed(registry, body.model, inputs)  # (n, D)
+    truncate = registry.settings.auto_truncate if body.truncate is None else body.truncate
+    vectors, tokens = await _embed(registry, body.model, inputs, truncate)  # (n, D)
     name = body.model
     if body.dimensions is not None:
         if body.dimensions > vectors.shape[1]:

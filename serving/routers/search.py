@@ -17,7 +17,8 @@ from serving.errors import InvalidInput, UnknownId, error_responses
 from serving.registry import Registry
 from serving.responses import model_response
 from serving.embedding import embed_images, embed_texts
-from serving.requests import JsonRequest, decode_base64, exactly_one_of, unit_vector
+from serving.requests import (JsonRequest, check_text_chars, check_vector_length, decode_base64, exactly_one_of,
+                              unit_vector)
 
 router = APIRouter(tags=["search"], responses=error_responses(404, 415, 429, 503))
 
@@ -84,7 +85,7 @@ async def _query_from_text(registry: Registry, index: VectorIndex, name: str, te
         raise InvalidInput(f"index {name!r} was built with {index.model!r}, a {manifest.kind} with no text tower; "
                            "search it by image, vector or id, or build the index with a CLIP model")
     model = registry.text_model(index.model, index.model_version)
-    return (await embed_texts([text], model, ["the query text"]))[0]  # (D,)
+    return (await embed_texts([text], model, ["the query text"], registry.settings.auto_truncate))[0]  # (D,)
 
 
 async def _search(index: VectorIndex, query: np.ndarray, k: int, where: dict[str, Any] | None = None) -> Response:
@@ -107,6 +108,10 @@ async def _search(index: VectorIndex, query: np.ndarray, k: int, where: dict[str
 @router.post("/search", response_model=SearchResponse, summary="Nearest neighbours of a vector, an id, an image or a text")
 async def search(body: SearchRequest, registry: Annotated[Registry, Depends(get_registry)]) -> Response:
     _check_k(registry, body.k)
+    if body.vector is not None:
+        check_vector_length(body.vector, registry.settings, "vector")
+    if body.text is not None:
+        check_text_chars([body.text], registry.settings, ["text"])
     index = await registry.fresh_index(body.index)
     name = index.manifest.name
     if body.vector is not None:

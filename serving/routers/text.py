@@ -4,7 +4,8 @@ tower or a text encoder (a sentence-transformers model that `embedserve import` 
 Texts are tokenised with the bundle's tokenizer.json through runtime.tokens, the call training
 made, so a text gets the same ids here as in training. A text that the tokenizer would truncate
 is refused (422, naming the limit in tokens) rather than silently cut: its embedding would
-describe a text the client did not send.
+describe a text the client did not send; unless the client asks for truncation (`truncate`, as
+text-embeddings-inference names it) or the server does for every request (auto_truncate).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from serving.dependencies import get_registry
 from serving.embedding import embed_texts
 from serving.errors import InvalidInput, PayloadTooLarge, error_responses
 from serving.registry import Registry
-from serving.requests import JsonRequest
+from serving.requests import JsonRequest, check_text_chars
 from serving.responses import EmbedResponse, model_response
 
 router = APIRouter(tags=["embed"])
@@ -28,6 +29,8 @@ class EmbedTextsRequest(JsonRequest):
     texts: list[str] = Field(description="texts to embed, each one within the model's context length in tokens",
                              json_schema_extra={"minItems": 1})
     model: str | None = Field(None, description="text model (CLIP or text encoder); the default when omitted")
+    truncate: bool | None = Field(None, description="true: embed a text longer than the model reads by its first tokens "
+                                                    "instead of answering 422; the server's auto_truncate when omitted")
 
 
 @router.post("/embed/text", response_model=EmbedResponse, summary="Embed one or more texts with a text model",
@@ -42,8 +45,10 @@ async def embed_text(
         raise InvalidInput('no texts: send {"texts": ["...", ...]}')
     if len(body.texts) > limit:
         raise PayloadTooLarge(f"{len(body.texts)} texts in one request; the limit is {limit}: split them over several requests")
+    check_text_chars(body.texts, registry.settings, [f"text {i}" for i in range(len(body.texts))])
     text_model = registry.text_model(model or body.model)
-    embeddings = await embed_texts(body.texts, text_model)  # (n, D)
+    truncate = registry.settings.auto_truncate if body.truncate is None else body.truncate
+    embeddings = await embed_texts(body.texts, text_model, truncate=truncate)  # (n, D)
     manifest = text_model.manifest
     return model_response(EmbedResponse(model=manifest.name, version=manifest.version, dim=embeddings.shape[1],
                                         embeddings=embeddings.tolist()))

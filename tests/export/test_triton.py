@@ -17,7 +17,7 @@ import runtime.preprocessing
 from export.triton import ONNX_BACKENDS, PREPROCESSING_MODULE, write_triton_repository
 from runtime.bundle import BundleError, Manifest, OnnxIO, TokenizerSpec, open_bundle, write_bundle
 from runtime.encoders.onnx_runtime import OnnxEncoder
-from runtime.preprocessing import PreprocessingSpec, decode_image, preprocess_batch
+from runtime.preprocessing import PreprocessingSpec
 
 SPEC = PreprocessingSpec(mode="RGB", resize=10, crop=8, mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
 IMAGE_IO = {"image_encoder": OnnxIO(("images",), "embeddings")}
@@ -212,6 +212,44 @@ def test_a_second_export_adds_the_next_version(tmp_path: Path):
     assert [s.model_version for s in steps] == [2, 2]
 
 
+# What Triton's onnxruntime backend checks as it loads a model of the default `onnxruntime_onnx`
+# configs, which no Triton here can do (pytriton's server has no onnxruntime backend; the official
+# image has): the config names every input of the ONNX model and outputs it has, with their types and
+# shapes (the batch axis dynamic, as max_batch_size > 0 requires), and the file is one that the
+# image's onnxruntime reads (tritonserver:24.08-py3 carries onnxruntime 1.18.1: IR 10, opset 21).
+ONNX_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64"}
+IMAGE_ONNXRUNTIME_MAX_IR, IMAGE_ONNXRUNTIME_MAX_OPSET = 10, 21
+
+
+def test_the_default_onnxruntime_configs_agree_with_their_onnx_models(clip_bundle_artifacts: Path, tmp_path: Path):
+    import onnx
+    import onnxruntime as ort
+
+    repository = tmp_path / "triton"
+    for name in ("tiny", "clip"):
+        write_triton_repository(open_bundle(clip_bundle_artifacts, name), repository)
+    checked = []
+    for path in sorted(repository.glob("*/config.pbtxt")):
+        config = parse_config(path)
+        if config.platform != "onnxruntime_onnx":
+            continue
+        onnx_file = repository / config.name / "1" / "model.onnx"
+        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        graph = {t.name: (ONNX_TYPES.get(t.type, t.type), [d if isinstance(d, int) else -1 for d in t.shape])
+                 for t in [*session.get_inputs(), *session.get_outputs()]}
+        assert {t.name for t in config.input} == {t.name for t in session.get_inputs()}, config.name
+        for tensor in [*config.input, *config.output]:
+            data_type, shape = graph[tensor.name]
+            assert TYPES.Name(tensor.data_type) == data_type, (config.name, tensor.name)
+            assert shape[0] == -1 and len(shape) == 1 + len(tensor.dims), (config.name, tensor.name, shape)
+            assert all(m in (-1, c) for m, c in zip(shape[1:], tensor.dims)), (config.name, tensor.name, shape)
+        model = onnx.load(str(onnx_file), load_external_data=False)
+        opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        assert model.ir_version <= IMAGE_ONNXRUNTIME_MAX_IR and opset <= IMAGE_ONNXRUNTIME_MAX_OPSET, config.name
+        checked.append(config.name)
+    assert checked == ["clip_image_encoder", "clip_text_encoder", "tiny"]
+
+
 # A real bundle's repository (the tiny CLIP bundle and the tiny image bundle beside it), its ONNX
 # models on the Python backend, loaded by a real Triton server: what `embedserve export --triton
 # --triton-backend python` writes is what Triton runs.
@@ -226,6 +264,31 @@ def triton(clip_bundle_artifacts: Path, tmp_path_factory):
     server = TritonServer(repository, sorted(p.name for p in repository.iterdir()), tmp_path_factory.mktemp("triton"))
     yield server
     server.stop()
+
+
+KIT_PROBE = r"""
+import importlib.util, numpy, PIL
+print(numpy.__version__, PIL.__version__, PIL.__file__)
+print(*[name for name in ("runtime", "serving", "embedserve") if importlib.util.find_spec(name)])
+"""
+
+
+def test_tritons_python_has_the_images_packages_and_not_this_venvs():
+    """The Python that the test Triton's models run in is the Triton image's: numpy < 2 as in the
+    official image, the Pillow that deploy/triton.Dockerfile pins, and neither this venv's Pillow
+    nor embedserve."""
+    from tests.triton_server import IMAGE_REQUIREMENTS, kit_python, triton_kit
+
+    kit = triton_kit()
+    result = subprocess.run([str(kit_python(kit)), "-I", "-c", KIT_PROBE], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr
+    versions, project = result.stdout.splitlines()[0].split(), result.stdout.splitlines()[1:]
+    numpy_version, pillow_version, pillow_file = versions
+    assert int(numpy_version.split(".")[0]) < 2
+    assert f"pillow=={pillow_version}" in [r.lower() for r in IMAGE_REQUIREMENTS]
+    assert Path(pillow_file).resolve().is_relative_to(kit.resolve()), pillow_file
+    assert project in ([], [""]), f"the Triton Python imports the project: {project}"
 
 
 @pytest.fixture(scope="module")
@@ -245,9 +308,36 @@ def infer_images(client, model: str, blobs: list[bytes], output: str) -> np.ndar
     return client.infer(model, [request]).as_numpy(output)
 
 
-def gateway_batch(blobs: list[bytes], spec: PreprocessingSpec) -> np.ndarray:
-    """What the gateway feeds the model: each image decoded at about the model's size, then preprocessed."""
-    return preprocess_batch([decode_image(b, resize=spec.resize) for b in blobs], spec)  # (B, C, H, W)
+# What the gateway computes, run in the Python of the Triton image (numpy < 2 and the Pillow
+# deploy/triton.Dockerfile pins, which the server image pins too: tests/test_deploy.py): Pillow
+# releases differ by the odd pixel level (12.3 and 13.0 do on a 9x30 image), so a gateway and a
+# Triton agree bit for bit only on one Pillow, and this is the batch a deployment's gateway sends.
+GATEWAY_IN_IMAGE_PYTHON = r"""
+import json, sys
+from pathlib import Path
+import numpy as np
+folder, module_dir = Path(sys.argv[1]), sys.argv[2]
+sys.path.insert(0, module_dir)
+from preprocessing import PreprocessingSpec, decode_image, preprocess_batch
+spec = PreprocessingSpec.from_dict(json.loads((folder / "spec.json").read_text()))
+blobs = [p.read_bytes() for p in sorted(folder.glob("*.image"))]
+np.save(folder / "batch.npy", preprocess_batch([decode_image(b, resize=spec.resize) for b in blobs], spec))
+"""
+
+
+def gateway_batch(blobs: list[bytes], spec: PreprocessingSpec, workdir: Path) -> np.ndarray:
+    """What the gateway feeds the model: each image decoded at about the model's size, then
+    preprocessed, by runtime/preprocessing.py in the Triton image's Python."""
+    from tests.triton_server import kit_python, triton_kit
+
+    (workdir / "spec.json").write_text(json.dumps(spec.to_dict()))
+    for i, blob in enumerate(blobs):
+        (workdir / f"{i:03d}.image").write_bytes(blob)
+    module_dir = str(Path(runtime.preprocessing.__file__).parent)
+    result = subprocess.run([str(kit_python(triton_kit())), "-I", "-c", GATEWAY_IN_IMAGE_PYTHON, str(workdir), module_dir],
+                            capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 0, result.stderr
+    return np.load(workdir / "batch.npy")  # (B, C, H, W)
 
 
 # small images, and one large enough for the reduced decode of big images
@@ -263,19 +353,22 @@ def test_triton_loads_every_model_export_wrote(triton, client):
     }, triton.log()
 
 
-def test_tritons_preprocessing_is_the_gateways_bit_for_bit(client, clip_bundle_artifacts: Path, make_png):
-    spec = open_bundle(clip_bundle_artifacts, "clip").manifest.preprocessing
+@pytest.mark.parametrize("name, model", [("tiny", "tiny_preprocess"), ("clip", "clip_image_encoder_preprocess")])
+def test_tritons_preprocessing_is_the_gateways_bit_for_bit(client, clip_bundle_artifacts: Path, make_png, tmp_path: Path,
+                                                           name, model):
+    spec = open_bundle(clip_bundle_artifacts, name).manifest.preprocessing
     blobs = [make_png(seed, size) for seed, size in enumerate(IMAGE_SIZES)]
-    got = infer_images(client, "clip_image_encoder_preprocess", blobs, "images")
-    np.testing.assert_array_equal(got, gateway_batch(blobs, spec))
+    got = infer_images(client, model, blobs, "images")
+    np.testing.assert_array_equal(got, gateway_batch(blobs, spec, tmp_path))
 
 
 @pytest.mark.parametrize("name, model", [("tiny", "tiny_ensemble"), ("clip", "clip_image_encoder_ensemble")])
-def test_the_ensemble_embeds_image_files_as_the_gateway_does(client, clip_bundle_artifacts: Path, make_png, name, model):
+def test_the_ensemble_embeds_image_files_as_the_gateway_does(client, clip_bundle_artifacts: Path, make_png, tmp_path: Path,
+                                                             name, model):
     bundle = open_bundle(clip_bundle_artifacts, name)
     blobs = [make_png(seed, size) for seed, size in enumerate(IMAGE_SIZES)]
     got = infer_images(client, model, blobs, bundle.manifest.onnx_io("image_encoder").output)
-    expected = OnnxEncoder(bundle, "image_encoder").encode(gateway_batch(blobs, bundle.manifest.preprocessing))
+    expected = OnnxEncoder(bundle, "image_encoder").encode(gateway_batch(blobs, bundle.manifest.preprocessing, tmp_path))
     assert got.shape == (len(blobs), bundle.manifest.dim)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 

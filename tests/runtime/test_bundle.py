@@ -181,3 +181,17 @@ def test_precision_variants_round_trip_and_older_manifests_have_none(tmp_path: P
     older = json.loads(again.to_json())
     del older["variants"]
     assert Manifest.from_dict(older).variants == ()
+
+
+def test_a_bundle_is_written_at_the_oldest_schema_that_describes_it(tmp_path: Path):
+    def image_bundle(name: str, **spec) -> Manifest:
+        preprocessing = PreprocessingSpec(mode="RGB", resize=8, crop=8, mean=(0.5,) * 3, std=(0.5,) * 3, **spec)
+        manifest = Manifest(name=name, kind="image-encoder", method="simclr", dim=2, normalized=False,
+                            files={"data": "data.bin"}, preprocessing=preprocessing)
+        return write_bundle(tmp_path, manifest, lambda d: (d / "data.bin").write_bytes(b"x")).manifest
+
+    assert image_bundle("trained").schema_version == 2  # what code before schema 3 reads, and serves the same
+    for name, spec in {"bicubic": {"interpolation": "bicubic"}, "floor": {"crop_offset": "floor"},
+                       "drop": {"alpha": "drop"}}.items():
+        manifest = image_bundle(name, **spec)
+        assert manifest.schema_version == 3 and open_bundle(tmp_path, name).manifest.preprocessing == manifest.preprocessing

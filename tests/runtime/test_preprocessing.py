@@ -371,3 +371,23 @@ def test_the_peak_memory_of_a_large_in_limit_image_is_bounded(tmp_path, fmt, mod
     one_copy = side * side * len(mode)  # bytes of one decoded copy in the file's own mode
     bound = 16 * 2**20 if fmt == "JPEG" else int(1.3 * one_copy)
     assert grown < bound, f"peak grew {grown / 2**20:.0f} MiB decoding a {side}x{side} {fmt}; bound {bound / 2**20:.0f} MiB"
+
+
+def test_transparency_is_composited_on_white_or_dropped_after_the_crop_as_the_spec_says():
+    pixels = np.zeros((6, 6, 4), np.uint8)
+    pixels[..., 0] = 200  # red hidden under alpha 0 (left half) and shown (right half)
+    pixels[:, 3:, 3] = 255
+    img = Image.fromarray(pixels, "RGBA")
+    white = PreprocessingSpec("RGB", 6, 6, (0.0,) * 3, (1.0,) * 3)
+    dropped = PreprocessingSpec("RGB", 6, 6, (0.0,) * 3, (1.0,) * 3, alpha="drop")  # open_clip's convert("RGB") last
+    np.testing.assert_allclose(preprocess_image(img, white)[:, 0, 0], [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(preprocess_image(img, dropped)[:, 0, 0], [200 / 255, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(preprocess_image(img, dropped)[:, 0, 5], preprocess_image(img, white)[:, 0, 5])
+
+
+def test_an_odd_crop_margin_is_rounded_as_torchvision_or_floored_as_transformers():
+    img = Image.fromarray(np.arange(7, dtype=np.uint8)[None, :].repeat(4, 0) * 30, "L")  # 7 wide, 4 high: margin 3
+    spec = PreprocessingSpec("L", 4, 4, (0.0,), (1.0,))
+    assert preprocess_image(img, spec)[0, 0, 0] * 255 == pytest.approx(60)  # round(1.5) = 2
+    floored = PreprocessingSpec("L", 4, 4, (0.0,), (1.0,), crop_offset="floor")
+    assert preprocess_image(img, floored)[0, 0, 0] * 255 == pytest.approx(30)  # 3 // 2 = 1

@@ -80,3 +80,36 @@ def test_a_folder_of_links_out_of_the_roots_is_refused_before_a_job_is_queued(fo
     (links / "own.png").write_bytes((folder / "cat" / "a.png").read_bytes())  # one file of its own: the job may go on
     assert check_source(links, roots=[links]) == links.resolve()
     assert check_source(links) == links.resolve()  # no roots (the command line's user): links are followed
+
+
+def test_a_folder_under_the_roots_does_not_list_files_reached_through_symlinks_out_of_them(folder: Path, tmp_path: Path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("L", (4, 4)).save(outside / "secret-payroll.png")
+    (folder / "cat" / "linked.png").symlink_to(outside / "secret-payroll.png")
+    (folder / "linked-folder").symlink_to(outside, target_is_directory=True)
+    confined = folder_source(folder, roots=[folder])
+    paths = [confined.metadata(i)["path"] for i in range(confined.count)]
+    assert paths and not any("linked" in p or "secret" in p for p in paths)
+    anywhere = folder_source(folder)  # the CLI's user, without roots, follows them
+    assert anywhere.count == confined.count + 2
+
+
+def test_a_source_path_with_a_nul_is_a_source_error(tmp_path: Path):
+    from runtime.sources import SourceError, check_source
+
+    with pytest.raises(SourceError, match="not a path"):
+        check_source(f"{tmp_path}/a\x00b", [tmp_path])
+
+
+def test_a_record_s_position_must_be_in_the_data_set(tmp_path: Path, write_idx):
+    from runtime.sources import read_item
+
+    (tmp_path / "fm").mkdir()
+    write_idx(tmp_path / "fm" / "t10k-images-idx3-ubyte", np.zeros((3, 28, 28), np.uint8))
+    write_idx(tmp_path / "fm" / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
+    record = {"source": "fashion-mnist:test", "position": 2}
+    assert read_item(record, fashion_mnist_root=tmp_path / "fm").size == (28, 28)
+    for position in (-1, 3):  # a record is an item's metadata, which a client may write
+        with pytest.raises(IndexError):
+            read_item({**record, "position": position}, fashion_mnist_root=tmp_path / "fm")

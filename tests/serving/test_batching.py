@@ -284,6 +284,35 @@ def test_a_full_queue_answers_overloaded_at_once_and_frees_as_batches_finish():
     np.testing.assert_array_equal(asyncio.run(scenario())[:, 0], [40, 40, 40])
 
 
+def test_a_large_request_queues_a_piece_at_a_time_and_others_are_served_between_its_pieces():
+    from serving.errors import Overloaded
+
+    encoder = Held()
+    batcher = MicroBatcher(encoder, max_batch_size=8, max_queue_rows=16)
+
+    async def scenario():
+        await batcher.start()
+        try:
+            large = asyncio.create_task(batcher.submit(rows(1, 64)))  # 8 pieces, four times the queue's limit
+            assert await encoder.wait_inside()  # its first piece in the model
+            assert batcher.waiting_rows == 8  # only that piece counts
+            small = asyncio.create_task(batcher.submit(rows(2, 4)))  # admitted: 8 + 4 rows of 16
+            await asyncio.sleep(0)
+            with pytest.raises(Overloaded):  # 12 rows wait: a full piece of a third request would pass 16
+                await batcher.submit(rows(3, 8))
+            encoder.release.set()
+            answered = await small
+            return answered, await large
+        finally:
+            encoder.release.set()
+            await batcher.stop()
+
+    small, large = asyncio.run(scenario())
+    np.testing.assert_array_equal(small[:, 0], [20] * 4)
+    np.testing.assert_array_equal(large[:, 0], [10] * 64)
+    assert encoder.calls == [8, 4] + [8] * 7  # the small request ran right after the piece it arrived during
+
+
 def test_overloaded_is_a_429_with_retry_after():
     from fastapi import FastAPI
     from fastapi.testclient import TestClient

@@ -206,6 +206,10 @@ HOSTILE = [
     ("/jobs", {"source": "index:../models", "model": "tiny", "index": "x"}),
     ("/jobs", {"source": "index:pics", "model": "../indexes/pics", "index": "x"}),
     ("/jobs", {"source": "index:pics", "model": "tiny", "index": "x" * 300}),
+    ("/jobs", {"source": "a\u0000b", "model": "tiny", "index": "x"}),
+    ("/search", {"id": 1, "where": {"seed": 10**30}}),
+    ("/search", {"id": 1, "index": "pics/current"}),
+    ("/v1/embeddings", {"model": "clip", "input": [[101, 2023, 102]]}),
 ]
 
 
@@ -219,3 +223,21 @@ def test_hostile_json_gets_a_documented_4xx(path: str, body: dict, app):
                                       checks=[c for c in _CHECKS if c.__name__ != "negative_data_rejection"])
     expected = range(200, 300) if body.get("vector") == [1e300] * DIM else range(400, 500)
     assert response.status_code in expected, response.text
+
+
+def test_a_multipart_name_that_is_not_one_gets_a_documented_4xx(app):
+    # a JSON object sent in a form field: its escaped surrogates make a name longer than a file name
+    for index in (json.dumps({"a": "\ud800" * 50}), "a\u0000b", "pics/current"):
+        case = schema["/search/image"]["POST"].Case(body={"file": FILE_SAMPLES["png"], "index": index},
+                                                    media_type="multipart/form-data")
+        response = case.call_and_validate(app=app, headers={"Authorization": f"Bearer {KEY}"},
+                                          checks=[c for c in _CHECKS if c.__name__ != "negative_data_rejection"])
+        assert response.status_code == 422, response.text
+
+
+def test_json_in_a_form_field_is_read_as_strictly_as_a_json_body(app):
+    case = schema["/zero-shot"]["POST"].Case(body={"files": [FILE_SAMPLES["png"]], "classes": '["\\ud800", "b"]'},
+                                             media_type="multipart/form-data")
+    response = case.call_and_validate(app=app, headers={"Authorization": f"Bearer {KEY}"},
+                                      checks=[c for c in _CHECKS if c.__name__ != "negative_data_rejection"])
+    assert response.status_code == 422 and "surrogate" in response.text, response.text

@@ -1,4 +1,5 @@
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -118,3 +119,142 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(image_artifacts: Pat
         assert streamed.status_code == 413
         small = c.post("/embed/image", files=[("files", ("a.png", make_png(0, (4, 4)), "image/png"))])
         assert small.status_code == 200, small.text
+
+
+# Names that are paths: every name a client sends passes one rule before it touches a file.
+
+BAD_NAMES = ["a\u0000b", "x" * 5000, "pics/current", "../..", "pics/../../elsewhere", "/tmp", "\\windows", ".hidden"]
+
+
+@pytest.fixture
+def indexed(image_artifacts: Path) -> Path:
+    """The 'tiny' model and an index 'pics' of three random vectors built with it (ids 0..2)."""
+    import numpy as np
+
+    from index.vector_index import VectorIndex
+
+    vectors = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+    VectorIndex.build(np.arange(3), vectors, [{"n": i} for i in range(3)], model="tiny", model_version="v1").save(
+        image_artifacts, "pics")
+    return image_artifacts
+
+
+def test_a_name_that_is_a_path_is_a_422_wherever_a_client_sends_one(indexed: Path, make_png):
+    with client(indexed) as c:
+        for name in BAD_NAMES:
+            answers = [
+                c.post("/search", json={"index": name, "id": 0}),
+                c.post("/search/image", files={"file": ("q.png", make_png(0), "image/png")}, data={"index": name}),
+                c.post("/explain", json={"image": "AAAA", "index": name, "id": 0}),
+                c.post("/embed/image", params={"model": name}, files=[("files", ("a.png", make_png(0), "image/png"))]),
+                c.post("/embed/text", json={"texts": ["a"], "model": name}),
+                c.post("/v1/embeddings", json={"input": "a", "model": name}),
+                c.get("/similar", params={"word": "king", "model": name}),
+            ]
+            if "/" not in name:  # a path parameter cannot hold a '/'
+                quoted = quote(name, safe="")
+                answers.append(c.post(f"/indexes/{quoted}/items", json={"items": [{"id": 9, "vector": [1.0] * 16}]}))
+                answers.append(c.get(f"/jobs/{quoted}"))
+            for answer in answers:
+                assert answer.status_code == 422, (name[:20], answer.request.url, answer.text)
+                assert "not a path" in answer.text or "at most" in answer.text
+        assert c.post("/search", json={"index": "pics", "id": 0}).status_code == 200
+
+
+def test_an_index_folder_named_by_path_is_never_opened_nor_served(indexed: Path, tmp_path: Path):
+    import shutil
+
+    planted = tmp_path / "planted"  # a copy of 'pics' elsewhere on disk, under another name
+    shutil.copytree(indexed / "indexes" / "pics", planted / "indexes" / "pics")
+    with client(indexed) as c:
+        before = c.get("/indexes").json()
+        for name in (str(planted / "indexes" / "pics"), "pics/../../../planted/indexes/pics"):
+            assert c.post("/search", json={"index": name, "id": 0}).status_code == 422
+        assert c.get("/indexes").json() == before
+
+
+def test_a_name_not_served_is_a_404_without_opening_anything(indexed: Path, monkeypatch):
+    from index.store import FaissStore
+
+    def never(self, name, version=None):
+        raise AssertionError(f"opened {name!r}")
+
+    with client(indexed) as c:
+        monkeypatch.setattr(FaissStore, "open", never)
+        monkeypatch.setattr(FaissStore, "current_version", never)
+        answer = c.post("/search", json={"index": "nothing-here", "id": 0})
+        assert answer.status_code == 404 and answer.json()["error"] == "unknown_index"
+
+
+def test_names_read_from_disk_pass_the_same_rule(indexed: Path):
+    import json
+    import shutil
+
+    def copy(folder_name: str, **changes) -> Path:
+        folder = indexed / "indexes" / folder_name
+        shutil.copytree(indexed / "indexes" / "pics", folder)
+        manifest = folder / "v1" / "manifest.json"
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **changes}))
+        return folder
+
+    copy("zcopy", name="pics", model="other")  # a folder whose manifest claims the name of another index
+    escape = copy("escape", name="escape")  # a `current` pointer that leads out of the index's folder
+    shutil.move(escape / "v1", indexed / "planted")
+    (escape / "current").write_text("../../planted\n")
+    copy("modelpath", name="modelpath", model="../../elsewhere")  # a manifest whose model is a path
+    with client(indexed) as c:
+        served = {i["name"]: i["model"] for i in c.get("/indexes").json()["indexes"]}
+        assert served == {"pics": "tiny", "modelpath": "../../elsewhere"}  # its vectors serve; its model is never opened
+        for name in ("zcopy", "escape"):
+            assert c.post("/search", json={"index": name, "id": 0}).status_code == 404
+        assert c.post("/search", json={"index": "modelpath", "id": 0}).status_code == 200
+        assert c.post("/search", json={"index": "pics", "id": 0}).json()["model"] == "tiny"
+
+
+def test_a_bundle_whose_manifest_names_another_model_is_not_served(words_artifacts: Path, write_image_bundle):
+    import json
+
+    write_image_bundle(words_artifacts, "tiny")
+    manifest = words_artifacts / "models" / "tiny" / "v1" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "name": "words"}))  # would replace 'words'
+    with client(words_artifacts) as c:
+        models = {m["name"]: m for m in c.get("/readyz").json()["models"]}
+        assert models["tiny"]["state"] == "failed" and "not its folder's" in models["tiny"]["error"]
+        assert models["words"]["kind"] == "word-vectors" and c.get("/similar?word=king").status_code == 200
+
+
+def test_two_host_headers_are_refused(words_artifacts: Path):
+    with client(words_artifacts, allowed_hosts="good.example") as c:
+        twice = c.get("/healthz", headers=[("host", "evil.example"), ("host", "good.example")])
+        assert twice.status_code == 400 and "more than one Host" in twice.json()["detail"]
+        assert c.get("/healthz", headers={"host": "good.example"}).status_code == 200
+
+
+def test_a_browser_preflight_passes_before_the_key_check(words_artifacts: Path):
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "GET",
+                 "Access-Control-Request-Headers": "authorization"}
+    with client(words_artifacts, api_keys="s3cret", cors_origins="https://app.example") as c:
+        answer = c.options("/similar", headers=preflight)
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
+        keyed = c.get("/similar?word=king", headers={"Origin": "https://app.example", "Authorization": "Bearer s3cret"})
+        assert keyed.status_code == 200 and keyed.headers["access-control-allow-origin"] == "https://app.example"
+        denied = c.get("/similar?word=king", headers={"Origin": "https://app.example"})
+        assert denied.status_code == 401 and denied.headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_readyz_without_a_key_says_status_and_counts_only(words_artifacts: Path, write_image_bundle):
+    from runtime.bundle import open_bundle
+
+    write_image_bundle(words_artifacts, "tiny")
+    onnx = open_bundle(words_artifacts, "tiny").file("image_encoder")
+    onnx.write_bytes(onnx.read_bytes()[:-10] + b"0123456789")  # fails its sha256: a load error that names a path
+    with client(words_artifacts, api_keys="s3cret", ready_with_failures=True) as c:
+        anonymous = c.get("/readyz")
+        assert anonymous.status_code == 200
+        assert anonymous.json() == {"status": "ready", "counts": {"models_loaded": 1, "models_failed": 1, "indexes": 0}}
+        for headers in ({"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            assert "models" not in c.get("/readyz", headers=headers).json()
+        keyed = c.get("/readyz", headers={"Authorization": "Bearer s3cret"}).json()
+        assert {m["name"]: m["state"] for m in keyed["models"]} == {"tiny": "failed", "words": "loaded"}
+        error = next(m["error"] for m in keyed["models"] if m["name"] == "tiny")
+        assert "sha256" in error and str(words_artifacts.resolve()) not in error

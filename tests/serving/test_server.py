@@ -1,4 +1,4 @@
-"""`embedserve serve` as a process: a deadline on headers, and SIGTERM with work in flight."""
+"""`embedserve serve` as a process: a deadline and a size limit on headers, and SIGTERM with work in flight."""
 
 from __future__ import annotations
 
@@ -21,6 +21,27 @@ def test_headers_that_come_too_slowly_get_a_408_and_the_connection_closed(image_
             answer = b"".join(iter(lambda: s.recv(65536), b""))
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         assert server.get("/healthz")[0] == 200  # a prompt client is served as ever
+
+
+def test_headers_past_the_limit_get_a_431_and_the_connection_closed_before_they_are_all_sent(image_artifacts, start_server):
+    with start_server(image_artifacts, max_header_bytes=4096) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+            try:  # the server answers and closes long before 64 MiB: the rest is refused on the way
+                for _ in range(1024):
+                    s.sendall(b"x" * 65536)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            answer = b"".join(iter(lambda: s.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+        assert b"EMBEDSERVE_MAX_HEADER_BYTES" in answer
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:  # headers within it, kept alive
+            request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Fill: " + b"y" * 3000 + b"\r\n\r\n"
+            s.sendall(request * 3)  # three pipelined requests, each within the limit on its own
+            answers = b""
+            while answers.count(b"HTTP/1.1 200 ") < 3:
+                answers += s.recv(65536)
+        assert server.get("/healthz")[0] == 200
 
 
 def post_json(url: str, path: str, body: dict) -> tuple[int, dict]:

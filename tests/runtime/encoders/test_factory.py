@@ -129,6 +129,22 @@ def test_a_missing_variant_falls_back_to_fp32_with_a_log_line(image_artifacts: P
     assert "no int8 variant" in caplog.text and "falling back to fp32" in caplog.text
 
 
+def test_auto_chooses_for_the_provider_that_runs_where_a_listed_gpu_does_not_start(tmp_path: Path, write_variant_bundle,
+                                                                                   monkeypatch, caplog):
+    # onnxruntime-gpu lists CUDA whether or not its libraries load (a CUDA-13 build on a CUDA-12
+    # image does not); this CPU build lists it here and, as there, the session starts without it
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: CUDA)
+    bundle = read_bundle(write_variant_bundle(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="runtime.encoders.factory"):
+        encoder = load_encoder(bundle, RuntimeConfig(execution_providers="auto", precision="auto"))
+    assert encoder.providers == CPU
+    assert encoder.precision == "int8"  # auto's choice on the CPU, not the fp16 it takes on a GPU
+    assert "could not start CUDAExecutionProvider, so it runs on CPUExecutionProvider" in caplog.text
+    assert "precision auto for it: int8" in caplog.text
+
+
 def test_an_unknown_precision_setting_is_refused():
     with pytest.raises(ValueError, match="auto"):
         RuntimeConfig(precision="bf16")

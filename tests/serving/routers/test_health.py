@@ -43,3 +43,15 @@ def test_the_precision_setting_comes_from_the_environment(monkeypatch):
 def test_readyz_lists_both_towers_of_a_clip_model(clip_artifacts: Path):
     models, _ = _ready_and_metrics(clip_artifacts)
     assert models["clip"]["precision"] == {"image_encoder": "fp32", "text_encoder": "fp32"}  # exported without variants
+
+
+def test_readyz_names_the_provider_that_runs_where_a_listed_gpu_did_not_start(tmp_path: Path, write_variant_bundle,
+                                                                              monkeypatch):
+    # onnxruntime-gpu lists CUDA even where its libraries do not load; this CPU build lists it here
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    write_variant_bundle(tmp_path, "quantized")
+    models, _ = _ready_and_metrics(tmp_path)
+    assert models["quantized"]["runs_on"] == {"image_encoder": "CPUExecutionProvider"}
+    assert models["quantized"]["precision"] == {"image_encoder": "int8"}  # auto chose for the CPU it runs on

@@ -192,3 +192,38 @@ def test_a_job_another_worker_runs_is_left_to_it(image_artifacts: Path, tmp_path
             assert not (store.folder / job.id).exists()  # no shard written here
     with TestClient(create_app(settings)) as client:  # the lock free again: a start resumes it
         assert wait_for_job(client, job.id)["state"] == "succeeded"
+
+
+def test_past_the_queue_limit_a_job_is_refused_429_and_jobs_says_how_many_wait(image_artifacts: Path, monkeypatch):
+    from serving.jobs import JobRunner
+
+    release = threading.Event()
+    monkeypatch.setattr(JobRunner, "_run_job", lambda self, job_id, loop: release.wait(60))  # every job stays queued
+    spec = {"source": "fashion-mnist:test", "model": "tiny", "index": "pics"}
+    try:
+        with TestClient(create_app(Settings(artifacts_dir=image_artifacts, max_queued_jobs=2))) as client:
+            assert [client.post("/jobs", json=spec).status_code for _ in range(2)] == [202, 202]
+            refused = client.post("/jobs", json=spec)
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "30"
+            assert "EMBEDSERVE_MAX_QUEUED_JOBS" in refused.json()["detail"]
+            listed = client.get("/jobs").json()
+            assert (listed["waiting"], listed["max_waiting"], len(listed["jobs"])) == (2, 2, 2)
+            release.set()
+    finally:
+        release.set()
+
+
+def test_a_jobs_error_texts_do_not_show_the_servers_folders(image_artifacts: Path, tmp_path: Path):
+    from index.jobs import JobSpec, JobStore
+
+    store = JobStore(image_artifacts)
+    job = store.create(JobSpec(source="fashion-mnist:test", model="tiny", index="pics"))
+    store.update(job.id, state="failed", error=f"BundleError: bundle {image_artifacts.resolve()}/models/tiny/v1: broken")
+    store.record_errors(job.id, {3: f"{tmp_path.resolve()}/data/x.png: not an image"})
+    settings = Settings(artifacts_dir=image_artifacts, data_roots=str(tmp_path / "data"))
+    with TestClient(create_app(settings)) as client:
+        shown = client.get(f"/jobs/{job.id}").json()
+        assert shown["error"] == "BundleError: bundle artifacts/models/tiny/v1: broken"
+        assert shown["errors"] == [{"position": 3, "error": f"{tmp_path.resolve()}/data/x.png: not an image"
+                                    .replace(str((tmp_path / 'data').resolve()), "a data root")}]
+        assert str(image_artifacts.resolve()) not in client.get("/jobs").text

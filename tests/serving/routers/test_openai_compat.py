@@ -95,3 +95,23 @@ def test_the_stock_openai_client_embeds_with_an_imported_text_encoder(minilm_cli
     url = "data:image/png;base64," + base64.b64encode(b"\x89PNG").decode()
     with pytest.raises(openai.UnprocessableEntityError, match="texts only"):
         stock_client(minilm_client).embeddings.create(model="minilm", input=["a text", url])
+
+
+def test_token_ids_are_refused_with_what_to_send_instead(client: TestClient):
+    for ids in ([101, 2023, 102], [[101, 2023], [7, 8]]):  # what LangChain's OpenAIEmbeddings sends by default
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            stock_client(client).embeddings.create(model="clip", input=ids)
+        message = str(refused.value)
+        assert "own tokenizer" in message and "check_embedding_ctx_length=False" in message
+
+
+def test_truncate_embeds_a_long_input_as_embed_text_does_and_without_it_says_it_exists(client: TestClient):
+    long = "a sneaker with white laces " * 10
+    key = {"Authorization": "Bearer sk-test"}
+    refused = client.post("/v1/embeddings", json={"model": "clip", "input": long}, headers=key)
+    assert refused.status_code == 422 and '"truncate": true' in refused.json()["error"]["message"]
+    response = client.post("/v1/embeddings", json={"model": "clip", "input": [long], "truncate": True}, headers=key)
+    assert response.status_code == 200, response.text
+    expected = native(client, "/embed/text", {"texts": [long], "truncate": True})
+    np.testing.assert_allclose(response.json()["data"][0]["embedding"], expected[0], atol=1e-5)
+    assert response.json()["usage"]["prompt_tokens"] == 24  # the context length: what the tower read

@@ -144,3 +144,25 @@ def test_a_short_text_embeds_the_same_beside_a_long_one(minilm_client: TestClien
 def test_a_text_over_the_encoder_s_256_tokens_is_refused(minilm_client: TestClient):
     response = minilm_client.post("/embed/text", json={"texts": ["ok", "word " * 300], "model": "minilm"})
     assert response.status_code == 422 and "256 tokens" in response.json()["detail"] and "text 1" in response.json()["detail"]
+
+
+def test_a_text_over_the_context_is_refused_saying_truncation_exists(client: TestClient):
+    response = client.post("/embed/text", json={"texts": ["a bag " * 30]})
+    assert response.status_code == 422
+    assert '"truncate": true' in response.json()["detail"] and "EMBEDSERVE_AUTO_TRUNCATE" in response.json()["detail"]
+
+
+def test_truncate_embeds_a_long_text_by_its_first_tokens(client: TestClient, clip_bundle_artifacts: Path):
+    long = "a bag with a long strap " * 10
+    response = client.post("/embed/text", json={"texts": [long, "a bag"], "truncate": True})
+    assert response.status_code == 200, response.text
+    # the tokenizer's own truncation: the first tokens and the end token, as the tower was trained to read
+    expected = onnx_text_embeddings(clip_bundle_artifacts, [long, "a bag"])
+    np.testing.assert_allclose(response.json()["embeddings"], expected, atol=1e-5)
+
+
+def test_the_server_setting_truncates_unless_a_request_says_otherwise(clip_bundle_artifacts: Path):
+    settings = Settings(artifacts_dir=clip_bundle_artifacts, auto_truncate=True, max_wait_ms=1)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/embed/text", json={"texts": ["a bag " * 30]}).status_code == 200
+        assert client.post("/embed/text", json={"texts": ["a bag " * 30], "truncate": False}).status_code == 422

@@ -276,3 +276,12 @@ def test_classes_times_templates_over_the_limit_is_a_413(clip_artifacts: Path, m
         response = client.post("/zero-shot", json=body)
         assert response.status_code == 413 and "EMBEDSERVE_MAX_PROMPTS" in response.json()["detail"]
         assert client.post("/zero-shot", json={**body, "templates": ["a {}.", "the {}."]}).status_code == 200
+
+
+def test_a_prompt_over_the_context_is_refused_unless_the_server_truncates(clip_bundle_artifacts: Path, make_png):
+    body = {"images": [b64(make_png(0))], "classes": ["a bag " * 30, "a dress"], "templates": ["{}"]}
+    with TestClient(create_app(Settings(artifacts_dir=clip_bundle_artifacts, max_wait_ms=1))) as client:
+        refused = client.post("/zero-shot", json=body)
+        assert refused.status_code == 422 and "EMBEDSERVE_AUTO_TRUNCATE" in refused.json()["detail"]
+    with TestClient(create_app(Settings(artifacts_dir=clip_bundle_artifacts, auto_truncate=True, max_wait_ms=1))) as client:
+        assert client.post("/zero-shot", json=body).status_code == 200
