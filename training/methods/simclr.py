@@ -28,8 +28,8 @@ class SimCLRConfig(ImageDataConfig, LoopConfig):
     # data: the fields of ImageDataConfig (data, data_root, subset, image_size, mode, mean, std), then
     min_crop_scale: float = 0.2  # smallest random crop, as a fraction of the image area
     blur_prob: float = 0.5  # chance of Gaussian blur per view
-    jitter_strength: float = 0.4  # colour jitter (brightness, contrast, saturation; hue a quarter of it); lower where colour tells classes apart
-    grayscale_prob: float = 0.2  # chance a colour view is made grey; 0 where colour tells classes apart
+    jitter_strength: float = 0.4  # colour jitter of each view (brightness, contrast, saturation; hue a quarter of it): what the encoder learns to ignore
+    grayscale_prob: float = 0.2  # chance a colour view is made grey
     # model and loss
     width: int = 64  # ResNet-18 base width: 64 = standard (512-d embedding); smaller for CPU
     proj_hidden_dim: int = 512  # projection head's hidden layer
