@@ -316,12 +316,35 @@ def scores(result: Result, plt):
     return figure
 
 
+def own_images(result: Result, plt):
+    """Held-out top-1 on Open Clip Art: SimCLR's kNN beside raw pixels and random init, CLIP's zero-shot beside chance."""
+    simclr, clip, asked = result["simclr"], result["clip"], result["targets"]["asked"]
+    figure, (left, right) = _figure(plt, 2, result, f"Training on your own images ({', '.join(result['data']['categories'])}; "
+                                    f"{result['data']['images']} distinct images, colour)")
+    bars = [("raw pixels", simclr["raw_pixels_knn_top1_pct"], BASELINE),
+            ("random-init\nResNet", simclr["random_init_knn_top1_pct"], "lightsteelblue"),
+            ("SimCLR", simclr["trained_knn_top1_pct"], OURS)]
+    left.bar([b[0] for b in bars], [b[1] for b in bars], color=[b[2] for b in bars])
+    left.axhline(simclr["raw_pixels_knn_top1_pct"] + asked["simclr_points_over_raw_pixels"], color="black", linestyle=":",
+                 label=f"target: raw pixels + {asked['simclr_points_over_raw_pixels']:.0f} points")
+    left.set(title=f"SimCLR: kNN top-1 on {simclr['held_out_images']} held-out images", ylabel="top-1 (%)", ylim=(0, 100))
+    right.bar(["chance", "CLIP zero-shot"], [clip["chance_pct"], clip["zero_shot_top1_pct"]], color=[BASELINE, OURS])
+    right.axhline(clip["chance_pct"] * asked["zero_shot_times_chance"], color="black", linestyle=":",
+                  label=f"target: {asked['zero_shot_times_chance']}x chance")
+    right.set(title=f"CLIP: zero-shot top-1 on {clip['held_out_images']} held-out images", ylabel="top-1 (%)", ylim=(0, 100))
+    for axes in (left, right):
+        axes.legend(fontsize="small")
+        axes.grid(alpha=0.3, axis="y")
+    return figure
+
+
 def _median(value: Any) -> float:
     return value["median"] if isinstance(value, dict) else value
 
 
 CHARTS: dict[str, Callable[[Result, Any], Any]] = {f.__name__: f for f in (
-    serve_images, text_vs_infinity, images_vs_infinity, soak, runtimes, index_search, jobs, word2vec_vs_gensim, vision_ssl, zero_shot, scores)}
+    serve_images, text_vs_infinity, images_vs_infinity, soak, runtimes, index_search, jobs, word2vec_vs_gensim, vision_ssl,
+    zero_shot, scores, own_images)}
 
 
 def bench_name(path: Path, result: Result) -> str | None:

@@ -97,13 +97,21 @@ def _index_build(args: argparse.Namespace) -> None:
     from serving.settings import Settings
 
     # The server's settings: the index lands where it will be served (FAISS files or Milvus), and its
-    # images embed at the precision and within the limits the server's queries use
+    # images embed at the precision and within the limits the server's queries use, read under its data
+    # roots where it names some (so that its thumbnails can read them again)
     settings = Settings(artifacts_dir=args.artifacts)
     with _index_store(settings) as indexes:
-        version = build_image_index(args.artifacts, args.name, args.model, args.source, batch_size=args.batch_size,
-                                    limit=args.limit, kind=args.kind, runtime=settings.runtime_config(),
-                                    limits=settings.image_limits(), indexes=indexes)
-    print(f"wrote index {args.name} version {version} ({settings.index_backend}), now its current version")
+        built = build_image_index(args.artifacts, args.name, args.model, args.source, batch_size=args.batch_size,
+                                  limit=args.limit, kind=args.kind, runtime=settings.runtime_config(),
+                                  limits=settings.image_limits(), indexes=indexes,
+                                  roots=settings.data_root_paths() or None)
+    print(f"wrote index {args.name} version {built.version} ({settings.index_backend}), now its current version: "
+          f"{built.indexed} images indexed, {len(built.skipped)} skipped")
+    shown = 5  # the first few reasons; the count says how many more
+    for reason in list(built.skipped.values())[:shown]:
+        print(f"  skipped {reason}")
+    if len(built.skipped) > shown:
+        print(f"  ... and {len(built.skipped) - shown} more")
 
 
 def _jobs_run(args: argparse.Namespace) -> None:
@@ -122,11 +130,12 @@ def _jobs_run(args: argparse.Namespace) -> None:
 
         ray = RayConfig(address=args.ray, replicas=args.ray_replicas, gpus_per_replica=args.ray_gpus_per_replica,
                         ship_bundle=args.ray_ship_bundle)
-    # The same settings as the server's jobs: where indexes live (FAISS or Milvus), which precision runs
+    # The same settings as the server's jobs: where indexes live (FAISS or Milvus), which precision runs, and
+    # the data roots paths must lie under where it names some
     settings = Settings(artifacts_dir=args.artifacts)
     with _index_store(settings) as indexes:
         status = run_job(status.id, store, args.artifacts, settings.runtime_config(), settings.image_limits(),
-                         progress=True, ray=ray, indexes=indexes)
+                         roots=settings.data_root_paths() or None, progress=True, ray=ray, indexes=indexes)
     print(json.dumps(status.to_dict(), indent=2))
     if status.state != "succeeded":
         raise ValueError(f"job {status.id} {status.state}: {status.error}")
@@ -155,15 +164,31 @@ def _jobs_client(args: argparse.Namespace) -> None:
     import urllib.error
     import urllib.request
 
-    path, method = {"list": ("/jobs", "GET"), "show": (f"/jobs/{args.id}", "GET"),
-                    "cancel": (f"/jobs/{args.id}", "DELETE")}[args.action]
+    import urllib.parse
+
+    if args.action == "list":
+        path, method = "/jobs", "GET"
+    else:
+        path, method = f"/jobs/{urllib.parse.quote(args.id, safe='')}", "DELETE" if args.action == "cancel" else "GET"
+    url = args.url or _settings_url()
     try:
-        with urllib.request.urlopen(urllib.request.Request(args.url.rstrip("/") + path, method=method), timeout=30) as r:
+        with urllib.request.urlopen(urllib.request.Request(url.rstrip("/") + path, method=method), timeout=30) as r:
             print(json.dumps(json.loads(r.read()), indent=2))
     except urllib.error.HTTPError as e:
         raise ValueError(f"{method} {path}: {e.code} {e.read().decode(errors='replace')}") from None
     except urllib.error.URLError as e:
-        raise FileNotFoundError(f"no server at {args.url} ({e.reason}); start one with `embedserve serve`") from None
+        raise FileNotFoundError(f"no server at {url} ({e.reason}); start one with `embedserve serve`, "
+                                "or name it with --url") from None
+
+
+def _settings_url() -> str:
+    """The address `embedserve serve` binds with the settings of this environment (EMBEDSERVE_HOST,
+    EMBEDSERVE_PORT), as a client reaches it: a server on every interface answers on loopback."""
+    from serving.settings import Settings
+
+    settings = Settings()
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(settings.host, settings.host)
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -334,7 +359,8 @@ def build_parser(with_train_options: bool = True) -> argparse.ArgumentParser:
         client = jobs_actions.add_parser(action, help=about)
         if action != "list":
             client.add_argument("id", help="the job id POST /jobs answered")
-        client.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default: http://127.0.0.1:8000)")
+        client.add_argument("--url", help="the server (default: the address `embedserve serve` binds with these "
+                                           "settings, $EMBEDSERVE_HOST and $EMBEDSERVE_PORT; unset: http://127.0.0.1:8000)")
         client.set_defaults(func=_jobs_client)
 
     serve = commands.add_parser("serve", help="serve every bundle under the artifacts folder (no torch)",

@@ -1,8 +1,9 @@
 """Turn a frozen config dataclass into argparse options and back, so the CLI stays thin.
 
 Each field `some_name` becomes `--some-name`, typed from its annotation, defaulting to the
-dataclass default; booleans get `--x/--no-x`, Literal fields their choices, and every option the
-comment its field carries in the config's source as its help text (one place to document a field).
+dataclass default; booleans get `--x/--no-x`, Literal fields their choices, tuples a comma-separated
+list (`--mean 0.5,0.5,0.5`), and every option the comment its field carries in the config's source
+as its help text (one place to document a field).
 """
 
 from __future__ import annotations
@@ -21,12 +22,27 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def _comma_list(item: Any):
+    """The parser of a tuple field: "0.5,0.4,0.3" -> (0.5, 0.4, 0.3), each part parsed as `item`."""
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(item(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {item.__name__} values, not {text!r}") from None
+
+    parse.__name__ = f"comma-separated {item.__name__} list"  # what argparse names in its error
+    return parse
+
+
 def _parser_for(annotation: Any):
     """The callable that parses a command-line string for a field of type `annotation`."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _parser_for(inner[0]) if len(inner) == 1 else str
+    if typing.get_origin(annotation) is tuple:
+        return _comma_list(args[0] if args else str)
     if typing.get_origin(annotation) is typing.Literal:
         return type(args[0])
     if annotation in (int, float, str, Path):
@@ -70,11 +86,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type, skip
         default = f.default if f.default is not dataclasses.MISSING else None
         flag = "--" + f.name.replace("_", "-")
         annotation = hints[f.name]
-        if typing.get_origin(annotation) in (tuple, list, dict):
-            continue  # sequences (e.g. per-channel mean) are set in code, not on the command line
+        if typing.get_origin(annotation) in (list, dict):
+            continue  # lists and mappings are set in code, not on the command line
         about = field_help(config_cls, f.name)
         help_text = f"{about} (default: {default})" if about else f"(default: {default})"
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation):
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))  # None is the default's
         if annotation is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue

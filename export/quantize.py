@@ -224,14 +224,15 @@ def _open(config: dict[str, Any], preprocessing: PreprocessingSpec, split: str):
     from training.data.images import open_image_dataset
     from training.data.transforms import EvalTransform
 
+    # a folder or a path,caption[,category] manifest (CLIP's too): the part training saw
     return open_image_dataset(config["data"], split, preprocessing.mode, EvalTransform.from_spec(preprocessing),
-                              config.get("data_root"))
+                              config.get("data_root"), held_out_fraction=config.get("held_out_fraction", 0.0))
 
 
 def calibration_images(config: dict[str, Any], preprocessing: PreprocessingSpec, count: int = INT8_CALIBRATION_IMAGES,
                        seed: int = 0) -> np.ndarray | None:
-    """`count` random training images (N, C, H, W) of the data `config` trained on, preprocessed as
-    the bundle says; None when that data cannot be read here."""
+    """`count` random training images (N, C, H, W) of the data `config` trained on (a data set, an
+    image folder or a manifest), preprocessed as the bundle says; None when that data cannot be read here."""
     try:
         dataset = _open(config, preprocessing, "train")
     except (OSError, ValueError, KeyError) as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -120,6 +121,12 @@ class PreprocessingSpec:
         return spec
 
 
+# The settings that move each limit, as messages name them: the server, `index build` and `jobs run`
+# read them from these environment variables (serving.settings).
+MAX_BYTES_SETTING = "EMBEDSERVE_MAX_IMAGE_BYTES"
+MAX_PIXELS_SETTING = "EMBEDSERVE_MAX_IMAGE_PIXELS"
+
+
 @dataclass(frozen=True)
 class ImageLimits:
     """What one image may cost to decode."""
@@ -128,13 +135,31 @@ class ImageLimits:
     max_pixels: int = 40_000_000  # largest decoded image accepted (width x height): decompression bombs
 
 
+def bytes_over_limit(size: int, max_bytes: int) -> str:
+    """The message for an encoded image of `size` bytes over `max_bytes`, naming the setting."""
+    return (f"image is {size:,} bytes; the limit is {max_bytes:,} bytes ({MAX_BYTES_SETTING}): "
+            "send a smaller or more compressed image, or raise the limit")
+
+
+def _pixels_over_limit(pixels: int, max_pixels: int, size: str = "") -> ImageTooLarge:
+    return ImageTooLarge(f"image is {size}{pixels:,} pixels; the limit is {max_pixels:,} pixels ({MAX_PIXELS_SETTING}): "
+                         "downscale it, or raise the limit")
+
+
 def _looks_like_supported_image(data: bytes) -> bool:
     return data.startswith(_MAGIC_PREFIXES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 def _bomb(error: Exception, max_pixels: int) -> ImageTooLarge:
-    # Pillow's own decompression-bomb guard fired: its limit, not ours, but the same fix for the client
-    return ImageTooLarge(f"image is too large to decode ({error}); the limit is {max_pixels:,} pixels: send a smaller image")
+    """Pillow's own decompression-bomb guard fired before our pixel check could: one message about
+    the one limit that stopped the image, ours where the image is over it too, else Pillow's."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    if found and int(found.group(1)) > max_pixels:
+        return _pixels_over_limit(int(found.group(1)), max_pixels)
+    what = f"{int(found.group(1)):,} pixels" if found else "too large to decode"
+    bomb_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)  # Pillow refuses at twice its MAX_IMAGE_PIXELS
+    return ImageTooLarge(f"image is {what}; Pillow refuses to decode more than {bomb_limit:,} pixels (its "
+                         f"decompression-bomb limit, which {MAX_PIXELS_SETTING} does not raise): downscale it")
 
 
 def open_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
@@ -145,8 +170,7 @@ def open_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
     if not data:
         raise InvalidImage("empty image: no bytes arrived; send the image file's contents")
     if len(data) > limits.max_bytes:
-        raise ImageTooLarge(f"image is {len(data):,} bytes; the limit is {limits.max_bytes:,} bytes: "
-                            "send a smaller or more compressed image")
+        raise ImageTooLarge(bytes_over_limit(len(data), limits.max_bytes))
     try:
         img = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)  # reads the header only
     except Image.DecompressionBombError as e:
@@ -160,8 +184,7 @@ def open_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Image:
 
     width, height = img.size
     if width * height > limits.max_pixels:
-        raise ImageTooLarge(f"image is {width}x{height} = {width * height:,} pixels; the limit is "
-                            f"{limits.max_pixels:,}: downscale it before sending")
+        raise _pixels_over_limit(width * height, limits.max_pixels, f"{width}x{height} = ")
     return img
 
 

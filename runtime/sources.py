@@ -7,14 +7,18 @@ folders through `list_images` too.
 
 A server reads client-named paths only under its data roots (`roots`): every path is resolved,
 symlinks followed and `..` collapsed, and one that lands outside every root is a
-`SourceForbidden` before a byte of it is read.
+`SourceForbidden` before a byte of it is read. So a symbolic link is followed where it points
+inside a data root, never out of them; the message names the link and where it points.
+docs/training-on-your-images.md writes the policy down.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, FASHION_MNIST_CLASSES, load_fashion_mnist
-from runtime.preprocessing import ImageLimits, ImageTooLarge, decode_image
+from runtime.preprocessing import ImageLimits, ImageTooLarge, bytes_over_limit, decode_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 FASHION_MNIST_PREFIX = "fashion-mnist:"
@@ -44,16 +48,36 @@ class SourceForbidden(SourceError):
 
 def confine(path: Path | str, roots: Roots) -> Path:
     """`path` resolved (symlinks followed, `..` collapsed); SourceForbidden when `roots` is given
-    and the real path lies under none of them."""
+    and the real path lies under none of them, saying which symbolic link led out and where to."""
     try:
         real = Path(path).resolve()
     except (ValueError, OSError) as e:  # a NUL in it, or a name too long for the file system
         raise SourceError(f"{str(path)[:200]!r} is not a path this server can read ({e}); name a file under its data roots") from None
-    if roots is not None and not any(real.is_relative_to(Path(root).resolve()) for root in roots):
+    if roots is not None and not _under(real, roots):
         allowed = ", ".join(str(r) for r in roots) or "none (EMBEDSERVE_DATA_ROOTS is empty)"
-        raise SourceForbidden(f"{path} is outside the folders this server may read ({allowed}); "
-                              "name a file under one of them, a data set, or an index:<name> source")
+        link = _link_out(Path(path), roots)
+        if link is None:
+            raise SourceForbidden(f"{path} is outside the folders this server may read ({allowed}); name a file under "
+                                  "one of them, a data set, or an index:<name> source, or add its folder to "
+                                  "EMBEDSERVE_DATA_ROOTS")
+        where = "is a symbolic link" if link == Path(path) else f"lies in {link}, a symbolic link"
+        raise SourceForbidden(f"{path} {where} to {os.readlink(link)} (really {real}), outside the folders this server "
+                              f"may read ({allowed}): links are followed only within them. Add a folder holding "
+                              f"{real.parent} to EMBEDSERVE_DATA_ROOTS, or put a copy in place of the link")
     return real
+
+
+def _under(real: Path, roots: Sequence[Path]) -> bool:
+    """Whether the resolved path `real` lies under one of `roots`."""
+    return any(real.is_relative_to(Path(root).resolve()) for root in roots)
+
+
+def _link_out(path: Path, roots: Sequence[Path]) -> Path | None:
+    """The outermost symbolic link among `path`'s folders and `path` itself that points outside
+    `roots`; None when no link leads out (the path itself is elsewhere)."""
+    absolute = Path(os.path.abspath(path))  # `..` collapsed without following links
+    return next((p for p in [*reversed(absolute.parents), absolute] if p.is_symlink() and not _under(p.resolve(), roots)),
+                None)
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -108,7 +132,7 @@ def _read_file(path: Path, limits: ImageLimits, roots: Roots, resize: int | None
     real = confine(path, roots)
     size = real.stat().st_size
     if size > limits.max_bytes:
-        raise ImageTooLarge(f"{path}: image is {size:,} bytes; the limit is {limits.max_bytes:,} bytes")
+        raise ImageTooLarge(f"{path}: {bytes_over_limit(size, limits.max_bytes)}")
     try:
         with open(real, "rb") as f:
             return decode_image(f.read(limits.max_bytes + 1), limits, resize)  # + 1: a file grown since is refused too
@@ -215,16 +239,35 @@ def fashion_mnist_source(split: str, root: Path = DEFAULT_FASHION_MNIST_ROOT) ->
                        arrays=lambda positions: images[positions.start:positions.stop])
 
 
+SAMPLED_FILES = 16  # a folder's files check_source looks at: a folder of links out of the roots is refused at once
+
+
 def check_source(source: str | Path, roots: Roots = None) -> Path | str:
     """What `open_source` checks before it reads anything: a Fashion-MNIST split's name (returned),
-    or a path under `roots` (returned resolved). Cheap: a server runs it before queueing a job."""
+    or a path under `roots` (returned resolved), and for a folder, that not all of its first
+    SAMPLED_FILES images are links out of the roots (then every item would fail: SourceForbidden
+    now, naming the first). Cheap: a server runs it before queueing a job."""
     text = str(source)
     if text.startswith(FASHION_MNIST_PREFIX):
         split = text[len(FASHION_MNIST_PREFIX):]
         if split not in ("train", "test"):
             raise SourceError(f"source {text!r}: the Fashion-MNIST splits are fashion-mnist:train and fashion-mnist:test")
         return split
-    return confine(text, roots)
+    real = confine(text, roots)
+    if roots is not None and real.is_dir():
+        sampled = list(itertools.islice(_image_files(real), SAMPLED_FILES))
+        refused = [p for p in sampled if not _inside(p, roots)]
+        if sampled and len(refused) == len(sampled):
+            confine(refused[0], roots)  # raises, saying which link leads where
+    return real
+
+
+def _image_files(folder: Path) -> Iterator[Path]:
+    """The image files under `folder`, in the order the directory walk meets them (links not descended)."""
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                yield Path(parent) / name
 
 
 def open_source(source: str | Path, limits: ImageLimits = ImageLimits(), roots: Roots = None) -> ImageSource:

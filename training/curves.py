@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # How the metrics that methods' evaluate() return are labelled on the chart; others by their key.
 METRIC_LABELS = {
     "knn_top1_pct": "kNN top-1 on held-out images (%)",
+    "zero_shot_top1_pct": "zero-shot top-1 on held-out images (%)",
     "analogy_accuracy": "analogy accuracy (Google questions, 3CosAdd)",
     "wordsim353_spearman": "WordSim-353 Spearman",
 }

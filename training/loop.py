@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 import random
 import time
@@ -26,6 +27,8 @@ from tqdm import tqdm
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.curves import RunLog, write_curves
 from training.device import choose_device, seed_everything
+
+logger = logging.getLogger(__name__)  # `log` is fit's metrics-log writer
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,51 @@ class LoopConfig:
     log_every_steps: int = 10  # step records in the log and refreshes of the progress bar
     eval_every_epochs: int = 1  # the method's evaluate() (vision: kNN top-1) after every this many epochs and the last; 0 = never
     max_steps_per_epoch: int | None = None  # cut epochs short for quick runs; None = whole data set
+    min_steps_per_epoch: int = 0  # where the data gives fewer full batches, batch_size shrinks (not below 16) to give this many; 0 = keep batch_size
     progress: bool = True  # show a tqdm bar on stderr
+
+    def __post_init__(self) -> None:
+        """Options that cannot work, refused when the config is made: before any data is read."""
+        for name in ("epochs", "batch_size", "checkpoint_every_epochs", "log_every_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ValueError(f"--lr must be positive and --weight-decay and --warmup-epochs not negative "
+                             f"(got {self.lr}, {self.weight_decay}, {self.warmup_epochs})")
+        if self.eval_every_epochs < 0 or self.num_workers < 0:
+            raise ValueError("--eval-every-epochs and --num-workers cannot be negative")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"--max-steps-per-epoch must be at least 1, not {self.max_steps_per_epoch}")
+        if self.min_steps_per_epoch < 0:
+            raise ValueError(f"--min-steps-per-epoch cannot be negative, not {self.min_steps_per_epoch}")
 
     def loop_config(self) -> LoopConfig:
         """Just the loop's fields, of a method config that extends this one (SimCLR, MAE, CLIP)."""
         return LoopConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LoopConfig)})
+
+
+SMALLEST_FITTED_BATCH = 16  # min_steps_per_epoch never shrinks a batch below this: contrastive losses need negatives
+FEW_EXAMPLES = 1000  # fewer training examples than this draw a warning: these methods learn from thousands
+FEW_STEPS = 100  # fewer optimiser steps in a run than this draw a warning
+
+
+def fitted_batch_size(examples: int, config: LoopConfig) -> int:
+    """config.batch_size, or smaller where `examples` would give fewer than config.min_steps_per_epoch
+    full batches: the largest batch that gives that many, at least SMALLEST_FITTED_BATCH."""
+    if config.min_steps_per_epoch == 0 or examples // config.batch_size >= config.min_steps_per_epoch:
+        return config.batch_size
+    return min(config.batch_size, max(SMALLEST_FITTED_BATCH, examples // config.min_steps_per_epoch))
+
+
+def warn_if_too_little(examples: int, total_steps: int, config: LoopConfig) -> None:
+    """Say in the log when a run has too few examples or steps to learn much, and what to change."""
+    if examples < FEW_EXAMPLES:
+        logger.warning("only %d training examples: these methods learn from thousands, so expect a weak model; "
+                    "watch the held-out score, and add images if you can", examples)
+    if total_steps < FEW_STEPS:
+        logger.warning("only %d optimiser steps in all (%d an epoch): too few to learn much; raise --epochs%s",
+                    total_steps, total_steps // config.epochs,
+                    "" if config.min_steps_per_epoch else " or --min-steps-per-epoch (smaller batches)")
 
 
 class Method(Protocol):
@@ -134,12 +177,18 @@ def fit(method: Method, data: Dataset | DataLoader, config: LoopConfig, resume: 
 
     # data: our own loader re-seeds its shuffling generator each epoch, so a resumed epoch sees the same order
     own_loader = not isinstance(data, DataLoader)
+    examples = len(data) if own_loader else len(data.dataset)
+    if own_loader and (fitted := fitted_batch_size(examples, config)) != config.batch_size:
+        logger.info("batch size %d rather than %d, so that %d examples give %d steps per epoch (--min-steps-per-epoch)",
+                 fitted, config.batch_size, examples, examples // fitted)
+        config = dataclasses.replace(config, batch_size=fitted)  # the checkpoint records the batch size used
     loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.num_workers,
                         generator=torch.Generator(), pin_memory=device.type == "cuda") if own_loader else data
     steps_per_epoch = min(len(loader), config.max_steps_per_epoch or len(loader))
     if steps_per_epoch == 0:
         raise ValueError(f"no full batch: {len(loader.dataset)} examples, batch_size {config.batch_size}")
     total_steps = config.epochs * steps_per_epoch
+    warn_if_too_little(examples, total_steps, config)
 
     # optimiser, schedule and loss scaler
     optimizer = torch.optim.AdamW(method.param_groups(config.weight_decay), lr=config.lr)

@@ -218,3 +218,63 @@ def test_index_build_writes_where_the_server_settings_say(image_artifacts, tmp_p
         assert len(index) == 3 and index.model == "tiny" and index.manifest.extra["precision"] == "fp32"
     finally:
         store.close()
+
+
+def test_train_simclr_on_a_colour_folder_trains_in_colour_with_its_own_statistics_and_scores_held_out_images(
+        tmp_path, capsys):
+    import json
+
+    from runtime.bundle import open_bundle
+    from tests.colour_folder import write_colour_folder
+
+    folder = write_colour_folder(tmp_path / "shapes")
+    argv = ["train", "simclr", "--quick", "--data", str(folder), "--epochs", "1", "--width", "4", "--device", "cpu",
+            "--held-out-fraction", "0.3", "--no-progress", "--artifacts", str(tmp_path / "a"), "--name", "shapes"]
+    assert main(argv) == 0
+    preprocessing = open_bundle(tmp_path / "a", "shapes").manifest.preprocessing
+    assert preprocessing.mode == "RGB" and len(preprocessing.mean) == 3 and 28 < preprocessing.crop <= 64  # by the images
+    assert all(0.8 < m < 1.0 for m in preprocessing.mean)  # measured: mostly white ground, not Fashion-MNIST's 0.286
+    epochs = [json.loads(line) for line in (tmp_path / "a" / "logs" / "shapes.jsonl").read_text().splitlines()
+              if '"epoch"' in line and '"eval"' in line]
+    assert 0 <= epochs[-1]["eval"]["knn_top1_pct"] <= 100  # the class subfolders' held-out images, scored
+    # given, they are used as given; a mismatch is refused before any image is read
+    assert main([*argv, "--mode", "RGB", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--name", "given"]) == 0
+    assert open_bundle(tmp_path / "a", "given").manifest.preprocessing.mean == (0.5, 0.5, 0.5)
+    capsys.readouterr()
+    assert main([*argv[:4], str(tmp_path / "nothing here"), *argv[5:], "--mode", "RGB", "--mean", "0.5", "--std", "0.2"]) == 2
+    assert "--mode RGB has 3 channel(s) but --mean/--std have 1 value(s)" in capsys.readouterr().err
+
+
+def test_jobs_list_show_and_cancel_reach_the_server_the_settings_name(monkeypatch, capsys):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked = []
+
+    class Jobs(BaseHTTPRequestHandler):  # answers as the server's jobs API does, and notes what it was asked
+        def answer(self):
+            asked.append((self.command, self.path))
+            body = json.dumps({"jobs": []} if self.path == "/jobs" else {"id": self.path.rsplit("/", 1)[1]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_DELETE = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Jobs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        assert main(["jobs", "list", "--url", f"http://127.0.0.1:{port}"]) == 0
+        assert json.loads(capsys.readouterr().out) == {"jobs": []}
+        monkeypatch.setenv("EMBEDSERVE_PORT", str(port))  # no --url: where `embedserve serve` would listen
+        assert main(["jobs", "show", "abc"]) == 0 and main(["jobs", "cancel", "abc"]) == 0
+        assert asked == [("GET", "/jobs"), ("GET", "/jobs/abc"), ("DELETE", "/jobs/abc")]
+    finally:
+        server.shutdown()

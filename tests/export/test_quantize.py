@@ -144,3 +144,21 @@ def test_zero_shot_top1_takes_the_class_whose_prompts_are_nearest():
     images = np.array([[1, 0], [0, 1], [0.9, 0.2], [0.2, 0.9]], np.float32)
     assert zero_shot_top1(images, np.array([0, 1, 0, 1]), prompts, embed) == 100.0
     assert zero_shot_top1(images, np.array([1, 1, 0, 0]), prompts, embed) == 50.0
+
+
+def test_calibration_reads_a_manifest_as_the_query_bank_does(tmp_path: Path):
+    from PIL import Image
+
+    from export.quantize import calibration_images
+    from runtime.preprocessing import PreprocessingSpec
+
+    (tmp_path / "pics").mkdir()
+    rows = ["path,caption,category"]
+    for n in range(12):
+        Image.new("RGB", (20, 16), (20 * n, 100, 200)).save(tmp_path / "pics" / f"{n}.png")
+        rows.append(f"pics/{n}.png,a drawing of thing {n},{'warm' if n % 2 else 'cool'}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    spec = PreprocessingSpec(mode="RGB", resize=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    config = {"data": str(tmp_path / "train.csv"), "held_out_fraction": 0.0}  # a CLIP checkpoint's, trained on it
+    images = calibration_images(config, spec, count=5)
+    assert images is not None and images.shape == (5, 3, 8, 8) and images.dtype == np.float32

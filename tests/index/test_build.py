@@ -35,8 +35,9 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 def test_folder_index_finds_each_image_by_its_own_id(artifacts: Path, image_folder: Path):
-    version = build_image_index(artifacts, "pets", "tiny", image_folder, batch_size=3, progress=False)
-    assert version == "v1" and (artifacts / "indexes" / "pets" / "v1").is_dir()
+    built = build_image_index(artifacts, "pets", "tiny", image_folder, batch_size=3, progress=False)
+    assert built.version == "v1" and built.indexed == 7 and built.skipped == {}
+    assert (artifacts / "indexes" / "pets" / "v1").is_dir()
     index = open_index(artifacts, "pets")
     assert len(index) == 7 and index.model == "tiny" and index.model_version == "v1"
     assert index.manifest.extra["source"] == str(image_folder.resolve())
@@ -46,6 +47,32 @@ def test_folder_index_finds_each_image_by_its_own_id(artifacts: Path, image_fold
     metadata = index.metadata(range(7))
     assert {m["path"] for m in metadata} == {"cat/a.png", "cat/b.jpg", "cat/kittens/c.png", "dog/d.png", "dog/e.bmp", "dog/f.png", "dog/g.png"}
     assert all(m["class"] == m["path"].split("/")[0] for m in metadata)
+
+
+def test_unreadable_and_oversized_images_are_skipped_and_counted_and_the_cli_says_which(artifacts, image_folder, capsys,
+                                                                                        monkeypatch):
+    from embedserve.cli import main
+    from runtime.preprocessing import ImageLimits
+
+    (image_folder / "cat" / "a.png").write_bytes((image_folder / "cat" / "a.png").read_bytes()[:40])  # truncated
+    Image.new("RGB", (50, 50)).save(image_folder / "dog" / "h.png")  # 2,500 pixels: over the limit below
+    built = build_image_index(artifacts, "pets", "tiny", image_folder, progress=False, limits=ImageLimits(max_pixels=1000))
+    assert built.indexed == 6 and sorted(built.skipped) == [0, 7]  # cat/a.png and dog/h.png, by position
+    assert "the limit is 1,000 pixels (EMBEDSERVE_MAX_IMAGE_PIXELS)" in built.skipped[7]
+    index = open_index(artifacts, "pets")
+    assert len(index) == 6 and index.manifest.extra["skipped"] == 2
+    assert {m["path"] for m in index.metadata(index.ids())} == {"cat/b.jpg", "cat/kittens/c.png", "dog/d.png", "dog/e.bmp",
+                                                              "dog/f.png", "dog/g.png"}
+    monkeypatch.setenv("EMBEDSERVE_MAX_IMAGE_PIXELS", "1000")  # the CLI reads the server's settings
+    assert main(["index", "build", "--name", "pets", "--model", "tiny", "--source", str(image_folder),
+                 "--artifacts", str(artifacts)]) == 0
+    out = capsys.readouterr().out
+    assert "6 images indexed, 2 skipped" in out and out.count("\n  skipped ") == 2
+    assert "h.png: image is 50x50 = 2,500 pixels" in out
+    for path in image_folder.rglob("*.*"):
+        path.write_bytes(b"broken")
+    with pytest.raises(SourceError, match=r"no image of .* could be read \(8 skipped; the first: "):
+        build_image_index(artifacts, "pets", "tiny", image_folder, progress=False)
 
 
 def test_indexed_vectors_match_what_the_server_returns_for_the_same_file(artifacts: Path, image_folder: Path):

@@ -91,8 +91,19 @@ def test_too_many_pixels_is_refused_from_the_header_before_decoding():
 
 def test_pillow_decompression_bomb_is_too_large():
     # 100k x 100k trips Pillow's own DecompressionBombError while opening, before our check runs
-    with pytest.raises(ImageTooLarge):
+    with pytest.raises(ImageTooLarge, match=r"Pillow refuses to decode more than [\d,]+ pixels .* does not raise") as raised:
         decode(png_header_only(100_000, 100_000), max_pixels=10**12)
+    assert "the limit is" not in str(raised.value)  # one limit per message: Pillow's is the one that stopped it
+
+
+def test_a_message_names_one_limit_and_the_setting_that_moves_it():
+    # 623 megapixels: over Pillow's bomb limit and over ours; the message is about ours, which is lower
+    with pytest.raises(ImageTooLarge) as raised:
+        decode(png_header_only(25_000, 24_920), max_pixels=40_000_000)
+    assert str(raised.value) == ("image is 623,000,000 pixels; the limit is 40,000,000 pixels "
+                                 "(EMBEDSERVE_MAX_IMAGE_PIXELS): downscale it, or raise the limit")
+    with pytest.raises(ImageTooLarge, match=r"the limit is 10 bytes \(EMBEDSERVE_MAX_IMAGE_BYTES\)"):
+        decode(png_header_only(10, 10), max_bytes=10)
 
 
 def test_a_real_image_over_max_pixels_is_too_large():

@@ -48,6 +48,40 @@ def test_a_path_outside_the_roots_is_forbidden(folder: Path, tmp_path: Path):
         read_item(record, roots=[tmp_path / "elsewhere"])
 
 
+def test_a_link_is_followed_within_the_roots_and_refused_out_of_them_with_where_it_points(folder: Path, tmp_path: Path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "b.png").write_bytes((folder / "cat" / "a.png").read_bytes())
+    (folder / "cat" / "twin.png").symlink_to(folder / "dog" / "a.png")  # a duplicate inside the root: followed
+    (folder / "cat" / "out.png").symlink_to(outside / "b.png")
+    (folder / "more").symlink_to(outside, target_is_directory=True)
+    roots = [folder]
+    assert read_item({"source": str(folder), "path": "cat/twin.png"}, roots=roots).size == (64, 48)
+    with pytest.raises(SourceForbidden) as raised:
+        read_item({"source": str(folder), "path": "cat/out.png"}, roots=roots)
+    assert (f"{folder}/cat/out.png is a symbolic link to {outside}/b.png (really {outside.resolve()}/b.png), outside "
+            "the folders this server may read") in str(raised.value)
+    assert "EMBEDSERVE_DATA_ROOTS" in str(raised.value)
+    with pytest.raises(SourceForbidden, match=rf"more/b\.png lies in {folder}/more, a symbolic link to {outside}"):
+        read_item({"source": str(folder), "path": "more/b.png"}, roots=roots)
+    with pytest.raises(SourceForbidden, match="add its folder to EMBEDSERVE_DATA_ROOTS"):  # no link: just elsewhere
+        read_item({"source": str(outside), "path": "b.png"}, roots=roots)
+
+
+def test_a_folder_of_links_out_of_the_roots_is_refused_before_a_job_is_queued(folder: Path, tmp_path: Path):
+    from runtime.sources import check_source
+
+    links = tmp_path / "links"
+    links.mkdir()
+    for name in ("cat", "dog"):
+        (links / f"{name}.png").symlink_to(folder / name / "a.png")  # every file points out of the root below
+    with pytest.raises(SourceForbidden, match=r"links/(cat|dog)\.png is a symbolic link to .*pics/(cat|dog)/a\.png"):
+        check_source(links, roots=[links])
+    (links / "own.png").write_bytes((folder / "cat" / "a.png").read_bytes())  # one file of its own: the job may go on
+    assert check_source(links, roots=[links]) == links.resolve()
+    assert check_source(links) == links.resolve()  # no roots (the command line's user): links are followed
+
+
 def test_a_folder_under_the_roots_does_not_list_files_reached_through_symlinks_out_of_them(folder: Path, tmp_path: Path):
     outside = tmp_path / "outside"
     outside.mkdir()

@@ -1,5 +1,6 @@
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -140,3 +141,24 @@ def test_the_method_evaluation_is_logged_per_epoch_and_drawn_with_the_loss(tmp_p
     assert summary["curves_path"] == str(tmp_path / "toy.png")
     with Image.open(summary["curves_path"]) as image:
         assert image.format == "PNG" and image.size == (1100, 420)
+
+
+def test_small_data_gets_smaller_batches_where_asked_and_a_warning_either_way(tmp_path, caplog):
+    config = LoopConfig(epochs=2, batch_size=256, lr=0.05, warmup_epochs=0.1, device="cpu", progress=False,
+                        checkpoint_path=str(tmp_path / "toy.pt"), log_path=str(tmp_path / "toy.jsonl"))
+    with pytest.raises(ValueError, match="no full batch"):  # as it was: 64 examples, batch 256
+        fit(LinearRegression(), toy_data(64), config)
+    with caplog.at_level("WARNING", logger="training.loop"):
+        summary = fit(LinearRegression(), toy_data(200), replace(config, min_steps_per_epoch=10))
+    assert summary["step"] == 2 * 10  # batches of 20: ten steps an epoch
+    assert load_checkpoint(tmp_path / "toy.pt")["loop_config"]["batch_size"] == 20  # what ran is what is recorded
+    assert "only 200 training examples" in caplog.text and "only 20 optimiser steps" in caplog.text
+    tiny = fit(LinearRegression(), toy_data(64), replace(config, min_steps_per_epoch=10))
+    assert tiny["step"] == 2 * 4  # never below 16 a batch: 64 examples give 4 steps
+
+
+def test_options_that_cannot_work_are_refused_before_any_step():
+    for options, message in (({"epochs": 0}, "--epochs must be at least 1"), ({"lr": 0.0}, "--lr must be positive"),
+                             ({"min_steps_per_epoch": -1}, "--min-steps-per-epoch cannot be negative")):
+        with pytest.raises(ValueError, match=message):
+            LoopConfig(**options)

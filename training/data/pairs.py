@@ -1,6 +1,7 @@
 """Image–caption pairs from manifests (CSV or JSON lines) and WebDataset tar shards. Torch-free.
 
-A manifest lists `path` and `caption` per row; relative paths are resolved against the
+A manifest lists `path` and `caption` per row, and optionally a `category` (the label the
+per-epoch scores use: docs/training-on-your-images.md); relative paths are resolved against the
 manifest's folder. A WebDataset shard is a tar whose members share a key per sample
 (`000001.png` + `000001.txt`); the image is the jpg/jpeg/png/webp member, the caption the .txt
 member or the "caption" field of the .json member.
@@ -20,6 +21,7 @@ from PIL import Image
 from runtime.preprocessing import normalize_image
 
 WEBDATASET_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+MANIFEST_TYPES = (".csv", ".jsonl", ".json")
 
 
 class ManifestError(ValueError):
@@ -28,6 +30,12 @@ class ManifestError(ValueError):
 
 def read_manifest(path: str | Path, check_files: bool = True) -> list[tuple[Path, str]]:
     """(image path, caption) rows of a .csv (header with path,caption) or .jsonl/.json manifest."""
+    return [(image, caption) for image, caption, _ in read_manifest_rows(path, check_files)]
+
+
+def read_manifest_rows(path: str | Path, check_files: bool = True) -> list[tuple[Path, str, str | None]]:
+    """(image path, caption, category or None) rows of a .csv (header path,caption[,category]) or
+    .jsonl/.json manifest; an empty category is None."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} not found")
@@ -37,7 +45,7 @@ def read_manifest(path: str | Path, check_files: bool = True) -> list[tuple[Path
             missing = {"path", "caption"} - set(reader.fieldnames or ())
             if missing:
                 raise ManifestError(f"{path}:1: header {reader.fieldnames} lacks column(s) {sorted(missing)}; "
-                                    f"the first line must be 'path,caption'")
+                                    f"the first line must be 'path,caption' or 'path,caption,category'")
             rows = [(line, row) for line, row in enumerate(reader, start=2)]  # line 1 is the header
     elif path.suffix.lower() in (".jsonl", ".json"):
         rows = []
@@ -60,18 +68,46 @@ def read_manifest(path: str | Path, check_files: bool = True) -> list[tuple[Path
         image_path = image_path if image_path.is_absolute() else path.parent / image_path
         if check_files and not image_path.is_file():
             raise ManifestError(f"{path}:{line}: image {image_path} does not exist")
-        pairs.append((image_path, str(row["caption"])))
+        category = str(row.get("category") or "").strip() or None
+        pairs.append((image_path, str(row["caption"]), category))
     if not pairs:
         raise ManifestError(f"{path}: no rows")
     return pairs
 
 
+def relative_key(path: Path, folder: Path) -> str:
+    """`path` relative to `folder` where it lies under it (else whole), with "/": what the held-out
+    split hashes, so an item keeps its side wherever the folder is moved."""
+    path = Path(path)
+    return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else path.as_posix()
+
+
+def category_labels(categories: list[str | None]) -> tuple[list[int], list[str]]:
+    """(label per row, classes): a row's label is its category's index in the sorted distinct
+    categories, -1 for a row without one."""
+    classes = sorted({c for c in categories if c is not None})
+    index = {name: label for label, name in enumerate(classes)}
+    return [index[c] if c is not None else -1 for c in categories], classes
+
+
 class ManifestPairs:
-    """A manifest as a data set of (transform(image), caption); images normalised to `mode`."""
+    """A manifest as a data set of (transform(image), caption); images normalised to `mode`.
+    `categories` holds each row's category (None where it names none)."""
 
     def __init__(self, manifest: str | Path, mode: str = "RGB", transform: Callable | None = None):
-        self.pairs = read_manifest(manifest)
-        self.mode, self.transform = mode, transform
+        rows = read_manifest_rows(manifest)
+        self.pairs = [(image, caption) for image, caption, _ in rows]
+        self.categories = [category for *_, category in rows]
+        self.folder, self.mode, self.transform = Path(manifest).parent, mode, transform
+
+    def keys(self) -> list[str]:
+        """Each row's image path relative to the manifest's folder: what the held-out split hashes."""
+        return [relative_key(p, self.folder) for p, _ in self.pairs]
+
+    def keep(self, positions) -> None:
+        """Keep only the rows at `positions` (a training or held-out part), in their order."""
+        self.pairs = [self.pairs[i] for i in positions]
+        self.categories = [self.categories[i] for i in positions]
 
     @property
     def captions(self) -> list[str]:
@@ -130,7 +166,16 @@ class WebDatasetPairs:
     def __init__(self, shards: str | Path | Iterable[str | Path], mode: str = "RGB", transform: Callable | None = None):
         shards = [shards] if isinstance(shards, (str, Path)) else list(shards)
         self.samples = [s for shard in shards for s in read_webdataset(shard)]
+        self.categories: list[str | None] = [None] * len(self.samples)  # shards carry no category
         self.mode, self.transform = mode, transform
+
+    def keys(self) -> list[str]:
+        return [key for key, *_ in self.samples]
+
+    def keep(self, positions) -> None:
+        """Keep only the samples at `positions`, in their order."""
+        self.samples = [self.samples[i] for i in positions]
+        self.categories = [self.categories[i] for i in positions]
 
     @property
     def captions(self) -> list[str]:
@@ -159,6 +204,15 @@ def write_webdataset(samples: Iterable[tuple[str, Image.Image, str]], path: str 
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def is_pairs_source(source: str | Path) -> bool:
+    """Whether `source` names image–caption pairs (a manifest, a .tar shard, a folder of shards)
+    rather than a data set name or an image folder."""
+    path = Path(source)
+    if path.suffix.lower() in (*MANIFEST_TYPES, ".tar"):
+        return True
+    return path.is_dir() and any(path.glob("*.tar"))
 
 
 def open_pairs(source: str | Path, mode: str = "RGB", transform: Callable | None = None):

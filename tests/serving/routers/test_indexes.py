@@ -79,6 +79,20 @@ def test_an_image_outside_the_data_roots_is_forbidden(artifacts: Path, tmp_path:
     assert str(tmp_path / "data") not in response.text  # the server's folders are not shown
 
 
+def test_an_image_that_links_out_of_the_data_roots_is_forbidden_saying_it_is_a_link(image_artifacts: Path, tmp_path: Path,
+                                                                                     tmp_path_factory):
+    outside = write_pngs(tmp_path_factory.mktemp("elsewhere"), 2)  # outside the artifacts folder too
+    (tmp_path / "data" / "links").mkdir(parents=True)
+    for name in ("000.png", "001.png"):
+        (tmp_path / "data" / "links" / name).symlink_to(outside / name)
+    build_image_index(image_artifacts, "links", "tiny", tmp_path / "data" / "links", progress=False)  # the CLI follows them
+    with client_for(image_artifacts, tmp_path / "data") as client:
+        response = client.get("/indexes/links/items/1/image")
+    assert response.status_code == 403, response.text
+    detail = response.json()["detail"]
+    assert f"links/001.png is a symbolic link to {outside}/001.png" in detail and "EMBEDSERVE_DATA_ROOTS" in detail
+
+
 def test_an_image_gone_from_disk_says_so(client: TestClient, tmp_path: Path):
     (tmp_path / "data" / "pics" / "002.png").unlink()
     response = client.get("/indexes/pics/items/2/image")

@@ -113,3 +113,21 @@ def test_an_unlocked_minilm_learns_at_a_fraction_of_the_rate(tmp_path):
     assert {g["lr"] for g in groups if all(id(p) in bert for p in g["params"])} == {1e-4}
     assert {g["lr"] for g in groups if not any(id(p) in bert for p in g["params"])} == {1e-3}
     assert sum(len(g["params"]) for g in groups) == len([p for p in method.model.parameters() if p.requires_grad])
+
+
+def test_a_manifest_with_categories_is_scored_after_each_epoch_on_its_held_out_part(tmp_path, colour_folder):
+    import json
+
+    rows = ["path,caption,category"] + [
+        f"{p.relative_to(colour_folder).as_posix()},a drawing of {p.parent.name.replace('_', ' ')},{p.parent.name.split('_')[0]}"
+        for p in sorted(colour_folder.rglob("*.png"))]
+    (colour_folder / "train.csv").write_text("\n".join(rows) + "\n")
+    config = tiny(tmp_path, data=str(colour_folder / "train.csv"), subset=None, held_out_fraction=0.3, epochs=2,
+                  log_path=str(tmp_path / "clip.jsonl"), progress=False)
+    dataset, corpus = open_clip_dataset(config, transform=None)
+    assert 30 <= len(dataset) <= 52 and len(corpus) == len(dataset)  # the held-out rows are not trained on
+    train_clip(config)
+    epochs = [json.loads(line) for line in (tmp_path / "clip.jsonl").read_text().splitlines() if '"kind": "epoch"' in line]
+    assert len(epochs) == 2 and all({"knn_top1_pct", "zero_shot_top1_pct"} <= set(e["eval"]) for e in epochs)
+    checkpoint_config = load_clip_towers(str(tmp_path / "clip.pt"))[2].config
+    assert checkpoint_config["mode"] == "RGB" and len(checkpoint_config["mean"]) == 3  # taken from the colour images
