@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from index.jobs import prepare_batch
+from index.batches import prepare_batch
 from index.store import FaissStore, IndexStore, writing
 from runtime.bundle import BundleError, open_bundle
 from runtime.config import RuntimeConfig
@@ -53,7 +53,7 @@ def build_image_index(
     and save them as index `index_name` in `indexes` (FAISS files under `artifacts_dir` when None);
     ids are positions in the source, read only under `roots` when given (runtime.sources.confine).
     An image that cannot be read (corrupt, over `limits`, outside the data roots) is skipped and
-    counted, as a job does (index.jobs.prepare_batch reads both);
+    counted, as a job does (index.batches.prepare_batch reads both);
     a source none of whose images can be read is a SourceError."""
     if batch_size < 1 or (limit is not None and limit < 1):
         raise ValueError(f"batch_size ({batch_size}) and limit ({limit}) must be at least 1")
