@@ -149,16 +149,17 @@ def bench_ray_job(artifacts: Path, model: str, batch_size: int, sources: dict[st
 
 async def drive(client: httpx.AsyncClient, requests: int, concurrency: int, items: int, until=None) -> dict:
     """`requests` requests from `concurrency` clients (or until `until()` is false, each client's
-    first request sent regardless, so that a job quicker than expected still leaves a figure),
-    alternating a search by id (among the `items` of index fm-test) and an embedding of a small PNG."""
+    first two requests sent regardless, so that a job quicker than expected still leaves a figure
+    of each kind), alternating a search by id (among the `items` of index fm-test) and an
+    embedding of a small PNG."""
     latencies, sent = {"search": [], "embed": []}, 0
     png = sample_pngs(1, 28)[0]
 
     async def worker() -> None:
         nonlocal sent
-        first = True
-        while sent < requests and (until is None or until() or first):
-            first = False
+        regardless = 2  # one search and one embedding, whatever until() says
+        while sent < requests and (until is None or until() or regardless > 0):
+            regardless -= 1
             sent += 1
             began = time.perf_counter()
             if sent % 2:
