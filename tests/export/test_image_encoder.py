@@ -106,7 +106,10 @@ def test_without_centering_the_bundle_serves_raw_embeddings_as_before(tmp_path: 
 
 def test_training_data_not_on_this_machine_exports_without_centering(tmp_path: Path, caplog):
     torch.manual_seed(0)
-    config = SimCLRConfig(data=str(tmp_path / "no-such-folder"), width=4, image_size=16, proj_hidden_dim=16, proj_dim=8)
+    # a checkpoint's config has its image options filled (training took them from the data), so
+    # nothing here reads the folder that is not on this machine
+    config = SimCLRConfig(data=str(tmp_path / "no-such-folder"), width=4, image_size=16, mode="L", mean=(0.5,),
+                          std=(0.25,), proj_hidden_dim=16, proj_dim=8)
     checkpoint = _checkpoint(tmp_path / "simclr.pt", SimCLR(config))
     bundle = export_image_encoder(checkpoint, tmp_path / "artifacts", "vision")
     assert bundle.manifest.centering is None and not bundle.manifest.normalized
