@@ -150,12 +150,15 @@ def write_tiny_clip_checkpoint(path: Path, seed: int = 0, data_root: Path | None
 
     from runtime.templates import TRAIN_TEMPLATES
     from training.checkpoint import save_checkpoint
+    from runtime.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
     from training.data.captions import FASHION_MNIST_CLASS_NAMES
     from training.methods.clip import Clip, ClipConfig, build_tokenizer
 
     data_root = data_root or write_tiny_fashion_mnist(path.parent / "fashion-mnist", CLIP_TRAIN_IMAGES, seed)
     config = ClipConfig(text_tower="scratch", lock_text=False, width=4, embed_dim=CLIP_DIM, text_width=16, text_layers=1,
-                        context_length=CLIP_CONTEXT, vocab_size=200, device="cpu", data_root=str(data_root))
+                        context_length=CLIP_CONTEXT, vocab_size=200, device="cpu", data_root=str(data_root),
+                        # filled as training fills them from Fashion-MNIST, so a checkpoint whose data is gone builds
+                        image_size=28, mode="L", mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
     tokenizer = build_tokenizer(config, [t.format(c) for c in FASHION_MNIST_CLASS_NAMES for t in TRAIN_TEMPLATES])
     torch.manual_seed(seed)
     method = Clip(config, tokenizer)
