@@ -52,7 +52,7 @@ from jobs.store import JobSpec, JobStore  # noqa: E402
 from runtime.bundle import Bundle, models_dir  # noqa: E402
 from runtime.config import RuntimeConfig  # noqa: E402
 from runtime.encoders.onnx_runtime import resolve_providers, session_options  # noqa: E402
-from runtime.idx import load_fashion_mnist  # noqa: E402
+from runtime.fashion_mnist import load_fashion_mnist  # noqa: E402
 from runtime.preprocessing import preprocess_batch  # noqa: E402
 from runtime.sources import to_pil  # noqa: E402
 

@@ -44,7 +44,7 @@ from training.data.images import HELD_OUT, open_image_dataset  # noqa: E402
 from training.data.transforms import EvalTransform  # noqa: E402
 from training.evaluation.knn import knn_accuracy  # noqa: E402
 from training.evaluation.knn_monitor import MONITOR_K  # noqa: E402
-from training.evaluation.zero_shot import zero_shot_top1  # noqa: E402
+from training.evaluation.zero_shot_top1 import zero_shot_top1  # noqa: E402
 from training.methods.clip import ClipConfig, load_clip_towers, text_encoder_fn, train_clip  # noqa: E402
 from training.methods.encoders import load_image_encoder  # noqa: E402
 from training.methods.simclr import SimCLRConfig, train_simclr  # noqa: E402

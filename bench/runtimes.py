@@ -66,7 +66,7 @@ def tower_inputs(bundle: Bundle, role: str, rows: int) -> np.ndarray:
         texts = (texts * (rows // len(texts) + 1))[:rows]
         ids, mask = encode_batch(load_tokenizer(bundle.path / manifest.tokenizer.file), texts)
         return np.stack([ids, mask], axis=1)  # (N, 2, T)
-    from runtime.idx import load_fashion_mnist
+    from runtime.fashion_mnist import load_fashion_mnist
     from runtime.preprocessing import preprocess_batch
     from runtime.sources import to_pil
 

@@ -106,18 +106,18 @@ def clip_rows(checkpoint: str, texts: int = 2048, retrieval_size: int = 1000, se
     towers' outputs left as trained, each centred on its own training mean, or only the images centred."""
     import torch  # only the CLIP part runs torch: its towers are compared before any export
 
-    from index.zero_shot import build_class_matrix, classify
+    from index.class_matrix import build_class_matrix, classify
     from runtime.templates import EVAL_TEMPLATES, TRAIN_TEMPLATES
     from training.data.captions import FASHION_MNIST_CLASS_NAMES, fashion_mnist_caption
     from training.data.transforms import EvalTransform
-    from training.methods.clip import embed_images, load_clip_towers, query_bank_embeddings, text_encoder_fn
+    from training.methods.clip import load_clip_towers, query_bank_embeddings, text_encoder_fn, tower_embeddings
 
     image_tower, text_tower, info = load_clip_towers(checkpoint)
     encode_texts = text_encoder_fn(text_tower, info.tokenizer_json)
     transform = EvalTransform.from_spec(info.preprocessing)
     images, labels = load_image_arrays("fashion-mnist", "test", info.config.get("data_root"))
     images, labels = images[:test_images], labels[:test_images]  # None: all 10,000
-    test = embed_images(image_tower, torch.stack([transform(to_pil(im)) for im in images]))  # (10000, dim)
+    test = tower_embeddings(image_tower, torch.stack([transform(to_pil(im)) for im in images]))  # (10000, dim)
     image_mean = query_bank_embeddings(image_tower, info, mean_images, seed).mean(axis=0)  # training images
     rng = random.Random(seed)
     train_captions = [fashion_mnist_caption(rng.randrange(10), rng, TRAIN_TEMPLATES) for _ in range(texts)]

@@ -44,7 +44,7 @@ from runtime.preprocessing import PreprocessingSpec, decode_image, preprocess_ba
 from export.triton import write_triton_repository  # noqa: E402
 from serving.settings import Settings  # noqa: E402
 from tests.triton_server import KIT_DIR, PYTRITON, TritonServer  # noqa: E402
-from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist  # noqa: E402
+from runtime.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 SMOKE_CONCURRENCY = (1,)

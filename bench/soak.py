@@ -45,7 +45,7 @@ from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa:
 from bench.http_client import HOST, PooledClient, free_port, http_request, stop, wait_ready  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import BundleError, open_bundle  # noqa: E402
-from runtime.idx import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
+from runtime.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 
 CONCURRENCY = 16  # clients of the closed loop that measures capacity
 MAX_OUTSTANDING = 2048  # open-loop requests in flight at most; past it an arrival counts as "dropped by the client"

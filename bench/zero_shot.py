@@ -4,7 +4,7 @@ never reached training, against chance.
 
 Zero-shot is scored as the server scores it by default, with query-bank normalisation (each
 class's cosine less the mean of its 10 largest cosines to 2048 training images, drawn as export
-draws them; index.zero_shot), and with plain cosines beside it.
+draws them; index.class_matrix), and with plain cosines beside it.
 
 Prints one table and writes it, with the machine and date, to bench/results/zero_shot.json.
 
@@ -33,15 +33,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from bench.report import SMOKE_HELP, result_path, utc_now, write_report  # noqa: E402
 from embedserve.machine import machine_info  # noqa: E402
 from export.clip import QUERY_BANK_IMAGES  # noqa: E402
-from index.zero_shot import QUERY_BANK_K, build_class_matrix, classify, query_bank_offsets  # noqa: E402
+from index.class_matrix import QUERY_BANK_K, build_class_matrix, classify, query_bank_offsets  # noqa: E402
 from runtime.preprocessing import normalize_image  # noqa: E402
 from runtime.sources import to_pil  # noqa: E402
 from runtime.templates import EVAL_TEMPLATES  # noqa: E402
 from training.data.captions import FASHION_MNIST_CLASS_NAMES, fashion_mnist_caption, openclipart_pairs  # noqa: E402
 from training.data.images import load_image_arrays  # noqa: E402
 from training.data.transforms import EvalTransform  # noqa: E402
-from training.methods.clip import (OPEN_VOCABULARY_HELD_OUT, ClipConfig, embed_images, load_clip_towers,  # noqa: E402
-                                   query_bank_embeddings, text_encoder_fn, train_clip)
+from training.methods.clip import (OPEN_VOCABULARY_HELD_OUT, ClipConfig, load_clip_towers,  # noqa: E402
+                                   query_bank_embeddings, text_encoder_fn, tower_embeddings, train_clip)
 
 OPENCLIPART_ROOT = Path("/usr/share/openclipart/png")
 RECALL_KS = (1, 5, 10)
@@ -102,7 +102,7 @@ def evaluate(checkpoint: str, retrieval_size: int = 1000, openclipart_per_catego
     # Fashion-MNIST zero-shot, 10-way, eval templates only
     images, labels = load_image_arrays("fashion-mnist", "test", config.get("data_root"))
     images, labels = images[:test_images], labels[:test_images]
-    image_embeddings = embed_images(image_tower, preprocess(images, transform))  # (10000, dim)
+    image_embeddings = tower_embeddings(image_tower, preprocess(images, transform))  # (10000, dim)
     class_matrix = build_class_matrix(encode_texts, FASHION_MNIST_CLASS_NAMES, EVAL_TEMPLATES)  # (10, dim)
     held_out = [FASHION_MNIST_CLASS_NAMES.index(c) for c in config["held_out_classes"]]
     results["held_out_classes"] = list(config["held_out_classes"])
@@ -136,7 +136,7 @@ def evaluate(checkpoint: str, retrieval_size: int = 1000, openclipart_per_catego
                     continue  # a handful are poster-sized (one is 169 megapixels): minutes to decode for a 28 px input
                 art.append(normalize_image(opened, "RGB"))  # alpha on white first, then the model's mode
                 art_labels.append(label)
-        art_embeddings = embed_images(image_tower, preprocess(art, transform))
+        art_embeddings = tower_embeddings(image_tower, preprocess(art, transform))
         art_labels = np.array(art_labels)
         art_matrix = build_class_matrix(encode_texts, categories, EVAL_TEMPLATES)
         results["openclipart_top1"] = {normalization: float((predicted == art_labels).mean())

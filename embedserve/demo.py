@@ -126,7 +126,7 @@ def example_image(artifacts: Path, label: int = 7) -> Path:
     """The first Fashion-MNIST test image of class `label` (7 = sneaker), saved as a PNG to post."""
     from PIL import Image
 
-    from runtime.idx import load_fashion_mnist
+    from runtime.fashion_mnist import load_fashion_mnist
 
     path = Path(artifacts) / "examples" / f"fashion-mnist-{label}.png"
     if not path.is_file():

@@ -1,7 +1,7 @@
 """CLIP checkpoint to an image-text-encoder bundle: `image_encoder.onnx` and `text_encoder.onnx`,
 each proven equal to its torch tower, the `tokenizer.json` training tokenised with, the
 `query_bank.npy` of training-image embeddings that zero-shot normalises class scores with
-(index.zero_shot; left out when the training data is not on this machine), and the manifest
+(index.class_matrix; left out when the training data is not on this machine), and the manifest
 serving needs (dim, preprocessing, context length, logit scale, ONNX input/output names)."""
 
 from __future__ import annotations

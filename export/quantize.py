@@ -327,7 +327,7 @@ def _scored(path: Path, data: LabelledImages | None, probe: np.ndarray) -> tuple
 
 def zero_shot_top1(image_embeddings: np.ndarray, labels: np.ndarray, class_prompts: list[list[str]], embed_texts) -> float:
     """Zero-shot top-1 (percent): each image takes the class whose prompts' mean unit embedding
-    (class_prompts[c], embedded by `embed_texts`) is nearest. The classifier of index.zero_shot,
+    (class_prompts[c], embedded by `embed_texts`) is nearest. The classifier of index.class_matrix,
     without its query-bank offsets (export cannot import index/; the offsets move every class of a
     model alike between variants)."""
     classes = []

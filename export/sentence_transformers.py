@@ -36,7 +36,7 @@ from export.folders import FolderError, read_json
 from export.onnx import DEFAULT_MIN_COSINE, DEFAULT_OPSET, ParityError, export_onnx, run_onnx
 from export.quantize import check_fp16_agreement, text_encoder_variants
 from runtime.bundle import Bundle, Manifest, OnnxIO, TokenizerSpec, sha256_file, write_bundle
-from runtime.idx import FASHION_MNIST_CLASSES
+from runtime.fashion_mnist import FASHION_MNIST_CLASSES
 from runtime.templates import EVAL_TEMPLATES
 from runtime.tokens import encode_batch, used_length
 from runtime.vectors import rowwise_cosine

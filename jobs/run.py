@@ -8,7 +8,7 @@ shards it finished are kept, only the rest is embedded, and no item lands in the
 item that cannot be read is recorded with its error and the job goes on. Cancelling discards
 the shards and leaves the live index untouched.
 
-`run_job` is the one function that does a job; the server's job runner (serving/jobs.py) and
+`run_job` is the one function that does a job; the server's job runner (serving/job_worker.py) and
 `embedserve jobs run` both call it. A job's model and state are in jobs/store.py, the batches it
 embeds in index/batches.py, its Ray runner in jobs/ray_runner.py. Sources are those of runtime.sources, plus `index:<name>`:
 the items of an existing index, read again from the sources their metadata records.

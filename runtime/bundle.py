@@ -83,7 +83,7 @@ QUERY_BANK_K = 10  # a class's offset averages its k largest cosines to the bank
 
 @dataclass(frozen=True)
 class QueryBankSpec:
-    """Zero-shot normalisation's bank of training-image embeddings (index.zero_shot)."""
+    """Zero-shot normalisation's bank of training-image embeddings (index.class_matrix)."""
 
     images: int  # rows in the bank file
     k: int = QUERY_BANK_K  # a class's offset averages its k largest cosines to the bank

@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from serving.docs import describe_limits, install_docs
 from serving.errors import install_error_handlers
-from serving.jobs import JobRunner
+from serving.job_worker import JobRunner
 from serving.lifetime import RequestLifetimeMiddleware
 from serving.limits import Inflight, RequestLimitsMiddleware
 from serving.metrics import install_metrics

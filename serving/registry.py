@@ -46,7 +46,7 @@ from tokenizers import Tokenizer
 
 from index.store import IndexStore, SearchIndex, open_index_store, writing
 from index.word_vectors import WordVectors
-from index.zero_shot import ClassMatrixCache, QueryBank, read_query_bank
+from index.class_matrix import ClassMatrixCache, QueryBank, read_query_bank
 from runtime.bundle import Bundle, BundleError, Manifest, iter_current_bundles, models_dir, open_bundle, read_bundle
 from runtime.encoders.base import Encoder
 from runtime.encoders.factory import load_encoder

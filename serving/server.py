@@ -11,7 +11,7 @@
 - idle keep-alive connections closed after `keep_alive_s`;
 - on SIGTERM (what `docker stop` and Kubernetes send): stop accepting, let the requests in
   flight finish (for up to `shutdown_timeout_s`), run the app's shutdown, which lets a running
-  job finish its batch and checkpoint (serving.jobs), then exit with status 0.
+  job finish its batch and checkpoint (serving.job_worker), then exit with status 0.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def write_tiny_clip_checkpoint(path: Path, seed: int = 0, data_root: Path | None
 
     from runtime.templates import TRAIN_TEMPLATES
     from training.checkpoint import save_checkpoint
-    from runtime.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    from runtime.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
     from training.data.captions import FASHION_MNIST_CLASS_NAMES
     from training.methods.clip import Clip, ClipConfig, build_tokenizer
 

@@ -21,7 +21,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from index.zero_shot import classify
+from index.class_matrix import classify
 from runtime.occlusion import drop_map, grid_shape, input_view, occlusion_batch, occlusion_count, overlay_png
 from runtime.vectors import unit_rows
 from serving.batching import MicroBatcher
@@ -32,7 +32,7 @@ from serving.registry import ImageModel, Registry, TextModel, index_model
 from serving.requests import JsonRequest, check_text_chars, decode_base64
 from serving.responses import model_response
 from serving.settings import Settings
-from serving.zero_shot import (check_classes, check_normalization, check_prompts, check_templates, class_matrix,
+from serving.class_prompts import (check_classes, check_normalization, check_prompts, check_templates, class_matrix,
                                logit_scale)
 
 router = APIRouter(tags=["explain"])

@@ -1,6 +1,6 @@
 """Batch re-embedding jobs: `POST /jobs` queues one (202), `GET /jobs` and `GET /jobs/{id}` show
 their progress, `DELETE /jobs/{id}` cancels one (its partial work is discarded; the live index is
-untouched). The work itself is serving.jobs.JobRunner's."""
+untouched). The work itself is serving.job_worker.JobRunner's."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from jobs.store import INDEX_PREFIX, MAX_BATCH_SIZE, JobSpec
 from serving.errors import InvalidInput, NotReady, UnknownJob, error_responses, without_server_folders
-from serving.jobs import JobRunner
+from serving.job_worker import JobRunner
 from serving.requests import JsonRequest, Name, plain_name
 
 router = APIRouter(tags=["jobs"], responses=error_responses(503))

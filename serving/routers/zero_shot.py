@@ -1,15 +1,15 @@
 """Zero-shot classification: `POST /zero-shot` ranks classes named in words for each image.
 
 Each class becomes one prompt per template ("a photo of a {}." → "a photo of a sneaker."); the
-class's text embedding is the normalised mean of its prompts' (index.zero_shot),
+class's text embedding is the normalised mean of its prompts' (index.class_matrix),
 and an image's probabilities are the softmax of logit_scale × cosine against those rows, as CLIP
 evaluates. With `normalization` "querybank" (the default when the model has a query bank), each
 class's cosine first loses its query-bank offset, so classes that training pulled onto many
-images stop out-scoring the ones it never named (index.zero_shot). Class matrices and offsets
+images stop out-scoring the ones it never named (index.class_matrix). Class matrices and offsets
 are cached per (model, version, classes, templates): a repeated class list costs only the image
 pass. Images arrive as multipart `files` with a form field `classes` (a JSON list, or the field
 repeated), or as JSON {"images": [base64], "classes": [...]}. The checks of classes, templates
-and normalization and the cached class matrices are serving.zero_shot's, which /explain shares.
+and normalization and the cached class matrices are serving.class_prompts's, which /explain shares.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from index.zero_shot import NORMALIZATIONS, class_probabilities, class_scores
+from index.class_matrix import NORMALIZATIONS, class_probabilities, class_scores
 from serving.dependencies import get_registry
 from serving.embedding import embed_images
 from serving.errors import error_responses
@@ -29,7 +29,7 @@ from serving.requests import (FILES_FIELD, FILES_SCHEMA, JsonRequest, content_ty
                               form_text, read_form_images, read_json_body, request_body_doc)
 from serving.responses import model_response
 from serving.settings import Settings
-from serving.zero_shot import (check_classes, check_normalization, check_prompts, check_templates, class_matrix,
+from serving.class_prompts import (check_classes, check_normalization, check_prompts, check_templates, class_matrix,
                                logit_scale)
 
 router = APIRouter(tags=["zero-shot"])

@@ -9,7 +9,7 @@ from runtime.bundle import OnnxIO, QueryBankSpec, TokenizerSpec, open_bundle, re
 from export.clip import export_clip
 from runtime.tokens import encode_batch, load_tokenizer
 from runtime.encoders.onnx_runtime import OnnxEncoder
-from runtime.idx import load_fashion_mnist
+from runtime.fashion_mnist import load_fashion_mnist
 from training.data.images import to_pil
 from training.data.transforms import EvalTransform
 from training.methods.clip import load_clip_towers

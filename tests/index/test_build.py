@@ -12,7 +12,7 @@ from index.build import build_image_index
 from index.vector_index import open_index
 from serving.app import create_app
 from serving.settings import Settings
-from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
+from runtime.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT
 from runtime.sources import SourceError
 
 @pytest.fixture

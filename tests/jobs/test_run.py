@@ -14,7 +14,7 @@ import jobs.run
 from jobs.run import request_cancel, run_job
 from jobs.shards import read_shard
 from jobs.store import JobSpec, JobStore
-from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
+from runtime.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT
 from runtime.sources import SourceForbidden, confine
 from tests.images import write_pngs
 from tests.jobs.driving import cancel_at_check

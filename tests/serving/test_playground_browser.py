@@ -48,7 +48,7 @@ def artifacts(tmp_path: Path, clip_artifacts: Path) -> Path:
 @pytest.fixture
 def sneaker_png(tmp_path: Path) -> Path:
     """The first Fashion-MNIST test image of a sneaker, as a PNG to upload."""
-    from runtime.idx import load_fashion_mnist
+    from runtime.fashion_mnist import load_fashion_mnist
 
     images, labels = load_fashion_mnist(split="test")
     path = tmp_path / "sneaker.png"

@@ -17,7 +17,7 @@ import numpy as np
 from runtime.templates import TRAIN_TEMPLATES
 from runtime.sources import to_pil
 
-# The names zero-shot classification uses, in label order (runtime.idx.FASHION_MNIST_CLASSES
+# The names zero-shot classification uses, in label order (runtime.fashion_mnist.FASHION_MNIST_CLASSES
 # holds the data set's own spellings, such as "T-shirt/top", which read poorly in a sentence).
 FASHION_MNIST_CLASS_NAMES: tuple[str, ...] = (
     "t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",

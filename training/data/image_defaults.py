@@ -14,7 +14,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from runtime.idx import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+from runtime.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 from training.data.images import ImageDataConfig, open_image_dataset, random_subset
 from training.data.pairs import MANIFEST_TYPES, is_pairs_source, open_pairs
 from training.data.transforms import EvalTransform

@@ -15,7 +15,7 @@ from typing import Callable, Literal
 import numpy as np
 from PIL import Image
 
-from runtime.idx import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist
+from runtime.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT, load_fashion_mnist
 from runtime.preprocessing import MODES, normalize_image
 from runtime.sources import IMAGE_EXTENSIONS, list_images, to_pil
 from training.data.pairs import MANIFEST_TYPES, category_labels, is_pairs_source, read_manifest_rows, relative_key

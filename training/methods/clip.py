@@ -31,7 +31,7 @@ from training.data.pairs import category_labels, open_pairs
 from training.data.tokenizer import load_minilm_tokenizer, train_bpe_tokenizer
 from training.data.transforms import EvalTransform
 from training.evaluation.knn_monitor import KnnMonitor
-from training.evaluation.zero_shot import zero_shot_top1
+from training.evaluation.zero_shot_top1 import zero_shot_top1
 from training.loop import LoopConfig, fit
 from training.losses.clip import ClipLoss
 from training.models.heads import ProjectionHead
@@ -343,7 +343,7 @@ def load_clip_towers(checkpoint_path: str, device: str | torch.device = "cpu") -
 # ---- helpers for evaluation and benchmarks ----
 
 def text_encoder_fn(text_tower: nn.Module, tokenizer_json: str, batch_size: int = 256) -> Callable[[list[str]], np.ndarray]:
-    """texts -> unit embeddings (N, dim) as numpy: the `encode_texts` index.zero_shot expects."""
+    """texts -> unit embeddings (N, dim) as numpy: the `encode_texts` index.class_matrix expects."""
     tokenizer = load_tokenizer(tokenizer_json)
     device = next(text_tower.parameters()).device
 
@@ -358,7 +358,7 @@ def text_encoder_fn(text_tower: nn.Module, tokenizer_json: str, batch_size: int 
     return encode_texts
 
 
-def embed_images(image_tower: nn.Module, images: Tensor, batch_size: int = 512) -> np.ndarray:
+def tower_embeddings(image_tower: nn.Module, images: Tensor, batch_size: int = 512) -> np.ndarray:
     """Preprocessed images (N, C, H, W) -> unit embeddings (N, dim) as numpy, in batches."""
     device = next(image_tower.parameters()).device
     with torch.no_grad():
@@ -371,7 +371,7 @@ def query_bank_embeddings(image_tower: nn.Module, info: ClipInfo, images: int = 
     """Image-tower embeddings (N, dim) float32, unit rows, of N = min(images, data size) random
     training images (seeded): the data the model in `info` (from load_clip_towers) was trained on,
     through open_clip_dataset, so the same subset and no held-out class, preprocessed as its bundle
-    says. This is the query bank of index.zero_shot.query_bank_offsets. Raises what opening the
+    says. This is the query bank of index.class_matrix.query_bank_offsets. Raises what opening the
     data raises (FileNotFoundError, ValueError) when that data is not on this machine."""
     transform = EvalTransform.from_spec(info.preprocessing)
     dataset, _ = open_clip_dataset(config_from_dict(info.config), transform)
@@ -380,5 +380,5 @@ def query_bank_embeddings(image_tower: nn.Module, info: ClipInfo, images: int = 
     embeddings = []
     for start in range(0, len(chosen), batch_size):  # a batch at a time: large RGB images do not pile up
         batch = torch.stack([dataset[int(i)][0] for i in chosen[start:start + batch_size]])  # (b, C, H, W)
-        embeddings.append(embed_images(image_tower, batch, batch_size))  # (b, dim)
+        embeddings.append(tower_embeddings(image_tower, batch, batch_size))  # (b, dim)
     return np.concatenate(embeddings)  # (N, dim) float32

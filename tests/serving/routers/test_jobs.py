@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from index.build import build_image_index
-from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
+from runtime.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT
 from serving.app import create_app
 from serving.settings import Settings
 from tests import images
@@ -196,7 +196,7 @@ def test_a_job_another_worker_runs_is_left_to_it(image_artifacts: Path, tmp_path
 
 
 def test_past_the_queue_limit_a_job_is_refused_429_and_jobs_says_how_many_wait(image_artifacts: Path, monkeypatch):
-    from serving.jobs import JobRunner
+    from serving.job_worker import JobRunner
 
     release = threading.Event()
     monkeypatch.setattr(JobRunner, "_run_job", lambda self, job_id, loop: release.wait(60))  # every job stays queued

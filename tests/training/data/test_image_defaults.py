@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from runtime.idx import FASHION_MNIST_MEAN
+from runtime.fashion_mnist import FASHION_MNIST_MEAN
 from training.data.image_defaults import with_data_defaults
 from training.data.images import HELD_OUT, open_image_dataset
 from training.methods.mae import MAEConfig

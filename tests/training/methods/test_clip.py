@@ -7,7 +7,7 @@ from PIL import Image
 
 from runtime.tokens import context_length, encode_batch, load_tokenizer
 from training.data.captions import FASHION_MNIST_CLASS_NAMES, FASHION_MNIST_SYNONYMS
-from runtime.idx import DEFAULT_FASHION_MNIST_ROOT
+from runtime.fashion_mnist import DEFAULT_FASHION_MNIST_ROOT
 from training.data.pairs import write_webdataset
 from training.data.transforms import preprocessing_spec
 from training.methods.clip import ClipInfo, ClipConfig, load_clip_towers, open_clip_dataset, query_bank_embeddings, train_clip

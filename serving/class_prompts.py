@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from index.zero_shot import NORMALIZATIONS
+from index.class_matrix import NORMALIZATIONS
 from runtime.bundle import Manifest
 from runtime.templates import EVAL_TEMPLATES
 from serving.embedding import tokenize

@@ -3,8 +3,8 @@ import asyncio
 import numpy as np
 import pytest
 
-import index.zero_shot
-from index.zero_shot import ClassMatrixCache, QueryBank, build_class_matrix, classify, query_bank_offsets
+import index.class_matrix
+from index.class_matrix import ClassMatrixCache, QueryBank, build_class_matrix, classify, query_bank_offsets
 
 # A toy text encoder: each known prompt has a fixed vector, deliberately not unit length.
 PROMPTS = {
@@ -82,7 +82,7 @@ def test_cache_remembers_offsets_with_the_matrix(monkeypatch):
         computed.append(k)
         return query_bank_offsets(bank, class_matrix, k)
 
-    monkeypatch.setattr(index.zero_shot, "query_bank_offsets", counting_offsets)
+    monkeypatch.setattr(index.class_matrix, "query_bank_offsets", counting_offsets)
     cache, bank, encode = ClassMatrixCache(), QueryBank(np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32), k=2), Encoder()
 
     async def get(query_bank=None):

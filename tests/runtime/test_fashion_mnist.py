@@ -3,7 +3,7 @@ import struct
 import numpy as np
 import pytest
 
-from runtime.idx import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
+from runtime.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
 
 
 def test_reads_uint8_images_gzipped_and_plain(tmp_path, write_idx):
