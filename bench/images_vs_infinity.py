@@ -47,10 +47,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from bench.http_client import HOST, KeepAliveConnections, free_port, http_request, latency_summary  # noqa: E402
+from bench.http_client import (HOST, KeepAliveConnections, free_port, http_request, latency_summary, stop,  # noqa: E402
+                               wait_ready)
 from bench.report import utc_now, write_report  # noqa: E402
 from bench.text_vs_infinity import (OFFLINE, SHORT_TEXTS, Setup, infinity_version, local_torch_wheel,  # noqa: E402
-                                    start_embedserve, stop, wait_ready)
+                                    start_embedserve)
 from embedserve.machine import machine_info  # noqa: E402
 from runtime.bundle import Bundle, BundleError, open_bundle  # noqa: E402
 from runtime.encoders.factory import load_encoder  # noqa: E402
